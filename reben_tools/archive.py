@@ -1,0 +1,479 @@
+"""The reben-tools archive: LMDB shards of safetensors values plus metadata (SPEC sections 7, 8).
+
+Layout of an archive directory::
+
+    ARCHIVE/
+      manifest.json                      format, band table, shards, statistics, provenance
+      metadata.parquet                   reBEN schema, patches without snow/cloud/shadow
+      metadata_for_patches_with_snow_cloud_or_shadow.parquet
+      patches.parquet                    GeoParquet: footprint, tile, x, y, crs, shard, ...
+      report.json                        inputs skipped, each with file/key and reason
+      shards/<name>/data.mdb             one plain LMDB environment per shard
+      shards/<name>/shard.json           the shard's ShardInfo
+      shards/<name>/rows.parquet         the patch rows the shard's writer produced (optional)
+
+A shard is written into a temporary directory and renamed into place, so a
+shard directory under ``shards/`` is always complete. Keys are inserted in
+sorted order and the map size is derived from the content, so the same items
+give a byte-identical ``data.mdb``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lmdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .bands import ALL_BANDS
+
+FORMAT_NAME = "reben-tools-archive"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+METADATA_FILE = "metadata.parquet"
+FLAGGED_METADATA_FILE = "metadata_for_patches_with_snow_cloud_or_shadow.parquet"
+PATCHES_FILE = "patches.parquet"
+REPORT_FILE = "report.json"
+SHARDS_DIR = "shards"
+SHARD_INFO_FILE = "shard.json"
+SHARD_ROWS_FILE = "rows.parquet"
+LMDB_PAGE = 4096
+
+METADATA_SCHEMA = pa.schema(
+    [
+        ("patch_id", pa.string()),
+        ("labels", pa.list_(pa.string())),
+        ("split", pa.string()),
+        ("country", pa.string()),
+        ("s1_name", pa.string()),
+        ("s2v1_name", pa.string()),
+        ("contains_seasonal_snow", pa.bool_()),
+        ("contains_cloud_or_shadow", pa.bool_()),
+    ]
+)
+"""The exact schema of reBEN's two metadata files."""
+METADATA_COLUMNS = tuple(METADATA_SCHEMA.names)
+SPLITS = ("train", "validation", "test")
+
+
+class ArchiveError(RuntimeError):
+    """An archive or one of its files is missing, inconsistent or corrupt; the message names it."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What the manifest records of a shard.
+
+    Attributes:
+        name: directory name under ``shards/``.
+        entries: number of keys.
+        value_bytes: sum of the value sizes in bytes.
+        sha256: hex digest over the sorted (key, value) stream, see :func:`content_digest`.
+        file_bytes: size of ``data.mdb`` in bytes.
+    """
+
+    name: str
+    entries: int
+    value_bytes: int
+    sha256: str
+    file_bytes: int
+
+
+class ContentDigest:
+    """sha256 over ``len(key) u32 | key | len(value) u64 | value`` for keys in sorted order."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def update(self, key: bytes, value: bytes | memoryview) -> None:
+        self._hash.update(struct.pack("<I", len(key)))
+        self._hash.update(key)
+        self._hash.update(struct.pack("<Q", len(value)))
+        self._hash.update(value)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def map_size_for(items: Iterable[tuple[bytes, bytes | memoryview]]) -> int:
+    """A deterministic LMDB map size that fits ``items`` (values go to overflow pages)."""
+    pages = 0
+    for key, value in items:
+        pages += (len(key) + len(value) + 64) // LMDB_PAGE + 2
+    return max(pages * LMDB_PAGE * 2, 1 << 24)
+
+
+def _sorted_encoded(items: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> list[tuple[bytes, bytes]]:
+    pairs = items.items() if isinstance(items, Mapping) else items
+    encoded: dict[bytes, bytes] = {}
+    for key, value in pairs:
+        raw_key = key.encode("utf-8")
+        if not 0 < len(raw_key) <= 511:
+            raise ArchiveError(f"key {key[:80]!r} is {len(raw_key)} bytes; LMDB keys must be 1..511 bytes")
+        if raw_key in encoded and encoded[raw_key] != bytes(value):
+            raise ArchiveError(f"key {key!r} given twice with different values")
+        encoded[raw_key] = bytes(value)
+    return sorted(encoded.items())
+
+
+def write_lmdb(path: Path, items: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> ShardInfo:
+    """Write ``items`` into a new LMDB environment directory ``path`` in sorted key order.
+
+    ``path`` must not exist. Not atomic on its own: see :func:`write_shard`.
+    """
+    pairs = _sorted_encoded(items)
+    path.mkdir(parents=True)
+    digest = ContentDigest()
+    env = lmdb.open(str(path), map_size=map_size_for(pairs), subdir=True, lock=False, sync=True, metasync=True)
+    try:
+        with env.begin(write=True) as txn:
+            cursor = txn.cursor()
+            for key, value in pairs:
+                cursor.put(key, value, append=True)
+                digest.update(key, value)
+        env.sync(True)
+    finally:
+        env.close()
+    return ShardInfo(
+        name=path.name,
+        entries=len(pairs),
+        value_bytes=sum(len(v) for _, v in pairs),
+        sha256=digest.hexdigest(),
+        file_bytes=(path / "data.mdb").stat().st_size,
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_shard(
+    shards_dir: Path,
+    name: str,
+    items: Mapping[str, bytes] | Iterable[tuple[str, bytes]],
+    rows: pa.Table | None = None,
+) -> ShardInfo:
+    """Write one shard atomically: into ``shards_dir/.tmp-*`` first, then rename to ``shards_dir/name``.
+
+    Also writes ``shard.json`` (the returned :class:`ShardInfo`) and, when given,
+    ``rows.parquet`` (the patch rows this shard's writer produced) inside the shard
+    directory, so a shard and its rows appear together or not at all. An existing
+    shard of that name is replaced.
+    """
+    if "/" in name or name.startswith(".") or not name:
+        raise ArchiveError(f"invalid shard name {name!r}")
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    tmp = shards_dir / f".tmp-{name}-{uuid.uuid4().hex}"
+    try:
+        info = write_lmdb(tmp, items)
+        info = ShardInfo(**{**asdict(info), "name": name})
+        if rows is not None:
+            pq.write_table(rows, tmp / SHARD_ROWS_FILE)
+        _write_json_file(tmp / SHARD_INFO_FILE, asdict(info))
+        final = shards_dir / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(shards_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+def read_shard_info(shard_dir: Path) -> ShardInfo:
+    """The ShardInfo a finished shard carries; raises ArchiveError naming the file if unreadable."""
+    path = shard_dir / SHARD_INFO_FILE
+    try:
+        return ShardInfo(**json.loads(path.read_text("utf-8")))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ArchiveError(f"{path}: cannot read shard info ({exc})") from None
+
+
+def remove_stale_temporaries(shards_dir: Path) -> list[Path]:
+    """Delete ``.tmp-*`` directories an interrupted writer left behind; returns them."""
+    removed = []
+    if shards_dir.is_dir():
+        for tmp in sorted(shards_dir.glob(".tmp-*")):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _write_json_file(path: Path, data: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename."""
+    _write_json_file(path, data)
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write a parquet file through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def metadata_table(rows: pa.Table | Iterable[Mapping]) -> pa.Table:
+    """Rows in reBEN's metadata schema, sorted by ``patch_id``.
+
+    Accepts a pyarrow table (extra columns are dropped) or dict rows.
+
+    Raises:
+        ArchiveError: a column is missing, a patch id repeats, or a split is unknown.
+    """
+    if not isinstance(rows, pa.Table):
+        rows = pa.Table.from_pylist(list(rows))
+    missing = [c for c in METADATA_COLUMNS if c not in rows.column_names]
+    if missing:
+        raise ArchiveError(f"metadata rows lack column(s) {missing}")
+    table = rows.select(list(METADATA_COLUMNS)).cast(METADATA_SCHEMA)
+    ids = table.column("patch_id").to_pylist()
+    if len(set(ids)) != len(ids):
+        seen, dupes = set(), []
+        for pid in ids:
+            if pid in seen:
+                dupes.append(pid)
+            seen.add(pid)
+        raise ArchiveError(f"metadata repeats patch id(s) {dupes[:5]}")
+    bad = sorted({s for s in table.column("split").to_pylist() if s not in SPLITS})
+    if bad:
+        raise ArchiveError(f"metadata has unknown split value(s) {bad}; expected {list(SPLITS)}")
+    return table.sort_by("patch_id")
+
+
+def write_metadata(archive_dir: Path, rows: pa.Table | Iterable[Mapping]) -> tuple[int, int]:
+    """Write ``metadata.parquet`` and the snow/cloud/shadow file; returns their row counts."""
+    table = metadata_table(rows)
+    flagged = pa.compute.or_(table["contains_seasonal_snow"], table["contains_cloud_or_shadow"])
+    clean = table.filter(pa.compute.invert(flagged))
+    dirty = table.filter(flagged)
+    write_parquet_atomic(clean, archive_dir / METADATA_FILE)
+    write_parquet_atomic(dirty, archive_dir / FLAGGED_METADATA_FILE)
+    return clean.num_rows, dirty.num_rows
+
+
+def read_metadata(paths: Iterable[Path]) -> pa.Table:
+    """Read and concatenate reBEN metadata parquet files, checking their schema; sorted by patch_id."""
+    tables = []
+    for path in paths:
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise ArchiveError(f"{path}: cannot read metadata parquet ({exc})") from None
+        missing = [c for c in METADATA_COLUMNS if c not in table.column_names]
+        if missing:
+            raise ArchiveError(f"{path}: missing column(s) {missing}")
+        try:
+            tables.append(table.select(list(METADATA_COLUMNS)).cast(METADATA_SCHEMA))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ArchiveError(f"{path}: column types do not match the reBEN schema ({exc})") from None
+    if not tables:
+        raise ArchiveError("no metadata files given")
+    return metadata_table(pa.concat_tables(tables))
+
+
+def band_table() -> list[dict]:
+    """The manifest's band table: name, modality, native resolution, dtype and patch shape."""
+    return [
+        {"name": b.name, "modality": b.modality, "resolution_m": b.resolution_m, "dtype": b.dtype,
+         "shape": [b.size, b.size]}
+        for b in ALL_BANDS.values()
+    ]
+
+
+def build_manifest(
+    shards: Iterable[ShardInfo],
+    counts: Mapping[str, object],
+    statistics: Mapping[str, tuple[float, float]],
+    inputs: list[str],
+    config: Mapping[str, object],
+    tool: str,
+) -> dict:
+    """The manifest dictionary (see ``schemas/manifest.schema.json``); no timestamps, so it is reproducible."""
+    shard_list = sorted(shards, key=lambda s: s.name)
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "bands": band_table(),
+        "value_kinds": {
+            "S2": {"key": "<patch_id>", "tensors": [b for b in ALL_BANDS if ALL_BANDS[b].modality == "S2"], "value_bytes": 160_832},
+            "S1": {"key": "<s1_name>", "tensors": ["VV", "VH"], "value_bytes": 115_344},
+            "reference_map": {"key": "<patch_id>_reference_map", "tensors": ["Data"], "dtype": "uint16", "shape": [120, 120]},
+        },
+        "shards": [asdict(s) for s in shard_list],
+        "totals": {
+            "shards": len(shard_list),
+            "entries": sum(s.entries for s in shard_list),
+            "value_bytes": sum(s.value_bytes for s in shard_list),
+        },
+        "counts": dict(counts),
+        "statistics": {
+            "split": "train",
+            "upsampling": "nearest",
+            "bands": {band: {"mean": mean, "std": std} for band, (mean, std) in sorted(statistics.items())},
+        },
+        "provenance": {"tool": tool, "tool_version": __version__, "inputs": list(inputs), "config": dict(config)},
+    }
+
+
+def write_manifest(archive_dir: Path, manifest: Mapping) -> None:
+    write_json_atomic(archive_dir / MANIFEST_FILE, manifest)
+
+
+def read_manifest(archive_dir: Path) -> dict:
+    path = Path(archive_dir) / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ArchiveError(f"{path}: cannot read manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise ArchiveError(f"{path}: not a {FORMAT_NAME} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArchiveError(f"{path}: format version {manifest.get('format_version')} is not supported (expected {FORMAT_VERSION})")
+    return manifest
+
+
+def open_lmdb_readonly(path: Path) -> lmdb.Environment:
+    """Open an LMDB environment the way reBEN readers do: read-only, no locks, no readahead."""
+    if not (Path(path) / "data.mdb").is_file():
+        raise ArchiveError(f"{path}: no data.mdb; not an LMDB environment directory")
+    try:
+        return lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, subdir=True, max_readers=1024)
+    except lmdb.Error as exc:
+        raise ArchiveError(f"{path}: cannot open LMDB environment ({exc})") from None
+
+
+def iter_lmdb(path: Path) -> Iterator[tuple[str, bytes]]:
+    """Every (key, value) of an LMDB environment in key order."""
+    env = open_lmdb_readonly(path)
+    try:
+        with env.begin(buffers=False) as txn:
+            for key, value in txn.cursor():
+                yield key.decode("utf-8"), value
+    finally:
+        env.close()
+
+
+class Archive:
+    """Read access to a reben-tools archive or to a plain reBEN LMDB directory.
+
+    Environments are opened lazily, read-only and without locks, once per process:
+    an ``Archive`` built before a DataLoader forks opens fresh handles in each worker.
+
+    Args:
+        path: an archive directory (with ``manifest.json``) or an LMDB directory (with ``data.mdb``).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if (self.path / MANIFEST_FILE).is_file():
+            self.manifest: dict | None = read_manifest(self.path)
+            self.shard_names = [s["name"] for s in self.manifest["shards"]]
+            self.shard_paths = [self.path / SHARDS_DIR / n for n in self.shard_names]
+        elif (self.path / "data.mdb").is_file():
+            self.manifest = None
+            self.shard_names = [self.path.name]
+            self.shard_paths = [self.path]
+        else:
+            raise ArchiveError(f"{self.path}: neither a reben-tools archive (manifest.json) nor an LMDB directory (data.mdb)")
+        self._pid: int | None = None
+        self._envs: list[lmdb.Environment] = []
+        self._key_shard: dict[str, int] | None = None
+
+    @property
+    def is_sharded(self) -> bool:
+        return self.manifest is not None
+
+    def metadata_paths(self, include_flagged: bool = True) -> list[Path]:
+        """The reBEN metadata files inside an archive directory."""
+        names = [METADATA_FILE] + ([FLAGGED_METADATA_FILE] if include_flagged else [])
+        return [self.path / n for n in names]
+
+    def _ensure_open(self) -> None:
+        if self._pid != os.getpid():
+            self._envs = [open_lmdb_readonly(p) for p in self.shard_paths]
+            self._pid = os.getpid()
+
+    def environments(self) -> list[lmdb.Environment]:
+        """The open environments of this process, one per shard."""
+        self._ensure_open()
+        return self._envs
+
+    def _shard_of(self, key: str) -> int | None:
+        if len(self.shard_paths) == 1:
+            return 0
+        if self._key_shard is None:
+            self._key_shard = self._build_key_index()
+        return self._key_shard.get(key)
+
+    def _build_key_index(self) -> dict[str, int]:
+        index_of = {name: i for i, name in enumerate(self.shard_names)}
+        table = pq.read_table(self.path / PATCHES_FILE, columns=["patch_id", "s1_name", "shard"])
+        mapping: dict[str, int] = {}
+        for pid, s1, shard in zip(*(table.column(c).to_pylist() for c in ("patch_id", "s1_name", "shard"))):
+            i = index_of[shard]
+            mapping[pid] = i
+            mapping[pid + "_reference_map"] = i
+            if s1:
+                mapping[s1] = i
+        return mapping
+
+    def get(self, key: str) -> bytes:
+        """The value stored under ``key``.
+
+        Raises:
+            KeyError: no shard holds ``key`` (the message names it).
+        """
+        self._ensure_open()
+        shard = self._shard_of(key)
+        if shard is not None:
+            with self._envs[shard].begin(buffers=False) as txn:
+                value = txn.get(key.encode("utf-8"))
+            if value is not None:
+                return value
+        raise KeyError(f"key {key!r} not found in archive {self.path}")
+
+    def keys(self) -> Iterator[str]:
+        """Every key of every shard (shard by shard, sorted within each)."""
+        self._ensure_open()
+        for env in self._envs:
+            with env.begin() as txn:
+                for key in txn.cursor().iternext(keys=True, values=False):
+                    yield bytes(key).decode("utf-8")
+
+    def close(self) -> None:
+        for env in self._envs:
+            env.close()
+        self._envs = []
+        self._pid = None
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_envs"] = []
+        state["_pid"] = None
+        return state

@@ -1,0 +1,133 @@
+"""Band tables, band groups and the published normalisation statistics.
+
+Facts from reBEN (SPEC sections 1, 8 and 9). Everything here is a constant
+table or a pure function over one: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PATCH_SIZE_M = 1200
+"""Side of a patch on the ground, in metres."""
+
+OUTPUT_SIZE = 120
+"""Side, in pixels, of a patch at 10 m: the size samples are upsampled to."""
+
+
+@dataclass(frozen=True)
+class Band:
+    """One band as stored in the archive.
+
+    Attributes:
+        name: band name used as the safetensors tensor name (``B02``, ``VV``).
+        resolution_m: native pixel size in metres (10, 20 or 60).
+        dtype: numpy dtype of the stored pixels (``uint16`` for S2, ``float32`` for S1).
+        modality: ``"S2"`` or ``"S1"``.
+    """
+
+    name: str
+    resolution_m: int
+    dtype: str
+    modality: str
+
+    @property
+    def size(self) -> int:
+        """Side of one patch of this band in pixels (120, 60 or 20)."""
+        return PATCH_SIZE_M // self.resolution_m
+
+    @property
+    def resolution_folder(self) -> str:
+        """The L2A ``IMG_DATA`` sub-folder this band is read from (``R10m`` ...)."""
+        return f"R{self.resolution_m}m"
+
+
+S2_BANDS: dict[str, Band] = {
+    name: Band(name, res, "uint16", "S2")
+    for name, res in [
+        ("B01", 60), ("B02", 10), ("B03", 10), ("B04", 10), ("B05", 20),
+        ("B06", 20), ("B07", 20), ("B08", 10), ("B8A", 20), ("B09", 60),
+        ("B11", 20), ("B12", 20),
+    ]
+}
+"""The 12 Sentinel-2 L2A bands in ESA order (B10 does not exist in L2A)."""
+
+S1_BANDS: dict[str, Band] = {
+    "VV": Band("VV", 10, "float32", "S1"),
+    "VH": Band("VH", 10, "float32", "S1"),
+}
+"""The Sentinel-1 polarisations, warped to the 10 m patch grid, dB."""
+
+ALL_BANDS: dict[str, Band] = {**S1_BANDS, **S2_BANDS}
+
+SCL_BAND = Band("SCL", 20, "uint8", "S2")
+"""The L2A scene classification layer (used for quality flags, not stored)."""
+
+BAND_GROUPS: dict[str, tuple[str, ...]] = {
+    "S1": ("VV", "VH"),
+    "S2": tuple(S2_BANDS),
+    "10m": ("B02", "B03", "B04", "B08"),
+    "20m": ("B05", "B06", "B07", "B8A", "B11", "B12"),
+    "60m": ("B01", "B09"),
+    "RGB": ("B04", "B03", "B02"),
+    "10m_20m": ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"),
+}
+BAND_GROUPS["S1_10m_20m"] = BAND_GROUPS["S1"] + BAND_GROUPS["10m_20m"]
+BAND_GROUPS["ALL"] = BAND_GROUPS["S1"] + BAND_GROUPS["S2"]
+
+PUBLISHED_STATISTICS: dict[str, tuple[float, float]] = {
+    "B01": (361.08, 575.07), "B02": (438.37, 607.03), "B03": (614.06, 603.30),
+    "B04": (588.41, 684.57), "B05": (942.84, 738.43), "B06": (1769.93, 1100.46),
+    "B07": (2049.55, 1275.81), "B08": (2193.29, 1369.37), "B8A": (2235.56, 1356.54),
+    "B09": (2241.46, 1316.39), "B11": (1568.23, 1070.16), "B12": (997.73, 813.53),
+    "VV": (-12.6439, 5.1335), "VH": (-19.3526, 5.5905),
+}
+"""Per-band (mean, std) on reBEN's train split at 120x120, nearest upsampling."""
+
+S2_VALUE_NBYTES = 160_832
+S1_VALUE_NBYTES = 115_344
+
+
+def resolve_bands(bands: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Turn a group name (``"S1_10m_20m"``) or a list of band names into band names.
+
+    Raises:
+        ValueError: the group or a band name is unknown, or a band repeats.
+    """
+    if isinstance(bands, str):
+        if bands in BAND_GROUPS:
+            return BAND_GROUPS[bands]
+        if bands in ALL_BANDS:
+            return (bands,)
+        raise ValueError(
+            f"unknown band group {bands!r}; expected one of {sorted(BAND_GROUPS)} or a band name"
+        )
+    names = tuple(bands)
+    unknown = [b for b in names if b not in ALL_BANDS]
+    if unknown:
+        raise ValueError(f"unknown band name(s) {unknown}; known bands: {list(ALL_BANDS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"band list repeats a band: {list(names)}")
+    if not names:
+        raise ValueError("band list is empty")
+    return names
+
+
+def modalities_of(bands: tuple[str, ...]) -> set[str]:
+    """The modalities (``"S1"``, ``"S2"``) a band list draws on."""
+    return {ALL_BANDS[b].modality for b in bands}
+
+
+def normalisation_arrays(
+    bands: tuple[str, ...], statistics: dict[str, tuple[float, float]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and std as float32 arrays of shape (C,) in the order of ``bands``."""
+    stats = PUBLISHED_STATISTICS if statistics is None else statistics
+    missing = [b for b in bands if b not in stats]
+    if missing:
+        raise ValueError(f"no statistics for band(s) {missing}")
+    mean = np.array([stats[b][0] for b in bands], dtype=np.float32)
+    std = np.array([stats[b][1] for b in bands], dtype=np.float32)
+    return mean, std

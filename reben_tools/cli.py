@@ -1,0 +1,39 @@
+"""The ``reben`` command line. Each concern registers its commands from ``reben_tools.commands``."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+COMMAND_MODULES = ("archive", "encode", "split", "build", "train")
+
+app = typer.Typer(
+    name="reben",
+    help="Build, convert, verify, audit and stream reBEN-style LMDB/safetensors archives.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"reben_tools.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"reben_tools.commands.{name}":
+                continue
+            raise
+        module.register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
