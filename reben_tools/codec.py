@@ -10,6 +10,7 @@ each fault raises :class:`ValueDecodeError` naming the key.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Mapping
 
@@ -125,7 +126,7 @@ def read_header(key: str, value: bytes | memoryview) -> dict[str, dict]:
         begin, end = offsets
         if not 0 <= begin <= end <= data_len:
             raise ValueDecodeError(key, f"tensor {name!r}: data_offsets {offsets} outside the {data_len} data bytes")
-        nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+        nbytes = dtype.itemsize * math.prod(shape)
         if end - begin != nbytes:
             raise ValueDecodeError(key, f"tensor {name!r}: {end - begin} data bytes, but {info['dtype']} {shape} needs {nbytes}")
         covered += nbytes
