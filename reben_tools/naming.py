@@ -29,6 +29,8 @@ _S1_PATCH_RE = re.compile(
     r"(?P<tile>\d{2}[C-HJ-NP-X][A-HJ-NP-Z]{2})_(?P<x>\d{1,4})_(?P<y>\d{1,4})$"
 )
 MAX_NAME_LENGTH = 200
+PATCH_ID_PATTERN = _PATCH_ID_RE.pattern
+"""The regular expression :func:`parse_patch_id` matches (for vectorised parsing, e.g. with pyarrow)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,85 @@
+"""``reben split`` and ``reben audit``: assign splits to patches and audit their spatial correlation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+_INPUT_HELP = (
+    "An archive directory (its patches.parquet), a patches.parquet, or any parquet with a patch_id column "
+    "(e.g. reBEN's metadata.parquet)."
+)
+
+
+def split(
+    input_path: Path = typer.Argument(..., help=_INPUT_HELP),
+    strategy: str = typer.Option("reben", "--strategy", "-s", help="reben, v1-blocks or spatial-blocks."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output parquet: the input's rows with 'split' set."),
+    tile_side_m: Optional[float] = typer.Option(
+        None, "--tile-side-m", help="Tile side in metres for rows without a tile_side_m column (default 109800, a full tile)."
+    ),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of v1-blocks / spatial-blocks (default 0)."),
+    block_size_m: Optional[float] = typer.Option(None, "--block-size-m", help="spatial-blocks: block side (default 30000)."),
+    buffer_m: Optional[float] = typer.Option(None, "--buffer-m", help="spatial-blocks: buffer width, 0 for none (default 2400)."),
+    no_label_balance: bool = typer.Option(False, "--no-label-balance", help="spatial-blocks: do not balance labels."),
+    no_country_balance: bool = typer.Option(False, "--no-country-balance", help="spatial-blocks: do not balance countries."),
+) -> None:
+    """Assign a split to every patch with STRATEGY and write the rows with their split to OUT.
+
+    Patches a strategy leaves out (spatial-blocks' buffer) get a null split.
+    """
+    from reben_tools.split import SplitInputError, split_file
+
+    options = {"seed": seed, "block_size_m": block_size_m, "buffer_m": buffer_m}
+    if no_label_balance:
+        options["balance_labels"] = False
+    if no_country_balance:
+        options["balance_countries"] = False
+    try:
+        counts = split_file(input_path, out, strategy, tile_side_m=tile_side_m, **options)
+    except (SplitInputError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    total = sum(counts.values())
+    shares = ", ".join(f"{name} {count:,} ({100 * count / total:.1f}%)" for name, count in counts.items())
+    typer.echo(f"{out}: {total:,} patches, {strategy}: {shares}")
+
+
+def audit(
+    input_path: Path = typer.Argument(..., help=_INPUT_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Report directory (report.json, report.md, PNG figures)."),
+    split_column: Optional[list[str]] = typer.Option(
+        None, "--split-column", "-c", help="A column of INPUT holding splits; repeatable."
+    ),
+    strategy: Optional[list[str]] = typer.Option(
+        None, "--strategy", "-s", help="A strategy to compute and audit (reben, v1-blocks, spatial-blocks); repeatable."
+    ),
+    tile_side_m: Optional[float] = typer.Option(None, "--tile-side-m", help="Tile side for rows without a tile_side_m column."),
+    permutations: int = typer.Option(20, "--permutations", help="Random permutations for the join-count baseline."),
+    no_figures: bool = typer.Option(False, "--no-figures", help="Only report.json and report.md."),
+) -> None:
+    """Audit how far validation and test patches lie from train, for one or more splits.
+
+    With neither --split-column nor --strategy: INPUT's 'split' column (if any) and every strategy.
+    """
+    from reben_tools.audit import run_audit
+    from reben_tools.split import SplitInputError
+
+    try:
+        report = run_audit(
+            input_path, out, split_columns=split_column or None, strategies=strategy or None,
+            tile_side_m=tile_side_m, permutations=permutations, figures=not no_figures,
+        )
+    except (SplitInputError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for finding in report["findings"]:
+        typer.echo(f"- {finding}")
+    typer.echo(f"{out}: report.json, report.md and {len(report['figures'])} figure(s)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("split")(split)
+    app.command("audit")(audit)
