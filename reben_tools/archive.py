@@ -10,6 +10,7 @@ Layout of an archive directory::
       report.json                        inputs skipped, each with file/key and reason
       shards/<name>/data.mdb             one plain LMDB environment per shard
       shards/<name>/shard.json           the shard's ShardInfo
+      shards/<name>/keys.parquet         key, value size and CRC-32 of every value (locates faults)
       shards/<name>/rows.parquet         the patch rows the shard's writer produced (optional)
 
 A shard is written into a temporary directory and renamed into place, so a
@@ -26,7 +27,9 @@ import os
 import shutil
 import struct
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,6 +50,8 @@ REPORT_FILE = "report.json"
 SHARDS_DIR = "shards"
 SHARD_INFO_FILE = "shard.json"
 SHARD_ROWS_FILE = "rows.parquet"
+SHARD_KEYS_FILE = "keys.parquet"
+"""Per-key value size and CRC-32 of a shard, so ``reben verify`` can name a corrupt key."""
 LMDB_PAGE = 4096
 
 METADATA_SCHEMA = pa.schema(
@@ -126,14 +131,19 @@ def _sorted_encoded(items: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) ->
     return sorted(encoded.items())
 
 
-def write_lmdb(path: Path, items: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> ShardInfo:
+def write_lmdb(
+    path: Path, items: Mapping[str, bytes] | Iterable[tuple[str, bytes]], keys_file: str | None = None
+) -> ShardInfo:
     """Write ``items`` into a new LMDB environment directory ``path`` in sorted key order.
 
     ``path`` must not exist. Not atomic on its own: see :func:`write_shard`.
+    With ``keys_file``, also writes ``path/keys_file``: a parquet table of
+    ``key, value_bytes, crc32`` (CRC-32 of each value) in key order.
     """
     pairs = _sorted_encoded(items)
     path.mkdir(parents=True)
     digest = ContentDigest()
+    checksums = []
     env = lmdb.open(str(path), map_size=map_size_for(pairs), subdir=True, lock=False, sync=True, metasync=True)
     try:
         with env.begin(write=True) as txn:
@@ -141,9 +151,20 @@ def write_lmdb(path: Path, items: Mapping[str, bytes] | Iterable[tuple[str, byte
             for key, value in pairs:
                 cursor.put(key, value, append=True)
                 digest.update(key, value)
+                if keys_file:
+                    checksums.append(zlib.crc32(value))
         env.sync(True)
     finally:
         env.close()
+    if keys_file:
+        keys_table = pa.table(
+            {
+                "key": pa.array([k.decode("utf-8") for k, _ in pairs], pa.string()),
+                "value_bytes": pa.array([len(v) for _, v in pairs], pa.int64()),
+                "crc32": pa.array(checksums, pa.int64()),
+            }
+        )
+        pq.write_table(keys_table, path / keys_file)
     return ShardInfo(
         name=path.name,
         entries=len(pairs),
@@ -169,7 +190,8 @@ def write_shard(
 ) -> ShardInfo:
     """Write one shard atomically: into ``shards_dir/.tmp-*`` first, then rename to ``shards_dir/name``.
 
-    Also writes ``shard.json`` (the returned :class:`ShardInfo`) and, when given,
+    Also writes ``shard.json`` (the returned :class:`ShardInfo`), ``keys.parquet`` (per-key
+    size and CRC-32, see :func:`write_lmdb`) and, when given,
     ``rows.parquet`` (the patch rows this shard's writer produced) inside the shard
     directory, so a shard and its rows appear together or not at all. An existing
     shard of that name is replaced.
@@ -179,7 +201,7 @@ def write_shard(
     shards_dir.mkdir(parents=True, exist_ok=True)
     tmp = shards_dir / f".tmp-{name}-{uuid.uuid4().hex}"
     try:
-        info = write_lmdb(tmp, items)
+        info = write_lmdb(tmp, items, keys_file=SHARD_KEYS_FILE)
         info = ShardInfo(**{**asdict(info), "name": name})
         if rows is not None:
             pq.write_table(rows, tmp / SHARD_ROWS_FILE)
@@ -362,15 +384,47 @@ def open_lmdb_readonly(path: Path) -> lmdb.Environment:
         raise ArchiveError(f"{path}: cannot open LMDB environment ({exc})") from None
 
 
+_SHARED_ENVIRONMENTS: dict[str, list] = {}
+"""Open read-only environments of this process: resolved path -> [pid, environment, users].
+py-lmdb refuses to open one environment twice in a process, so Archives over the same
+files (e.g. a train and a validation dataset) share one handle."""
+
+
+def _acquire_environment(path: Path) -> lmdb.Environment:
+    key = str(Path(path).resolve())
+    entry = _SHARED_ENVIRONMENTS.get(key)
+    if entry is not None and entry[0] != os.getpid():
+        # inherited through fork: LMDB handles must not cross a fork, and py-lmdb refuses a
+        # second open while this process's copy is open, so close the copy (the parent's
+        # handle is unaffected) and open afresh
+        entry[1].close()
+        entry = None
+    if entry is None:
+        entry = [os.getpid(), open_lmdb_readonly(path), 0]
+        _SHARED_ENVIRONMENTS[key] = entry
+    entry[2] += 1
+    return entry[1]
+
+
+def _release_environment(path: Path) -> None:
+    key = str(Path(path).resolve())
+    entry = _SHARED_ENVIRONMENTS.get(key)
+    if entry is not None and entry[0] == os.getpid():
+        entry[2] -= 1
+        if entry[2] <= 0:
+            entry[1].close()
+            del _SHARED_ENVIRONMENTS[key]
+
+
 def iter_lmdb(path: Path) -> Iterator[tuple[str, bytes]]:
     """Every (key, value) of an LMDB environment in key order."""
-    env = open_lmdb_readonly(path)
+    env = _acquire_environment(path)  # shares a handle an Archive of this process may hold
     try:
         with env.begin(buffers=False) as txn:
             for key, value in txn.cursor():
                 yield key.decode("utf-8"), value
     finally:
-        env.close()
+        _release_environment(path)
 
 
 class Archive:
@@ -410,7 +464,7 @@ class Archive:
 
     def _ensure_open(self) -> None:
         if self._pid != os.getpid():
-            self._envs = [open_lmdb_readonly(p) for p in self.shard_paths]
+            self._envs = [_acquire_environment(p) for p in self.shard_paths]
             self._pid = os.getpid()
 
     def environments(self) -> list[lmdb.Environment]:
@@ -452,6 +506,20 @@ class Archive:
                 return value
         raise KeyError(f"key {key!r} not found in archive {self.path}")
 
+    @contextmanager
+    def batch_reader(self) -> Iterator[BatchReader]:
+        """Many zero-copy reads under one read transaction per shard.
+
+        Yields a :class:`BatchReader`; each shard's transaction is opened on its first
+        use and ended when the block exits. Values are memoryviews into the memory map,
+        valid only inside the block: copy what you keep.
+        """
+        reader = BatchReader(self)
+        try:
+            yield reader
+        finally:
+            reader.close()
+
     def keys(self) -> Iterator[str]:
         """Every key of every shard (shard by shard, sorted within each)."""
         self._ensure_open()
@@ -461,8 +529,9 @@ class Archive:
                     yield bytes(key).decode("utf-8")
 
     def close(self) -> None:
-        for env in self._envs:
-            env.close()
+        if self._pid == os.getpid():
+            for p in self.shard_paths:
+                _release_environment(p)
         self._envs = []
         self._pid = None
 
@@ -477,3 +546,41 @@ class Archive:
         state["_envs"] = []
         state["_pid"] = None
         return state
+
+
+class BatchReader:
+    """Zero-copy gets reusing one ``buffers=True`` read transaction per shard (see :meth:`Archive.batch_reader`)."""
+
+    def __init__(self, archive: Archive) -> None:
+        self._archive = archive
+        self._envs = archive.environments()
+        self._txns: list[lmdb.Transaction | None] = [None] * len(self._envs)
+
+    def get(self, key: str | bytes, shard: int | None = None) -> memoryview:
+        """The value under ``key`` as a memoryview valid until the reader closes.
+
+        Args:
+            key: the archive key (str, or its UTF-8 bytes).
+            shard: index of the shard holding the key (``Archive.shard_names`` order) when the
+                caller knows it; otherwise it is looked up from ``patches.parquet``.
+
+        Raises:
+            KeyError: no shard holds ``key`` (the message names it).
+        """
+        raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+        if shard is None:
+            shard = self._archive._shard_of(raw.decode("utf-8"))
+        if shard is not None:
+            txn = self._txns[shard]
+            if txn is None:
+                txn = self._txns[shard] = self._envs[shard].begin(buffers=True)
+            value = txn.get(raw)
+            if value is not None:
+                return value
+        raise KeyError(f"key {raw.decode('utf-8', 'replace')!r} not found in archive {self._archive.path}")
+
+    def close(self) -> None:
+        for txn in self._txns:
+            if txn is not None:
+                txn.abort()
+        self._txns = [None] * len(self._envs)
