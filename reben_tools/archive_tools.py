@@ -1,0 +1,384 @@
+"""Tools over a finished archive: verify it, merge its shards, export it back to GeoTIFFs.
+
+- :func:`verify_archive` checks every shard against the manifest (entry count, value
+  bytes, content sha256 via :class:`reben_tools.archive.ContentDigest`), every value
+  against its recorded size and CRC-32 (``keys.parquet``) and its declared tensors
+  (:func:`reben_tools.codec.check_value`), and that every patch of ``patches.parquet``
+  has its values. Each fault names the shard and, where it can be located, the key.
+- :func:`merge_archive` writes all shards into one plain LMDB environment in sorted key
+  order: the single-file layout tools built for reBEN open directly.
+- :func:`export_geotiffs` writes the reBEN GeoTIFF release layout back, georeferenced from
+  ``patches.parquet`` (S1 values on their S2 patch's 10 m grid).
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import shutil
+import uuid
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lmdb
+import pyarrow.parquet as pq
+
+from . import archive, codec, naming
+from .geotiff_release import REFERENCE_MAP_BAND, write_patch
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One problem :func:`verify_archive` found.
+
+    Attributes:
+        shard: the shard's name (or ``"-"`` for archive-level files).
+        key: the key concerned, or None when the fault cannot be pinned to one key.
+        reason: what is wrong.
+    """
+
+    shard: str
+    key: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"shard {self.shard}" + (f" key {self.key}" if self.key is not None else "")
+        return f"{where}: {self.reason}"
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of :func:`verify_archive`: shards and values checked, and the faults."""
+
+    shards: int = 0
+    values: int = 0
+    faults: list[Fault] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.faults
+
+
+def read_key_checksums(shard_dir: Path) -> dict[str, tuple[int, int]] | None:
+    """``{key: (value_bytes, crc32)}`` from a shard's ``keys.parquet``, or None if it has none."""
+    path = shard_dir / archive.SHARD_KEYS_FILE
+    if not path.is_file():
+        return None
+    table = pq.read_table(path)
+    return dict(
+        zip(
+            table.column("key").to_pylist(),
+            zip(table.column("value_bytes").to_pylist(), table.column("crc32").to_pylist()),
+        )
+    )
+
+
+def _verify_shard(shard_dir: Path, expected: dict, report: VerifyReport, keys_seen: dict[str, set[str]]) -> None:
+    name = expected["name"]
+    faults = report.faults
+    if not (shard_dir / "data.mdb").is_file():
+        faults.append(Fault(name, None, f"{shard_dir / 'data.mdb'} is missing"))
+        return
+    try:
+        checksums = read_key_checksums(shard_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        faults.append(Fault(name, None, f"{shard_dir / archive.SHARD_KEYS_FILE} is unreadable ({exc})"))
+        checksums = None
+    digest = archive.ContentDigest()
+    entries = value_bytes = 0
+    located = False
+    seen: set[str] = set()
+    last_key = None
+    try:
+        env = archive.open_lmdb_readonly(shard_dir)
+    except archive.ArchiveError as exc:
+        faults.append(Fault(name, None, str(exc)))
+        return
+    try:
+        with env.begin(buffers=True) as txn:
+            for raw_key, value in txn.cursor():
+                raw_key = bytes(raw_key)
+                try:
+                    key = raw_key.decode("utf-8")
+                except UnicodeDecodeError:
+                    key = repr(raw_key)
+                    faults.append(Fault(name, key, "key is not valid UTF-8"))
+                    located = True
+                last_key = key
+                entries += 1
+                value_bytes += len(value)
+                digest.update(raw_key, value)
+                seen.add(key)
+                if checksums is not None:
+                    recorded = checksums.get(key)
+                    if recorded is None:
+                        faults.append(Fault(name, key, "key is not listed in the shard's keys.parquet"))
+                        located = True
+                    elif recorded != (len(value), zlib.crc32(value)):
+                        faults.append(
+                            Fault(name, key, f"value ({len(value)} bytes) differs from the recorded size "
+                                  f"{recorded[0]} / CRC-32 (corrupt value)")
+                        )
+                        located = True
+                try:
+                    codec.check_value(key, value, codec.kind_of_key(key))
+                except ValueError as exc:
+                    faults.append(Fault(name, key, str(exc)))
+                    located = True
+                report.values += 1
+    except lmdb.Error as exc:
+        after = f" after key {last_key}" if last_key else ""
+        faults.append(Fault(name, last_key, f"LMDB error while reading{after}: {exc}"))
+        return
+    finally:
+        env.close()
+    if checksums is not None:
+        for key in sorted(set(checksums) - seen):
+            faults.append(Fault(name, key, "key listed in keys.parquet is missing from data.mdb"))
+            located = True
+    keys_seen[name] = seen
+    mismatches = []
+    if entries != expected["entries"]:
+        mismatches.append(f"{entries} entries, manifest says {expected['entries']}")
+    if value_bytes != expected["value_bytes"]:
+        mismatches.append(f"{value_bytes} value bytes, manifest says {expected['value_bytes']}")
+    if digest.hexdigest() != expected["sha256"]:
+        mismatches.append(f"content sha256 {digest.hexdigest()}, manifest says {expected['sha256']}")
+    if mismatches:
+        hint = "" if located else " (no single key could be blamed)"
+        faults.append(Fault(name, None, "; ".join(mismatches) + hint))
+
+
+def verify_archive(path: str | os.PathLike, progress: bool = False) -> VerifyReport:
+    """Check every shard of an archive against its manifest and every value it holds.
+
+    Never raises for a corrupt archive: every problem becomes a :class:`Fault`.
+    """
+    from tqdm import tqdm
+
+    root = Path(path)
+    report = VerifyReport()
+    try:
+        manifest = archive.read_manifest(root)
+    except archive.ArchiveError as exc:
+        report.faults.append(Fault("-", None, str(exc)))
+        return report
+    shards_dir = root / archive.SHARDS_DIR
+    keys_seen: dict[str, set[str]] = {}
+    listed = {s["name"] for s in manifest["shards"]}
+    if shards_dir.is_dir():
+        for entry in sorted(shards_dir.iterdir()):
+            if entry.is_dir() and entry.name not in listed and not entry.name.startswith("."):
+                report.faults.append(Fault(entry.name, None, "shard directory is not listed in the manifest"))
+    for expected in tqdm(manifest["shards"], desc="verify", unit="shard", disable=not progress):
+        report.shards += 1
+        _verify_shard(shards_dir / expected["name"], expected, report, keys_seen)
+    _verify_patch_rows(root, keys_seen, report)
+    return report
+
+
+def _verify_patch_rows(root: Path, keys_seen: dict[str, set[str]], report: VerifyReport) -> None:
+    """Every patch of ``patches.parquet`` must find its values in the shard it names."""
+    path = root / archive.PATCHES_FILE
+    if not path.is_file():
+        if keys_seen:
+            report.faults.append(Fault("-", None, f"{path} is missing"))
+        return
+    try:
+        schema_names = pq.read_schema(path).names
+        columns = [c for c in ("patch_id", "shard", "s1_name", "has_s1", "has_reference_map") if c in schema_names]
+        table = pq.read_table(path, columns=columns)
+    except (OSError, ValueError) as exc:
+        report.faults.append(Fault("-", None, f"{path}: unreadable ({exc})"))
+        return
+    data = {c: table.column(c).to_pylist() for c in columns}
+    for i, pid in enumerate(data.get("patch_id", [])):
+        shard = data["shard"][i] if "shard" in data else None
+        seen = keys_seen.get(shard)
+        if seen is None:
+            continue  # shard missing or unreadable: already reported
+        wanted = [pid]
+        if data.get("has_s1", [False] * (i + 1))[i] and data.get("s1_name", [None] * (i + 1))[i]:
+            wanted.append(data["s1_name"][i])
+        if data.get("has_reference_map", [False] * (i + 1))[i]:
+            wanted.append(naming.reference_map_key(pid))
+        for key in wanted:
+            if key not in seen:
+                report.faults.append(Fault(shard, key, f"patches.parquet lists this key for patch {pid}, "
+                                           "but the shard does not hold it"))
+
+
+# ---------------------------------------------------------------------------- merge
+
+
+@dataclass(frozen=True)
+class MergeSummary:
+    """Outcome of :func:`merge_archive`: the environment written, keys, value bytes and
+    keys that several shards held (byte-identical, written once)."""
+
+    path: Path
+    entries: int
+    value_bytes: int
+    duplicates: int
+
+
+def _shard_stream(index: int, env: lmdb.Environment) -> Iterator[tuple[bytes, int, memoryview]]:
+    with env.begin(buffers=True) as txn:
+        for key, value in txn.cursor():
+            yield bytes(key), index, value
+
+
+def merge_archive(path: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = False) -> MergeSummary:
+    """Write every shard of an archive into one LMDB environment ``out_dir`` (sorted keys).
+
+    ``out_dir`` must not exist or be empty; the environment is written into a temporary
+    sibling and renamed into place, and the archive's metadata parquet files are copied
+    next to ``data.mdb``. A key that several shards hold is written once; their values
+    must be byte-identical.
+
+    Raises:
+        ArchiveError: the archive is unreadable, ``out_dir`` is not empty, or two shards
+            hold different values under one key (naming the key and the shards).
+    """
+    from tqdm import tqdm
+
+    root = Path(path)
+    out = Path(out_dir)
+    manifest = archive.read_manifest(root)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise archive.ArchiveError(f"{out}: exists and is not an empty directory")
+    names = [s["name"] for s in manifest["shards"]]
+    envs = [archive.open_lmdb_readonly(root / archive.SHARDS_DIR / n) for n in names]
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
+    try:
+        # First pass: sizes only, for the same deterministic map size write_lmdb would use.
+        def sizes() -> Iterator[tuple[bytes, memoryview]]:
+            previous = None
+            for key, _, value in heapq.merge(*(_shard_stream(i, e) for i, e in enumerate(envs))):
+                if key != previous:
+                    yield key, value
+                previous = key
+
+        map_size = archive.map_size_for(sizes())
+        total = sum(s["entries"] for s in manifest["shards"])
+        tmp.mkdir(parents=True)
+        writer = lmdb.open(str(tmp), map_size=map_size, subdir=True, lock=False, sync=True, metasync=True)
+        entries = value_bytes = duplicates = 0
+        try:
+            txn = writer.begin(write=True)
+            previous_key, previous_value, previous_shard = None, None, None
+            for key, index, value in tqdm(
+                heapq.merge(*(_shard_stream(i, e) for i, e in enumerate(envs))),
+                total=total, desc="merge", unit="value", disable=not progress,
+            ):
+                if key == previous_key:
+                    if bytes(value) != previous_value:
+                        raise archive.ArchiveError(
+                            f"key {key.decode('utf-8', 'replace')!r} has different values in shards "
+                            f"{names[previous_shard]} and {names[index]}"
+                        )
+                    duplicates += 1
+                    continue
+                txn.put(key, value, append=True)
+                entries += 1
+                value_bytes += len(value)
+                previous_key, previous_value, previous_shard = key, bytes(value), index
+                if entries % 2048 == 0:
+                    txn.commit()
+                    txn = writer.begin(write=True)
+            txn.commit()
+            writer.sync(True)
+        finally:
+            writer.close()
+        for metadata_name in (archive.METADATA_FILE, archive.FLAGGED_METADATA_FILE):
+            if (root / metadata_name).is_file():
+                shutil.copyfile(root / metadata_name, tmp / metadata_name)
+        if out.exists():
+            out.rmdir()
+        os.rename(tmp, out)
+    finally:
+        for env in envs:
+            env.close()
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return MergeSummary(out, entries, value_bytes, duplicates)
+
+
+# ---------------------------------------------------------------------------- export
+
+
+@dataclass
+class ExportSummary:
+    """Outcome of :func:`export_geotiffs`: patches and files written, and per-key errors."""
+
+    patches: int = 0
+    files: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def export_geotiffs(
+    path: str | os.PathLike, out_dir: str | os.PathLike, nested: bool = True, progress: bool = False
+) -> ExportSummary:
+    """Write an archive back as reBEN's GeoTIFF release under ``out_dir``.
+
+    Layout: ``BigEarthNet-S2/<product>/<patch_id>/<patch_id>_<band>.tif`` (uint16,
+    uncompressed), ``BigEarthNet-S1/<s1 product>/<s1_name>/<s1_name>_<VV|VH>.tif``
+    (float32, uncompressed) and ``Reference_Maps/<product>/<patch_id>/<patch_id>_reference_map.tif``
+    (uint16, deflate, nodata 0); ``nested=False`` drops the product level. Each band is
+    georeferenced from the patch's ``crs``/``ulx``/``uly`` in ``patches.parquet`` at its
+    native resolution; S1 values use their S2 patch's 10 m grid. A value that fails to
+    decode is reported in ``errors`` (naming the key) and skipped.
+    """
+    from tqdm import tqdm
+
+    root = Path(path)
+    patches_path = root / archive.PATCHES_FILE
+    try:
+        table = pq.read_table(patches_path)
+    except (OSError, ValueError) as exc:
+        raise archive.ArchiveError(f"{patches_path}: cannot read ({exc})") from None
+    rows = sorted(table.drop_columns([c for c in ("geometry", "labels") if c in table.column_names]).to_pylist(),
+                  key=lambda r: r["patch_id"])
+    summary = ExportSummary()
+    out = Path(out_dir)
+    with archive.Archive(root) as source:
+        for row in tqdm(rows, desc="export-tiff", unit="patch", disable=not progress):
+            pid = row["patch_id"]
+            crs, ulx, uly = row["crs"], row["ulx"], row["uly"]
+            wanted = [("S2", pid, pid)]
+            if row.get("has_s1", True) and row.get("s1_name"):
+                wanted.append(("S1", row["s1_name"], row["s1_name"]))
+            if row.get("has_reference_map", True):
+                wanted.append(("reference_map", naming.reference_map_key(pid), pid))
+            wrote_any = False
+            for kind, key, name in wanted:
+                try:
+                    value = source.get(key)
+                except KeyError:
+                    if kind == "S2" or "has_s1" in row:
+                        summary.errors.append(f"key {key}: not found in the archive")
+                    continue
+                try:
+                    arrays = codec.check_value(key, value, kind)
+                except ValueError as exc:
+                    summary.errors.append(str(exc))
+                    continue
+                if kind == "reference_map":
+                    arrays = {REFERENCE_MAP_BAND: arrays[codec.REFERENCE_MAP_TENSOR]}
+                try:
+                    write_patch(out, kind, name, arrays, crs, ulx, uly, nested=nested)
+                except (OSError, ValueError) as exc:
+                    summary.errors.append(f"key {key}: cannot write GeoTIFFs ({exc})")
+                    continue
+                summary.files += len(arrays)
+                wrote_any = True
+            summary.patches += int(wrote_any)
+    return summary
+
+
+__all__ = [
+    "ExportSummary", "Fault", "MergeSummary", "VerifyReport", "export_geotiffs", "merge_archive",
+    "read_key_checksums", "verify_archive",
+]

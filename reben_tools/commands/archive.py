@@ -1,0 +1,73 @@
+"""``reben verify``, ``reben merge`` and ``reben export-tiff``: tools over a finished archive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def verify(
+    archive_dir: Path = typer.Argument(..., help="The archive directory (with manifest.json)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Check every shard against the manifest and every value against its declared tensors.
+
+    Exits 1 and prints one line per fault, naming the shard and the key.
+    """
+    from reben_tools.archive_tools import verify_archive
+
+    report = verify_archive(archive_dir, progress=not quiet)
+    for fault in report.faults:
+        typer.echo(f"FAULT {fault}", err=True)
+    if report.faults:
+        typer.echo(f"{archive_dir}: {len(report.faults)} fault(s) in {report.shards} shard(s), "
+                   f"{report.values} value(s) read", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{archive_dir}: OK ({report.shards} shard(s), {report.values} value(s))")
+
+
+def merge(
+    archive_dir: Path = typer.Argument(..., help="The archive directory (with manifest.json)."),
+    out_dir: Path = typer.Argument(..., help="New directory for the single LMDB environment."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Write all shards into one LMDB environment with sorted keys (reBEN's single-LMDB layout)."""
+    from reben_tools.archive import ArchiveError
+    from reben_tools.archive_tools import merge_archive
+
+    try:
+        summary = merge_archive(archive_dir, out_dir, progress=not quiet)
+    except ArchiveError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{summary.path}: {summary.entries} keys, {summary.value_bytes} value bytes"
+               + (f" ({summary.duplicates} duplicate key(s) across shards written once)" if summary.duplicates else ""))
+
+
+def export_tiff(
+    archive_dir: Path = typer.Argument(..., help="The archive directory (with manifest.json)."),
+    out_dir: Path = typer.Argument(..., help="Where to write BigEarthNet-S2/, BigEarthNet-S1/, Reference_Maps/."),
+    flat: bool = typer.Option(False, "--flat", help="Patch folders directly under each part, no product level."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Write the archive back as reBEN's GeoTIFF release, georeferenced from patches.parquet."""
+    from reben_tools.archive import ArchiveError
+    from reben_tools.archive_tools import export_geotiffs
+
+    try:
+        summary = export_geotiffs(archive_dir, out_dir, nested=not flat, progress=not quiet)
+    except ArchiveError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for error in summary.errors:
+        typer.echo(f"ERROR {error}", err=True)
+    typer.echo(f"{out_dir}: {summary.patches} patch(es), {summary.files} GeoTIFF(s)")
+    if summary.errors:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify")(verify)
+    app.command("merge")(merge)
+    app.command("export-tiff")(export_tiff)

@@ -1,0 +1,52 @@
+"""``reben encode``: reBEN's GeoTIFF release -> reben-tools archive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def encode(
+    s2_dir: Path = typer.Option(..., "--s2-dir", help="BigEarthNet-S2 folder (nested or flat patch folders)."),
+    out: Path = typer.Option(..., "--out", help="Archive directory to create."),
+    s1_dir: Path | None = typer.Option(None, "--s1-dir", help="BigEarthNet-S1 folder; every S2 patch then needs its S1 partner."),
+    reference_maps_dir: Path | None = typer.Option(
+        None, "--reference-maps-dir", help="Reference_Maps folder; every patch then needs its reference map."),
+    metadata: list[Path] | None = typer.Option(
+        None, "--metadata", help="reBEN metadata parquet (repeatable); keeps only its patches and writes the metadata files."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Processes (default: all usable CPUs); never changes the output."),
+    patches_per_shard: int = typer.Option(1024, "--patches-per-shard", min=1, help="Patches per LMDB shard."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Encode reBEN's GeoTIFF release into a sharded LMDB/safetensors archive.
+
+    Bad patches (missing band file, wrong shape or dtype, unreadable TIFF, missing S1
+    partner or reference map) are skipped and listed in ARCHIVE/report.json.
+    """
+    from reben_tools.archive import ArchiveError
+    from reben_tools.encode import EncodeError, encode_release
+    from reben_tools.geotiff_release import ReleaseError
+
+    try:
+        summary = encode_release(
+            s2_dir, out, s1_dir=s1_dir, reference_maps_dir=reference_maps_dir, metadata_files=metadata or (),
+            workers=workers, patches_per_shard=patches_per_shard, progress=not quiet,
+        )
+    except (EncodeError, ArchiveError, ReleaseError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for item in summary.skipped[:20]:
+        typer.echo(f"SKIPPED {item['item']}: {item['path']}: {item['reason']}", err=True)
+    if len(summary.skipped) > 20:
+        typer.echo(f"... and {len(summary.skipped) - 20} more (see {out / 'report.json'})", err=True)
+    typer.echo(
+        f"{out}: {summary.patches} patch(es) in {len(summary.shards)} shard(s), {len(summary.skipped)} skipped, "
+        f"{summary.seconds:.1f} s ({summary.patches_per_second:.1f} patches/s)"
+    )
+    if summary.patches == 0:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("encode")(encode)
