@@ -1,0 +1,251 @@
+"""Benchmarks of the scene-to-archive pipeline (results go to benchmarks/pipeline.md).
+
+Figures, each measured within one process run so that ratios compare like with like
+on a machine whose cores are shared:
+
+1. ``decode``: per product, the pipeline's work (every block of the product run
+   serially in this process, shards written) against merely decoding each of the
+   product's 13 rasters once in full (rasterio ``read``), interleaved and repeated;
+   goal ratio <= 1.5.
+2. ``memory``: peak RSS of each Dask worker process (``ru_maxrss``) after building a
+   full-size 10,980 x 10,980 product on a LocalCluster; goal < 2.5 GiB.
+3. ``scaling``: wall time of the same build on an already started LocalCluster with
+   1 worker and with 2 workers (cluster start-up excluded), interleaved; goal >= 1.7x.
+4. ``projection``: hours to rebuild reBEN's 115 products on 32 cores from the
+   measured per-product cost and the measured parallel efficiency.
+
+Usage::
+
+    python benchmarks/bench_pipeline.py --demo-dir /tmp/bench/demo --full-dir /tmp/bench/full \\
+        --work-dir /tmp/bench/work --json benchmarks/pipeline_results.json
+
+The demo region (``reben_tools.synthetic.generate_region``) and the full-size product
+(``write_full_size_product``) are generated into the given folders when absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import rasterio
+
+from reben_tools.corine import open_clc
+from reben_tools.pipeline import PipelineConfig, build_archive, discover, plan_tasks, run_block
+
+REBEN_PRODUCTS = 115
+CLUSTER_CORES = 32
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def ensure_demo(path: Path) -> Path:
+    if not (path / "expected.json").is_file():
+        from reben_tools.synthetic import generate_region
+
+        print(f"generating demo region in {path} ...", flush=True)
+        generate_region(path, seed=0, overwrite=True)
+    return path
+
+
+def ensure_full(path: Path) -> tuple[Path, Path, Path]:
+    s2 = path / "S2"
+    if not s2.is_dir() or not any(s2.iterdir()):
+        from reben_tools.synthetic import write_full_size_product
+
+        print(f"generating the full-size product in {path} (a few minutes) ...", flush=True)
+        write_full_size_product(path, progress=True)
+    clc = next((path / "corine").glob("*.gpkg"))
+    return s2, path / "S1", clc
+
+
+def demo_config(demo: Path, rows_per_block: int) -> PipelineConfig:
+    return PipelineConfig(
+        s2=[str(demo / "S2")], s1=[str(demo / "S1")], clc=str(next((demo / "corine").glob("*.gpkg"))),
+        countries_file=str(next((demo / "countries").glob("*.geojson"))), rows_per_block=rows_per_block,
+        memory_limit="4GiB",
+    )
+
+
+def full_config(full: Path, rows_per_block: int) -> PipelineConfig:
+    s2, s1, clc = ensure_full(full)
+    return PipelineConfig(s2=[str(s2)], s1=[str(s1)], clc=str(clc), rows_per_block=rows_per_block, memory_limit="4GiB")
+
+
+def decode_product(product) -> float:
+    """Seconds to decode each of the product's rasters once, in full."""
+    start = time.perf_counter()
+    with rasterio.Env(GDAL_NUM_THREADS="1", OPJ_NUM_THREADS="1", GDAL_CACHEMAX=128):
+        for path in product.band_paths.values():
+            with rasterio.open(path) as ds:
+                ds.read(1)
+    return time.perf_counter() - start
+
+
+def pipeline_product(config: PipelineConfig, product_index: int, work: Path) -> tuple[float, int]:
+    """Seconds to run every block of one product serially in this process (shards written)."""
+    inputs = discover(config)
+    inputs.products = [inputs.products[product_index]]
+    clc = open_clc(config.clc, config.clc_code_column)
+    shards = Path(tempfile.mkdtemp(dir=work))
+    tasks = plan_tasks(config, inputs, clc, shards)
+    start = time.perf_counter()
+    kept = 0
+    for task in tasks:
+        result = run_block(task)
+        assert result["status"] == "ok", result
+        kept += result["kept"]
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(shards)
+    return elapsed, kept
+
+
+def bench_decode(config: PipelineConfig, work: Path, repeats: int, label: str) -> list[dict]:
+    inputs = discover(config)
+    out = []
+    for index, product in enumerate(inputs.products):
+        decode, pipe, kept = [], [], 0
+        for _ in range(repeats):
+            decode.append(decode_product(product))
+            seconds, kept = pipeline_product(config, index, work)
+            pipe.append(seconds)
+        row = {
+            "set": label, "product": product.path.name, "patches": product.grid.num_patches, "kept": kept,
+            "decode_s": statistics.median(decode), "pipeline_s": statistics.median(pipe),
+            "ratio": statistics.median(pipe) / statistics.median(decode), "repeats": repeats,
+        }
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    return out
+
+
+def _worker_peak_rss_mib() -> float:
+    """Peak resident memory of this process (VmHWM; unlike ru_maxrss it is not inherited across exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def bench_memory(config: PipelineConfig, work: Path, workers: int) -> dict:
+    from dask.distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit="6GiB",
+                           dashboard_address=":0")
+    client = Client(cluster)
+    try:
+        baseline = client.run(_worker_peak_rss_mib)
+        out = work / "memory-archive"
+        shutil.rmtree(out, ignore_errors=True)
+        start = time.perf_counter()
+        result = build_archive(config, out=out, scheduler=cluster.scheduler_address, progress=False, echo=_quiet)
+        elapsed = time.perf_counter() - start
+        peaks = client.run(_worker_peak_rss_mib)
+    finally:
+        client.close()
+        cluster.close()
+    shutil.rmtree(out, ignore_errors=True)
+    row = {"workers": workers, "rows_per_block": config.rows_per_block, "build_s": elapsed,
+           "kept": result.kept + result.flagged, "idle_rss_mib": sorted(baseline.values()),
+           "peak_rss_mib": sorted(peaks.values()), "max_peak_gib": max(peaks.values()) / 1024.0}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def bench_scaling(config: PipelineConfig, work: Path, repeats: int) -> dict:
+    from dask.distributed import Client, LocalCluster
+
+    times: dict[int, list[float]] = {1: [], 2: []}
+    execute: dict[int, list[float]] = {1: [], 2: []}
+    busy: dict[int, list[float]] = {1: [], 2: []}
+    cpu: dict[int, list[float]] = {1: [], 2: []}
+    clusters = {n: LocalCluster(n_workers=n, threads_per_worker=1, processes=True, memory_limit="4GiB",
+                                dashboard_address=":0") for n in (1, 2)}
+    clients = {n: Client(c) for n, c in clusters.items()}
+    try:
+        for n, client in clients.items():  # warm-up: imports in the worker processes
+            client.run(lambda: __import__("reben_tools.pipeline"))
+        for _ in range(repeats):
+            for n in (1, 2):
+                out = work / f"scaling-{n}"
+                shutil.rmtree(out, ignore_errors=True)
+                start = time.perf_counter()
+                result = build_archive(config, out=out, scheduler=clusters[n].scheduler_address, progress=False,
+                                       echo=_quiet)
+                times[n].append(time.perf_counter() - start)
+                execute[n].append(result.execute_seconds)
+                busy[n].append(result.task_seconds)
+                cpu[n].append(result.task_cpu_seconds)
+                shutil.rmtree(out, ignore_errors=True)
+    finally:
+        for client in clients.values():
+            client.close()
+        for cluster in clusters.values():
+            cluster.close()
+    t1, t2 = statistics.median(times[1]), statistics.median(times[2])
+    e1, e2 = statistics.median(execute[1]), statistics.median(execute[2])
+    row = {"rows_per_block": config.rows_per_block, "t1_s": times[1], "t2_s": times[2], "speedup": t1 / t2,
+           "efficiency": t1 / t2 / 2, "execute_1_s": execute[1], "execute_2_s": execute[2],
+           "execute_speedup": e1 / e2, "task_wall_s": busy, "task_cpu_s": cpu,
+           "cpu_share_in_tasks_2_workers": statistics.median(cpu[2]) / statistics.median(busy[2])}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo-dir", type=Path, default=Path("/tmp/reben-bench/demo"))
+    parser.add_argument("--full-dir", type=Path, default=Path("/tmp/reben-bench/full"))
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/reben-bench/work"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["decode", "full-decode", "memory", "scaling"])
+    parser.add_argument("--scaling-set", choices=["demo", "full"], default="demo")
+    parser.add_argument("--scaling-rows", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    results: dict = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+                                "2 vCPU shared with other sessions", "python": platform.python_version()}
+
+    demo = ensure_demo(args.demo_dir)
+    if "decode" not in args.skip:
+        results["decode_demo"] = bench_decode(demo_config(demo, 5), args.work_dir, args.repeats, "demo")
+    if "scaling" not in args.skip:
+        config = demo_config(demo, args.scaling_rows) if args.scaling_set == "demo" else full_config(args.full_dir, args.scaling_rows)
+        results["scaling_demo"] = bench_scaling(config, args.work_dir, args.repeats)
+        results["scaling_demo"]["set"] = args.scaling_set
+    full = None
+    if "full-decode" not in args.skip or "memory" not in args.skip:
+        full = full_config(args.full_dir, 8)
+    if "full-decode" not in args.skip:
+        results["decode_full"] = bench_decode(full, args.work_dir, 1, "full")
+    if "memory" not in args.skip:
+        results["memory_full"] = bench_memory(full, args.work_dir, 2)
+
+    per_product = None
+    if "decode_full" in results:
+        per_product = results["decode_full"][0]["pipeline_s"]
+    elif "memory_full" in results:
+        per_product = results["memory_full"]["build_s"] * 2  # 2 workers busy for build_s
+    if per_product is not None:
+        efficiency = min(results.get("scaling_demo", {}).get("efficiency", 0.85), 1.0)
+        hours = REBEN_PRODUCTS * per_product / (CLUSTER_CORES * efficiency) / 3600
+        results["projection"] = {"per_product_core_s": per_product, "products": REBEN_PRODUCTS,
+                                 "cores": CLUSTER_CORES, "parallel_efficiency": efficiency, "hours": hours}
+        print(json.dumps(results["projection"]), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,539 @@
+"""Reading Sentinel-2 L2A products and Sentinel-1 scenes (SPEC section 1).
+
+Sentinel-2 products come either as ``.SAFE`` folders (JPEG2000 bands under
+``GRANULE/*/IMG_DATA/R10m|R20m|R60m``, ``MTD_MSIL2A.xml`` at the top) or as a
+folder named like the product holding one GeoTIFF per band (``..._B02.tif``,
+``..._B02_10m.tif``, ``..._SCL.tif``). Each band is taken at its native
+resolution; all rasters must share one CRS and one extent, their 10, 20 and 60 m
+grids anchored at the same upper-left corner.
+
+Sentinel-1 scenes are folders named like the S1 product
+(``S1B_IW_GRDH_1SDV_20170612T165809...``) holding ``*_VV.tif`` and ``*_VH.tif``
+(float32 backscatter in dB) in any CRS.
+
+Every failure raises :class:`SceneError` naming the file at fault.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import xml.etree.ElementTree as ET
+from collections import OrderedDict
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from . import naming
+from .bands import PATCH_SIZE_M, S2_BANDS, SCL_BAND
+from .tiling import Block, PatchGrid
+
+PRODUCT_BANDS: dict[str, int] = {**{b.name: b.resolution_m for b in S2_BANDS.values()}, "SCL": SCL_BAND.resolution_m}
+"""Every raster read from a product (12 bands + SCL) and its native resolution in metres."""
+
+DEFAULT_BOA_ADD_OFFSET = -1000
+"""ESA's BOA_ADD_OFFSET for processing baseline N0400 and later, used when a product has no metadata file."""
+
+_GEOTIFF_BAND_RE = re.compile(r"_(B0[1-9]|B1[0-2]|B8A|SCL)(?:_(10|20|60)m)?\.tiff?$", re.IGNORECASE)
+_ALIGN_TOL_M = 1e-3
+
+
+class SceneError(ValueError):
+    """A product or scene cannot be used; ``path`` is the file or folder at fault."""
+
+    def __init__(self, path: Path | str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class S2Product:
+    """A Sentinel-2 L2A product whose rasters were checked to agree.
+
+    Attributes:
+        path: the product folder (``.SAFE`` or GeoTIFF folder).
+        name: the parsed product name.
+        layout: ``"SAFE"`` or ``"GeoTIFF"``.
+        band_paths: raster file of each of the 12 bands and ``SCL``.
+        crs: the rasters' CRS as an EPSG string (``"EPSG:32633"``) or WKT when it has no EPSG code.
+        grid: the 1,200 m patch grid cut from the rasters' extent.
+        boa_add_offset: radiometric offset to add to DNs (``-1000`` from N0400 on, else 0).
+    """
+
+    path: Path
+    name: naming.S2ProductName
+    layout: str
+    band_paths: dict[str, Path]
+    crs: str
+    grid: PatchGrid
+    boa_add_offset: int
+
+    @property
+    def prefix(self) -> str:
+        """The product name without generation time: the stem of its patch ids."""
+        return self.name.patch_prefix
+
+
+@dataclass(frozen=True)
+class S1Scene:
+    """A Sentinel-1 scene: VV and VH rasters on one grid.
+
+    Attributes:
+        path: the scene folder.
+        prefix: S1 product prefix, mission through acquisition start.
+        acquired: acquisition start (UTC, naive).
+        vv, vh: the two rasters.
+        crs: the rasters' CRS (EPSG string or WKT).
+        bounds: ``(left, bottom, right, top)`` in ``crs``.
+        nodata: the rasters' no-data value (None: only NaN counts as no-data).
+    """
+
+    path: Path
+    prefix: str
+    acquired: datetime
+    vv: Path
+    vh: Path
+    crs: str
+    bounds: tuple[float, float, float, float]
+    nodata: float | None = field(default=None)
+
+
+def crs_string(crs: rasterio.crs.CRS) -> str:
+    """``"EPSG:nnnn"`` when the CRS has an EPSG code, else its WKT."""
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
+def looks_like_s2_product(path: Path) -> bool:
+    """Whether ``path`` is a product folder itself rather than a folder of products."""
+    if path.suffix.upper() == ".SAFE":
+        return True
+    if (path / "GRANULE").is_dir() or (path / "MTD_MSIL2A.xml").is_file():
+        return True
+    return any(_GEOTIFF_BAND_RE.search(p.name) for p in path.glob("*.tif*"))
+
+
+def _find_safe_bands(path: Path) -> dict[str, Path]:
+    granules = sorted(p for p in (path / "GRANULE").glob("*") if p.is_dir())
+    if not granules:
+        raise SceneError(path / "GRANULE", "no granule folder in the SAFE product")
+    if len(granules) > 1:
+        raise SceneError(path / "GRANULE", f"{len(granules)} granule folders; expected one")
+    img = granules[0] / "IMG_DATA"
+    out = {}
+    for band, res in PRODUCT_BANDS.items():
+        folder = img / f"R{res}m"
+        matches = sorted(folder.glob(f"*_{band}_{res}m.jp2"))
+        if not matches:
+            raise SceneError(folder, f"missing band {band}: no *_{band}_{res}m.jp2 file")
+        if len(matches) > 1:
+            raise SceneError(folder, f"band {band} found {len(matches)} times: {[m.name for m in matches]}")
+        out[band] = matches[0]
+    return out
+
+
+def _find_geotiff_bands(path: Path) -> dict[str, Path]:
+    candidates: dict[str, list[tuple[int | None, Path]]] = {}
+    for file in sorted(path.iterdir()):
+        match = _GEOTIFF_BAND_RE.search(file.name)
+        if match and file.is_file():
+            res = int(match.group(2)) if match.group(2) else None
+            candidates.setdefault(match.group(1).upper(), []).append((res, file))
+    out = {}
+    for band, res in PRODUCT_BANDS.items():
+        found = candidates.get(band, [])
+        native = [f for r, f in found if r == res] or [f for r, f in found if r is None]
+        if not native:
+            if found:
+                raise SceneError(found[0][1], f"band {band} is not at its native {res} m resolution")
+            raise SceneError(path, f"missing band {band}: no *_{band}.tif or *_{band}_{res}m.tif file")
+        if len(native) > 1:
+            raise SceneError(path, f"band {band} found {len(native)} times: {[f.name for f in native]}")
+        out[band] = native[0]
+    return out
+
+
+def read_boa_add_offset(mtd_path: Path) -> int:
+    """The BOA_ADD_OFFSET of a product from ``MTD_MSIL2A.xml`` (0 when the file lists none).
+
+    Raises:
+        SceneError: the file is not readable XML, or its offsets differ between bands.
+    """
+    try:
+        root = ET.parse(mtd_path).getroot()
+    except (OSError, ET.ParseError) as exc:
+        raise SceneError(mtd_path, f"cannot parse product metadata ({exc})") from None
+    values = set()
+    for element in root.iter():
+        if element.tag.rsplit("}", 1)[-1] == "BOA_ADD_OFFSET":
+            try:
+                values.add(int(float((element.text or "").strip())))
+            except ValueError:
+                raise SceneError(mtd_path, f"BOA_ADD_OFFSET {element.text!r} is not a number") from None
+    if len(values) > 1:
+        raise SceneError(mtd_path, f"BOA_ADD_OFFSET differs between bands: {sorted(values)}")
+    return values.pop() if values else 0
+
+
+def open_s2_product(path: str | Path) -> S2Product:
+    """Find, parse and check a Sentinel-2 L2A product (headers only; no pixels are decoded).
+
+    Raises:
+        SceneError: the folder is named unlike a Sentinel-2 L2A product, a band is
+            missing or unreadable, or the rasters disagree in CRS, resolution or extent.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise SceneError(path, "not a folder (expected a .SAFE product or a folder of band GeoTIFFs)")
+    stem = path.name
+    try:
+        name = naming.parse_s2_product_name(stem)
+    except ValueError as exc:
+        raise SceneError(path, str(exc)) from None
+    if (path / "GRANULE").is_dir():
+        layout, band_paths = "SAFE", _find_safe_bands(path)
+    else:
+        layout, band_paths = "GeoTIFF", _find_geotiff_bands(path)
+
+    reference = None
+    for band, file in band_paths.items():
+        res = PRODUCT_BANDS[band]
+        try:
+            with rasterio.open(file) as ds:
+                crs, transform, width, height, count = ds.crs, ds.transform, ds.width, ds.height, ds.count
+        except rasterio.errors.RasterioError as exc:
+            raise SceneError(file, f"cannot open raster ({exc})") from None
+        if crs is None:
+            raise SceneError(file, "raster has no CRS")
+        if count < 1:
+            raise SceneError(file, "raster has no band")
+        if abs(transform.a - res) > 1e-9 or abs(transform.e + res) > 1e-9 or transform.b or transform.d:
+            raise SceneError(file, f"pixel size {transform.a} x {-transform.e} m, expected north-up {res} m for {band}")
+        extent = (transform.c, transform.f, width * res, height * res)
+        if reference is None:
+            reference = (file, crs, extent)
+            continue
+        ref_file, ref_crs, ref_extent = reference
+        if crs != ref_crs:
+            raise SceneError(file, f"CRS {crs_string(crs)} differs from {crs_string(ref_crs)} of {ref_file.name}")
+        if any(abs(a - b) > _ALIGN_TOL_M for a, b in zip(extent, ref_extent)):
+            raise SceneError(
+                file,
+                f"extent (ulx {extent[0]}, uly {extent[1]}, {extent[2]} x {extent[3]} m) differs from "
+                f"{ref_file.name} (ulx {ref_extent[0]}, uly {ref_extent[1]}, {ref_extent[2]} x {ref_extent[3]} m)",
+            )
+    assert reference is not None
+    _, ref_crs, (ulx, uly, width_m, height_m) = reference
+    crs = crs_string(ref_crs)
+    grid = PatchGrid.from_extent(crs, ulx, uly, width_m, height_m)
+    if grid.num_patches == 0:
+        raise SceneError(path, f"extent {width_m} x {height_m} m holds no complete {PATCH_SIZE_M} m patch")
+
+    mtd = path / "MTD_MSIL2A.xml"
+    if mtd.is_file():
+        offset = read_boa_add_offset(mtd)
+    else:
+        offset = DEFAULT_BOA_ADD_OFFSET if name.baseline_number >= 400 else 0
+    return S2Product(path, name, layout, band_paths, crs, grid, offset)
+
+
+def block_window(block: Block, resolution_m: int) -> Window:
+    """The pixel window of a block in a raster of ``resolution_m`` anchored at the grid's corner."""
+    per_patch = PATCH_SIZE_M // resolution_m
+    return Window(0, block.row_start * per_patch, block.ncols * per_patch, block.nrows * per_patch)
+
+
+_LAST_TILE_ROW: dict[tuple[int, str], tuple[int, np.ndarray]] = {}
+"""Per thread and raster: the last JPEG2000 tile row decoded (index, full-width array)."""
+
+
+class _OpenRasters:
+    """Rasters kept open per thread between blocks (least recently used closed beyond
+    ``capacity``, about one product), together with their last decoded tile row."""
+
+    def __init__(self, capacity: int = 16):
+        self.capacity = capacity
+        self._open: OrderedDict[tuple[int, str], rasterio.io.DatasetReader] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path) -> rasterio.io.DatasetReader:
+        key = (threading.get_ident(), str(path))
+        with self._lock:
+            ds = self._open.pop(key, None)
+            if ds is None:
+                ds = rasterio.open(path)
+            self._open[key] = ds
+            while len(self._open) > self.capacity:
+                (thread, old_path), old = self._open.popitem(last=False)
+                _LAST_TILE_ROW.pop((thread, old.name), None)
+                old.close()
+            return ds
+
+    def discard(self, path: Path) -> None:
+        with self._lock:
+            ds = self._open.pop((threading.get_ident(), str(path)), None)
+            if ds is not None:
+                _LAST_TILE_ROW.pop((threading.get_ident(), ds.name), None)
+                ds.close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            while self._open:
+                self._open.popitem()[1].close()
+            _LAST_TILE_ROW.clear()
+
+
+OPEN_RASTERS = _OpenRasters()
+"""The open rasters of this process (used by :func:`read_block` with ``keep_open=True``)."""
+
+
+def _read_by_tile_rows(ds, window: Window) -> np.ndarray:
+    """Read ``window`` of a tiled JPEG2000 whole tile rows at a time, keeping the last one.
+
+    A JPEG2000 tile is decoded whole whatever part of it is read, and GDAL's driver keeps
+    no decoded tiles between reads. Blocks of patch rows do not line up with the tiles
+    (1,200 m patches, 1,024-pixel tiles), so two consecutive blocks share a tile row:
+    keeping the last decoded tile row lets the next block of the product on the same
+    worker start from it instead of decoding it again.
+    """
+    block_h, block_w = ds.block_shapes[0]
+    if ds.driver != "JP2OpenJPEG" or block_h >= ds.height:
+        return ds.read(1, window=window, boundless=False)
+    key = (threading.get_ident(), ds.name)
+    row0, col0 = int(window.row_off), int(window.col_off)
+    height, width = int(window.height), int(window.width)
+    out = np.empty((height, width), dtype=ds.dtypes[0])
+    first = row0 - row0 % block_h
+    for r in range(first, row0 + height, block_h):
+        cached = _LAST_TILE_ROW.get(key)
+        if cached is not None and cached[0] == r:
+            tile_row = cached[1]
+        else:
+            tile_row = ds.read(1, window=Window(0, r, ds.width, min(block_h, ds.height - r)))
+        r_start, r_stop = max(r, row0), min(r + block_h, row0 + height)
+        out[r_start - row0:r_stop - row0] = tile_row[r_start - r:r_stop - r, col0:col0 + width]
+        if r_stop == row0 + height:
+            _LAST_TILE_ROW[key] = (r, tile_row)
+    return out
+
+
+def forget_tile_rows() -> None:
+    """Drop the decoded tile rows kept by :func:`read_block` (``keep_open=True``)."""
+    _LAST_TILE_ROW.clear()
+
+
+def read_block(
+    product: S2Product, block: Block, bands: tuple[str, ...] | None = None, keep_open: bool = False,
+) -> dict[str, np.ndarray]:
+    """Read a block's window of each band at native resolution.
+
+    Args:
+        product: the product.
+        block: the patch rows to read.
+        bands: the rasters to read (default: the 12 bands and SCL).
+        keep_open: leave the rasters open in :data:`OPEN_RASTERS` and keep the last decoded
+            JPEG2000 tile row of each, so that the next block of the same product on this
+            worker does not decode the tile row both blocks share again.
+
+    Returns:
+        ``{band: array}``: uint16 (SCL: uint8) arrays of shape
+        ``(nrows * 1200 / res, ncols * 1200 / res)`` for each band's resolution ``res``.
+
+    Raises:
+        SceneError: a raster cannot be decoded (corrupt or truncated file), naming it.
+    """
+    out = {}
+    for band in bands or tuple(PRODUCT_BANDS):
+        file = product.band_paths[band]
+        window = block_window(block, PRODUCT_BANDS[band])
+        try:
+            if keep_open:
+                data = _read_by_tile_rows(OPEN_RASTERS.get(file), window)
+            else:
+                with rasterio.open(file) as ds:
+                    data = ds.read(1, window=window, boundless=False)
+        except (rasterio.errors.RasterioError, ValueError) as exc:
+            OPEN_RASTERS.discard(file)
+            raise SceneError(file, f"cannot read band {band} rows {window.row_off}..{window.row_off + window.height} ({exc})") from None
+        if data.shape != (window.height, window.width):
+            raise SceneError(file, f"read {data.shape} pixels for band {band}, expected {(window.height, window.width)}")
+        out[band] = data.astype(np.uint8 if band == "SCL" else np.uint16, copy=False)
+    return out
+
+
+def looks_like_s1_scene(path: Path) -> bool:
+    """Whether ``path`` holds VV/VH rasters itself rather than being a folder of scenes."""
+    return any(path.glob("*_VV.tif*")) or any(path.glob("*_VH.tif*"))
+
+
+def open_s1_scene(path: str | Path) -> S1Scene:
+    """Parse and check a Sentinel-1 scene folder (headers only).
+
+    Raises:
+        SceneError: the name is not a Sentinel-1 product name, a polarisation is missing,
+            or VV and VH are not on the same grid.
+    """
+    path = Path(path)
+    try:
+        prefix = naming.s1_product_prefix(path.name)
+        acquired = naming.s1_acquisition_time(path.name)
+    except ValueError as exc:
+        raise SceneError(path, str(exc)) from None
+    files = {}
+    for pol in ("VV", "VH"):
+        matches = sorted(path.glob(f"*_{pol}.tif")) + sorted(path.glob(f"*_{pol}.tiff"))
+        if len(matches) != 1:
+            raise SceneError(path, f"expected one *_{pol}.tif file, found {len(matches)}")
+        files[pol] = matches[0]
+    headers = {}
+    for pol, file in files.items():
+        try:
+            with rasterio.open(file) as ds:
+                headers[pol] = (ds.crs, ds.transform, ds.width, ds.height, ds.nodata, ds.bounds)
+        except rasterio.errors.RasterioError as exc:
+            raise SceneError(file, f"cannot open raster ({exc})") from None
+        if headers[pol][0] is None:
+            raise SceneError(file, "raster has no CRS")
+    if headers["VV"][:4] != headers["VH"][:4]:
+        raise SceneError(files["VH"], f"VH grid differs from VV ({files['VV'].name})")
+    crs, _, _, _, nodata, bounds = headers["VV"]
+    return S1Scene(path, prefix, acquired, files["VV"], files["VH"], crs_string(crs), tuple(bounds), nodata)
+
+
+class S1Warper:
+    """Warps the VV and VH rasters of one S1 scene onto patch grids (bilinear, float32 dB).
+
+    Use as a context manager: the rasters stay open between patches. Each patch is
+    warped on its own from a source window derived from its footprint alone, so the
+    value of a patch depends only on the scene and the patch grid (the same bytes
+    whichever block or product asks for it). :meth:`prepare` reads the source pixels
+    of many patches at once (one read per polarisation), :meth:`warp` then only slices.
+    """
+
+    MARGIN_PX = 3
+    EDGE_POINTS = 21
+
+    def __init__(self, scene: S1Scene):
+        self.scene = scene
+        self._stack: ExitStack | None = None
+        self._cache: tuple[Window, np.ndarray] | None = None
+
+    def __enter__(self) -> S1Warper:
+        self._stack = ExitStack()
+        try:
+            self._vv = self._stack.enter_context(rasterio.open(self.scene.vv))
+            self._vh = self._stack.enter_context(rasterio.open(self.scene.vh))
+        except rasterio.errors.RasterioError as exc:
+            self._stack.close()
+            raise SceneError(self.scene.path, f"cannot open S1 rasters ({exc})") from None
+        self._transformers: dict[str, object] = {}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cache = None
+        if self._stack is not None:
+            self._stack.close()
+
+    def source_windows(self, crs: str, transforms: list, size: int = 120) -> list[Window | None]:
+        """The source window each patch grid needs (None where the scene does not reach it).
+
+        The patch outline (``EDGE_POINTS`` per edge) is taken to the scene's CRS, its
+        bounds to pixels, widened by ``MARGIN_PX`` and clipped to the raster: a function
+        of the patch grid alone.
+        """
+        from pyproj import Transformer
+
+        if crs not in self._transformers:
+            self._transformers[crs] = Transformer.from_crs(crs, self._vv.crs.to_wkt(), always_xy=True)
+        t = np.linspace(0.0, 1.0, self.EDGE_POINTS)
+        ring_u = np.concatenate([t, np.ones_like(t), 1 - t, np.zeros_like(t)])
+        ring_v = np.concatenate([np.zeros_like(t), t, np.ones_like(t), 1 - t])
+        xs = np.array([tr.c + tr.a * size * ring_u for tr in transforms])
+        ys = np.array([tr.f + tr.e * size * ring_v for tr in transforms])
+        sx, sy = self._transformers[crs].transform(xs, ys)
+        inverse = ~self._vv.transform
+        cols, rows = inverse @ (np.asarray(sx), np.asarray(sy))
+        out = []
+        for c, r in zip(np.asarray(cols), np.asarray(rows)):
+            if not (np.isfinite(c).all() and np.isfinite(r).all()):
+                out.append(None)
+                continue
+            col0 = max(int(np.floor(c.min())) - self.MARGIN_PX, 0)
+            row0 = max(int(np.floor(r.min())) - self.MARGIN_PX, 0)
+            col1 = min(int(np.ceil(c.max())) + self.MARGIN_PX, self._vv.width)
+            row1 = min(int(np.ceil(r.max())) + self.MARGIN_PX, self._vv.height)
+            out.append(Window(col0, row0, col1 - col0, row1 - row0) if col1 - col0 >= 2 and row1 - row0 >= 2 else None)
+        return out
+
+    def prepare(self, windows: list[Window | None]) -> None:
+        """Read (once per polarisation) the union of ``windows``, for the next :meth:`warp` calls."""
+        present = [w for w in windows if w is not None]
+        if not present:
+            self._cache = None
+            return
+        col0 = min(int(w.col_off) for w in present)
+        row0 = min(int(w.row_off) for w in present)
+        col1 = max(int(w.col_off + w.width) for w in present)
+        row1 = max(int(w.row_off + w.height) for w in present)
+        union = Window(col0, row0, col1 - col0, row1 - row0)
+        self._cache = (union, self._read(union))
+
+    def _read(self, window: Window) -> np.ndarray:
+        src = np.empty((2, int(window.height), int(window.width)), dtype=np.float32)
+        for i, ds in enumerate((self._vv, self._vh)):
+            try:
+                src[i] = ds.read(1, window=window)
+            except rasterio.errors.RasterioError as exc:
+                raise SceneError(ds.name, f"cannot read S1 raster ({exc})") from None
+        nodata = self.scene.nodata
+        if nodata is not None and not np.isnan(nodata):
+            src[src == np.float32(nodata)] = np.nan
+        return src
+
+    def warp(self, crs: str, transform, size: int = 120, window: Window | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """VV and VH on a ``size`` x ``size`` grid (``transform`` in ``crs``), or None.
+
+        Returns None when the scene does not cover every pixel of the grid with valid
+        (finite, not no-data) values: the swath is a rotated strip, so its bounding box
+        alone says little. ``window`` is the patch's :meth:`source_windows` entry when
+        already known (it is computed otherwise).
+
+        Returns:
+            ``(vv, vh)``: float32 arrays of shape ``(size, size)`` in dB.
+        """
+        from rasterio.warp import Resampling, reproject
+
+        if window is None:
+            window = self.source_windows(crs, [transform], size)[0]
+            if window is None:
+                return None
+        cached = self._cache
+        if cached is not None and _contains(cached[0], window):
+            union, data = cached
+            r, c = int(window.row_off - union.row_off), int(window.col_off - union.col_off)
+            src = data[:, r:r + int(window.height), c:c + int(window.width)]
+        else:
+            src = self._read(window)
+        if not np.isfinite(src).any():
+            return None
+        dst = np.full((2, size, size), np.nan, dtype=np.float32)
+        reproject(
+            np.ascontiguousarray(src), dst, src_transform=self._vv.window_transform(window), src_crs=self._vv.crs,
+            src_nodata=np.nan, dst_transform=transform, dst_crs=crs, dst_nodata=np.nan,
+            resampling=Resampling.bilinear, tolerance=0.0, num_threads=1,
+        )
+        if not np.isfinite(dst).all():
+            return None
+        return dst[0], dst[1]
+
+
+def _contains(outer: Window, inner: Window) -> bool:
+    return (outer.col_off <= inner.col_off and outer.row_off <= inner.row_off
+            and inner.col_off + inner.width <= outer.col_off + outer.width
+            and inner.row_off + inner.height <= outer.row_off + outer.height)

@@ -1,0 +1,119 @@
+"""CORINE loading and reference-map rasterisation (pixel-centre rule, 999 elsewhere)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+
+import pipeline_fixtures as fx
+from reben_tools.corine import CorineError, grid_code_table, open_clc, read_polygons, reference_block
+
+LANJARON = Path(__file__).parent / "data" / "clc_sample_lanjaron_es.gpkg"
+
+
+def test_edges_between_pixel_centres_in_the_products_crs(tmp_path):
+    # one polygon whose west edge lies at x = 1003 m (centres at ...995 and 1005) and a
+    # slanted east edge x = 2003 - v/4; written in EPSG:32633 with column code_18 (lower case)
+    poly = fx.uv_polygon([(1003, 0), (2003, 0), (1703, 1200), (1003, 1200)])
+    path = tmp_path / "one.gpkg"
+    gpd.GeoDataFrame({"code_18": ["412"]}, geometry=[poly], crs="EPSG:32633").to_file(path, engine="pyogrio")
+    source = open_clc(path)
+    assert source.code_column == "code_18" and source.kind == "vector"
+    transform = Affine(10, 0, fx.ULX, 0, -10, fx.ULY)
+    ref, issues = reference_block(source, "EPSG:32633", transform, (120, 240))
+    assert issues == [] and ref.dtype == np.uint16
+    u = 10 * np.arange(240) + 5
+    v = 10 * np.arange(120) + 5
+    uu, vv = np.meshgrid(u, v)
+    expected = np.where((uu > 1003) & (uu < 2003 - vv / 4), 412, 999)
+    np.testing.assert_array_equal(ref, expected)
+    assert ref[0, 100] == 412 and ref[0, 99] == 999 and ref[0, 199] == 412 and ref[0, 200] == 999
+
+
+def test_fixture_polygons_in_3035_with_repairs_and_unknown_codes(tmp_path):
+    path = fx.write_clc(tmp_path / "clc.gpkg")
+    source = open_clc(path, code_column="Code_18")
+    assert source.code_column == "CODE_18"
+    transform = Affine(10, 0, fx.ULX, 0, -10, fx.ULY)
+    ref, issues = reference_block(source, "EPSG:32633", transform, (360, 360))
+    for x in range(3):
+        for y in range(3):
+            np.testing.assert_array_equal(ref[y * 120:(y + 1) * 120, x * 120:(x + 1) * 120], fx.expected_reference_map(x, y))
+    reasons = {i.code: i.reason for i in issues}
+    assert "unknown CLC code" in reasons["777"] and "repaired with make_valid" in reasons["311"]
+
+
+def test_bbox_filter_reads_only_nearby_polygons(tmp_path):
+    path = fx.write_clc(tmp_path / "clc.gpkg")
+    source = open_clc(path)
+    # the north half of patch (2, 0) lies 600 m from any polygon but the big conifer one
+    geometries, codes, _ = read_polygons(source, (fx.ULX + 2400, fx.ULY - 600, fx.ULX + 3600, fx.ULY), "EPSG:32633")
+    assert codes.tolist() == [312] and len(geometries) == 1
+    # patch (0, 0) lies inside the arable polygon: OGR's filter tests geometries, not just
+    # their bounding boxes, so the conifer polygon around it is not read
+    _, codes, _ = read_polygons(source, (fx.ULX, fx.ULY - 1200, fx.ULX + 1200, fx.ULY), "EPSG:32633")
+    assert codes.tolist() == [211]
+    # patch (1, 0) meets both and touches the road's corner (the query rectangle, taken to
+    # EPSG:3035, grows by the grid convergence); far polygons (777, 311) are not read
+    _, codes, _ = read_polygons(source, (fx.ULX + 1200, fx.ULY - 1200, fx.ULX + 2400, fx.ULY), "EPSG:32633")
+    assert codes.tolist() == [211, 122, 312]
+
+
+def test_real_clc_extract_case_insensitive_column_and_crs():
+    source = open_clc(LANJARON)
+    assert source.code_column.lower() == "code_18"
+    frame = gpd.read_file(LANJARON, layer=source.layer)
+    assert frame.crs.to_epsg() == 25830
+    # a 1.2 km patch in UTM 30N (EPSG:32630; ETRS89 and WGS84 differ by well under a metre here)
+    minx, miny, maxx, maxy = frame.total_bounds
+    left, top = np.floor((minx + maxx) / 2 / 10) * 10 - 600, np.floor((miny + maxy) / 2 / 10) * 10 + 600
+    transform = Affine(10, 0, left, 0, -10, top)
+    ref, _ = reference_block(source, "EPSG:25830", transform, (120, 120))
+    xs, ys = np.meshgrid(left + 10 * np.arange(120) + 5, top - 10 * np.arange(120) - 5)
+    expected = np.full((120, 120), 999, dtype=np.uint16)
+    for code, geometry in zip(frame[source.code_column], frame.geometry):
+        expected[shapely.contains_xy(geometry, xs, ys)] = int(code)
+    assert (ref == expected).mean() > 0.999  # pixel centres on an edge may go either way
+    assert len(set(np.unique(ref).tolist()) - {999}) >= 2
+
+
+def test_raster_clc_grid_codes_and_raw_codes(tmp_path):
+    # a 100 m raster in EPSG:32633 covering the fixture tile corner: grid codes 1..44, 48 = no data
+    data = np.full((12, 12), 48, dtype=np.uint8)
+    data[:, :6] = 12  # 12th code: 211
+    data[:6, 6:] = 24  # 24th code: 312
+    path = tmp_path / "clc.tif"
+    profile = {"driver": "GTiff", "width": 12, "height": 12, "count": 1, "dtype": "uint8", "crs": "EPSG:32633",
+               "transform": Affine(100, 0, fx.ULX, 0, -100, fx.ULY), "nodata": 48}
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data, 1)
+    source = open_clc(path)
+    assert source.kind == "raster" and source.raster_values == "grid_codes"
+    assert grid_code_table()[12] == 211 and grid_code_table()[24] == 312
+    ref, _ = reference_block(source, "EPSG:32633", Affine(10, 0, fx.ULX, 0, -10, fx.ULY), (120, 120))
+    assert (ref[:, :60] == 211).all() and (ref[:60, 60:] == 312).all() and (ref[60:, 60:] == 999).all()
+    raw = tmp_path / "raw.tif"
+    profile.update(dtype="uint16", nodata=0)
+    with rasterio.open(raw, "w", **profile) as ds:
+        ds.write(np.where(data == 48, 0, 523).astype(np.uint16), 1)
+    source = open_clc(raw)
+    assert source.raster_values == "codes"
+    ref, _ = reference_block(source, "EPSG:32633", Affine(10, 0, fx.ULX, 0, -10, fx.ULY), (120, 120))
+    assert (ref[:, :60] == 523).all() and (ref[60:, 60:] == 999).all()
+
+
+def test_errors_name_the_file(tmp_path):
+    path = tmp_path / "clc.gpkg"
+    gpd.GeoDataFrame({"code": ["211"]}, geometry=[shapely.box(0, 0, 1, 1)], crs="EPSG:3035").to_file(path, engine="pyogrio")
+    with pytest.raises(CorineError, match=r"clc.gpkg: no column 'Code_18'"):
+        open_clc(path)
+    broken = tmp_path / "broken.gpkg"
+    broken.write_bytes(b"not a geopackage")
+    with pytest.raises(CorineError, match="broken.gpkg"):
+        open_clc(broken)
