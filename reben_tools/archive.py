@@ -21,6 +21,7 @@ give a byte-identical ``data.mdb``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -211,6 +212,13 @@ def write_shard(
             shutil.rmtree(final)
         os.rename(tmp, final)
         _fsync_dir(shards_dir)
+    except (OSError, lmdb.Error, pa.ArrowException) as exc:
+        # a full disk (ENOSPC, or EFBIG past a file-size limit) or an I/O error: nothing of
+        # the shard is left in place, and the message names the shard
+        full = isinstance(exc, lmdb.Error) or getattr(exc, "errno", None) in (
+            errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO)
+        hint = "; is the disk full?" if full else ""
+        raise ArchiveError(f"{shards_dir / name}: cannot write shard ({type(exc).__name__}: {exc}{hint})") from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -226,20 +234,34 @@ def read_shard_info(shard_dir: Path) -> ShardInfo:
         raise ArchiveError(f"{path}: cannot read shard info ({exc})") from None
 
 
+ARCHIVE_FILES = (MANIFEST_FILE, METADATA_FILE, FLAGGED_METADATA_FILE, PATCHES_FILE, REPORT_FILE)
+
+
 def remove_stale_temporaries(shards_dir: Path) -> list[Path]:
-    """Delete ``.tmp-*`` directories an interrupted writer left behind; returns them."""
+    """Delete ``.tmp-*`` shard directories an interrupted writer left behind; returns them.
+
+    Also deletes (without returning them) the temporary files of interrupted atomic writes
+    of the archive-level files next to ``shards_dir`` (``.manifest.json.tmp-*`` etc.), so a
+    resumed run leaves no trace of the interrupted one."""
     removed = []
     if shards_dir.is_dir():
         for tmp in sorted(shards_dir.glob(".tmp-*")):
             shutil.rmtree(tmp, ignore_errors=True)
             removed.append(tmp)
+    for name in ARCHIVE_FILES:
+        for tmp in shards_dir.parent.glob(f".{name}.tmp-*"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
     return removed
 
 
 def _write_json_file(path: Path, data: object) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, data: object) -> None:
@@ -250,8 +272,11 @@ def write_json_atomic(path: Path, data: object) -> None:
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     """Write a parquet file through a temporary file and a rename."""
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def metadata_table(rows: pa.Table | Iterable[Mapping]) -> pa.Table:
@@ -269,6 +294,9 @@ def metadata_table(rows: pa.Table | Iterable[Mapping]) -> pa.Table:
         raise ArchiveError(f"metadata rows lack column(s) {missing}")
     table = rows.select(list(METADATA_COLUMNS)).cast(METADATA_SCHEMA)
     ids = table.column("patch_id").to_pylist()
+    empty = sum(1 for pid in ids if not pid)
+    if empty:
+        raise ArchiveError(f"metadata has {empty} row(s) with a null or empty patch_id")
     if len(set(ids)) != len(ids):
         seen, dupes = set(), []
         for pid in ids:
@@ -276,7 +304,7 @@ def metadata_table(rows: pa.Table | Iterable[Mapping]) -> pa.Table:
                 dupes.append(pid)
             seen.add(pid)
         raise ArchiveError(f"metadata repeats patch id(s) {dupes[:5]}")
-    bad = sorted({s for s in table.column("split").to_pylist() if s not in SPLITS})
+    bad = sorted({s for s in table.column("split").to_pylist() if s not in SPLITS}, key=str)
     if bad:
         raise ArchiveError(f"metadata has unknown split value(s) {bad}; expected {list(SPLITS)}")
     return table.sort_by("patch_id")
@@ -295,6 +323,7 @@ def write_metadata(archive_dir: Path, rows: pa.Table | Iterable[Mapping]) -> tup
 
 def read_metadata(paths: Iterable[Path]) -> pa.Table:
     """Read and concatenate reBEN metadata parquet files, checking their schema; sorted by patch_id."""
+    paths = list(paths)
     tables = []
     for path in paths:
         try:
@@ -310,7 +339,10 @@ def read_metadata(paths: Iterable[Path]) -> pa.Table:
             raise ArchiveError(f"{path}: column types do not match the reBEN schema ({exc})") from None
     if not tables:
         raise ArchiveError("no metadata files given")
-    return metadata_table(pa.concat_tables(tables))
+    try:
+        return metadata_table(pa.concat_tables(tables))
+    except ArchiveError as exc:
+        raise ArchiveError(f"{', '.join(str(p) for p in paths)}: {exc}") from None
 
 
 def band_table() -> list[dict]:
@@ -498,10 +530,11 @@ class Archive:
             KeyError: no shard holds ``key`` (the message names it).
         """
         self._ensure_open()
-        shard = self._shard_of(key)
+        raw = key.encode("utf-8", "surrogatepass")
+        shard = self._shard_of(key) if 0 < len(raw) <= 511 else None  # longer keys cannot be in LMDB
         if shard is not None:
             with self._envs[shard].begin(buffers=False) as txn:
-                value = txn.get(key.encode("utf-8"))
+                value = txn.get(raw)
             if value is not None:
                 return value
         raise KeyError(f"key {key!r} not found in archive {self.path}")
@@ -567,9 +600,11 @@ class BatchReader:
         Raises:
             KeyError: no shard holds ``key`` (the message names it).
         """
-        raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
-        if shard is None:
-            shard = self._archive._shard_of(raw.decode("utf-8"))
+        raw = key.encode("utf-8", "surrogatepass") if isinstance(key, str) else bytes(key)
+        if not 0 < len(raw) <= 511:  # no LMDB key is empty or longer
+            shard = None
+        elif shard is None:
+            shard = self._archive._shard_of(raw.decode("utf-8", "surrogatepass"))
         if shard is not None:
             txn = self._txns[shard]
             if txn is None:

@@ -175,25 +175,50 @@ def verify_archive(path: str | os.PathLike, progress: bool = False) -> VerifyRep
     for expected in tqdm(manifest["shards"], desc="verify", unit="shard", disable=not progress):
         report.shards += 1
         _verify_shard(shards_dir / expected["name"], expected, report, keys_seen)
-    _verify_patch_rows(root, keys_seen, report)
+    patch_ids = _verify_patch_rows(root, keys_seen, report)
+    _verify_metadata(root, patch_ids, report)
     return report
 
 
-def _verify_patch_rows(root: Path, keys_seen: dict[str, set[str]], report: VerifyReport) -> None:
-    """Every patch of ``patches.parquet`` must find its values in the shard it names."""
+def _verify_metadata(root: Path, patch_ids: set[str] | None, report: VerifyReport) -> None:
+    """The reBEN metadata files must read with their schema, without null or repeated ids or
+    unknown splits, and list only patches that ``patches.parquet`` has (when both exist)."""
+    paths = [root / name for name in (archive.METADATA_FILE, archive.FLAGGED_METADATA_FILE) if (root / name).is_file()]
+    if not paths:
+        return
+    try:
+        table = archive.read_metadata(paths)
+    except archive.ArchiveError as exc:
+        report.faults.append(Fault("-", None, str(exc)))
+        return
+    if patch_ids is not None:
+        for pid in table.column("patch_id").to_pylist():
+            if pid not in patch_ids:
+                report.faults.append(Fault("-", pid, f"the metadata lists this patch, but {archive.PATCHES_FILE} "
+                                           "has no row for it"))
+
+
+def _verify_patch_rows(root: Path, keys_seen: dict[str, set[str]], report: VerifyReport) -> set[str] | None:
+    """Every patch of ``patches.parquet`` must find its values in the shard it names, once.
+    Returns the patch ids it lists (None when it cannot be read)."""
     path = root / archive.PATCHES_FILE
     if not path.is_file():
         if keys_seen:
             report.faults.append(Fault("-", None, f"{path} is missing"))
-        return
+        return None
     try:
         schema_names = pq.read_schema(path).names
         columns = [c for c in ("patch_id", "shard", "s1_name", "has_s1", "has_reference_map") if c in schema_names]
         table = pq.read_table(path, columns=columns)
     except (OSError, ValueError) as exc:
         report.faults.append(Fault("-", None, f"{path}: unreadable ({exc})"))
-        return
+        return None
     data = {c: table.column(c).to_pylist() for c in columns}
+    counts: dict[str, int] = {}
+    for pid in data.get("patch_id", []):
+        counts[pid] = counts.get(pid, 0) + 1
+    for pid, n in sorted(((p, n) for p, n in counts.items() if n > 1), key=lambda item: str(item[0])):
+        report.faults.append(Fault("-", pid, f"{archive.PATCHES_FILE} lists this patch {n} times"))
     for i, pid in enumerate(data.get("patch_id", [])):
         shard = data["shard"][i] if "shard" in data else None
         seen = keys_seen.get(shard)
@@ -208,6 +233,7 @@ def _verify_patch_rows(root: Path, keys_seen: dict[str, set[str]], report: Verif
             if key not in seen:
                 report.faults.append(Fault(shard, key, f"patches.parquet lists this key for patch {pid}, "
                                            "but the shard does not hold it"))
+    return set(counts)
 
 
 # ---------------------------------------------------------------------------- merge
@@ -295,9 +321,13 @@ def merge_archive(path: str | os.PathLike, out_dir: str | os.PathLike, progress:
         for metadata_name in (archive.METADATA_FILE, archive.FLAGGED_METADATA_FILE):
             if (root / metadata_name).is_file():
                 shutil.copyfile(root / metadata_name, tmp / metadata_name)
-        if out.exists():
-            out.rmdir()
-        os.rename(tmp, out)
+        try:
+            if out.exists():
+                out.rmdir()
+            os.rename(tmp, out)
+        except OSError as exc:  # another merge (or anything else) filled out_dir meanwhile
+            raise archive.ArchiveError(f"{out}: was written by another process during the merge; "
+                                       f"left it as it is ({exc.strerror})") from None
     finally:
         for env in envs:
             env.close()
@@ -316,6 +346,11 @@ class ExportSummary:
     patches: int = 0
     files: int = 0
     errors: list[str] = field(default_factory=list)
+
+
+def _shown(key: str) -> str:
+    """A key as error messages show it: repr, keys over 120 characters elided in the middle."""
+    return repr(key) if len(key) <= 120 else repr(key[:60]) + "..." + repr(key[-40:])
 
 
 def export_geotiffs(
@@ -339,9 +374,24 @@ def export_geotiffs(
         table = pq.read_table(patches_path)
     except (OSError, ValueError) as exc:
         raise archive.ArchiveError(f"{patches_path}: cannot read ({exc})") from None
-    rows = sorted(table.drop_columns([c for c in ("geometry", "labels") if c in table.column_names]).to_pylist(),
-                  key=lambda r: r["patch_id"])
+    missing = [c for c in ("patch_id", "crs", "ulx", "uly") if c not in table.column_names]
+    if missing:
+        raise archive.ArchiveError(f"{patches_path}: missing column(s) {missing}")
+    rows = table.drop_columns([c for c in ("geometry", "labels") if c in table.column_names]).to_pylist()
     summary = ExportSummary()
+    # names and coordinates are untrusted: a row that cannot name a file is reported, never written
+    usable = []
+    for i, row in enumerate(rows):
+        bad = [c for c, types in (("patch_id", str), ("crs", str), ("ulx", (int, float)), ("uly", (int, float)))
+               if not isinstance(row[c], types)]
+        if row.get("s1_name") is not None and not isinstance(row["s1_name"], str):
+            bad.append("s1_name")
+        if bad:
+            summary.errors.append(f"{patches_path} row {i}: column(s) {bad} are not usable "
+                                  f"({', '.join(f'{c}={row[c]!r:.80}' for c in bad)})")
+        else:
+            usable.append(row)
+    rows = sorted(usable, key=lambda r: r["patch_id"])
     out = Path(out_dir)
     with archive.Archive(root) as source:
         for row in tqdm(rows, desc="export-tiff", unit="patch", disable=not progress):
@@ -358,7 +408,7 @@ def export_geotiffs(
                     value = source.get(key)
                 except KeyError:
                     if kind == "S2" or "has_s1" in row:
-                        summary.errors.append(f"key {key}: not found in the archive")
+                        summary.errors.append(f"key {_shown(key)}: not found in the archive")
                     continue
                 try:
                     arrays = codec.check_value(key, value, kind)
@@ -370,7 +420,7 @@ def export_geotiffs(
                 try:
                     write_patch(out, kind, name, arrays, crs, ulx, uly, nested=nested)
                 except (OSError, ValueError) as exc:
-                    summary.errors.append(f"key {key}: cannot write GeoTIFFs ({exc})")
+                    summary.errors.append(f"key {_shown(key)}: cannot write GeoTIFFs ({exc})")
                     continue
                 summary.files += len(arrays)
                 wrote_any = True

@@ -39,6 +39,9 @@ class ValueDecodeError(ValueError):
         self.key = key
         self.reason = reason
 
+    def __reduce__(self):  # picklable across worker processes
+        return type(self), (self.key, self.reason)
+
 
 def encode_tensors(tensors: Mapping[str, np.ndarray]) -> bytes:
     """safetensors bytes of ``tensors`` with no ``__metadata__`` (the library sorts them)."""

@@ -20,21 +20,32 @@ How the work is split:
    georeferencing), the two metadata files and train-split band statistics when metadata
    files were given, ``report.json``, and ``manifest.json`` last, so an archive with a
    manifest is complete.
+
+Resuming: the encoder holds an exclusive lock on the output directory for its whole run
+(:mod:`reben_tools.locking`). After each shard it records what the shard produced in
+``<out>/.encode-resume/<shard>.json`` (a fingerprint of the shard's plan: its patches,
+their input files and the options; the ShardInfo; the patches skipped and why; the
+train-split moments). Rerunning the same command on the directory of an interrupted run
+keeps every shard whose record matches the new plan and the shard on disk, removes
+``.tmp-*`` leftovers and encodes the rest; the finished archive is byte-identical to an
+uninterrupted run's. The records are removed just before ``manifest.json`` is written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import json
 import multiprocessing
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -50,6 +61,7 @@ from .geotiff_release import (
     read_patch,
     reading_environment,
 )
+from .locking import OutputLock
 from .stats import BandMoments
 
 DEFAULT_PATCHES_PER_SHARD = 1024
@@ -58,6 +70,8 @@ by the worker writing the shard)."""
 SHARD_NAME_FORMAT = "shard-{:05d}"
 _SHARD_NAME_RE = re.compile(r"^shard-\d{5,}$")
 TOOL_NAME = "reben encode"
+RESUME_DIR = ".encode-resume"
+"""Per-shard records of an unfinished run (see the module docstring); gone once the manifest exists."""
 
 PATCH_ROWS_SCHEMA = pa.schema(
     [
@@ -157,6 +171,8 @@ class EncodeSummary:
     shards: list[archive.ShardInfo]
     seconds: float
     start_method: str = "inline"
+    resumed: int = 0
+    """Shards an interrupted earlier run had finished and this run kept."""
 
     @property
     def patches_per_second(self) -> float:
@@ -440,9 +456,31 @@ _WORKER_COUNTER = None
 _WORKER_ENVIRONMENT = None
 
 
-def _init_worker(counter) -> None:
-    """Pool initializer: keep one GDAL environment open for the worker's lifetime."""
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Linux: have the kernel SIGKILL this worker when the process that started it dies.
+
+    Without it, workers of an encode killed with SIGKILL would wait forever on their task
+    queue (they hold its write end themselves), keeping the output directory's lock.
+    ``parent_pid``: the pid this worker's parent should have (None: unknown, e.g. a
+    forkserver); a worker whose parent died before the request exits at once."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _init_worker(counter, parent_pid: int | None = None) -> None:
+    """Pool initializer: die with the parent; keep one GDAL environment open for the worker's lifetime."""
     global _WORKER_COUNTER, _WORKER_ENVIRONMENT
+    _die_with_parent(parent_pid)
     _WORKER_COUNTER = counter
     _WORKER_ENVIRONMENT = reading_environment()
     _WORKER_ENVIRONMENT.__enter__()
@@ -458,10 +496,12 @@ def _encode_shard_in_worker(job: ShardJob, shards_dir: Path) -> ShardResult:
 
 
 def _run_shards(
-    jobs: list[ShardJob], shards_dir: Path, workers: int, progress: bool
+    jobs: list[ShardJob], shards_dir: Path, workers: int, progress: bool,
+    on_result: Callable[[ShardResult], None] | None = None,
 ) -> tuple[list[ShardResult], str]:
     """Encode the shards inline (one worker) or in a process pool; returns the results in
-    shard order and how they ran (``"inline"`` or the start method)."""
+    shard order and how they ran (``"inline"`` or the start method). ``on_result`` is called
+    in this process with each result as it arrives."""
     from tqdm import tqdm
 
     total = sum(len(j.patches) for j in jobs)
@@ -471,6 +511,8 @@ def _run_shards(
             with reading_environment():
                 for job in jobs:
                     results.append(encode_shard(job, shards_dir, on_patch=lambda: bar.update(1)))
+                    if on_result is not None:
+                        on_result(results[-1])
         return results, "inline"
     start_method = _start_method()
     context = multiprocessing.get_context(start_method)
@@ -481,15 +523,24 @@ def _run_shards(
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(gc.unfreeze)
         pool = cleanup.enter_context(ProcessPoolExecutor(
-            max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker, initargs=(counter,)
+            max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
+            initargs=(counter, None if start_method == "forkserver" else os.getpid())
         ))
         pending = {pool.submit(_encode_shard_in_worker, job, shards_dir) for job in jobs}
         with tqdm(total=total, desc="encode", unit="patch", disable=not progress, smoothing=0.1) as bar:
-            while pending:
-                done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-                bar.update(counter.value - bar.n)
-                for future in done:
-                    results.append(future.result())
+            try:
+                while pending:
+                    done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                    bar.update(counter.value - bar.n)
+                    for future in done:
+                        result = future.result()
+                        results.append(result)
+                        if on_result is not None:
+                            on_result(result)
+            except BaseException:
+                for future in pending:  # a failed shard (e.g. disk full) stops the run: start nothing new
+                    future.cancel()
+                raise
             bar.update(counter.value - bar.n)
     return sorted(results, key=lambda r: r.index), start_method
 
@@ -535,20 +586,96 @@ def write_patches_parquet(path: Path, rows: pa.Table) -> None:
     os.replace(tmp, path)
 
 
-def _prepare_output(out: Path) -> Path:
-    """Check ``out`` is not a finished archive; clear what an interrupted run left."""
+def _check_output(out: Path) -> None:
     if (out / archive.MANIFEST_FILE).exists():
         raise EncodeError(f"{out}: already holds an archive (manifest.json); choose another --out or remove it")
     if out.exists() and not out.is_dir():
         raise EncodeError(f"{out}: exists and is not a directory")
+
+
+def shard_fingerprint(job: ShardJob, config: dict) -> str:
+    """sha256 over what determines a shard's content: its patches, their input files,
+    metadata rows and planning problems, and the encoding options."""
+    def files(patch: PatchFiles | None):
+        return None if patch is None else [patch.name, sorted(patch.files.items()), sorted(patch.duplicates.items())]
+
+    plan = {
+        "shard": job.name,
+        "config": config,
+        "patches": [
+            [p.patch_id, files(p.s2), p.s1_name, files(p.s1), files(p.reference_map), p.metadata,
+             list(p.problem) if p.problem else None]
+            for p in job.patches
+        ],
+    }
+    return hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def _resume_record(result: ShardResult, fingerprint: str) -> dict:
+    return {
+        "fingerprint": fingerprint,
+        "info": None if result.info is None else asdict(result.info),
+        "skipped": result.skipped,
+        "moments": result.moments.to_dict(),
+        "values": result.values,
+    }
+
+
+def _resumed_result(job: ShardJob, shards_dir: Path, record: dict) -> ShardResult | None:
+    """The result of a shard an earlier run finished, or None if it must be encoded again."""
+    import pyarrow.parquet as pq
+
+    shard_dir = shards_dir / job.name
+    if record.get("info") is None:
+        if shard_dir.exists():
+            return None
+        rows = PATCH_ROWS_SCHEMA.empty_table()
+        info = None
+    else:
+        try:
+            info = archive.read_shard_info(shard_dir)
+            if asdict(info) != record["info"]:
+                return None
+            rows = pq.read_table(shard_dir / archive.SHARD_ROWS_FILE).cast(PATCH_ROWS_SCHEMA)
+        except (archive.ArchiveError, OSError, pa.ArrowException):
+            return None
+    return ShardResult(job.index, job.name, info, rows, record["skipped"], BandMoments.from_dict(record["moments"]),
+                       record["values"])
+
+
+def _prepare_output(out: Path, jobs: Sequence[ShardJob] = (), fingerprints: dict[str, str] | None = None
+                    ) -> tuple[Path, dict[str, ShardResult]]:
+    """Clear what an interrupted run left (``.tmp-*`` shards and files, shards without a
+    matching resume record); returns the shards directory and the results of the shards kept."""
+    _check_output(out)
     out.mkdir(parents=True, exist_ok=True)
+    for leftover in out.glob(".*.tmp-*"):  # an interrupted atomic write of a metadata file
+        if leftover.is_file():
+            leftover.unlink()
     shards_dir = out / archive.SHARDS_DIR
+    resume_dir = out / RESUME_DIR
     archive.remove_stale_temporaries(shards_dir)
+    kept: dict[str, ShardResult] = {}
+    fingerprints = fingerprints or {}
+    for job in jobs:
+        record_path = resume_dir / f"{job.name}.json"
+        try:
+            record = json.loads(record_path.read_text("utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("fingerprint") == fingerprints.get(job.name):
+            result = _resumed_result(job, shards_dir, record)
+            if result is not None:
+                kept[job.name] = result
+    if resume_dir.is_dir():
+        for record_path in resume_dir.iterdir():
+            if record_path.stem not in kept:
+                record_path.unlink()
     if shards_dir.is_dir():
         for entry in shards_dir.iterdir():
-            if entry.is_dir() and _SHARD_NAME_RE.match(entry.name):
+            if entry.is_dir() and _SHARD_NAME_RE.match(entry.name) and entry.name not in kept:
                 shutil.rmtree(entry)
-    return shards_dir
+    return shards_dir, kept
 
 
 def encode_release(
@@ -590,13 +717,37 @@ def encode_release(
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
+    _check_output(out)
     jobs, counts = plan_patches(s2_dir, s1_dir, reference_maps_dir, metadata)
     if not jobs:
         raise EncodeError(f"{s2_dir}: no S2 patches to encode (found {counts['s2_found']} S2 patch folders)")
     shards = shard_jobs(jobs, patches_per_shard)
-    shards_dir = _prepare_output(out)
+    config = {
+        "patches_per_shard": patches_per_shard,
+        "s1": s1_dir is not None,
+        "reference_maps": reference_maps_dir is not None,
+        "metadata": bool(metadata_files),
+        "gdal_read_options": dict(GDAL_READ_OPTIONS),
+    }
+    with OutputLock(out, TOOL_NAME):
+        return _encode_locked(started, out, s2_dir, s1_dir, reference_maps_dir, metadata_files, metadata,
+                              workers, shards, counts, config, progress)
 
-    results, start_method = _run_shards(shards, shards_dir, workers, progress)
+
+def _encode_locked(started, out, s2_dir, s1_dir, reference_maps_dir, metadata_files, metadata,
+                   workers, shards, counts, config, progress) -> EncodeSummary:
+    """The part of :func:`encode_release` that writes, run while holding the output lock."""
+    fingerprints = {job.name: shard_fingerprint(job, config) for job in shards}
+    shards_dir, finished = _prepare_output(out, shards, fingerprints)
+    resume_dir = out / RESUME_DIR
+    resume_dir.mkdir(exist_ok=True)
+
+    def record(result: ShardResult) -> None:
+        archive.write_json_atomic(resume_dir / f"{result.name}.json", _resume_record(result, fingerprints[result.name]))
+
+    todo = [job for job in shards if job.name not in finished]
+    results, start_method = _run_shards(todo, shards_dir, workers, progress, on_result=record)
+    results = sorted(results + list(finished.values()), key=lambda r: r.index)
 
     rows = pa.concat_tables([r.rows for r in results]) if results else PATCH_ROWS_SCHEMA.empty_table()
     skipped = sorted((s for r in results for s in r.skipped), key=lambda s: (s["item"], s["path"]))
@@ -623,16 +774,11 @@ def encode_release(
     archive.write_json_atomic(out / archive.REPORT_FILE, {"tool": TOOL_NAME, "skipped": skipped, "counts": counts})
     inputs = [str(p.resolve()) for p in (s2_dir, s1_dir, reference_maps_dir) if p is not None]
     inputs += [str(Path(p).resolve()) for p in metadata_files]
-    config = {
-        "patches_per_shard": patches_per_shard,
-        "s1": s1_dir is not None,
-        "reference_maps": reference_maps_dir is not None,
-        "metadata": bool(metadata_files),
-        "gdal_read_options": dict(GDAL_READ_OPTIONS),
-    }
     manifest = archive.build_manifest(infos, counts, statistics, inputs, config, TOOL_NAME)
+    shutil.rmtree(resume_dir)  # killed after this and before the manifest: the next run re-encodes
     archive.write_manifest(out, manifest)
-    return EncodeSummary(out, rows.num_rows, skipped, infos, time.perf_counter() - started, start_method)
+    return EncodeSummary(out, rows.num_rows, skipped, infos, time.perf_counter() - started, start_method,
+                         resumed=len(finished))
 
 
 __all__ = [

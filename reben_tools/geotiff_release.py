@@ -80,6 +80,9 @@ class ReleaseError(ValueError):
         self.path = str(path)
         self.reason = reason
 
+    def __reduce__(self):  # picklable across worker processes
+        return type(self), (self.path, self.reason)
+
 
 @dataclass(frozen=True)
 class PatchFiles:
@@ -357,11 +360,48 @@ def product_of(name: str) -> str:
     return parts[0]
 
 
+MAX_COMPONENT_BYTES = 200
+"""Longest patch or product name used as a folder name (file names add a band suffix; most
+file systems stop at 255 bytes)."""
+
+
+def _check_component(part: str, name: str) -> None:
+    """``part`` (derived from the untrusted ``name``) must be one plain path component."""
+    if (
+        not part
+        or part in (".", "..")
+        or part.startswith(".")
+        or any(c in part for c in ("/", "\\", "\x00"))
+        or len(part.encode("utf-8", "surrogatepass")) > MAX_COMPONENT_BYTES
+    ):
+        raise ValueError(
+            f"name {name[:80]!r}{'...' if len(name) > 80 else ''} cannot be a folder name "
+            f"(empty, '.', '..', leading '.', '/', '\\', NUL or over {MAX_COMPONENT_BYTES} bytes)"
+        )
+
+
 def patch_folder(release_root: str | os.PathLike, kind: str, name: str, nested: bool = True) -> Path:
-    """The folder of a patch in the release layout (``nested=False``: no product level)."""
+    """The folder of a patch in the release layout (``nested=False``: no product level).
+
+    Names come from archive metadata and are untrusted: a name that is not a plain path
+    component (``/``, ``..``, NUL, absurd length), or whose folder would resolve outside
+    ``release_root``, raises ValueError naming it.
+    """
     top = {"S2": S2_RELEASE_DIR, "S1": S1_RELEASE_DIR, "reference_map": REFERENCE_MAPS_RELEASE_DIR}[kind]
+    if not isinstance(name, str):
+        raise ValueError(f"patch name must be a string, got {type(name).__name__}: {name!r}")
+    _check_component(name, name)
     base = Path(release_root) / top
-    return base / product_of(name) / name if nested else base / name
+    if nested:
+        product = product_of(name)
+        _check_component(product, name)
+        folder = base / product / name
+    else:
+        folder = base / name
+    root = Path(release_root).resolve()
+    if not folder.resolve().is_relative_to(root):
+        raise ValueError(f"name {name[:80]!r}: its folder {folder} resolves outside {root}")
+    return folder
 
 
 def grid_transform(ulx: float, uly: float, size: int):

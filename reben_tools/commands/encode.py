@@ -23,23 +23,31 @@ def encode(
 
     Bad patches (missing band file, wrong shape or dtype, unreadable TIFF, missing S1
     partner or reference map) are skipped and listed in ARCHIVE/report.json.
+    Rerunning the same command after an interruption resumes: finished shards are kept.
+    A second encode on the same --out while one runs is refused.
     """
     from reben_tools.archive import ArchiveError
     from reben_tools.encode import EncodeError, encode_release
     from reben_tools.geotiff_release import ReleaseError
+    from reben_tools.locking import OutputLockedError
 
     try:
         summary = encode_release(
             s2_dir, out, s1_dir=s1_dir, reference_maps_dir=reference_maps_dir, metadata_files=metadata or (),
             workers=workers, patches_per_shard=patches_per_shard, progress=not quiet,
         )
-    except (EncodeError, ArchiveError, ReleaseError) as exc:
+    except (EncodeError, ArchiveError, ReleaseError, OutputLockedError) as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:  # e.g. the disk filled up while writing metadata or the manifest
+        typer.echo(f"error: {out}: cannot write the archive ({exc}); rerun the same command to resume", err=True)
         raise typer.Exit(2) from None
     for item in summary.skipped[:20]:
         typer.echo(f"SKIPPED {item['item']}: {item['path']}: {item['reason']}", err=True)
     if len(summary.skipped) > 20:
         typer.echo(f"... and {len(summary.skipped) - 20} more (see {out / 'report.json'})", err=True)
+    if summary.resumed:
+        typer.echo(f"resumed: kept {summary.resumed} shard(s) an interrupted run had finished", err=True)
     typer.echo(
         f"{out}: {summary.patches} patch(es) in {len(summary.shards)} shard(s), {len(summary.skipped)} skipped, "
         f"{summary.seconds:.1f} s ({summary.patches_per_second:.1f} patches/s)"
