@@ -28,7 +28,6 @@ allocator caching from growth. Figures go to
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil

@@ -140,7 +140,7 @@ def main() -> None:
     for round_ in range(args.repeats):
         timed("baseline: read parquet", lambda: pq.read_table(source))
         timed("baseline: per-patch Python loop split (reben)", lambda: per_patch_loop_split(ids))
-        patches = timed("load_patches (validate ids, MGRS positions)", lambda: load_patches(source))
+        timed("load_patches (validate ids, MGRS positions)", lambda: load_patches(source))
         for name in STRATEGIES:
             strategy = get_strategy(name)
             timed(f"load + split {name}", lambda: strategy.assign(load_patches(source)))

@@ -69,6 +69,30 @@ METADATA_SCHEMA = pa.schema(
 )
 """The exact schema of reBEN's two metadata files."""
 METADATA_COLUMNS = tuple(METADATA_SCHEMA.names)
+
+PATCH_INDEX_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("patch_id", pa.string()),
+    pa.field("s1_name", pa.string()),
+    pa.field("s2v1_name", pa.string()),
+    pa.field("labels", pa.list_(pa.string())),
+    pa.field("split", pa.string()),
+    pa.field("shard", pa.string()),
+    pa.field("tile", pa.string()),
+    pa.field("x", pa.int32()),
+    pa.field("y", pa.int32()),
+    pa.field("crs", pa.string()),
+    pa.field("ulx", pa.float64()),
+    pa.field("uly", pa.float64()),
+)
+"""The columns every writer of ``patches.parquet`` and of shard ``rows.parquet`` files puts
+first: readers resolve keys to shards from ``patch_id``/``s1_name``/``shard``, and place
+patches from ``crs``/``ulx``/``uly`` (the S2 patch's upper-left corner in metres) or
+``tile``/``x``/``y``. Writers append their own columns after these."""
+
+
+def patch_rows_schema(*extra: tuple[str, pa.DataType]) -> pa.Schema:
+    """:data:`PATCH_INDEX_FIELDS` followed by a writer's own ``(name, type)`` columns."""
+    return pa.schema(list(PATCH_INDEX_FIELDS) + [pa.field(name, type_) for name, type_ in extra])
 SPLITS = ("train", "validation", "test")
 
 
@@ -274,6 +298,22 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
         pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_patches_parquet(path: Path, rows: pa.Table, footprints: list) -> None:
+    """Write ``patches.parquet``: GeoParquet of ``rows`` with ``footprints`` (shapely polygons in
+    EPSG:4326, one per row, same order) as its geometry, through a temporary file and a rename."""
+    import geopandas as gpd
+    import pandas as pd
+
+    frame = rows.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
+    frame = gpd.GeoDataFrame(frame, geometry=list(footprints), crs="EPSG:4326")
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        frame.to_parquet(tmp, index=False)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

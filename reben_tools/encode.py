@@ -73,28 +73,14 @@ TOOL_NAME = "reben encode"
 RESUME_DIR = ".encode-resume"
 """Per-shard records of an unfinished run (see the module docstring); gone once the manifest exists."""
 
-PATCH_ROWS_SCHEMA = pa.schema(
-    [
-        ("patch_id", pa.string()),
-        ("s1_name", pa.string()),
-        ("shard", pa.string()),
-        ("tile", pa.string()),
-        ("x", pa.int32()),
-        ("y", pa.int32()),
-        ("crs", pa.string()),
-        ("ulx", pa.float64()),
-        ("uly", pa.float64()),
-        ("lrx", pa.float64()),
-        ("lry", pa.float64()),
-        ("split", pa.string()),
-        ("country", pa.string()),
-        ("labels", pa.list_(pa.string())),
-        ("s2v1_name", pa.string()),
-        ("contains_seasonal_snow", pa.bool_()),
-        ("contains_cloud_or_shadow", pa.bool_()),
-        ("has_s1", pa.bool_()),
-        ("has_reference_map", pa.bool_()),
-    ]
+PATCH_ROWS_SCHEMA = archive.patch_rows_schema(
+    ("lrx", pa.float64()),
+    ("lry", pa.float64()),
+    ("country", pa.string()),
+    ("contains_seasonal_snow", pa.bool_()),
+    ("contains_cloud_or_shadow", pa.bool_()),
+    ("has_s1", pa.bool_()),
+    ("has_reference_map", pa.bool_()),
 )
 """Columns of ``patches.parquet`` (plus its ``geometry``: the footprint in EPSG:4326) and of
 each shard's ``rows.parquet``. ``crs``/``ulx``/``uly``/``lrx``/``lry`` are the S2 patch's
@@ -566,24 +552,20 @@ def _start_method() -> str:
 
 
 def write_patches_parquet(path: Path, rows: pa.Table) -> None:
-    """Write ``patches.parquet``: GeoParquet of the patch rows (:data:`PATCH_ROWS_SCHEMA`)
-    sorted by patch id, geometry = footprint (from ulx/uly/lrx/lry in ``crs``) transformed
-    to EPSG:4326."""
+    """Write ``patches.parquet``: the patch rows (:data:`PATCH_ROWS_SCHEMA`) sorted by patch id,
+    geometry = footprint (from ulx/uly/lrx/lry in ``crs``) transformed to EPSG:4326."""
     import geopandas as gpd
-    import pandas as pd
     import shapely
 
     table = rows.cast(PATCH_ROWS_SCHEMA).sort_by("patch_id")
-    frame = table.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
-    geometry = np.empty(len(frame), dtype=object)
-    for crs, index in frame.groupby("crs").indices.items():
-        part = frame.iloc[index]
-        boxes = shapely.box(part["ulx"].to_numpy(), part["lry"].to_numpy(), part["lrx"].to_numpy(), part["uly"].to_numpy())
+    crs_of_rows = np.asarray(table.column("crs").to_pylist(), dtype=object)
+    ulx, uly, lrx, lry = (table.column(c).to_numpy() for c in ("ulx", "uly", "lrx", "lry"))
+    geometry = np.empty(table.num_rows, dtype=object)
+    for crs in sorted(set(crs_of_rows)):
+        index = np.flatnonzero(crs_of_rows == crs)
+        boxes = shapely.box(ulx[index], lry[index], lrx[index], uly[index])
         geometry[index] = gpd.GeoSeries(boxes, crs=crs).to_crs("EPSG:4326").to_numpy()
-    frame = gpd.GeoDataFrame(frame, geometry=list(geometry), crs="EPSG:4326")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    archive.write_patches_parquet(path, table, list(geometry))
 
 
 def _check_output(out: Path) -> None:

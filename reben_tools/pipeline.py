@@ -140,20 +140,8 @@ def config_json_schema() -> dict:
     return schema
 
 
-ROWS_SCHEMA = pa.schema([
-    ("patch_id", pa.string()),
-    ("s1_name", pa.string()),
-    ("s2v1_name", pa.string()),
-    ("labels", pa.list_(pa.string())),
-    ("split", pa.string()),
-    ("shard", pa.string()),
+ROWS_SCHEMA = archive.patch_rows_schema(
     ("product", pa.string()),
-    ("tile", pa.string()),
-    ("x", pa.int32()),
-    ("y", pa.int32()),
-    ("crs", pa.string()),
-    ("ulx", pa.float64()),
-    ("uly", pa.float64()),
     ("s2_acquisition_time", pa.timestamp("s")),
     ("s1_product", pa.string()),
     ("s1_acquisition_time", pa.timestamp("s")),
@@ -164,7 +152,7 @@ ROWS_SCHEMA = pa.schema([
     ("cloud_shadow_fraction", pa.float64()),
     ("boa_add_offset", pa.int32()),
     ("tile_side_m", pa.float64()),
-])
+)
 """Columns of a shard's ``rows.parquet`` (``label_fractions``: JSON object class -> pixel share)."""
 
 
@@ -660,8 +648,6 @@ def _read_shard_rows(shard_dir: Path) -> tuple[pa.Table, dict]:
 def finalise(out: Path, config: PipelineConfig, inputs: Inputs, done: list[BlockTask],
              countries: CountryIndex, rule: QualityRule, clc: ClcSource) -> BuildResult:
     """Client side: read every finished shard's rows and write the archive-level files."""
-    import geopandas as gpd
-
     shards_dir = out / archive.SHARDS_DIR
     done = sorted(done, key=lambda t: t.shard_name)
     tables, infos = [], []
@@ -696,10 +682,7 @@ def finalise(out: Path, config: PipelineConfig, inputs: Inputs, done: list[Block
 
     clean, flagged = archive.write_metadata(out, rows) if n else _write_empty_metadata(out)
     geometry = footprints_in(crs_list, ulx, uly, PATCH_SIZE_M, "EPSG:4326")
-    frame = gpd.GeoDataFrame(rows.to_pandas(), geometry=geometry, crs="EPSG:4326")
-    tmp = out / f".{archive.PATCHES_FILE}.tmp-{os.getpid()}"
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, out / archive.PATCHES_FILE)
+    archive.write_patches_parquet(out / archive.PATCHES_FILE, rows, geometry)
 
     statistics = moments.mean_std()
     summary = make_summary(rows, dropped, candidates, inputs, clc_issues)
@@ -719,7 +702,7 @@ def finalise(out: Path, config: PipelineConfig, inputs: Inputs, done: list[Block
     map_png = None
     if n:
         map_png = out / MAP_FILE
-        plot_map(frame, countries, map_png)
+        plot_map(rows.column("split").to_pylist(), geometry, countries, map_png)
     return BuildResult(out, clean, flagged, summary, report, map_png, 0, 0)
 
 
@@ -777,8 +760,8 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_map(frame, countries: CountryIndex, path: Path) -> None:
-    """PNG of the archive's patch footprints coloured by split, over the configured countries."""
+def plot_map(splits: list[str], footprints: list, countries: CountryIndex, path: Path) -> None:
+    """PNG of the archive's patch footprints (EPSG:4326) coloured by split, over the configured countries."""
     import geopandas as gpd
     import matplotlib
 
@@ -786,6 +769,7 @@ def plot_map(frame, countries: CountryIndex, path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
+    frame = gpd.GeoDataFrame({"split": splits}, geometry=footprints, crs="EPSG:4326")
     colours = {"train": "#1b9e77", "validation": "#d95f02", "test": "#7570b3"}
     fig, ax = plt.subplots(figsize=(8, 7), dpi=110)
     minx, miny, maxx, maxy = frame.total_bounds
