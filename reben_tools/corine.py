@@ -30,6 +30,8 @@ RASTER_EXTENSIONS = (".tif", ".tiff", ".vrt", ".img", ".jp2")
 DENSIFY_METRES = 100.0
 """Longest polygon edge (source CRS units) kept when reprojecting CORINE to a product's CRS."""
 DENSIFY_DEGREES = 0.001
+RASTERISE_STRIP_ROWS = 120
+"""Rows of the grid rasterised at a time by :func:`reference_block` (one patch row at 10 m)."""
 
 
 class CorineError(ValueError):
@@ -265,17 +267,27 @@ def reference_block(source: ClcSource, crs: str, transform, shape: tuple[int, in
     if source.kind == "raster":
         return _sample_raster(source, crs, transform, shape), []
     geometries, codes, issues = read_polygons(source, (left, bottom, right, top), crs)
-    if geometries:
-        import shapely
+    if not geometries:
+        return rasterise(geometries, codes, transform, shape), issues
+    import shapely
 
-        # clip to the grid (with a margin): pixel centres inside it are unaffected, and far
-        # fewer vertices go through the rasteriser
-        margin = 2 * abs(transform.a)
-        clipped = shapely.clip_by_rect(np.asarray(geometries, dtype=object), min(left, right) - margin,
-                                       min(bottom, top) - margin, max(left, right) + margin, max(bottom, top) + margin)
+    # Rasterised in strips of RASTERISE_STRIP_ROWS rows, each polygon clipped to its strip
+    # (with a margin): pixel centres inside a strip are unaffected by the clip, and GDAL's
+    # scanline fill costs (rows x vertices) per polygon, so short strips of clipped
+    # polygons cost about a quarter of one pass over the whole block (same bytes).
+    polygons = np.asarray(geometries, dtype=object)
+    margin = 2 * abs(transform.a)
+    out = np.empty(shape, dtype=np.uint16)
+    for row0 in range(0, shape[0], RASTERISE_STRIP_ROWS):
+        rows = min(RASTERISE_STRIP_ROWS, shape[0] - row0)
+        strip_transform = transform * transform.translation(0, row0)
+        s_left, s_top = strip_transform.c, strip_transform.f
+        s_right, s_bottom = s_left + transform.a * shape[1], s_top + transform.e * rows
+        clipped = shapely.clip_by_rect(polygons, min(s_left, s_right) - margin, min(s_bottom, s_top) - margin,
+                                       max(s_left, s_right) + margin, max(s_bottom, s_top) + margin)
         keep = ~shapely.is_empty(clipped)
-        geometries, codes = list(clipped[keep]), codes[keep]
-    return rasterise(geometries, codes, transform, shape), issues
+        out[row0:row0 + rows] = rasterise(list(clipped[keep]), codes[keep], strip_transform, (rows, shape[1]))
+    return out, issues
 
 
 def _sample_raster(source: ClcSource, crs: str, transform, shape: tuple[int, int]) -> np.ndarray:

@@ -83,6 +83,33 @@ def test_real_clc_extract_case_insensitive_column_and_crs():
     assert len(set(np.unique(ref).tolist()) - {999}) >= 2
 
 
+def test_strip_rasterisation_gives_the_bytes_of_one_pass_over_unclipped_polygons():
+    # reference_block rasterises 120-row strips of clipped polygons; the answer must be the
+    # bytes of a single GDAL pass over the whole grid with the polygons as read (unclipped),
+    # here on a 300-row grid (strips of 120, 120, 60 rows) in a CRS other than the file's
+    from rasterio.features import rasterize
+
+    from reben_tools.corine import RASTERISE_STRIP_ROWS
+
+    assert RASTERISE_STRIP_ROWS == 120
+    source = open_clc(LANJARON)
+    frame = gpd.read_file(LANJARON, layer=source.layer)
+    minx, miny, maxx, maxy = frame.total_bounds
+    left = np.floor((minx + maxx) / 2 / 10) * 10 - 1200
+    top = np.floor((miny + maxy) / 2 / 10) * 10 + 1500
+    transform = Affine(10, 0, left, 0, -10, top)
+    shape = (300, 240)
+    ref, _ = reference_block(source, "EPSG:32630", transform, shape)
+    geometries, codes, _ = read_polygons(source, (left, top - 3000, left + 2400, top), "EPSG:32630")
+    one_pass = rasterize(zip(geometries, (int(c) for c in codes)), out_shape=shape, transform=transform,
+                         fill=999, all_touched=False, dtype="uint16")
+    assert ref.dtype == np.uint16 and ref.shape == shape
+    assert ref.tobytes() == one_pass.tobytes()
+    # the polygons do cross the strip borders (rows 119/120 and 239/240 share codes)
+    assert len(set(np.unique(ref).tolist()) - {999}) >= 2
+    assert (ref[119] == ref[120]).any() and (ref[239] == ref[240]).any() and (ref[119] != 999).any()
+
+
 def test_raster_clc_grid_codes_and_raw_codes(tmp_path):
     # a 100 m raster in EPSG:32633 covering the fixture tile corner: grid codes 1..44, 48 = no data
     data = np.full((12, 12), 48, dtype=np.uint8)
