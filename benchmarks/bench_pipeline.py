@@ -1,4 +1,4 @@
-"""Benchmarks of the scene-to-archive pipeline (results go to benchmarks/pipeline.md).
+"""Benchmarks of the scene-to-archive pipeline (results are recorded in BENCHMARKS.md).
 
 Figures, each measured within one process run so that ratios compare like with like
 on a machine whose cores are shared:
