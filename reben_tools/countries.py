@@ -29,7 +29,7 @@ class CountryError(ValueError):
 
 def default_countries_path() -> Path:
     """The Natural Earth 1:110m admin-0 GeoJSON shipped with the package."""
-    return Path(str(resources.files("reben_tools.data").joinpath("ne_110m_admin_0_countries.geojson")))
+    return Path(str(resources.files("reben_tools.resources").joinpath("ne_110m_admin_0_countries.geojson")))
 
 
 @dataclass

@@ -64,7 +64,7 @@ class ClcClass:
 @cache
 def clc_legend() -> dict[int, ClcClass]:
     """The CORINE legend keyed by code (111..523 and 999)."""
-    text = resources.files("reben_tools.data").joinpath("clc_legend.csv").read_text("utf-8")
+    text = resources.files("reben_tools.resources").joinpath("clc_legend.csv").read_text("utf-8")
     legend = {}
     for row in csv.DictReader(text.splitlines()):
         code = int(row["clc_code"])

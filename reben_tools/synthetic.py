@@ -1311,7 +1311,7 @@ def _write_corine(path: Path, corine: dict[str, list]) -> None:
 
 def _write_countries(path: Path) -> None:
     """The packaged Natural Earth file reduced to BigEarthNet's 10 countries (same properties)."""
-    text = resources.files("reben_tools.data").joinpath("ne_110m_admin_0_countries.geojson").read_text("utf-8")
+    text = resources.files("reben_tools.resources").joinpath("ne_110m_admin_0_countries.geojson").read_text("utf-8")
     data = json.loads(text)
     data["features"] = [f for f in data["features"] if f["properties"].get("ADM0_A3") in tuple(BIGEARTHNET_COUNTRIES)]
     path.parent.mkdir(parents=True, exist_ok=True)

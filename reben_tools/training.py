@@ -49,8 +49,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from .archive import write_json_atomic
+from .archive import SPLITS, ArchiveError, write_json_atomic
 from .bands import resolve_bands
+from .codec import ValueDecodeError
+from .data import ReBENDataset, collate
 from .labels import NUM_CLASSES, class_names
 from .metrics import HEADLINE_METRICS, multilabel_metrics, plot_per_class
 from .models import ReBENClassifier, build_model, build_model_from_config
@@ -290,9 +292,6 @@ class EpochSampler(Sampler[int]):
 
 # --------------------------------------------------------------------------- data
 
-from .archive import SPLITS, ArchiveError  # noqa: E402
-from .codec import ValueDecodeError  # noqa: E402
-from .data.dataset import ReBENDataset, collate  # noqa: E402
 
 
 def open_dataset(archive: str | os.PathLike, bands: tuple[str, ...], class_order: str = "alphabetical",

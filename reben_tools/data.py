@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 
-from .. import codec
-from ..archive import PATCHES_FILE, SPLITS, Archive, ArchiveError, BatchReader, read_metadata
-from ..bands import ALL_BANDS, OUTPUT_SIZE, PUBLISHED_STATISTICS, normalisation_arrays, resolve_bands
-from ..labels import MASK_IGNORE_INDEX, NUM_CLASSES, class_names, code_to_class_index_table
+from . import codec
+from .archive import PATCHES_FILE, SPLITS, Archive, ArchiveError, BatchReader, read_metadata
+from .bands import ALL_BANDS, OUTPUT_SIZE, PUBLISHED_STATISTICS, normalisation_arrays, resolve_bands
+from .labels import MASK_IGNORE_INDEX, NUM_CLASSES, class_names, code_to_class_index_table
 
 UPSAMPLING_MODES = ("nearest", "bilinear")
 """Upsampling of 20 m and 60 m bands to 120x120. Bilinear uses ``align_corners=False``

@@ -1,0 +1,1 @@
+"""Package data: the CORINE legend and Natural Earth admin-0 countries (read with importlib.resources)."""
