@@ -279,13 +279,21 @@ def remove_stale_temporaries(shards_dir: Path) -> list[Path]:
     return removed
 
 
-def _write_json_file(path: Path, data: object) -> None:
+@contextmanager
+def _replaced_atomically(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling ``.<name>.tmp-<uuid>`` of ``path`` to write; when the block
+    exits normally, rename it onto ``path``. The temporary file never outlives the block."""
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _write_json_file(path: Path, data: object) -> None:
+    with _replaced_atomically(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
 def write_json_atomic(path: Path, data: object) -> None:
@@ -295,12 +303,8 @@ def write_json_atomic(path: Path, data: object) -> None:
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     """Write a parquet file through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
+    with _replaced_atomically(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_patches_parquet(path: Path, rows: pa.Table, footprints: list) -> None:
@@ -311,12 +315,8 @@ def write_patches_parquet(path: Path, rows: pa.Table, footprints: list) -> None:
 
     frame = rows.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
     frame = gpd.GeoDataFrame(frame, geometry=list(footprints), crs="EPSG:4326")
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
+    with _replaced_atomically(path) as tmp:
         frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def metadata_table(rows: pa.Table | Iterable[Mapping]) -> pa.Table:

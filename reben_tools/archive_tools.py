@@ -18,6 +18,7 @@ import os
 import shutil
 import uuid
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,21 +214,24 @@ def _verify_patch_rows(root: Path, keys_seen: dict[str, set[str]], report: Verif
     except (OSError, ValueError) as exc:
         report.faults.append(Fault("-", None, f"{path}: unreadable ({exc})"))
         return None
-    data = {c: table.column(c).to_pylist() for c in columns}
-    counts: dict[str, int] = {}
-    for pid in data.get("patch_id", []):
-        counts[pid] = counts.get(pid, 0) + 1
+    ids = table.column("patch_id").to_pylist() if "patch_id" in columns else []
+
+    def column(name: str, default: object) -> list:
+        return table.column(name).to_pylist() if name in columns else [default] * len(ids)
+
+    counts = Counter(ids)
     for pid, n in sorted(((p, n) for p, n in counts.items() if n > 1), key=lambda item: str(item[0])):
         report.faults.append(Fault("-", pid, f"{archive.PATCHES_FILE} lists this patch {n} times"))
-    for i, pid in enumerate(data.get("patch_id", [])):
-        shard = data["shard"][i] if "shard" in data else None
+    rows = zip(ids, column("shard", None), column("has_s1", False), column("s1_name", None),
+               column("has_reference_map", False))
+    for pid, shard, has_s1, s1_name, has_reference_map in rows:
         seen = keys_seen.get(shard)
         if seen is None:
             continue  # shard missing or unreadable: already reported
         wanted = [pid]
-        if data.get("has_s1", [False] * (i + 1))[i] and data.get("s1_name", [None] * (i + 1))[i]:
-            wanted.append(data["s1_name"][i])
-        if data.get("has_reference_map", [False] * (i + 1))[i]:
+        if has_s1 and s1_name:
+            wanted.append(s1_name)
+        if has_reference_map:
             wanted.append(naming.reference_map_key(pid))
         for key in wanted:
             if key not in seen:
@@ -279,10 +283,14 @@ def merge_archive(path: str | os.PathLike, out_dir: str | os.PathLike, progress:
     envs = [archive.open_lmdb_readonly(root / archive.SHARDS_DIR / n) for n in names]
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
     try:
+        def merged() -> Iterator[tuple[bytes, int, memoryview]]:
+            """Every shard's (key, shard index, value) in key order (ties: lower shard first)."""
+            return heapq.merge(*(_shard_stream(i, e) for i, e in enumerate(envs)))
+
         # First pass: sizes only, for the same deterministic map size write_lmdb would use.
         def sizes() -> Iterator[tuple[bytes, memoryview]]:
             previous = None
-            for key, _, value in heapq.merge(*(_shard_stream(i, e) for i, e in enumerate(envs))):
+            for key, _, value in merged():
                 if key != previous:
                     yield key, value
                 previous = key
@@ -295,10 +303,7 @@ def merge_archive(path: str | os.PathLike, out_dir: str | os.PathLike, progress:
         try:
             txn = writer.begin(write=True)
             previous_key, previous_value, previous_shard = None, None, None
-            for key, index, value in tqdm(
-                heapq.merge(*(_shard_stream(i, e) for i, e in enumerate(envs))),
-                total=total, desc="merge", unit="value", disable=not progress,
-            ):
+            for key, index, value in tqdm(merged(), total=total, desc="merge", unit="value", disable=not progress):
                 if key == previous_key:
                     if bytes(value) != previous_value:
                         raise archive.ArchiveError(

@@ -148,18 +148,24 @@ def decode_value(key: str, value: bytes | memoryview) -> dict[str, np.ndarray]:
     return out
 
 
+_EXPECTED_TENSORS: dict[str, dict[str, tuple[tuple[int, int], np.dtype]]] = {
+    "reference_map": {REFERENCE_MAP_TENSOR: ((120, 120), np.dtype("<u2"))},
+    **{
+        kind: {b.name: ((b.size, b.size), np.dtype(b.dtype).newbyteorder("<")) for b in table.values()}
+        for kind, table in (("S2", S2_BANDS), ("S1", S1_BANDS))
+    },
+}
+"""Tensor name -> (shape, little-endian dtype) of each kind of value, for :func:`check_value`."""
+
+
 def check_value(key: str, value: bytes | memoryview, kind: str) -> dict[str, np.ndarray]:
     """Decode a value and check its tensors against the kind's band table.
 
     ``kind`` is ``"S2"``, ``"S1"`` or ``"reference_map"``. Returns the arrays.
     """
     tensors = decode_value(key, value)
-    if kind == "reference_map":
-        expected = {REFERENCE_MAP_TENSOR: ((120, 120), np.dtype("<u2"))}
-    elif kind in ("S1", "S2"):
-        table = S1_BANDS if kind == "S1" else S2_BANDS
-        expected = {b.name: ((b.size, b.size), np.dtype(b.dtype).newbyteorder("<")) for b in table.values()}
-    else:
+    expected = _EXPECTED_TENSORS.get(kind) if isinstance(kind, str) else None
+    if expected is None:
         raise ValueError(f"unknown value kind {kind!r}")
     if set(tensors) != set(expected):
         raise ValueDecodeError(key, f"{kind} value holds tensors {sorted(tensors)}, expected {sorted(expected)}")

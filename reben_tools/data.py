@@ -592,14 +592,12 @@ class ReBENDataset(Dataset):
         """The metadata rows in use (reBEN schema), one per sample, sorted by patch id."""
         ids = table.column("patch_id").to_pylist()
         self._keys = _key_array(ids, "patch_id", ids)
-        self._uses_s1 = any(ALL_BANDS[b].modality == "S1" for b in self.bands)
-        self._uses_s2 = any(ALL_BANDS[b].modality == "S2" for b in self.bands)
-        self._s1_keys = _key_array(table.column("s1_name").to_pylist(), "s1_name", ids) if self._uses_s1 else None
+        self._s1_bands = tuple(b for b in self.bands if ALL_BANDS[b].modality == "S1")
+        self._s2_bands = tuple(b for b in self.bands if ALL_BANDS[b].modality == "S2")
+        self._s1_keys = _key_array(table.column("s1_name").to_pylist(), "s1_name", ids) if self._s1_bands else None
         self._shards = self._shard_indices(ids)
         self.labels: np.ndarray = _multi_hot(table, class_order)
         """(N, 19) float32 multi-hot labels of all samples, in ``class_order``."""
-        self._s1_bands = tuple(b for b in self.bands if ALL_BANDS[b].modality == "S1")
-        self._s2_bands = tuple(b for b in self.bands if ALL_BANDS[b].modality == "S2")
         self._layouts = _LayoutCache()
         self._mask_table = code_to_class_index_table(class_order)
         self._writer = _NearestWriter(self.layout, self._mean, self._inv_std)
@@ -764,10 +762,10 @@ class ReBENDataset(Dataset):
         """Zero-copy views of the sample's requested bands (valid while ``reader`` is open)."""
         shard = int(self._shards[j])
         arrays: dict[str, np.ndarray] = {}
-        if self._uses_s2:
+        if self._s2_bands:
             key = self._keys[j]
             arrays.update(self._layouts.arrays(key, reader.get(key, shard), "S2", self._s2_bands))
-        if self._uses_s1:
+        if self._s1_bands:
             key = self._s1_keys[j]
             arrays.update(self._layouts.arrays(key, reader.get(key, shard), "S1", self._s1_bands))
         return arrays

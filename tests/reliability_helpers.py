@@ -59,18 +59,35 @@ def die():
 """
 
 
+DIE_DURING_MANIFEST_WRITE = """
+    _replace = os.replace
+    def replace(src, dst, *a, **k):
+        if str(dst).endswith("manifest.json"):
+            die()
+        return _replace(src, dst, *a, **k)
+    os.replace = replace
+    """
+"""A fault for :func:`run_cli_with_fault`: SIGKILL inside the manifest's atomic write, after its
+temporary file is written and before the rename into ``manifest.json``."""
+
+
+def _fault_command(args: list[str], fault: str, new_session: bool) -> list[str]:
+    """The ``python -c`` command line that runs ``fault``, then ``reben <args>``."""
+    code = PRELUDE.format(args=args, group=new_session) + textwrap.dedent(fault) + "\nfrom reben_tools.cli import main\nmain()\n"
+    return [sys.executable, "-c", code]
+
+
 def run_cli_with_fault(args: list[str], fault: str = "", timeout: float = 120,
                        new_session: bool = False) -> subprocess.CompletedProcess:
     """Run ``reben <args>`` in a fresh Python process after executing ``fault`` (code that
     wraps a function so the process dies or fails at a chosen point; ``die()`` SIGKILLs it,
     and with ``new_session`` its whole process group: e.g. a build's LocalCluster workers)."""
-    code = PRELUDE.format(args=args, group=new_session) + textwrap.dedent(fault) + "\nfrom reben_tools.cli import main\nmain()\n"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(_fault_command(args, fault, new_session), capture_output=True, text=True, timeout=timeout,
                           cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=new_session)
 
 
 def start_cli_with_fault(args: list[str], fault: str = "", new_session: bool = False) -> subprocess.Popen:
-    code = PRELUDE.format(args=args, group=new_session) + textwrap.dedent(fault) + "\nfrom reben_tools.cli import main\nmain()\n"
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    """:func:`run_cli_with_fault` without waiting: the running process, stdout/stderr piped."""
+    return subprocess.Popen(_fault_command(args, fault, new_session), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             start_new_session=new_session)

@@ -25,7 +25,13 @@ import pytest
 import pipeline_fixtures as fx
 from reben_tools.pipeline import PipelineConfig, build_archive
 
-from reliability_helpers import REPO, run_cli_with_fault, start_cli_with_fault, tree_digest
+from reliability_helpers import (
+    DIE_DURING_MANIFEST_WRITE,
+    REPO,
+    run_cli_with_fault,
+    start_cli_with_fault,
+    tree_digest,
+)
 
 NOT_COMPARED = {"summary_map.png"}  # a picture; the pipeline tests leave it out of byte comparisons too
 
@@ -114,14 +120,7 @@ FINALISE_KILLS = {
             die()
         arc.write_metadata = write_metadata
         """,
-    "during the manifest write": """
-        _replace = os.replace
-        def replace(src, dst, *a, **k):
-            if str(dst).endswith("manifest.json"):
-                die()
-            return _replace(src, dst, *a, **k)
-        os.replace = replace
-        """,
+    "during the manifest write": DIE_DURING_MANIFEST_WRITE,
 }
 
 

@@ -29,6 +29,7 @@ from reben_tools.geotiff_release import write_synthetic_release
 from reben_tools.locking import OutputLock, OutputLockedError
 
 from reliability_helpers import (
+    DIE_DURING_MANIFEST_WRITE,
     LOCK_FILE,
     encode_args,
     lmdb_items,
@@ -108,14 +109,8 @@ KILL_POINTS = {
         enc.archive.write_metadata = write_metadata
         """, 4, {"shard-00000", "shard-00001", "shard-00002", "shard-00003"}),
     # the manifest's temporary file is written, the rename into manifest.json never happens
-    "during the manifest write": ("""
-        _replace = os.replace
-        def replace(src, dst, *a, **k):
-            if str(dst).endswith("manifest.json"):
-                die()
-            return _replace(src, dst, *a, **k)
-        os.replace = replace
-        """, 0, {"shard-00000", "shard-00001", "shard-00002", "shard-00003"}),
+    "during the manifest write": (
+        DIE_DURING_MANIFEST_WRITE, 0, {"shard-00000", "shard-00001", "shard-00002", "shard-00003"}),
 }
 
 
