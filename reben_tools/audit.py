@@ -800,8 +800,7 @@ def run_audit(
     patches = load_patches(input_path, tile_side_m=tile_side_m)
     options = dict(strategy_options or {})
     if tile_side_m is not None:
-        options.setdefault("reben", {})
-        options["reben"] = {"tile_side_m": tile_side_m, **options["reben"]}
+        options["reben"] = {"tile_side_m": tile_side_m, **options.get("reben", {})}
     splits = _splits_to_audit(patches, split_columns, strategies, options)
     report, raw = audit_patches(patches, splits, thresholds_m=thresholds_m, permutations=permutations, seed=seed)
     files: dict[str, bytes] = {}

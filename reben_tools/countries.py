@@ -65,6 +65,7 @@ class CountryIndex:
             CountryError: unreadable file, missing columns, or a configured code not in the file.
         """
         import geopandas as gpd
+        import shapely
 
         path = Path(path) if path is not None else default_countries_path()
         codes = list(countries) if countries is not None else list(BIGEARTHNET_COUNTRIES)
@@ -78,14 +79,13 @@ class CountryIndex:
         if frame.crs is None:
             raise CountryError(f"{path}: country polygons have no CRS")
         frame = frame.to_crs(metric_crs)
-        missing = [c for c in codes if c not in set(frame[key_column])]
+        present = set(frame[key_column])
+        missing = [c for c in codes if c not in present]
         if missing:
             raise CountryError(f"{path}: configured countries {missing} not found in column {key_column!r}")
         names, geometries = [], []
         for code in codes:
             rows = frame[frame[key_column] == code]
-            import shapely
-
             geometries.append(shapely.make_valid(shapely.union_all(list(rows.geometry))))
             names.append(str(rows[name_column].iloc[0]))
         return cls(codes, names, geometries, metric_crs)

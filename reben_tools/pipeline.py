@@ -335,37 +335,38 @@ def _expand(paths: list[str], is_item: Callable[[Path], bool]) -> list[Path]:
     return out
 
 
+def _open_unique(paths: list[str], is_item: Callable[[Path], bool], opener: Callable[[Path], S2Product | S1Scene],
+                 kind: str, duplicate_reason: Callable[[str, Path], str], skipped: list[dict]) -> list:
+    """Open every item ``paths`` name (folders of items expanded), the first of each prefix only; sorted by prefix.
+
+    Items that cannot be opened, and later items repeating a prefix, are recorded in ``skipped``.
+    """
+    seen: dict[str, Path] = {}
+    opened = []
+    for path in _expand(paths, is_item):
+        try:
+            item = opener(path)
+        except SceneError as exc:
+            skipped.append({"item": path.name, "kind": kind, "path": exc.path, "reason": exc.reason})
+            continue
+        if item.prefix in seen:
+            skipped.append({"item": path.name, "kind": kind, "path": str(path),
+                            "reason": duplicate_reason(item.prefix, seen[item.prefix])})
+            continue
+        seen[item.prefix] = path
+        opened.append(item)
+    return sorted(opened, key=lambda i: i.prefix)
+
+
 def discover(config: PipelineConfig) -> Inputs:
     """Open every S2 product and S1 scene named by the config; record what cannot be used."""
     inputs = Inputs()
-    seen: dict[str, Path] = {}
-    for path in _expand(config.s2, looks_like_s2_product):
-        try:
-            product = open_s2_product(path)
-        except SceneError as exc:
-            inputs.skipped.append({"item": path.name, "kind": "s2_product", "path": exc.path, "reason": exc.reason})
-            continue
-        if product.prefix in seen:
-            inputs.skipped.append({"item": path.name, "kind": "s2_product", "path": str(path),
-                                   "reason": f"same patch ids as {seen[product.prefix]} (differs only in generation time)"})
-            continue
-        seen[product.prefix] = path
-        inputs.products.append(product)
-    inputs.products.sort(key=lambda p: p.prefix)
-    seen_s1: set[str] = set()
-    for path in _expand(config.s1, looks_like_s1_scene):
-        try:
-            scene = open_s1_scene(path)
-        except SceneError as exc:
-            inputs.skipped.append({"item": path.name, "kind": "s1_scene", "path": exc.path, "reason": exc.reason})
-            continue
-        if scene.prefix in seen_s1:
-            inputs.skipped.append({"item": path.name, "kind": "s1_scene", "path": str(path),
-                                   "reason": f"second scene with prefix {scene.prefix}"})
-            continue
-        seen_s1.add(scene.prefix)
-        inputs.scenes.append(scene)
-    inputs.scenes.sort(key=lambda s: s.prefix)
+    inputs.products = _open_unique(
+        config.s2, looks_like_s2_product, open_s2_product, "s2_product",
+        lambda prefix, first: f"same patch ids as {first} (differs only in generation time)", inputs.skipped)
+    inputs.scenes = _open_unique(
+        config.s1, looks_like_s1_scene, open_s1_scene, "s1_scene",
+        lambda prefix, first: f"second scene with prefix {prefix}", inputs.skipped)
     return inputs
 
 
@@ -373,38 +374,30 @@ def _bounds_intersect(a: tuple, b: tuple) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def s1_candidates(product: S2Product, scenes: list[S1Scene], max_gap_days: float) -> list[S1Scene]:
-    """Scenes within the gap whose bounding box meets the product, closest in time first (ties: name)."""
+def _scene_meets_product(scene: S1Scene, product: S2Product) -> bool:
+    """Whether the scene's bounding box, taken to the product's CRS, meets the product's extent."""
     from rasterio.warp import transform_bounds
 
-    grid = product.grid
-    extent = (grid.ulx, grid.uly - grid.extent_y_m, grid.ulx + grid.extent_x_m, grid.uly)
+    g = product.grid
+    try:
+        bounds = transform_bounds(scene.crs, product.crs, *scene.bounds, densify_pts=21)
+    except Exception:  # noqa: BLE001
+        return False
+    return _bounds_intersect(bounds, (g.ulx, g.uly - g.extent_y_m, g.ulx + g.extent_x_m, g.uly))
+
+
+def s1_candidates(product: S2Product, scenes: list[S1Scene], max_gap_days: float) -> list[S1Scene]:
+    """Scenes within the gap whose bounding box meets the product, closest in time first (ties: name)."""
     out = []
     for scene in scenes:
         gap = abs((scene.acquired - product.name.sensing_time).total_seconds()) / 86400.0
-        if gap > max_gap_days:
-            continue
-        try:
-            bounds = transform_bounds(scene.crs, product.crs, *scene.bounds, densify_pts=21)
-        except Exception:  # noqa: BLE001
-            continue
-        if _bounds_intersect(bounds, extent):
+        if gap <= max_gap_days and _scene_meets_product(scene, product):
             out.append((gap, scene.prefix, scene))
     return [s for _, _, s in sorted(out, key=lambda t: (t[0], t[1]))]
 
 
 def _scene_overlaps_any(scene: S1Scene, products: list[S2Product]) -> bool:
-    from rasterio.warp import transform_bounds
-
-    for product in products:
-        g = product.grid
-        try:
-            bounds = transform_bounds(scene.crs, product.crs, *scene.bounds, densify_pts=21)
-        except Exception:  # noqa: BLE001
-            continue
-        if _bounds_intersect(bounds, (g.ulx, g.uly - g.extent_y_m, g.ulx + g.extent_x_m, g.uly)):
-            return True
-    return False
+    return any(_scene_meets_product(scene, product) for product in products)
 
 
 def shard_name_for(product: S2Product, block: Block) -> str:
@@ -612,9 +605,8 @@ def _build_locked(config: PipelineConfig, out: Path, scheduler: str | None, work
     echo(f"{len(inputs.products)} product(s), {len(inputs.scenes)} S1 scene(s), {len(tasks)} block(s): "
          f"{len(pending)} to build, {reused} already built")
     started = time.perf_counter()
-    execute_started = time.perf_counter()
     results = execute(pending, config, scheduler, workers, progress, echo)
-    execute_seconds = time.perf_counter() - execute_started
+    execute_seconds = time.perf_counter() - started
     failed = {r["shard"]: r for r in results if r.get("status") != "ok"}
     for name in failed:  # a shard left by an earlier run with other inputs must not stay behind
         stale_shard = shards_dir / name
@@ -768,6 +760,7 @@ def plot_map(splits: list[str], footprints: list, countries: CountryIndex, path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
+    from shapely import box
 
     frame = gpd.GeoDataFrame({"split": splits}, geometry=footprints, crs="EPSG:4326")
     colours = {"train": "#1b9e77", "validation": "#d95f02", "test": "#7570b3"}
@@ -783,9 +776,9 @@ def plot_map(splits: list[str], footprints: list, countries: CountryIndex, path:
     ax.set_xlim(minx - pad_x, maxx + pad_x)
     ax.set_ylim(miny - pad_y, maxy + pad_y)
     ax.set_aspect(1.0 / max(np.cos(np.radians((miny + maxy) / 2)), 0.1))
+    view = box(minx - pad_x, miny - pad_y, maxx + pad_x, maxy + pad_y)
     for name, geometry in zip(world["name"], world.geometry):
-        point = geometry.intersection(
-            __import__("shapely").box(minx - pad_x, miny - pad_y, maxx + pad_x, maxy + pad_y)).representative_point()
+        point = geometry.intersection(view).representative_point()
         if not point.is_empty:
             ax.annotate(name, (point.x, point.y), ha="center", color="#555555", fontsize=9)
     ax.set_xlabel("longitude")
