@@ -30,11 +30,15 @@ def tree_digest(root: Path) -> dict[str, str]:
     return out
 
 
-def lmdb_items(env_dir: Path) -> dict[str, bytes]:
+def lmdb_items(env_dir: Path, errors: str = "surrogateescape") -> dict[str, bytes]:
+    """Every (key, value) of an LMDB directory, read with plain lmdb (not the code under test).
+
+    ``errors`` is how non-UTF-8 keys decode: ``"strict"`` makes them fail the test.
+    """
     env = lmdb.open(str(env_dir), readonly=True, lock=False, subdir=True)
     try:
         with env.begin() as txn:
-            return {bytes(k).decode("utf-8", "surrogateescape"): bytes(v) for k, v in txn.cursor()}
+            return {bytes(k).decode("utf-8", errors): bytes(v) for k, v in txn.cursor()}
     finally:
         env.close()
 

@@ -5,7 +5,6 @@ import json
 import shutil
 from pathlib import Path
 
-import lmdb
 import numpy as np
 import pytest
 import rasterio
@@ -18,16 +17,14 @@ from reben_tools.codec import encode_reference_map
 from reben_tools.encode import encode_release
 from reben_tools.geotiff_release import write_synthetic_release
 
+from reliability_helpers import lmdb_items as plain_lmdb_items
+
 V1_EXAMPLES = Path(__file__).resolve().parent / "data" / "ben_v1_examples"
 
 
 def lmdb_items(env_dir):
-    env = lmdb.open(str(env_dir), readonly=True, lock=False, subdir=True)
-    try:
-        with env.begin() as txn:
-            return {bytes(k).decode(): bytes(v) for k, v in txn.cursor()}
-    finally:
-        env.close()
+    """Every (key, value) of an LMDB directory; keys must be UTF-8."""
+    return plain_lmdb_items(env_dir, errors="strict")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import geopandas as gpd
 import jsonschema
-import lmdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -28,6 +27,8 @@ from reben_tools.geotiff_release import (
     write_synthetic_release,
 )
 
+from reliability_helpers import lmdb_items as plain_lmdb_items
+
 REPO = Path(__file__).resolve().parents[1]
 V1_EXAMPLES = REPO / "tests" / "data" / "ben_v1_examples"
 SCHEMAS = REPO / "schemas"
@@ -39,13 +40,8 @@ def schema(name):
 
 
 def lmdb_items(env_dir):
-    """Every (key, value) of an LMDB directory, read with plain lmdb (not the code under test)."""
-    env = lmdb.open(str(env_dir), readonly=True, lock=False, subdir=True)
-    try:
-        with env.begin() as txn:
-            return {bytes(k).decode(): bytes(v) for k, v in txn.cursor()}
-    finally:
-        env.close()
+    """Every (key, value) of an LMDB directory; keys must be UTF-8."""
+    return plain_lmdb_items(env_dir, errors="strict")
 
 
 def archive_items(archive_dir):

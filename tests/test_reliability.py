@@ -305,21 +305,32 @@ def check_reader_observation(path: Path, expected: dict[str, bytes], seen: dict[
     seen["complete"] += 1
 
 
-def test_readers_during_merge_see_nothing_or_everything(reference, tmp_path):
-    archive_dir = reference[0]
-    expected = {}
+def archive_items(archive_dir):
+    """Every (key, value) of every shard of an archive, read without reben-tools."""
+    items = {}
     for shard in sorted((archive_dir / "shards").iterdir()):
-        expected.update(lmdb_items(shard))
-    out = tmp_path / "merged"
-    slow_merge = """
+        items.update(lmdb_items(shard))
+    return items
+
+
+def slow_merge_fault(delay_s: float) -> str:
+    """Fault code that makes ``merge`` sleep ``delay_s`` after each key, so others can race it."""
+    return f"""
 import reben_tools.archive_tools as at, types
 _merge = at.heapq.merge
 def _slow(*a, **k):
     for item in _merge(*a, **k):
-        time.sleep(0.01)
+        time.sleep({delay_s})
         yield item
 at.heapq = types.SimpleNamespace(merge=_slow)
 """
+
+
+def test_readers_during_merge_see_nothing_or_everything(reference, tmp_path):
+    archive_dir = reference[0]
+    expected = archive_items(archive_dir)
+    out = tmp_path / "merged"
+    slow_merge = slow_merge_fault(0.01)
     proc = start_cli_with_fault(["merge", str(archive_dir), str(out), "--quiet"], slow_merge)
     seen = {"error": 0, "complete": 0}
     while proc.poll() is None:
@@ -336,9 +347,7 @@ def test_readers_during_a_resumed_encode_see_a_clear_error_until_the_archive_is_
     out = tmp_path / "archive"
     fault, _, _ = KILL_POINTS["during a block"]
     assert run_cli_with_fault(encode_args(release, out, PER_SHARD), fault).returncode == -signal.SIGKILL
-    expected = {}
-    for shard in sorted((reference[0] / "shards").iterdir()):
-        expected.update(lmdb_items(shard))
+    expected = archive_items(reference[0])
     proc = start_cli_with_fault(encode_args(release, out, PER_SHARD), SLOW_PATCHES.format(seconds=0.1))
     seen = {"error": 0, "complete": 0}
     dataset_errors = 0
@@ -387,19 +396,9 @@ def test_many_random_sigkills_then_resume_reach_the_same_bytes(workers, release,
 
 def test_two_concurrent_merges_into_one_directory_one_wins_the_other_says_so(reference, tmp_path):
     archive_dir = reference[0]
-    expected = {}
-    for shard in sorted((archive_dir / "shards").iterdir()):
-        expected.update(lmdb_items(shard))
+    expected = archive_items(archive_dir)
     out = tmp_path / "merged"
-    slow_merge = """
-import reben_tools.archive_tools as at, types
-_merge = at.heapq.merge
-def _slow(*a, **k):
-    for item in _merge(*a, **k):
-        time.sleep(0.02)
-        yield item
-at.heapq = types.SimpleNamespace(merge=_slow)
-"""
+    slow_merge = slow_merge_fault(0.02)
     procs = [start_cli_with_fault(["merge", str(archive_dir), str(out), "--quiet"], slow_merge) for _ in range(2)]
     results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
     codes = sorted(rc for rc, _, _ in results)
