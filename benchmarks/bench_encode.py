@@ -31,8 +31,8 @@ import lmdb
 import rasterio
 from safetensors.numpy import save as safetensors_save
 
-from reben_tools.encode import encode_release
-from reben_tools.geotiff_release import write_synthetic_release
+from reben_tools.release.encode import encode_release
+from reben_tools.release.geotiff_release import write_synthetic_release
 
 
 def baseline_encode(release_root: Path, out_dir: Path) -> int:

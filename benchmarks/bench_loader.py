@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from reben_tools import archive, codec, labels
-from reben_tools.bands import BAND_GROUPS, PUBLISHED_STATISTICS, S1_BANDS, S2_BANDS
+from reben_tools.format import archive, codec, labels
+from reben_tools.format.bands import BAND_GROUPS, PUBLISHED_STATISTICS, S1_BANDS, S2_BANDS
 
 CONFIGILM_14: list[str] = list(BAND_GROUPS["ALL"])
 """Channel order of ConfigILM's 14-channel configuration; replaced at run time by the order the
@@ -163,7 +163,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.configilm_site:
         sys.path.append(str(args.configilm_site))
-    from reben_tools.data import ReBENDataset, collate, upsample_and_normalise
+    from reben_tools.learn.dataset import ReBENDataset, collate, upsample_and_normalise
 
     try:
         from configilm.extra import BENv2_utils

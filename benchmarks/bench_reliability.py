@@ -41,8 +41,8 @@ import psutil
 import torch
 from safetensors.numpy import load as safetensors_load
 
-from reben_tools import archive, codec, labels
-from reben_tools.bands import S1_BANDS, S2_BANDS
+from reben_tools.format import archive, codec, labels
+from reben_tools.format.bands import S1_BANDS, S2_BANDS
 
 SPLITS = ("train", "validation", "test")
 PRODUCTS = [
@@ -123,7 +123,7 @@ def memory_sample(main: psutil.Process) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from reben_tools.data import ReBENDataset
+    from reben_tools.learn.dataset import ReBENDataset
 
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-reliability-"))
     root = work / "archive"

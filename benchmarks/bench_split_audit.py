@@ -46,9 +46,9 @@ def generate(n_tiles: int = 100, n_repeat_tiles: int = 25, keep: float = 0.53, s
     """A reBEN-like patch table: patch_id, labels, country, split (the reben split)."""
     import mgrs
 
-    from reben_tools.labels import ALPHABETICAL_ORDER
-    from reben_tools.mgrs_grid import tile_grid
-    from reben_tools.split import reben_split
+    from reben_tools.format.labels import ALPHABETICAL_ORDER
+    from reben_tools.geo.mgrs_grid import tile_grid
+    from reben_tools.geo.split_rule import reben_split
 
     rng = np.random.default_rng(seed)
     converter = mgrs.MGRS()
@@ -86,7 +86,7 @@ def generate(n_tiles: int = 100, n_repeat_tiles: int = 25, keep: float = 0.53, s
         country.extend([tiles[tile]] * int(kept.sum()))
     labels = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(labels_flat, pa.string()))
     table = pa.table({"patch_id": ids, "labels": labels, "country": country})
-    from reben_tools.split import patches_from_table
+    from reben_tools.splits.strategies import patches_from_table
 
     patches = patches_from_table(table)
     return table.append_column("split", pa.array(list(reben_split(patches.x, patches.y)), pa.string()))
@@ -94,9 +94,9 @@ def generate(n_tiles: int = 100, n_repeat_tiles: int = 25, keep: float = 0.53, s
 
 def per_patch_loop_split(ids: list[str]) -> list[str]:
     """Baseline: the straightforward per-row Python split."""
-    from reben_tools.mgrs_grid import tile_grid
-    from reben_tools.naming import parse_patch_id
-    from reben_tools.split import reben_split
+    from reben_tools.geo.mgrs_grid import tile_grid
+    from reben_tools.format.naming import parse_patch_id
+    from reben_tools.geo.split_rule import reben_split
 
     out = []
     for name in ids:
@@ -114,8 +114,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="keep the last audit report here")
     args = parser.parse_args()
 
-    from reben_tools.audit import run_audit
-    from reben_tools.split import STRATEGIES, get_strategy, load_patches
+    from reben_tools.splits.audit import run_audit
+    from reben_tools.splits.strategies import STRATEGIES, get_strategy, load_patches
 
     started = time.perf_counter()
     table = generate(args.tiles, args.repeat_tiles)

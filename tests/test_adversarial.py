@@ -32,12 +32,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reben_tools import archive, naming
-from reben_tools.archive_tools import export_geotiffs, verify_archive
-from reben_tools.codec import ValueDecodeError, check_value, encode_reference_map, encode_s1, encode_s2
-from reben_tools.data import ReBENDataset
-from reben_tools.encode import PATCH_ROWS_SCHEMA, encode_release, write_patches_parquet
-from reben_tools.geotiff_release import patch_folder, synthetic_patch, write_synthetic_release
+from reben_tools.format import archive, naming
+from reben_tools.release.archive_tools import export_geotiffs, verify_archive
+from reben_tools.format.codec import ValueDecodeError, check_value, encode_reference_map, encode_s1, encode_s2
+from reben_tools.learn.dataset import ReBENDataset
+from reben_tools.release.encode import PATCH_ROWS_SCHEMA, encode_release, write_patches_parquet
+from reben_tools.release.geotiff_release import patch_folder, synthetic_patch, write_synthetic_release
 
 from reliability_helpers import REPO, lmdb_items
 
@@ -292,8 +292,8 @@ def test_a_hostile_value_inside_dataloader_workers_is_an_error_naming_the_key(ho
 def test_decode_errors_survive_pickling_between_processes():
     import pickle
 
-    from reben_tools.geotiff_release import ReleaseError
-    from reben_tools.locking import OutputLockedError
+    from reben_tools.release.geotiff_release import ReleaseError
+    from reben_tools.format.locking import OutputLockedError
 
     error = pickle.loads(pickle.dumps(ValueDecodeError("some-key", "truncated")))
     assert (error.key, error.reason, str(error)) == ("some-key", "truncated", "archive value 'some-key': truncated")

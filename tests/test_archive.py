@@ -9,10 +9,10 @@ import pytest
 import rasterio
 from affine import Affine
 
-from reben_tools import archive
-from reben_tools.codec import encode_reference_map
-from reben_tools.encode import encode_release
-from reben_tools.geotiff_release import patch_folder, product_of, write_patch, write_synthetic_release
+from reben_tools.format import archive
+from reben_tools.format.codec import encode_reference_map
+from reben_tools.release.encode import encode_release
+from reben_tools.release.geotiff_release import patch_folder, product_of, write_patch, write_synthetic_release
 
 
 def test_write_shard_records_size_and_crc32_of_every_key(tmp_path):

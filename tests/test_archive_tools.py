@@ -10,12 +10,12 @@ import pytest
 import rasterio
 from typer.testing import CliRunner
 
-from reben_tools import archive
-from reben_tools.archive_tools import export_geotiffs, merge_archive, verify_archive
+from reben_tools.format import archive
+from reben_tools.release.archive_tools import export_geotiffs, merge_archive, verify_archive
 from reben_tools.cli import app
-from reben_tools.codec import encode_reference_map
-from reben_tools.encode import encode_release
-from reben_tools.geotiff_release import write_synthetic_release
+from reben_tools.format.codec import encode_reference_map
+from reben_tools.release.encode import encode_release
+from reben_tools.release.geotiff_release import write_synthetic_release
 
 from reliability_helpers import lmdb_items as plain_lmdb_items
 

@@ -14,9 +14,10 @@ import pytest
 from pyproj import Geod, Transformer
 from typer.testing import CliRunner
 
-from reben_tools.audit import SplitUnderAudit, audit_patches, join_counts, js_divergence, run_audit
+from reben_tools.splits.audit import SplitUnderAudit, audit_patches, join_counts, js_divergence, run_audit
 from reben_tools.cli import app
-from reben_tools.split import SplitInputError, patches_from_table, reben_split
+from reben_tools.geo.split_rule import reben_split
+from reben_tools.splits.strategies import SplitInputError, patches_from_table
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "schemas" / "audit_report.schema.json").read_text())
 UUP = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP"
@@ -66,7 +67,7 @@ def test_ring_split_has_no_test_patch_near_train_within_a_tile():
 
 
 def test_v1_blocks_put_every_test_patch_next_to_train():
-    from reben_tools.split import V1BlockSplit
+    from reben_tools.splits.strategies import V1BlockSplit
 
     x, y = grid(90)
     table = pa.table({"patch_id": ids_for(UUP, x, y)})
@@ -146,7 +147,7 @@ def test_distance_across_utm_zones_matches_geodesic():
     })
     got = audit_of(table)["nearest"]["test_to_train"]["quantiles_m"]["0"]
     # independently: each centre to lon/lat in its own zone, then the WGS84 geodesic
-    from reben_tools.mgrs_grid import tile_grid
+    from reben_tools.geo.mgrs_grid import tile_grid
 
     points = []
     for tile, zone, x, y in (("32UQU", 32632, 70, 40), ("33UUP", 32633, 5, 30)):

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load as st_load
 
-from reben_tools.codec import (
+from reben_tools.format.codec import (
     ValueDecodeError,
     check_value,
     decode_value,

@@ -12,7 +12,7 @@ import shapely
 from affine import Affine
 
 import pipeline_fixtures as fx
-from reben_tools.corine import CorineError, grid_code_table, open_clc, read_polygons, reference_block
+from reben_tools.build.corine import CorineError, grid_code_table, open_clc, read_polygons, reference_block
 
 LANJARON = Path(__file__).parent / "data" / "clc_sample_lanjaron_es.gpkg"
 
@@ -89,7 +89,7 @@ def test_strip_rasterisation_gives_the_bytes_of_one_pass_over_unclipped_polygons
     # here on a 300-row grid (strips of 120, 120, 60 rows) in a CRS other than the file's
     from rasterio.features import rasterize
 
-    from reben_tools.corine import RASTERISE_STRIP_ROWS
+    from reben_tools.build.corine import RASTERISE_STRIP_ROWS
 
     assert RASTERISE_STRIP_ROWS == 120
     source = open_clc(LANJARON)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from reben_tools.countries import BIGEARTHNET_COUNTRIES, CountryError, CountryIndex, footprints_in
-from reben_tools.quality import QualityRule, read_id_list, scl_fractions
+from reben_tools.build.countries import BIGEARTHNET_COUNTRIES, CountryError, CountryIndex, footprints_in
+from reben_tools.build.quality import QualityRule, read_id_list, scl_fractions
 
 
 def _box(lon0, lat0, lon1, lat1):

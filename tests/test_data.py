@@ -22,9 +22,9 @@ from safetensors.numpy import save as st_save
 from shapely.geometry import box
 from torch.utils.data import DataLoader, default_collate
 
-from reben_tools import archive, codec
-from reben_tools.codec import ValueDecodeError
-from reben_tools.data import NativeLayout, NativeToImage, ReBENDataset, SampleBatch, collate, upsample_and_normalise
+from reben_tools.format import archive, codec
+from reben_tools.format.codec import ValueDecodeError
+from reben_tools.learn.dataset import NativeLayout, NativeToImage, ReBENDataset, SampleBatch, collate, upsample_and_normalise
 
 # ---- independent facts ------------------------------------------------------------------
 

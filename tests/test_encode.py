@@ -15,10 +15,10 @@ from pyproj import Transformer
 from safetensors.numpy import save as safetensors_save
 from typer.testing import CliRunner
 
-from reben_tools.archive import METADATA_SCHEMA
+from reben_tools.format.archive import METADATA_SCHEMA
 from reben_tools.cli import app
-from reben_tools.encode import EncodeError, encode_release
-from reben_tools.geotiff_release import (
+from reben_tools.release.encode import EncodeError, encode_release
+from reben_tools.release.geotiff_release import (
     SYNTHETIC_TILES,
     ReleaseError,
     discover_patches,
@@ -349,7 +349,7 @@ def test_cli_encode(release, tmp_path):
 def test_a_multithreaded_caller_gets_forkserver_workers_and_the_same_bytes(release, tmp_path):
     import threading
 
-    from reben_tools.encode import _start_method
+    from reben_tools.release.encode import _start_method
 
     kwargs = dict(s1_dir=release.s1_dir, reference_maps_dir=release.reference_maps_dir,
                   metadata_files=release.metadata_files, patches_per_shard=8, progress=False)

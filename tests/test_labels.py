@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from reben_tools.labels import (
+from reben_tools.format.labels import (
     ALPHABETICAL_ORDER,
     ORIGINAL_ORDER,
     class_pixel_fractions,

@@ -17,8 +17,8 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from reben_tools.labels import ALPHABETICAL_ORDER, ORIGINAL_ORDER
-from reben_tools.metrics import (
+from reben_tools.format.labels import ALPHABETICAL_ORDER, ORIGINAL_ORDER
+from reben_tools.learn.metrics import (
     average_precision,
     binary_average_precision,
     multilabel_metrics,

@@ -7,8 +7,8 @@ import importlib.util
 import pytest
 import torch
 
-from reben_tools.bands import BAND_GROUPS
-from reben_tools.models import (
+from reben_tools.format.bands import BAND_GROUPS
+from reben_tools.learn.models import (
     DropPath,
     PatchEmbed,
     build_encoder,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from reben_tools.naming import (
+from reben_tools.format.naming import (
     parse_patch_id,
     parse_s1_patch_name,
     parse_s2_product_name,

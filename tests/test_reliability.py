@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from reben_tools.archive import Archive, ArchiveError
-from reben_tools.data import ReBENDataset
-from reben_tools.encode import encode_release
-from reben_tools.geotiff_release import write_synthetic_release
-from reben_tools.locking import OutputLock, OutputLockedError
+from reben_tools.format.archive import Archive, ArchiveError
+from reben_tools.learn.dataset import ReBENDataset
+from reben_tools.release.encode import encode_release
+from reben_tools.release.geotiff_release import write_synthetic_release
+from reben_tools.format.locking import OutputLock, OutputLockedError
 
 from reliability_helpers import (
     DIE_DURING_MANIFEST_WRITE,
@@ -62,7 +62,7 @@ def reference(release, tmp_path_factory):
 
 
 SLOW_PATCHES = """
-import reben_tools.encode as _enc
+import reben_tools.release.encode as _enc
 _encode_patch = _enc.encode_patch
 def _slow(job):
     time.sleep({seconds})
@@ -73,7 +73,7 @@ _enc.encode_patch = _slow
 KILL_POINTS = {
     # the 5th patch: shards 0 and 1 are finished, shard 2 is half read
     "during a block": ("""
-        import reben_tools.encode as enc
+        import reben_tools.release.encode as enc
         _encode_patch, _n = enc.encode_patch, [0]
         def encode_patch(job):
             _n[0] += 1
@@ -93,7 +93,7 @@ KILL_POINTS = {
         """, 2, {"shard-00000", "shard-00001", ".tmp-shard-00002-*"}),
     # shard 1 is in place, but its resume record was never written: it must be re-encoded
     "after rename, before the resume record": ("""
-        import reben_tools.encode as enc
+        import reben_tools.release.encode as enc
         _write = enc.archive.write_json_atomic
         def write_json_atomic(path, data):
             if ".encode-resume" in str(path) and "shard-00001" in str(path):
@@ -103,7 +103,7 @@ KILL_POINTS = {
         """, 1, {"shard-00000", "shard-00001"}),
     # every shard finished, patches.parquet written, the metadata files not
     "during metadata": ("""
-        import reben_tools.encode as enc
+        import reben_tools.release.encode as enc
         def write_metadata(*a, **k):
             die()
         enc.archive.write_metadata = write_metadata
@@ -176,7 +176,7 @@ def test_killed_parent_takes_its_pool_workers_along_then_resume(release, referen
     output lock they inherited), the lock is free at once, and a resume completes."""
     out = tmp_path / "archive"
     fault = SLOW_PATCHES.format(seconds=0.15) + """
-import reben_tools.encode as _enc2
+import reben_tools.release.encode as _enc2
 _write = _enc2.archive.write_json_atomic
 def _record(path, data):
     _write(path, data)
@@ -196,7 +196,7 @@ _enc2.archive.write_json_atomic = _record
 # ---------------------------------------------------------------------------- disk full
 
 DISK_FULL_AFTER_TWO_SHARDS = """
-import reben_tools.encode as enc
+import reben_tools.release.encode as enc
 _write_shard, _n = enc.archive.write_shard, [0]
 def write_shard(*a, **k):
     if _n[0] == 2:  # the disk fills up: every later write past 64 KiB fails (EFBIG, like ENOSPC)
@@ -208,7 +208,7 @@ enc.archive.write_shard = write_shard
 """
 
 DISK_FULL_AT_METADATA = """
-import reben_tools.encode as enc
+import reben_tools.release.encode as enc
 _write_metadata = enc.archive.write_metadata
 def write_metadata(*a, **k):
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -274,7 +274,7 @@ def test_a_second_encode_on_the_same_output_refuses_naming_the_first(release, re
 def test_the_lock_is_released_by_the_kernel_when_its_holder_is_killed(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from reben_tools.locking import OutputLock\n"
+         "import sys, time; from reben_tools.format.locking import OutputLock\n"
          f"lock = OutputLock({str(tmp_path)!r}, 'holder'); lock.acquire(); print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )
@@ -316,7 +316,7 @@ def archive_items(archive_dir):
 def slow_merge_fault(delay_s: float) -> str:
     """Fault code that makes ``merge`` sleep ``delay_s`` after each key, so others can race it."""
     return f"""
-import reben_tools.archive_tools as at, types
+import reben_tools.release.archive_tools as at, types
 _merge = at.heapq.merge
 def _slow(*a, **k):
     for item in _merge(*a, **k):

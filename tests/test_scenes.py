@@ -9,7 +9,7 @@ import pytest
 import rasterio
 
 import pipeline_fixtures as fx
-from reben_tools.scenes import S1Warper, SceneError, open_s1_scene, open_s2_product, read_block
+from reben_tools.build.scenes import S1Warper, SceneError, open_s1_scene, open_s2_product, read_block
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_s1_scene_errors(tmp_path):
 
 
 def test_tiled_jp2_blocks_read_by_tile_rows_equal_direct_reads(tmp_path):
-    from reben_tools import scenes
+    from reben_tools.build import scenes
 
     # a 60 m-like raster of 200 x 200 pixels in 64 x 64 JPEG2000 tiles
     rng = np.random.default_rng(3)

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from reben_tools.archive import (
+from reben_tools.format.archive import (
     FLAGGED_METADATA_FILE,
     METADATA_FILE,
     METADATA_SCHEMA,
@@ -21,7 +21,7 @@ from reben_tools.archive import (
     write_metadata,
     write_shard,
 )
-from reben_tools.codec import encode_reference_map
+from reben_tools.format.codec import encode_reference_map
 
 
 def items(n, offset=0):

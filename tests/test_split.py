@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from shapely.geometry import box
 from typer.testing import CliRunner
 
-from reben_tools.archive import METADATA_SCHEMA
+from reben_tools.format.archive import METADATA_SCHEMA
 from reben_tools.cli import app
-from reben_tools.split import (
+from reben_tools.splits.strategies import (
     RebenSplit,
     SpatialBlockSplit,
     SplitInputError,
@@ -219,7 +219,7 @@ def test_spatial_blocks_rejects_bad_options():
 
 
 def test_ids_parse_like_naming(tmp_path):
-    from reben_tools.naming import parse_patch_id
+    from reben_tools.format.naming import parse_patch_id
 
     ids = ids_for(PRODUCT, [0, 7, 90], [3, 88, 90]) + ["S2B_MSIL2A_20180204T094161_N0206_R036_T35VPK_57_38"]
     patches = patches_from_table(pa.table({"patch_id": ids}))
@@ -344,7 +344,7 @@ def test_area_ratio_of_the_reben_rings():
 
 
 def test_all_arrangements_are_the_twelve_distinct_ones():
-    from reben_tools.split import _V1_ARRANGEMENTS
+    from reben_tools.splits.strategies import _V1_ARRANGEMENTS
 
     expected = set(itertools.permutations(["train", "train", "validation", "test"]))
     assert {tuple(a) for a in _V1_ARRANGEMENTS} == expected and len(_V1_ARRANGEMENTS) == 12

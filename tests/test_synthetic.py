@@ -1,4 +1,4 @@
-"""Tests of the demo-region generator (reben_tools.synthetic).
+"""Tests of the demo-region generator (reben_tools.build.synthetic).
 
 One region is generated per module (about 10 s of CPU) and every fact the
 generator states is checked against the files it wrote, read back with
@@ -22,9 +22,9 @@ from rasterio.features import rasterize
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, reproject
 
-from reben_tools.labels import clc_legend
-from reben_tools.naming import parse_s2_product_name
-from reben_tools.synthetic import (
+from reben_tools.format.labels import clc_legend
+from reben_tools.format.naming import parse_s2_product_name
+from reben_tools.build.synthetic import (
     JP2_CREATION_OPTIONS,
     DemoRegion,
     _build_corine,
@@ -159,7 +159,7 @@ def test_generated_jp2_bands_hold_exactly_the_rendered_values(region):
     design = _PRODUCTS[1]  # the N0500 winter product with no data and snow
     product = _product(region, "31UGR", "201712")
     assert product.name == design.name
-    from reben_tools.synthetic import _land_cover
+    from reben_tools.build.synthetic import _land_cover
 
     frame = _frame("31UGR", 10)
     corine = _build_corine({"31UGR": frame}, seed=0)
@@ -444,7 +444,7 @@ def test_refuses_a_non_empty_folder_and_too_few_patches(tmp_path):
 
 @pytest.mark.slow
 def test_full_size_product(tmp_path):
-    from reben_tools.synthetic import write_full_size_product
+    from reben_tools.build.synthetic import write_full_size_product
 
     full = write_full_size_product(tmp_path, progress=False)
     (granule,) = (full.product_dir / "GRANULE").iterdir()

@@ -17,9 +17,9 @@ from sklearn.metrics import average_precision_score, f1_score, hamming_loss
 from typer.testing import CliRunner
 
 from reben_tools.cli import app
-from reben_tools.data import ReBENDataset
-from reben_tools.labels import ALPHABETICAL_ORDER
-from reben_tools.training import (
+from reben_tools.learn.dataset import ReBENDataset
+from reben_tools.format.labels import ALPHABETICAL_ORDER
+from reben_tools.learn.training import (
     CheckpointError,
     EpochSampler,
     TrainConfig,
@@ -170,7 +170,7 @@ def test_probe_fits_three_heads_on_frozen_features(trained_run, archive, tmp_pat
 
 
 def test_probe_random_init_baseline_needs_model_and_bands(archive, tmp_path):
-    from reben_tools.training import probe
+    from reben_tools.learn.training import probe
 
     results = probe(archive["root"], None, tmp_path, model="resnet_micro", bands="S1", probes=("linear",),
                     device="cpu", workers=0, progress=False, max_train_samples=20)
@@ -309,7 +309,7 @@ def test_batch_that_does_not_fit_in_memory_says_lower_the_batch_size(archive, tm
     script = f"""
 import resource
 import torch, torch._dynamo, sympy  # imported before the cap: they only need address space once
-from reben_tools.training import TrainConfig, TrainingError, train
+from reben_tools.learn.training import TrainConfig, TrainingError, train
 soft, hard = resource.getrlimit(resource.RLIMIT_AS)
 usage = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()
 resource.setrlimit(resource.RLIMIT_AS, (usage + 2_500_000_000, hard))
@@ -385,7 +385,7 @@ def test_torchrun_two_processes_with_gloo(archive, tmp_path):
 @pytest.mark.slow
 def test_demo_archive_cpu_run_learns_well_above_chance(tmp_path):
     """The documented demo: ``reben demo`` then a few minutes of resnet_micro on the CPU."""
-    from reben_tools.pipeline import run_demo
+    from reben_tools.build.pipeline import run_demo
 
     run_demo(tmp_path / "demo", workers=2, progress=False, echo=lambda line: None)
     archive_dir = tmp_path / "demo" / "archive"

@@ -14,11 +14,11 @@ import numpy as np
 import pyarrow as pa
 from shapely.geometry import box
 
-from reben_tools import archive, codec
-from reben_tools.bands import PUBLISHED_STATISTICS, S1_BANDS, S2_BANDS
-from reben_tools.labels import ALPHABETICAL_ORDER, clc_legend
-from reben_tools.naming import patch_id as make_patch_id
-from reben_tools.naming import s1_patch_name, s2v1_name
+from reben_tools.format import archive, codec
+from reben_tools.format.bands import PUBLISHED_STATISTICS, S1_BANDS, S2_BANDS
+from reben_tools.format.labels import ALPHABETICAL_ORDER, clc_legend
+from reben_tools.format.naming import patch_id as make_patch_id
+from reben_tools.format.naming import s1_patch_name, s2v1_name
 
 PRODUCT = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP"
 S1_PRODUCT = "S1B_IW_GRDH_1SDV_20170612T165809"

@@ -15,7 +15,7 @@ def verify(
 
     Exits 1 and prints one line per fault, naming the shard and the key.
     """
-    from reben_tools.archive_tools import verify_archive
+    from reben_tools.release.archive_tools import verify_archive
 
     report = verify_archive(archive_dir, progress=not quiet)
     for fault in report.faults:
@@ -33,8 +33,8 @@ def merge(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Write all shards into one LMDB environment with sorted keys (reBEN's single-LMDB layout)."""
-    from reben_tools.archive import ArchiveError
-    from reben_tools.archive_tools import merge_archive
+    from reben_tools.format.archive import ArchiveError
+    from reben_tools.release.archive_tools import merge_archive
 
     try:
         summary = merge_archive(archive_dir, out_dir, progress=not quiet)
@@ -52,8 +52,8 @@ def export_tiff(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Write the archive back as reBEN's GeoTIFF release, georeferenced from patches.parquet."""
-    from reben_tools.archive import ArchiveError
-    from reben_tools.archive_tools import export_geotiffs
+    from reben_tools.format.archive import ArchiveError
+    from reben_tools.release.archive_tools import export_geotiffs
 
     try:
         summary = export_geotiffs(archive_dir, out_dir, nested=not flat, progress=not quiet)

@@ -31,7 +31,7 @@ def build(
     Rerunning on the same --out resumes: finished blocks are kept. Exits 1 only if
     nothing could be built (skipped inputs are listed in ARCHIVE/report.json).
     """
-    from reben_tools.pipeline import BuildError, PipelineConfig, build_archive, format_summary
+    from reben_tools.build.pipeline import BuildError, PipelineConfig, build_archive, format_summary
 
     try:
         cfg = PipelineConfig.from_file(config) if config else PipelineConfig()
@@ -71,7 +71,7 @@ def demo(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Generate a small realistic region, build its archive on a local Dask cluster, audit the split."""
-    from reben_tools.pipeline import BuildError, run_demo
+    from reben_tools.build.pipeline import BuildError, run_demo
 
     try:
         paths = run_demo(out, workers=workers, seed=seed, progress=progress, echo=typer.echo)

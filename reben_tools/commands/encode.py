@@ -26,10 +26,10 @@ def encode(
     Rerunning the same command after an interruption resumes: finished shards are kept.
     A second encode on the same --out while one runs is refused.
     """
-    from reben_tools.archive import ArchiveError
-    from reben_tools.encode import EncodeError, encode_release
-    from reben_tools.geotiff_release import ReleaseError
-    from reben_tools.locking import OutputLockedError
+    from reben_tools.format.archive import ArchiveError
+    from reben_tools.release.encode import EncodeError, encode_release
+    from reben_tools.release.geotiff_release import ReleaseError
+    from reben_tools.format.locking import OutputLockedError
 
     try:
         summary = encode_release(

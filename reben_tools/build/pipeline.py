@@ -40,19 +40,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import archive, naming
-from .bands import PATCH_SIZE_M, S2_BANDS
-from .corine import ClcSource, CorineError, open_clc, reference_block
-from .countries import BIGEARTHNET_COUNTRIES, CountryError, CountryIndex, footprints_in
-from .labels import MAX_UNLABELED_FRACTION, class_pixel_fractions, labels_from_reference_map, unlabeled_fraction
-from .quality import DEFAULT_CLOUD_THRESHOLD, DEFAULT_SNOW_THRESHOLD, QualityRule, read_id_list, scl_fractions
-from .scenes import (
+from reben_tools.format import archive, naming
+from reben_tools.format.bands import PATCH_SIZE_M, S2_BANDS
+from reben_tools.build.corine import ClcSource, CorineError, open_clc, reference_block
+from reben_tools.build.countries import BIGEARTHNET_COUNTRIES, CountryError, CountryIndex, footprints_in
+from reben_tools.format.labels import MAX_UNLABELED_FRACTION, class_pixel_fractions, labels_from_reference_map, unlabeled_fraction
+from reben_tools.build.quality import DEFAULT_CLOUD_THRESHOLD, DEFAULT_SNOW_THRESHOLD, QualityRule, read_id_list, scl_fractions
+from reben_tools.build.scenes import (
     S1Scene, S1Warper, S2Product, SceneError, looks_like_s1_scene, looks_like_s2_product,
     open_s1_scene, open_s2_product, read_block,
 )
-from .split import reben_split
-from .stats import BandMoments
-from .tiling import Block
+from reben_tools.geo.split_rule import reben_split
+from reben_tools.format.stats import BandMoments
+from reben_tools.build.tiling import Block
 
 TOOL_NAME = "reben build"
 MAP_FILE = "summary_map.png"
@@ -224,7 +224,7 @@ def _run_block(task: BlockTask) -> dict:
     moments = BandMoments()
     items: list[tuple[str, bytes]] = []
     rows: list[dict] = []
-    from . import codec
+    from reben_tools.format import codec
 
     # pass 1: S2 no-data and the 25% rule
     candidates = []
@@ -560,7 +560,7 @@ def build_archive(
     out = Path(out or config.out or "")
     if not str(out):
         raise BuildError("no output folder given (--out or 'out' in the config)")
-    from .locking import OutputLock, OutputLockedError
+    from reben_tools.format.locking import OutputLock, OutputLockedError
 
     try:
         with OutputLock(out, command=TOOL_NAME):
@@ -801,13 +801,13 @@ def run_demo(out: str | Path, workers: int = 2, seed: int = 0, progress: bool = 
     """``reben demo``: generate the demo region, build its archive on a LocalCluster, audit the split.
 
     Layout of ``out``: ``inputs/`` (the generated scenes, CORINE, countries),
-    ``archive/`` (the archive), ``audit/`` (the split audit, when ``reben_tools.audit``
+    ``archive/`` (the archive), ``audit/`` (the split audit, when ``reben_tools.splits.audit``
     is available). Rerunning reuses the inputs and resumes the archive.
 
     Returns:
         the paths worth looking at, by label.
     """
-    from .synthetic import generate_region
+    from reben_tools.build.synthetic import generate_region
 
     out = Path(out)
     inputs_dir, archive_dir = out / "inputs", out / "archive"
@@ -840,9 +840,9 @@ def run_demo(out: str | Path, workers: int = 2, seed: int = 0, progress: bool = 
     if result.map_png:
         paths["map"] = result.map_png
     try:
-        from .audit import run_audit
+        from reben_tools.splits.audit import run_audit
     except ImportError:
-        echo("split audit: reben_tools.audit is not available; skipped")
+        echo("split audit: reben_tools.splits.audit is not available; skipped")
     else:
         echo("\nauditing the split ...")
         audit_dir = out / "audit"

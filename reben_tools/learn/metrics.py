@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .labels import class_names
+from reben_tools.format.labels import class_names
 
 DEFAULT_THRESHOLD = 0.5
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from affine import Affine
 
-from .bands import PATCH_SIZE_M
+from reben_tools.format.bands import PATCH_SIZE_M
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .labels import NO_POLYGON_CODE, clc_legend
+from reben_tools.format.labels import NO_POLYGON_CODE, clc_legend
 
 DEFAULT_CODE_COLUMN = "Code_18"
 RASTER_EXTENSIONS = (".tif", ".tiff", ".vrt", ".img", ".jp2")

@@ -21,7 +21,7 @@ Inputs (:func:`load_patches`): an archive directory (its ``patches.parquet``), a
 ``metadata.parquet``). Positions come from the ``ulx``/``uly``/``crs`` columns
 where present, otherwise from the MGRS tile plus ``x`` and ``y`` — parsed from the
 patch id, or taken from ``tile``/``x``/``y`` columns for ids that are not reBEN ids —
-(:mod:`reben_tools.mgrs_grid`). The tile side is the ``tile_side_m`` column, else
+(:mod:`reben_tools.geo.mgrs_grid`). The tile side is the ``tile_side_m`` column, else
 the ``tile_side_m`` option, else a full tile (109,800 m).
 """
 
@@ -42,9 +42,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .archive import PATCHES_FILE, METADATA_FILE, FLAGGED_METADATA_FILE, SPLITS, write_parquet_atomic
-from .mgrs_grid import TILE_SIDE_M, UnknownTileError, tile_grid
-from .naming import PATCH_ID_PATTERN
+from reben_tools.format.archive import PATCHES_FILE, METADATA_FILE, FLAGGED_METADATA_FILE, SPLITS, write_parquet_atomic
+from reben_tools.geo.mgrs_grid import TILE_SIDE_M, UnknownTileError, tile_grid
+from reben_tools.geo.split_rule import reben_split
+from reben_tools.format.naming import PATCH_ID_PATTERN
 
 FULL_TILE_SIDE_M = TILE_SIDE_M
 PATCH_SIDE_M = 1200.0
@@ -53,31 +54,6 @@ COMMON_GRID_CRS = "EPSG:3035"
 MAX_LISTED_ROWS = 5
 _WGS84_A = 6_378_137.0
 _WGS84_E2 = 6.694379990141316e-3
-
-
-def reben_split(x: np.ndarray, y: np.ndarray, tile_side_m: float | np.ndarray = FULL_TILE_SIDE_M) -> np.ndarray:
-    """reBEN's geography-based split from patch grid positions.
-
-    Args:
-        x, y: patch column and row indices inside the tile (int arrays of equal shape).
-        tile_side_m: side of the tile in metres (109,800 for a full tile).
-
-    Returns:
-        object array of ``"train"``, ``"validation"`` or ``"test"``: train where the patch
-        centre lies closer than ``s(2 - sqrt 2)/4`` to the nearest tile border, validation
-        closer than ``s/4``, test in the central square of side ``s/2``.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    side = np.asarray(tile_side_m, dtype=np.float64)
-    cx = 1200.0 * x + 600.0
-    cy = 1200.0 * y + 600.0
-    distance = np.minimum.reduce([cx, cy, side - cx, side - cy])
-    train_limit = side * (2.0 - math.sqrt(2.0)) / 4.0
-    out = np.full(distance.shape, "test", dtype=object)
-    out[distance < side / 4.0] = "validation"
-    out[distance < train_limit] = "train"
-    return out
 
 
 # --------------------------------------------------------------------------- input

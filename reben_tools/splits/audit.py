@@ -1,6 +1,6 @@
 """Spatial-correlation audit of dataset splits: how far is test from train, really?
 
-For each split (a column of the input, or a strategy of :mod:`reben_tools.split`
+For each split (a column of the input, or a strategy of :mod:`reben_tools.splits.strategies`
 computed on the fly) the audit measures, over all patches of the input:
 
 * **nearest train distance**: from every validation and test patch centre to the
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .archive import SPLITS
-from .split import (
+from reben_tools.format.archive import SPLITS
+from reben_tools.splits.strategies import (
     PATCH_SIDE_M,
     SplitInputError,
     SplitStrategy,

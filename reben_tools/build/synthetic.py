@@ -53,11 +53,11 @@ from typing import Any
 
 import numpy as np
 
-from .bands import PATCH_SIZE_M, S2_BANDS
-from .countries import BIGEARTHNET_COUNTRIES
-from .labels import NO_POLYGON_CODE, UNLABELED, clc_legend
-from .mgrs_grid import TileGrid, tile_grid
-from .naming import parse_s2_product_name, patch_id, s1_patch_name
+from reben_tools.format.bands import PATCH_SIZE_M, S2_BANDS
+from reben_tools.build.countries import BIGEARTHNET_COUNTRIES
+from reben_tools.format.labels import NO_POLYGON_CODE, UNLABELED, clc_legend
+from reben_tools.geo.mgrs_grid import TileGrid, tile_grid
+from reben_tools.format.naming import parse_s2_product_name, patch_id, s1_patch_name
 
 TILE_SIDE_M = 109_800
 EXTRA_M = 600

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 from safetensors.numpy import save as _safetensors_save
 
-from .bands import ALL_BANDS, S1_BANDS, S2_BANDS
+from reben_tools.format.bands import ALL_BANDS, S1_BANDS, S2_BANDS
 
 REFERENCE_MAP_TENSOR = "Data"
 MAX_HEADER_BYTES = 100_000

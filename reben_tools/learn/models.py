@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bands import ALL_BANDS, OUTPUT_SIZE, resolve_bands
-from .labels import NUM_CLASSES
+from reben_tools.format.bands import ALL_BANDS, OUTPUT_SIZE, resolve_bands
+from reben_tools.format.labels import NUM_CLASSES
 
 FUSIONS = ("early", "late")
 

@@ -1,9 +1,9 @@
 """Tools over a finished archive: verify it, merge its shards, export it back to GeoTIFFs.
 
 - :func:`verify_archive` checks every shard against the manifest (entry count, value
-  bytes, content sha256 via :class:`reben_tools.archive.ContentDigest`), every value
+  bytes, content sha256 via :class:`reben_tools.format.archive.ContentDigest`), every value
   against its recorded size and CRC-32 (``keys.parquet``) and its declared tensors
-  (:func:`reben_tools.codec.check_value`), and that every patch of ``patches.parquet``
+  (:func:`reben_tools.format.codec.check_value`), and that every patch of ``patches.parquet``
   has its values. Each fault names the shard and, where it can be located, the key.
 - :func:`merge_archive` writes all shards into one plain LMDB environment in sorted key
   order: the single-file layout tools built for reBEN open directly.
@@ -26,8 +26,8 @@ from pathlib import Path
 import lmdb
 import pyarrow.parquet as pq
 
-from . import archive, codec, naming
-from .geotiff_release import REFERENCE_MAP_BAND, write_patch
+from reben_tools.format import archive, codec, naming
+from reben_tools.release.geotiff_release import REFERENCE_MAP_BAND, write_patch
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from . import naming
-from .bands import PATCH_SIZE_M, S2_BANDS, SCL_BAND
-from .tiling import Block, PatchGrid
+from reben_tools.format import naming
+from reben_tools.format.bands import PATCH_SIZE_M, S2_BANDS, SCL_BAND
+from reben_tools.build.tiling import Block, PatchGrid
 
 PRODUCT_BANDS: dict[str, int] = {**{b.name: b.resolution_m for b in S2_BANDS.values()}, "SCL": SCL_BAND.resolution_m}
 """Every raster read from a product (12 bands + SCL) and its native resolution in metres."""

@@ -49,13 +49,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from .archive import SPLITS, ArchiveError, write_json_atomic
-from .bands import resolve_bands
-from .codec import ValueDecodeError
-from .data import ReBENDataset, collate
-from .labels import NUM_CLASSES, class_names
-from .metrics import HEADLINE_METRICS, multilabel_metrics, plot_per_class
-from .models import ReBENClassifier, build_model, build_model_from_config
+from reben_tools.format.archive import SPLITS, ArchiveError, write_json_atomic
+from reben_tools.format.bands import resolve_bands
+from reben_tools.format.codec import ValueDecodeError
+from reben_tools.learn.dataset import ReBENDataset, collate
+from reben_tools.format.labels import NUM_CLASSES, class_names
+from reben_tools.learn.metrics import HEADLINE_METRICS, multilabel_metrics, plot_per_class
+from reben_tools.learn.models import ReBENClassifier, build_model, build_model_from_config
 
 CHECKPOINT_FORMAT = "reben-tools-checkpoint"
 CHECKPOINT_VERSION = 1

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bands import PATCH_SIZE_M, S1_BANDS, S2_BANDS
+from reben_tools.format.bands import PATCH_SIZE_M, S1_BANDS, S2_BANDS
 
 S2_RELEASE_DIR = "BigEarthNet-S2"
 S1_RELEASE_DIR = "BigEarthNet-S1"
@@ -348,7 +348,7 @@ def product_of(name: str) -> str:
     S2 patch ids lose their ``_x_y`` suffix (``..._R022_T33UUP``); S1 names keep mission
     through acquisition start (``S1B_IW_GRDH_1SDV_20170612T165809``), as in the release.
     """
-    from .naming import parse_s1_patch_name
+    from reben_tools.format.naming import parse_s1_patch_name
 
     try:
         return parse_s1_patch_name(name)[0]
@@ -558,7 +558,7 @@ def synthetic_patch(
     S2 values scatter around the published reBEN band means (never 0, the no-data value);
     lower-resolution bands are block means of the same ground field, so bands correlate.
     """
-    from .bands import PUBLISHED_STATISTICS
+    from reben_tools.format.bands import PUBLISHED_STATISTICS
 
     ground = _smooth_field(rng)
     s2 = {}
@@ -606,10 +606,10 @@ def write_synthetic_release(
 
     from tqdm import tqdm
 
-    from . import naming
-    from .archive import FLAGGED_METADATA_FILE, METADATA_FILE, write_metadata
-    from .labels import labels_from_reference_map
-    from .split import reben_split
+    from reben_tools.format import naming
+    from reben_tools.format.archive import FLAGGED_METADATA_FILE, METADATA_FILE, write_metadata
+    from reben_tools.format.labels import labels_from_reference_map
+    from reben_tools.geo.split_rule import reben_split
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -38,8 +38,8 @@ import lmdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
-from .bands import ALL_BANDS
+from reben_tools import __version__
+from reben_tools.format.bands import ALL_BANDS
 
 FORMAT_NAME = "reben-tools-archive"
 FORMAT_VERSION = 1

@@ -2,7 +2,7 @@
 
 The archive's values are byte-identical to the reference tool's for the same files:
 the same keys (S2 patch id, S1 name, ``<patch_id>_reference_map``) and the same
-safetensors bytes (:mod:`reben_tools.codec`).
+safetensors bytes (:mod:`reben_tools.format.codec`).
 
 How the work is split:
 
@@ -22,7 +22,7 @@ How the work is split:
    manifest is complete.
 
 Resuming: the encoder holds an exclusive lock on the output directory for its whole run
-(:mod:`reben_tools.locking`). After each shard it records what the shard produced in
+(:mod:`reben_tools.format.locking`). After each shard it records what the shard produced in
 ``<out>/.encode-resume/<shard>.json`` (a fingerprint of the shard's plan: its patches,
 their input files and the options; the ShardInfo; the patches skipped and why; the
 train-split moments). Rerunning the same command on the directory of an interrupted run
@@ -52,8 +52,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import archive, codec, naming
-from .geotiff_release import (
+from reben_tools.format import archive, codec, naming
+from reben_tools.release.geotiff_release import (
     GDAL_READ_OPTIONS,
     PatchFiles,
     ReleaseError,
@@ -61,8 +61,8 @@ from .geotiff_release import (
     read_patch,
     reading_environment,
 )
-from .locking import OutputLock
-from .stats import BandMoments
+from reben_tools.format.locking import OutputLock
+from reben_tools.format.stats import BandMoments
 
 DEFAULT_PATCHES_PER_SHARD = 1024
 """Patches per shard: about 310 MB of values with S1 and reference maps (held in memory
@@ -370,7 +370,7 @@ def encode_patch(job: PatchJob) -> tuple[list[tuple[str, bytes]], dict, dict[str
     left, bottom, right, top = georeference.bounds
     labels = meta.get("labels")
     if labels is None and reference_map is not None:
-        from .labels import labels_from_reference_map
+        from reben_tools.format.labels import labels_from_reference_map
 
         try:
             labels = labels_from_reference_map(reference_map)
