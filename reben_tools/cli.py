@@ -1,4 +1,9 @@
-"""The ``reben`` command line. Each concern registers its commands from ``reben_tools.commands``."""
+"""The ``reben`` command line entry point.
+
+Owns: the typer application and the list of command modules it registers.
+Does not own: the commands themselves (``reben_tools.commands``).
+May import: ``reben_tools.commands`` only.
+"""
 
 from __future__ import annotations
 
