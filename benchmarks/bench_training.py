@@ -6,7 +6,7 @@ machine load (the 2 cores of the development VM are shared):
 
   (a) compute bound: the training step (flips, forward, BCE, backward, AdamW) on one batch
       already in memory, repeated -- no data loading at all;
-  (b) the loop of ``reben_tools.learn.training.train`` for one epoch over a generated archive, with
+  (b) the loop of ``reben_tools.learn.loop.train`` for one epoch over a generated archive, with
       ``--workers W`` DataLoader workers (native-resolution batches, upsampling and
       normalisation in the loop's device step), read from the loop's own per-epoch record:
       ``train_samples_per_s``, ``data_wait_fraction`` (time blocked in ``next(loader)`` / total
@@ -37,7 +37,9 @@ from training_archive import build_learnable_archive  # noqa: E402
 
 from reben_tools.format.bands import resolve_bands  # noqa: E402
 from reben_tools.learn.models import build_model  # noqa: E402
-from reben_tools.learn.training import TrainConfig, random_flips, train  # noqa: E402
+from reben_tools.learn.augment import random_flips  # noqa: E402
+from reben_tools.learn.config import TrainConfig  # noqa: E402
+from reben_tools.learn.loop import train  # noqa: E402
 
 
 def compute_bound(model_name: str, bands: str, batch: int, steps: int, seed: int = 0) -> float:

@@ -1,8 +1,26 @@
 """Public import path of the PyTorch dataset: ``from reben_tools.data import ReBENDataset, collate``.
 
-The dataset lives in :mod:`reben_tools.learn.dataset`; this module re-exports its public names
-so code written against the README keeps working.
+The dataset lives in :mod:`reben_tools.learn.dataset` and the native-batch transforms in
+:mod:`reben_tools.learn.transforms`; this module re-exports their public names so code written
+against the README keeps working.
+
+Owns: nothing but the public re-exports listed in ``__all__``.
+Does not own: the dataset (learn/dataset.py), the transforms (learn/transforms.py), the class tables (format/labels.py).
+May import: reben_tools.format, reben_tools.learn.
 """
 
-from reben_tools.learn.dataset import *  # noqa: F401,F403
-from reben_tools.learn.dataset import __all__  # noqa: F401
+from reben_tools.format.labels import MASK_IGNORE_INDEX
+from reben_tools.learn.dataset import ReBENDataset, SampleBatch, collate
+from reben_tools.learn.transforms import (
+    NATIVE_GROUPS,
+    UPSAMPLING_MODES,
+    NativeGroup,
+    NativeLayout,
+    NativeToImage,
+    upsample_and_normalise,
+)
+
+__all__ = [
+    "NATIVE_GROUPS", "UPSAMPLING_MODES", "MASK_IGNORE_INDEX", "NativeGroup", "NativeLayout", "NativeToImage",
+    "ReBENDataset", "SampleBatch", "collate", "upsample_and_normalise",
+]

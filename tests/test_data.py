@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, default_collate
 
 from reben_tools.format import archive, codec
 from reben_tools.format.codec import ValueDecodeError
-from reben_tools.learn.dataset import NativeLayout, NativeToImage, ReBENDataset, SampleBatch, collate, upsample_and_normalise
+from reben_tools.learn.dataset import ReBENDataset, SampleBatch, collate
+from reben_tools.learn.transforms import NativeLayout, NativeToImage, upsample_and_normalise
 
 # ---- independent facts ------------------------------------------------------------------
 

@@ -19,18 +19,11 @@ from typer.testing import CliRunner
 from reben_tools.cli import app
 from reben_tools.learn.dataset import ReBENDataset
 from reben_tools.format.labels import ALPHABETICAL_ORDER
-from reben_tools.learn.training import (
-    CheckpointError,
-    EpochSampler,
-    TrainConfig,
-    TrainingError,
-    effective_warmup,
-    load_checkpoint,
-    lr_factor,
-    model_from_checkpoint,
-    save_checkpoint,
-    train,
-)
+from reben_tools.learn.checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from reben_tools.learn.config import TrainConfig, TrainingError
+from reben_tools.learn.distributed import EpochSampler
+from reben_tools.learn.loop import train
+from reben_tools.learn.schedule import effective_warmup, lr_factor
 from training_archive import build_learnable_archive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,7 +163,7 @@ def test_probe_fits_three_heads_on_frozen_features(trained_run, archive, tmp_pat
 
 
 def test_probe_random_init_baseline_needs_model_and_bands(archive, tmp_path):
-    from reben_tools.learn.training import probe
+    from reben_tools.learn.probes import probe
 
     results = probe(archive["root"], None, tmp_path, model="resnet_micro", bands="S1", probes=("linear",),
                     device="cpu", workers=0, progress=False, max_train_samples=20)
@@ -309,7 +302,8 @@ def test_batch_that_does_not_fit_in_memory_says_lower_the_batch_size(archive, tm
     script = f"""
 import resource
 import torch, torch._dynamo, sympy  # imported before the cap: they only need address space once
-from reben_tools.learn.training import TrainConfig, TrainingError, train
+from reben_tools.learn.config import TrainConfig, TrainingError
+from reben_tools.learn.loop import train
 soft, hard = resource.getrlimit(resource.RLIMIT_AS)
 usage = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()
 resource.setrlimit(resource.RLIMIT_AS, (usage + 2_500_000_000, hard))

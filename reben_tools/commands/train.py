@@ -41,8 +41,8 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train a multi-label classifier with the published reBEN recipe (works under torchrun)."""
-    from reben_tools.learn.training import DEFAULTS, TrainConfig, TrainingError
-    from reben_tools.learn.training import train as run_training
+    from reben_tools.learn.config import DEFAULTS, TrainConfig, TrainingError
+    from reben_tools.learn.loop import train as run_training
 
     given_values = {
         "bands": _band_arg(bands), "model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr,
@@ -93,8 +93,8 @@ def evaluate(
 ) -> None:
     """Average precision, F1, F2, precision, recall (macro and micro), Hamming loss and per-class figures."""
     from reben_tools.learn.metrics import HEADLINE_METRICS
-    from reben_tools.learn.training import TrainingError
-    from reben_tools.learn.training import evaluate as run_evaluation
+    from reben_tools.learn.config import TrainingError
+    from reben_tools.learn.evaluation import evaluate as run_evaluation
 
     try:
         metrics = run_evaluation(archive, checkpoint, split=split, out=out, device=device, precision=precision,
@@ -122,8 +122,9 @@ def probe(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Fit a linear probe, a small MLP and a random forest on frozen features; report test metrics."""
-    from reben_tools.learn.training import PROBES, TrainingError
-    from reben_tools.learn.training import probe as run_probe
+    from reben_tools.learn.config import TrainingError
+    from reben_tools.learn.probes import PROBES
+    from reben_tools.learn.probes import probe as run_probe
 
     kinds = tuple(p.strip() for p in probes.split(",") if p.strip())
     unknown = [k for k in kinds if k not in PROBES]

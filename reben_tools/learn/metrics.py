@@ -19,6 +19,10 @@ Classes with no positive target have no defined average precision (scikit-learn 
 with a warning): here their AP is NaN, they are left out of the macro AP and listed under
 ``classes_without_positives``. Their precision / recall / F-scores follow the zero-division
 rule above and do count in the macro means, as in scikit-learn.
+
+Owns: sigmoid, (binary_)average_precision, threshold_metrics, multilabel_metrics, HEADLINE_METRICS, plot_per_class.
+Does not own: producing scores (evaluation.py, probes.py), run files (rundir.py).
+May import: numpy, matplotlib (lazily); reben_tools.format.
 """
 
 from __future__ import annotations

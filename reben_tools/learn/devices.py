@@ -1,0 +1,57 @@
+"""The training device and its numerics: device and precision choice, autocast, out-of-memory reporting.
+
+Owns: resolve_device, resolve_precision, autocast, is_out_of_memory, oom_error.
+Does not own: process groups and sampling (distributed.py), moving batches to the device (loaders.py).
+May import: torch; reben_tools.learn.config.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from reben_tools.learn.config import TrainingError
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` -> bf16 on CUDA, fp32 elsewhere."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in ("bf16", "fp32"):
+        raise TrainingError(f"unknown precision {precision!r}; use bf16 or fp32")
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast | nullcontext:
+    """bf16 autocast on ``device`` for ``precision="bf16"``; a no-op context for ``"fp32"``."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device (CUDA) or the host (CPU allocator) ran out of memory."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                              or "Cannot allocate memory" in text)
+
+
+def oom_error(per_process_batch: int, global_batch: int, device: torch.device, precision: str) -> TrainingError:
+    """The one-line :class:`TrainingError` for a batch that does not fit: which ``--batch-size`` to try."""
+    hint = f"lower --batch-size (now {global_batch}), e.g. --batch-size {max(1, global_batch // 2)}"
+    if precision != "bf16" and device.type == "cuda":
+        hint += ", or use --precision bf16"
+    return TrainingError(f"a batch of {per_process_batch} samples does not fit in memory on {device}: {hint}")

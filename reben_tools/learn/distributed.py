@@ -1,0 +1,141 @@
+"""Processes of a (possibly one-process) run under ``torchrun``, and each one's share of an epoch.
+
+Under ``torchrun`` every process trains one replica (DistributedDataParallel; NCCL on GPUs,
+gloo on CPUs) on its share of each epoch; a run's ``batch_size`` is the global batch.
+
+Owns: Distributed (rank, world size, collectives), init_distributed, EpochSampler.
+Does not own: device choice (devices.py), DataLoaders (loaders.py), the DDP wrapping of a model (loop.py).
+May import: numpy, torch; reben_tools.learn.devices.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from reben_tools.learn.devices import resolve_device
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class Distributed:
+    """This process's place in a (possibly one-process) run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def gather(self, obj: object) -> list:
+        """Every process's ``obj`` as a list indexed by rank (on every process)."""
+        if not self.enabled:
+            return [obj]
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: object) -> object:
+        """Rank 0's ``obj`` on every process."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def mean(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t)
+        return float(t.item()) / self.world_size
+
+
+def init_distributed(device: str) -> Distributed:
+    """Join the process group ``torchrun`` describes in the environment (WORLD_SIZE > 1).
+
+    CUDA runs use NCCL and one GPU per local rank; CPU runs use gloo and split the CPU threads.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = resolve_device(device)
+    if world <= 1:
+        return Distributed(device=dev)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if dev.type == "cuda":
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    if dev.type == "cpu":
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    return Distributed(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+class EpochSampler(Sampler[int]):
+    """Dataset indices of one process's share of an epoch, reproducible from (seed, epoch), resumable.
+
+    The epoch's order is a permutation of ``indices`` seeded by ``seed + epoch`` (or
+    ``indices`` as given without shuffling). With ``pad=True`` it is padded by wrapping
+    around to a multiple of ``world_size`` so every process gets the same number of samples
+    (needed in training, where all processes must take the same number of steps); each
+    process takes every ``world_size``-th entry from its rank. :meth:`set_position` skips
+    the first samples of the share, which is how a resumed run continues mid-epoch.
+    """
+
+    def __init__(self, indices, rank: int = 0, world_size: int = 1, shuffle: bool = True, seed: int = 0,
+                 pad: bool = True) -> None:
+        self.indices = [int(i) for i in indices]
+        self.rank, self.world_size = rank, world_size
+        self.shuffle, self.seed, self.pad = shuffle, seed, pad
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_position(self, samples_done: int) -> None:
+        self.start = samples_done
+
+    def share(self) -> list[int]:
+        """The full list of this process's dataset indices for the current epoch (before skipping)."""
+        size = len(self.indices)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(size, generator=g).tolist()
+        else:
+            order = list(range(size))
+        if self.pad and size % self.world_size:
+            extra = self.world_size - size % self.world_size
+            order += (order * math.ceil(extra / max(1, size)))[:extra]
+        return [self.indices[i] for i in order[self.rank :: self.world_size]]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.share()[self.start :])
+
+    def __len__(self) -> int:
+        size = len(self.indices)
+        n = math.ceil(size / self.world_size) if self.pad else len(range(self.rank, size, self.world_size))
+        return max(0, n - self.start)

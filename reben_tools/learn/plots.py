@@ -1,0 +1,63 @@
+"""PNG figures of a run: training curves per epoch and the probes' bar chart.
+
+Owns: plot_curves, plot_probes (matplotlib, Agg backend, imported lazily).
+Does not own: the per-class metric chart (metrics.py), the numbers plotted (loop.py, probes.py).
+May import: numpy, matplotlib (lazily).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Training loss, validation loss, validation macro/micro AP and learning rate per epoch (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    axes[0].plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    axes[0].plot(epochs, [h["validation"].get("loss") for h in history], "o-", label="validation")
+    axes[0].set(title="BCE loss", xlabel="epoch")
+    axes[0].legend()
+    for key, label in (("average_precision_macro", "macro AP"), ("average_precision_micro", "micro AP"),
+                       ("f1_macro", "macro F1")):
+        axes[1].plot(epochs, [h["validation"].get(key) for h in history], "o-", label=label)
+    axes[1].set(title="validation", xlabel="epoch", ylim=(0, 1))
+    axes[1].legend()
+    axes[2].plot(epochs, [h["lr"] for h in history], "o-")
+    axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{uuid.uuid4().hex}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_probes(results: dict, path: Path) -> None:
+    """Bar chart (PNG) of macro/micro AP and F1 of each probe in :func:`reben_tools.learn.probes.probe`'s ``results``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = list(results["probes"])
+    keys = ("average_precision_macro", "average_precision_micro", "f1_macro", "f1_micro")
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(kinds)
+    for i, kind in enumerate(kinds):
+        vals = [results["probes"][kind][k] or 0.0 for k in keys]
+        ax.bar(np.arange(len(keys)) + i * width, vals, width, label=kind)
+    ax.set_xticks(np.arange(len(keys)) + width * (len(kinds) - 1) / 2, keys, fontsize=8)
+    ax.set(ylim=(0, 1), title="probes on frozen features (test)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
