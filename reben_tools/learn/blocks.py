@@ -2,7 +2,7 @@
 
 Owns: Encoder (the encoder interface), DropPath, drop_path_rates, LayerNorm2d, PatchEmbed, Mlp, Attention,
 TransformerBlock, init_transformer.
-Does not own: whole encoders and their registry (encoders.py), classifiers and fusion (models.py).
+Does not own: whole encoders and their registry (backbones.py), classifiers and fusion (models.py).
 May import: torch; reben_tools.format.
 """
 

@@ -11,7 +11,7 @@ Fusion of modalities (:func:`build_model`, ``fusion=``):
   features concatenated before the shared dropout + linear head.
 
 Owns: FUSIONS, ReBENClassifier, build_model, build_model_from_config.
-Does not own: encoders and their names (encoders.py), building blocks (blocks.py), checkpoints (checkpoints.py).
+Does not own: encoders and their names (backbones.py), building blocks (blocks.py), checkpoints (checkpoints.py).
 May import: torch; reben_tools.format; reben_tools.learn.blocks, .encoders.
 """
 
@@ -25,7 +25,7 @@ from torch import nn
 from reben_tools.format.bands import ALL_BANDS, resolve_bands
 from reben_tools.format.labels import NUM_CLASSES
 from reben_tools.learn.blocks import Encoder
-from reben_tools.learn.encoders import build_encoder
+from reben_tools.learn.backbones import build_encoder
 
 FUSIONS = ("early", "late")
 

@@ -1,4 +1,4 @@
-"""Encoders for 120x120 reBEN patches and their registry by name.
+"""Supervised backbones for 120x120 reBEN patches and their registry by name.
 
 Every encoder takes a float32 batch ``(B, C, 120, 120)`` of normalised bands (any ``C``)
 and returns features ``(B, num_features)``. Architectures (SPEC section 10 lists the
