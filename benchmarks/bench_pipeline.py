@@ -19,7 +19,7 @@ Usage::
     python benchmarks/bench_pipeline.py --demo-dir /tmp/bench/demo --full-dir /tmp/bench/full \\
         --work-dir /tmp/bench/work --json benchmarks/pipeline_results.json
 
-The demo region (``reben_tools.build.synthetic.generate_region``) and the full-size product
+The demo region (``reben_tools.build.demo_region.region.generate_region``) and the full-size product
 (``write_full_size_product``) are generated into the given folders when absent.
 """
 
@@ -38,7 +38,11 @@ from pathlib import Path
 import rasterio
 
 from reben_tools.build.corine import open_clc
-from reben_tools.build.pipeline import PipelineConfig, build_archive, discover, plan_tasks, run_block
+from reben_tools.build.pipeline.block import run_block
+from reben_tools.build.pipeline.config import PipelineConfig
+from reben_tools.build.pipeline.discovery import discover
+from reben_tools.build.pipeline.planning import plan_tasks
+from reben_tools.build.pipeline.run import build_archive
 
 REBEN_PRODUCTS = 115
 CLUSTER_CORES = 32
@@ -50,7 +54,7 @@ def _quiet(_: str) -> None:
 
 def ensure_demo(path: Path) -> Path:
     if not (path / "expected.json").is_file():
-        from reben_tools.build.synthetic import generate_region
+        from reben_tools.build.demo_region.region import generate_region
 
         print(f"generating demo region in {path} ...", flush=True)
         generate_region(path, seed=0, overwrite=True)
@@ -60,7 +64,7 @@ def ensure_demo(path: Path) -> Path:
 def ensure_full(path: Path) -> tuple[Path, Path, Path]:
     s2 = path / "S2"
     if not s2.is_dir() or not any(s2.iterdir()):
-        from reben_tools.build.synthetic import write_full_size_product
+        from reben_tools.build.demo_region.full_size import write_full_size_product
 
         print(f"generating the full-size product in {path} (a few minutes) ...", flush=True)
         write_full_size_product(path, progress=True)
@@ -174,7 +178,7 @@ def bench_scaling(config: PipelineConfig, work: Path, repeats: int) -> dict:
     clients = {n: Client(c) for n, c in clusters.items()}
     try:
         for n, client in clients.items():  # warm-up: imports in the worker processes
-            client.run(lambda: __import__("reben_tools.build.pipeline"))
+            client.run(lambda: __import__("reben_tools.build.pipeline.block"))
         for _ in range(repeats):
             for n in (1, 2):
                 out = work / f"scaling-{n}"

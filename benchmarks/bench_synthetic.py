@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from reben_tools.build.synthetic import generate_region
+from reben_tools.build.demo_region.region import generate_region
 
 
 def _cpu() -> float:

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 import pipeline_fixtures as fx
-from reben_tools.build.pipeline import PipelineConfig, build_archive
+from reben_tools.build.pipeline.config import PipelineConfig
+from reben_tools.build.pipeline.run import build_archive
 
 from reliability_helpers import (
     DIE_DURING_MANIFEST_WRITE,
@@ -125,7 +126,7 @@ FINALISE_KILLS = {
 
 
 KILL_BEFORE_RENAME = """
-    import reben_tools.build.pipeline as pl
+    import reben_tools.build.pipeline.execution as pl
     _make_client = pl._make_client
     def _install_fault():
         # runs inside each Dask worker process: the first shard of block row 1 to be renamed
@@ -179,7 +180,7 @@ def test_build_sigkilled_while_finishing_then_rerun_is_byte_identical(point, con
 def test_a_second_build_on_the_same_output_refuses_naming_the_first(config_path, reference, tmp_path):
     out = tmp_path / "archive"
     slow = """
-        import reben_tools.build.pipeline as pl
+        import reben_tools.build.pipeline.run as pl
         _execute = pl.execute
         def execute(*a, **k):
             time.sleep(3)  # hold the output directory a while before any block runs

@@ -24,7 +24,8 @@ from pyproj import Transformer
 
 import pipeline_fixtures as fx
 from reben_tools.format import archive, codec
-from reben_tools.build.pipeline import BuildError, PipelineConfig, build_archive
+from reben_tools.build.pipeline.config import BuildError, PipelineConfig
+from reben_tools.build.pipeline.run import build_archive
 
 P1_KEPT = {(0, 0), (2, 0), (0, 1), (1, 1), (0, 2), (1, 2)}
 P2_KEPT = {(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (0, 2), (1, 2)}
@@ -353,7 +354,9 @@ def test_missing_clc_is_a_clear_error(region, tmp_path):
 
 def test_chains_keep_consecutive_blocks_together(region, tmp_path):
     from reben_tools.build.corine import open_clc
-    from reben_tools.build.pipeline import chains_for, discover, plan_tasks
+    from reben_tools.build.pipeline.discovery import discover
+    from reben_tools.build.pipeline.execution import chains_for
+    from reben_tools.build.pipeline.planning import plan_tasks
 
     config = PipelineConfig(s2=[str(region.s2_dir)], s1=[str(region.s1_dir)], clc=str(region.clc), rows_per_block=1)
     inputs = discover(config)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from reben_tools.format import archive
-from reben_tools.build.pipeline import PipelineConfig, build_archive
+from reben_tools.build.pipeline.config import PipelineConfig
+from reben_tools.build.pipeline.run import build_archive
 
 pytestmark = pytest.mark.slow
 
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.slow
 def test_demo_region_matches_expected_facts(tmp_path):
     import geopandas as gpd
 
-    from reben_tools.build.synthetic import generate_region
+    from reben_tools.build.demo_region.region import generate_region
 
     region = generate_region(tmp_path / "inputs", seed=0)
     config = PipelineConfig(s2=[str(region.s2_dir)], s1=[str(region.s1_dir)], clc=str(region.corine_path),

@@ -1,4 +1,4 @@
-"""Tests of the demo-region generator (reben_tools.build.synthetic).
+"""Tests of the demo-region generator (reben_tools.build.demo_region).
 
 One region is generated per module (about 10 s of CPU) and every fact the
 generator states is checked against the files it wrote, read back with
@@ -24,16 +24,13 @@ from rasterio.warp import Resampling, reproject
 
 from reben_tools.format.labels import clc_legend
 from reben_tools.format.naming import parse_s2_product_name
-from reben_tools.build.synthetic import (
-    JP2_CREATION_OPTIONS,
-    DemoRegion,
-    _build_corine,
-    _frame,
-    _render_block,
-    _PRODUCTS,
-    generate_region,
-    tree_digest,
-)
+from reben_tools.build.demo_region.design import _PRODUCTS
+from reben_tools.build.demo_region.geometry import _frame
+from reben_tools.build.demo_region.land_cover import _build_corine
+from reben_tools.build.demo_region.raster_sink import JP2_CREATION_OPTIONS
+from reben_tools.build.demo_region.region import generate_region, tree_digest
+from reben_tools.build.demo_region.results import DemoRegion
+from reben_tools.build.demo_region.s2_render import _render_block
 
 NATIVE = {
     "B02": 10, "B03": 10, "B04": 10, "B08": 10,
@@ -159,7 +156,7 @@ def test_generated_jp2_bands_hold_exactly_the_rendered_values(region):
     design = _PRODUCTS[1]  # the N0500 winter product with no data and snow
     product = _product(region, "31UGR", "201712")
     assert product.name == design.name
-    from reben_tools.build.synthetic import _land_cover
+    from reben_tools.build.demo_region.land_cover import _land_cover
 
     frame = _frame("31UGR", 10)
     corine = _build_corine({"31UGR": frame}, seed=0)
@@ -444,7 +441,7 @@ def test_refuses_a_non_empty_folder_and_too_few_patches(tmp_path):
 
 @pytest.mark.slow
 def test_full_size_product(tmp_path):
-    from reben_tools.build.synthetic import write_full_size_product
+    from reben_tools.build.demo_region.full_size import write_full_size_product
 
     full = write_full_size_product(tmp_path, progress=False)
     (granule,) = (full.product_dir / "GRANULE").iterdir()

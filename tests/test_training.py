@@ -379,7 +379,7 @@ def test_torchrun_two_processes_with_gloo(archive, tmp_path):
 @pytest.mark.slow
 def test_demo_archive_cpu_run_learns_well_above_chance(tmp_path):
     """The documented demo: ``reben demo`` then a few minutes of resnet_micro on the CPU."""
-    from reben_tools.build.pipeline import run_demo
+    from reben_tools.build.demo import run_demo
 
     run_demo(tmp_path / "demo", workers=2, progress=False, echo=lambda line: None)
     archive_dir = tmp_path / "demo" / "archive"

@@ -14,6 +14,11 @@ code is not one of the 44 CLC codes are left out (their pixels become 999) and
 reported. Raster sources: a single-band raster in any CRS holding either raw CLC
 codes (111..523) or the 1..44 grid codes of the official CLC raster (48 = no data),
 sampled at the 10 m pixel centres (nearest neighbour).
+
+Owns: opening a CORINE source (:func:`open_clc`, :class:`ClcSource`), geometry repair and
+code checks (reported as issues), rasterising reference maps of a block (:func:`reference_block`).
+Does not own: the CLC legend and label rules (reben_tools.format.labels), the 25 % rule (build.pipeline).
+May import: reben_tools.format, rasterio, pyogrio, shapely, numpy.
 """
 
 from __future__ import annotations

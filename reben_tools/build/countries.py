@@ -4,6 +4,12 @@ Distances are computed in a metric CRS (ETRS89-LAEA Europe, EPSG:3035, by
 default), 0 when footprint and country intersect. Countries are keyed on Natural
 Earth's ``ADM0_A3`` code (Kosovo has no ISO A2 code there: it is ``KOS``) and
 named by the ``NAME`` column. Ties are broken by the configured order.
+
+Owns: loading the country polygons (:class:`CountryIndex`, default: the packaged Natural
+Earth file in reben_tools.resources), patch footprints in any CRS (:func:`footprints_in`),
+nearest-country assignment, :data:`BIGEARTHNET_COUNTRIES`.
+Does not own: where the footprints come from (build.pipeline.finalise).
+May import: reben_tools.format, reben_tools.resources (package data), geopandas, pyproj, shapely.
 """
 
 from __future__ import annotations

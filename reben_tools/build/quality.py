@@ -4,6 +4,11 @@ SCL classes: 11 = snow or ice; 3 = cloud shadow, 8 = cloud medium probability,
 9 = cloud high probability, 10 = thin cirrus. A patch is flagged when the share
 of its SCL pixels (60 x 60 at 20 m) in a group is strictly greater than that
 group's threshold, or when its id is on a configured list.
+
+Owns: SCL snow and cloud/shadow fractions of a patch (:func:`scl_fractions`), the flag
+rule (:class:`QualityRule`), patch-id lists (:func:`read_id_list`), the default thresholds.
+Does not own: writing the flagged metadata file (reben_tools.format.archive).
+May import: reben_tools.format, numpy.
 """
 
 from __future__ import annotations

@@ -12,6 +12,13 @@ Sentinel-1 scenes are folders named like the S1 product
 (float32 backscatter in dB) in any CRS.
 
 Every failure raises :class:`SceneError` naming the file at fault.
+
+Owns: recognising and opening S2 products (:func:`open_s2_product`) and S1 scenes
+(:func:`open_s1_scene`), reading a block's bands (:func:`read_block`), warping S1 onto
+a patch (:class:`S1Warper`), :class:`SceneError`.
+Does not own: product naming rules (reben_tools.format.naming), the patch grid (build.tiling),
+pairing S1 with S2 (build.pipeline.discovery).
+May import: reben_tools.format, reben_tools.geo, reben_tools.build.tiling, rasterio, numpy.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ dropped.
 
 A *block* is a run of consecutive patch rows over all columns: the unit of work
 of the pipeline, so that no task ever holds a whole tile.
+
+Owns: :class:`PatchGrid` (a product's complete patches, their transforms and corners)
+and :class:`Block` (a run of patch rows).
+Does not own: reading pixels (build.scenes), the MGRS tile corners (reben_tools.geo.mgrs_grid).
+May import: reben_tools.format, reben_tools.geo, affine.
 """
 
 from __future__ import annotations

@@ -31,7 +31,9 @@ def build(
     Rerunning on the same --out resumes: finished blocks are kept. Exits 1 only if
     nothing could be built (skipped inputs are listed in ARCHIVE/report.json).
     """
-    from reben_tools.build.pipeline import BuildError, PipelineConfig, build_archive, format_summary
+    from reben_tools.build.pipeline.config import BuildError, PipelineConfig
+    from reben_tools.build.pipeline.run import build_archive
+    from reben_tools.build.pipeline.summary import format_summary
 
     try:
         cfg = PipelineConfig.from_file(config) if config else PipelineConfig()
@@ -71,10 +73,12 @@ def demo(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Generate a small realistic region, build its archive on a local Dask cluster, audit the split."""
-    from reben_tools.build.pipeline import BuildError, run_demo
+    from reben_tools.build.demo import run_demo
+    from reben_tools.build.pipeline.config import BuildError
+    from reben_tools.splits.audit import run_audit
 
     try:
-        paths = run_demo(out, workers=workers, seed=seed, progress=progress, echo=typer.echo)
+        paths = run_demo(out, workers=workers, seed=seed, progress=progress, echo=typer.echo, audit=run_audit)
     except BuildError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
