@@ -5,7 +5,7 @@ A worker reads its block's window of every band at native resolution, drops
 incomplete and no-data patches, rasterises CORINE into the reference maps, drops
 patches with 25% or more UNLABELED pixels, warps the closest valid S1 acquisition
 onto each remaining patch, computes SCL fractions, encodes the values and writes
-its own shard atomically (``archive.write_shard``), with the patch rows in the
+its own shard atomically (``format.shards.write_shard``), with the patch rows in the
 shard's ``rows.parquet``. Only a small summary travels back through the scheduler.
 
 The client then reads the rows of every finished shard, assigns countries and
@@ -40,7 +40,28 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from reben_tools.format import archive, naming
+from reben_tools.format import naming
+from reben_tools.format.atomic import write_json_atomic, write_parquet_atomic
+from reben_tools.format.layout import (
+    FLAGGED_METADATA_FILE,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    METADATA_FILE,
+    PATCHES_FILE,
+    REPORT_FILE,
+    SHARDS_DIR,
+    SHARD_INFO_FILE,
+    SHARD_ROWS_FILE,
+    SPLITS,
+)
+from reben_tools.format.manifest import build_manifest, write_manifest
+from reben_tools.format.metadata import (
+    METADATA_SCHEMA,
+    patch_rows_schema,
+    write_metadata,
+    write_patches_parquet,
+)
+from reben_tools.format.shards import read_shard_info, remove_stale_temporaries, write_shard
 from reben_tools.format.bands import PATCH_SIZE_M, S2_BANDS
 from reben_tools.build.corine import ClcSource, CorineError, open_clc, reference_block
 from reben_tools.build.countries import BIGEARTHNET_COUNTRIES, CountryError, CountryIndex, footprints_in
@@ -140,7 +161,7 @@ def config_json_schema() -> dict:
     return schema
 
 
-ROWS_SCHEMA = archive.patch_rows_schema(
+ROWS_SCHEMA = patch_rows_schema(
     ("product", pa.string()),
     ("s2_acquisition_time", pa.timestamp("s")),
     ("s1_product", pa.string()),
@@ -307,7 +328,7 @@ def _run_block(task: BlockTask) -> dict:
         "clc_issues": [[i.fid, i.code, i.reason] for i in issues],
     }
     table = table.replace_schema_metadata({ROWS_METADATA_KEY: json.dumps(block_meta, sort_keys=True).encode()})
-    archive.write_shard(task.shards_dir, task.shard_name, items, rows=table)
+    write_shard(task.shards_dir, task.shard_name, items, rows=table)
     return {"shard": task.shard_name, "status": "ok", "kept": len(rows), "dropped": block_meta["dropped"]}
 
 
@@ -410,17 +431,17 @@ def _fingerprint(product: S2Product, block: Block, clc: ClcSource, candidates: l
         "product": product.path.name, "block": [block.row_start, block.row_stop, block.ncols],
         "clc": [clc.path.name, clc.code_column, clc.raster_values],
         "s1": [s.prefix for s in candidates], "tile_side": tile_side,
-        "offset": product.boa_add_offset, "version": archive.FORMAT_VERSION,
+        "offset": product.boa_add_offset, "version": FORMAT_VERSION,
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _finished_fingerprint(shard_dir: Path) -> str | None:
     """The fingerprint a complete shard recorded, or None if the shard is incomplete or unreadable."""
-    if not ((shard_dir / archive.SHARD_INFO_FILE).is_file() and (shard_dir / archive.SHARD_ROWS_FILE).is_file()):
+    if not ((shard_dir / SHARD_INFO_FILE).is_file() and (shard_dir / SHARD_ROWS_FILE).is_file()):
         return None
     try:
-        meta = pq.read_schema(shard_dir / archive.SHARD_ROWS_FILE).metadata or {}
+        meta = pq.read_schema(shard_dir / SHARD_ROWS_FILE).metadata or {}
         return json.loads(meta[ROWS_METADATA_KEY])["fingerprint"]
     except (OSError, KeyError, ValueError, pa.ArrowException):
         return None
@@ -571,8 +592,8 @@ def build_archive(
 
 def _build_locked(config: PipelineConfig, out: Path, scheduler: str | None, workers: int, progress: bool,
                   echo: Callable[[str], None]) -> BuildResult:
-    shards_dir = out / archive.SHARDS_DIR
-    stale = archive.remove_stale_temporaries(shards_dir)
+    shards_dir = out / SHARDS_DIR
+    stale = remove_stale_temporaries(shards_dir)
     if stale:
         echo(f"removed {len(stale)} unfinished shard(s) of an interrupted run")
 
@@ -627,12 +648,12 @@ def _build_locked(config: PipelineConfig, out: Path, scheduler: str | None, work
     result.task_cpu_seconds = sum(r.get("cpu_seconds", 0.0) for r in results)
     echo(f"built {result.shards_built} shard(s), reused {reused}, in {time.perf_counter() - started:.1f} s")
     if result.kept == 0 and result.flagged == 0:
-        raise BuildError(f"nothing could be built; see {out / archive.REPORT_FILE}")
+        raise BuildError(f"nothing could be built; see {out / REPORT_FILE}")
     return result
 
 
 def _read_shard_rows(shard_dir: Path) -> tuple[pa.Table, dict]:
-    table = pq.read_table(shard_dir / archive.SHARD_ROWS_FILE)
+    table = pq.read_table(shard_dir / SHARD_ROWS_FILE)
     meta = json.loads((table.schema.metadata or {})[ROWS_METADATA_KEY])
     return table.replace_schema_metadata(None).cast(ROWS_SCHEMA), meta
 
@@ -640,7 +661,7 @@ def _read_shard_rows(shard_dir: Path) -> tuple[pa.Table, dict]:
 def finalise(out: Path, config: PipelineConfig, inputs: Inputs, done: list[BlockTask],
              countries: CountryIndex, rule: QualityRule, clc: ClcSource) -> BuildResult:
     """Client side: read every finished shard's rows and write the archive-level files."""
-    shards_dir = out / archive.SHARDS_DIR
+    shards_dir = out / SHARDS_DIR
     done = sorted(done, key=lambda t: t.shard_name)
     tables, infos = [], []
     moments = BandMoments()
@@ -650,7 +671,7 @@ def finalise(out: Path, config: PipelineConfig, inputs: Inputs, done: list[Block
     for task in done:
         table, meta = _read_shard_rows(shards_dir / task.shard_name)
         tables.append(table)
-        infos.append(archive.read_shard_info(shards_dir / task.shard_name))
+        infos.append(read_shard_info(shards_dir / task.shard_name))
         moments = moments.merge(BandMoments.from_dict(meta["moments"]))
         dropped.update(meta["dropped"])
         candidates += meta["candidates"]
@@ -672,9 +693,9 @@ def finalise(out: Path, config: PipelineConfig, inputs: Inputs, done: list[Block
     rows = rows.append_column("contains_seasonal_snow", pa.array(snow, pa.bool_()))
     rows = rows.append_column("contains_cloud_or_shadow", pa.array(cloud, pa.bool_()))
 
-    clean, flagged = archive.write_metadata(out, rows) if n else _write_empty_metadata(out)
+    clean, flagged = write_metadata(out, rows) if n else _write_empty_metadata(out)
     geometry = footprints_in(crs_list, ulx, uly, PATCH_SIZE_M, "EPSG:4326")
-    archive.write_patches_parquet(out / archive.PATCHES_FILE, rows, geometry)
+    write_patches_parquet(out / PATCHES_FILE, rows, geometry)
 
     statistics = moments.mean_std()
     summary = make_summary(rows, dropped, candidates, inputs, clc_issues)
@@ -689,8 +710,8 @@ def finalise(out: Path, config: PipelineConfig, inputs: Inputs, done: list[Block
                      if k not in ("s2", "s1", "clc", "countries_file", "snow_ids_file", "cloud_ids_file", "out",
                                   "workers", "scheduler", "memory_limit", "threads_per_worker", "gdal_cache_mb")}
     inputs_record = ([p.path.name for p in inputs.products] + [s.path.name for s in inputs.scenes] + [clc.path.name])
-    manifest = archive.build_manifest(infos, counts, statistics, inputs_record, config_record, TOOL_NAME)
-    archive.write_manifest(out, manifest)
+    manifest = build_manifest(infos, counts, statistics, inputs_record, config_record, TOOL_NAME)
+    write_manifest(out, manifest)
     map_png = None
     if n:
         map_png = out / MAP_FILE
@@ -699,9 +720,9 @@ def finalise(out: Path, config: PipelineConfig, inputs: Inputs, done: list[Block
 
 
 def _write_empty_metadata(out: Path) -> tuple[int, int]:
-    empty = archive.METADATA_SCHEMA.empty_table()
-    archive.write_parquet_atomic(empty, out / archive.METADATA_FILE)
-    archive.write_parquet_atomic(empty, out / archive.FLAGGED_METADATA_FILE)
+    empty = METADATA_SCHEMA.empty_table()
+    write_parquet_atomic(empty, out / METADATA_FILE)
+    write_parquet_atomic(empty, out / FLAGGED_METADATA_FILE)
     return 0, 0
 
 
@@ -710,7 +731,7 @@ def _write_report(out: Path, skipped: list[dict], issues: list[dict], summary: d
     report = {"tool": TOOL_NAME,
               "skipped": sorted(skipped, key=lambda s: (s["item"], str(s.get("path")), str(s.get("key")))),
               "counts": counts, "clc_issues": issues, "summary": summary, "settings": settings}
-    archive.write_json_atomic(out / archive.REPORT_FILE, report)
+    write_json_atomic(out / REPORT_FILE, report)
     return report
 
 
@@ -729,7 +750,7 @@ def make_summary(rows: pa.Table, dropped: Counter, candidates: int, inputs: Inpu
         "kept": rows.num_rows,
         "flagged_snow_cloud_shadow": flagged,
         "dropped": {k: int(dropped.get(k, 0)) for k in DROP_REASONS},
-        "per_split": {s: count("split").get(s, 0) for s in archive.SPLITS},
+        "per_split": {s: count("split").get(s, 0) for s in SPLITS},
         "per_country": count("country"),
         "per_class": dict(sorted(classes.items())),
         "per_product": count("product"),
@@ -834,9 +855,9 @@ def run_demo(out: str | Path, workers: int = 2, seed: int = 0, progress: bool = 
     echo(f"\nbuilding the archive on a local Dask cluster ({workers} workers) ...")
     result = build_archive(config, progress=progress, echo=echo)
     echo(format_summary(result.summary))
-    paths = {"inputs": inputs_dir, "archive": archive_dir, "metadata": archive_dir / archive.METADATA_FILE,
-             "patches": archive_dir / archive.PATCHES_FILE, "report": archive_dir / archive.REPORT_FILE,
-             "manifest": archive_dir / archive.MANIFEST_FILE}
+    paths = {"inputs": inputs_dir, "archive": archive_dir, "metadata": archive_dir / METADATA_FILE,
+             "patches": archive_dir / PATCHES_FILE, "report": archive_dir / REPORT_FILE,
+             "manifest": archive_dir / MANIFEST_FILE}
     if result.map_png:
         paths["map"] = result.map_png
     try:

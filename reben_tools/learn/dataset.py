@@ -38,7 +38,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 
 from reben_tools.format import codec
-from reben_tools.format.archive import PATCHES_FILE, SPLITS, Archive, ArchiveError, BatchReader, read_metadata
+from reben_tools.format.layout import ArchiveError, PATCHES_FILE, SPLITS
+from reben_tools.format.metadata import read_metadata
+from reben_tools.format.reader import Archive, BatchReader
 from reben_tools.format.bands import ALL_BANDS, OUTPUT_SIZE, PUBLISHED_STATISTICS, normalisation_arrays, resolve_bands
 from reben_tools.format.labels import MASK_IGNORE_INDEX, NUM_CLASSES, class_names, code_to_class_index_table
 

@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from reben_tools.format.archive import SPLITS, ArchiveError, write_json_atomic
+from reben_tools.format.atomic import write_json_atomic
+from reben_tools.format.layout import ArchiveError, SPLITS
 from reben_tools.format.bands import resolve_bands
 from reben_tools.format.codec import ValueDecodeError
 from reben_tools.learn.dataset import ReBENDataset, collate
