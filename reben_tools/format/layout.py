@@ -1,11 +1,5 @@
 """The reben-tools archive: LMDB shards of safetensors values plus metadata (SPEC sections 7, 8).
 
-Owns: the archive directory layout (file and directory names), the format name and version,
-the split names and :class:`ArchiveError`.
-Does not own: writing or reading any of these files (``format.shards``, ``format.metadata``,
-``format.manifest``, ``format.reader``, ``format.atomic``).
-May import: the standard library only.
-
 Layout of an archive directory::
 
     ARCHIVE/
@@ -22,6 +16,12 @@ Layout of an archive directory::
 Shards are written by ``format.shards``; the manifest by ``format.manifest``; the metadata
 files and ``patches.parquet`` by ``format.metadata``; :class:`reben_tools.format.reader.Archive`
 reads an archive.
+
+Owns: the archive directory layout (file and directory names), the format name and version,
+the split names and :class:`ArchiveError`.
+Does not own: writing or reading any of these files (``format.shards``, ``format.metadata``,
+``format.manifest``, ``format.reader``, ``format.atomic``).
+May import: the standard library only.
 """
 
 from __future__ import annotations

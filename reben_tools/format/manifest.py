@@ -20,6 +20,7 @@ from reben_tools.format.bands import ALL_BANDS
 from reben_tools.format.layout import FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE, ArchiveError
 from reben_tools.format.shards import ShardInfo
 
+
 def band_table() -> list[dict]:
     """The manifest's band table: name, modality, native resolution, dtype and patch shape."""
     return [

@@ -27,6 +27,7 @@ from reben_tools.format.layout import (
 )
 from reben_tools.format.manifest import read_manifest
 
+
 def open_lmdb_readonly(path: Path) -> lmdb.Environment:
     """Open an LMDB environment the way reBEN readers do: read-only, no locks, no readahead."""
     if not (Path(path) / "data.mdb").is_file():

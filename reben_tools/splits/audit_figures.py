@@ -27,6 +27,7 @@ MAX_MAP_PIXELS = 480
 
 # --------------------------------------------------------------------------- figures
 
+
 def _png(figure, tight: bool = True) -> bytes:
     import matplotlib.pyplot as plt
 

@@ -60,6 +60,7 @@ class SplitUnderAudit:
 
 # --------------------------------------------------------------------------- measures
 
+
 def nearest_distances(query: np.ndarray, reference: np.ndarray, tree=None) -> tuple[np.ndarray, np.ndarray]:
     """Distance (float64[m], metres) and index into ``reference`` of the nearest reference point."""
     from scipy.spatial import cKDTree
