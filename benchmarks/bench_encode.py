@@ -32,7 +32,7 @@ import rasterio
 from safetensors.numpy import save as safetensors_save
 
 from reben_tools.release.encode import encode_release
-from reben_tools.release.geotiff_release import write_synthetic_release
+from reben_tools.release.synthetic_release import write_synthetic_release
 
 
 def baseline_encode(release_root: Path, out_dir: Path) -> int:

@@ -41,7 +41,11 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from reben_tools.format import archive, codec, labels
+from reben_tools.format import codec, labels
+from reben_tools.format.layout import FLAGGED_METADATA_FILE, METADATA_FILE, PATCHES_FILE, SHARDS_DIR
+from reben_tools.format.manifest import build_manifest, write_manifest
+from reben_tools.format.metadata import read_metadata, write_metadata
+from reben_tools.format.shards import write_lmdb, write_shard
 from reben_tools.format.bands import BAND_GROUPS, PUBLISHED_STATISTICS, S1_BANDS, S2_BANDS
 
 CONFIGILM_14: list[str] = list(BAND_GROUPS["ALL"])
@@ -100,15 +104,15 @@ def build(work: Path, n: int, shards: int, tiffs: bool) -> dict:
                                        count=1, dtype=array.dtype.name, crs="EPSG:32633",
                                        transform=from_origin(300000, 5400000, 1200 / size, 1200 / size)) as dst:
                         dst.write(array, 1)
-    infos = [archive.write_shard(root / archive.SHARDS_DIR, f"shard-{k:02d}", items) for k, items in enumerate(shard_items)]
-    archive.write_metadata(root, rows)
-    gpd.GeoDataFrame(patch_rows, crs="EPSG:4326").to_parquet(root / archive.PATCHES_FILE)
-    archive.write_manifest(root, archive.build_manifest(infos, {"patches": n}, PUBLISHED_STATISTICS, [], {}, "bench"))
+    infos = [write_shard(root / SHARDS_DIR, f"shard-{k:02d}", items) for k, items in enumerate(shard_items)]
+    write_metadata(root, rows)
+    gpd.GeoDataFrame(patch_rows, crs="EPSG:4326").to_parquet(root / PATCHES_FILE)
+    write_manifest(root, build_manifest(infos, {"patches": n}, PUBLISHED_STATISTICS, [], {}, "bench"))
     merged = work / "merged"
-    archive.write_lmdb(merged, [kv for items in shard_items for kv in items])
+    write_lmdb(merged, [kv for items in shard_items for kv in items])
     # ConfigILM gets its own copy: py-lmdb refuses to open one environment twice in a process
     shutil.copytree(merged, work / "merged-configilm")
-    for name in (archive.METADATA_FILE, archive.FLAGGED_METADATA_FILE):
+    for name in (METADATA_FILE, FLAGGED_METADATA_FILE):
         shutil.copy(root / name, work / name)
     return {"archive": root, "merged": merged, "tiff": tiff_dir, "rows": rows}
 
@@ -184,13 +188,13 @@ def main() -> None:
     data = build(work, args.patches, args.shards, tiffs=True) if not (work / "archive" / "manifest.json").is_file() else None
     if data is None:
         data = {"archive": work / "archive", "merged": work / "merged", "tiff": work / "tiff",
-                "rows": archive.read_metadata([work / archive.METADATA_FILE, work / archive.FLAGGED_METADATA_FILE]).to_pylist()}
+                "rows": read_metadata([work / METADATA_FILE, work / FLAGGED_METADATA_FILE]).to_pylist()}
     setup_s = time.perf_counter() - t0
 
     stats = configilm_stats(BENv2_utils)
     common = dict(bands=CONFIGILM_14, normalisation=stats, include_snow_cloud=True)
     ds_archive = ReBENDataset(data["archive"], **common)
-    metadata = [work / archive.METADATA_FILE, work / archive.FLAGGED_METADATA_FILE]
+    metadata = [work / METADATA_FILE, work / FLAGGED_METADATA_FILE]
     ds_merged = ReBENDataset(data["merged"], metadata=metadata, **common)
     ds_native = ReBENDataset(data["archive"], native=True, **common)
     to_image = ds_native.native_transform()

@@ -41,7 +41,11 @@ import psutil
 import torch
 from safetensors.numpy import load as safetensors_load
 
-from reben_tools.format import archive, codec, labels
+from reben_tools.format import codec, labels
+from reben_tools.format.layout import MANIFEST_FILE, PATCHES_FILE, SHARDS_DIR
+from reben_tools.format.manifest import build_manifest, write_manifest
+from reben_tools.format.metadata import write_metadata
+from reben_tools.format.shards import write_shard
 from reben_tools.format.bands import S1_BANDS, S2_BANDS
 
 SPLITS = ("train", "validation", "test")
@@ -75,11 +79,11 @@ def build_archive(root: Path, n: int, shards: int, seed: int = 0) -> None:
                      "country": "Austria", "s1_name": s1, "s2v1_name": None,
                      "contains_seasonal_snow": False, "contains_cloud_or_shadow": False})
         patch_rows.append({"patch_id": pid, "s1_name": s1, "shard": f"shard-{k:02d}", "geometry": box(0, 0, 1, 1)})
-    infos = [archive.write_shard(root / archive.SHARDS_DIR, f"shard-{k:02d}", items)
+    infos = [write_shard(root / SHARDS_DIR, f"shard-{k:02d}", items)
              for k, items in enumerate(shard_items)]
-    archive.write_metadata(root, rows)
-    gpd.GeoDataFrame(patch_rows, crs="EPSG:4326").to_parquet(root / archive.PATCHES_FILE)
-    archive.write_manifest(root, archive.build_manifest(infos, {"patches": n}, {}, [], {}, "bench_reliability"))
+    write_metadata(root, rows)
+    gpd.GeoDataFrame(patch_rows, crs="EPSG:4326").to_parquet(root / PATCHES_FILE)
+    write_manifest(root, build_manifest(infos, {"patches": n}, {}, [], {}, "bench_reliability"))
 
 
 def independent_image(root: Path, pid: str, s1: str, bands: list[str]) -> np.ndarray:
@@ -88,7 +92,7 @@ def independent_image(root: Path, pid: str, s1: str, bands: list[str]) -> np.nda
     import lmdb
 
     tensors = {}
-    for shard in sorted((root / archive.SHARDS_DIR).iterdir()):
+    for shard in sorted((root / SHARDS_DIR).iterdir()):
         env = lmdb.open(str(shard), readonly=True, lock=False, subdir=True)
         with env.begin() as txn:
             for key in (pid, s1):
@@ -127,7 +131,7 @@ def run(args: argparse.Namespace) -> dict:
 
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-reliability-"))
     root = work / "archive"
-    if not (root / archive.MANIFEST_FILE).exists():
+    if not (root / MANIFEST_FILE).exists():
         shutil.rmtree(root, ignore_errors=True)
         build_archive(root, args.patches, args.shards)
     dataset = ReBENDataset(root, bands="ALL", normalisation=None, include_snow_cloud=True)

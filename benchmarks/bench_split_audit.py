@@ -86,7 +86,7 @@ def generate(n_tiles: int = 100, n_repeat_tiles: int = 25, keep: float = 0.53, s
         country.extend([tiles[tile]] * int(kept.sum()))
     labels = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(labels_flat, pa.string()))
     table = pa.table({"patch_id": ids, "labels": labels, "country": country})
-    from reben_tools.splits.strategies import patches_from_table
+    from reben_tools.splits.patches import patches_from_table
 
     patches = patches_from_table(table)
     return table.append_column("split", pa.array(list(reben_split(patches.x, patches.y)), pa.string()))
@@ -115,7 +115,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from reben_tools.splits.audit import run_audit
-    from reben_tools.splits.strategies import STRATEGIES, get_strategy, load_patches
+    from reben_tools.splits.patches import load_patches
+    from reben_tools.splits.strategies import STRATEGIES, get_strategy
 
     started = time.perf_counter()
     table = generate(args.tiles, args.repeat_tiles)

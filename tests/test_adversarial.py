@@ -32,12 +32,18 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reben_tools.format import archive, naming
+from reben_tools.format import naming
+from reben_tools.format.layout import ArchiveError, METADATA_FILE, PATCHES_FILE, SHARDS_DIR, SHARD_KEYS_FILE
+from reben_tools.format.manifest import build_manifest, write_manifest
+from reben_tools.format.metadata import METADATA_COLUMNS, METADATA_SCHEMA, write_metadata
+from reben_tools.format.shards import write_shard
 from reben_tools.release.archive_tools import export_geotiffs, verify_archive
 from reben_tools.format.codec import ValueDecodeError, check_value, encode_reference_map, encode_s1, encode_s2
 from reben_tools.learn.dataset import ReBENDataset
-from reben_tools.release.encode import PATCH_ROWS_SCHEMA, encode_release, write_patches_parquet
-from reben_tools.release.geotiff_release import patch_folder, synthetic_patch, write_synthetic_release
+from reben_tools.release.encode import encode_release, write_patches_parquet
+from reben_tools.release.encode_plan import PATCH_ROWS_SCHEMA
+from reben_tools.release.geotiff_write import patch_folder
+from reben_tools.release.synthetic_release import synthetic_patch, write_synthetic_release
 
 from reliability_helpers import REPO, lmdb_items
 
@@ -84,13 +90,13 @@ def craft_archive(root: Path, patches: list[dict]) -> Path:
             "has_s1": s1 is not None and s1 in patch["values"],
             "has_reference_map": naming.reference_map_key(pid) in patch["values"],
         })
-        meta.append({k: rows[-1][k] for k in archive.METADATA_COLUMNS})
+        meta.append({k: rows[-1][k] for k in METADATA_COLUMNS})
     table = pa.Table.from_pylist(rows, schema=PATCH_ROWS_SCHEMA)
     root.mkdir(parents=True)
-    info = archive.write_shard(root / archive.SHARDS_DIR, "shard-00000", items.items(), rows=table)
-    write_patches_parquet(root / archive.PATCHES_FILE, table)
-    archive.write_metadata(root, meta)
-    archive.write_manifest(root, archive.build_manifest([info], {}, {}, [], {}, "test"))
+    info = write_shard(root / SHARDS_DIR, "shard-00000", items.items(), rows=table)
+    write_patches_parquet(root / PATCHES_FILE, table)
+    write_metadata(root, meta)
+    write_manifest(root, build_manifest([info], {}, {}, [], {}, "test"))
     return root
 
 
@@ -169,7 +175,7 @@ def test_encode_with_hostile_metadata_names_reports_them_and_stays_inside(tmp_pa
     huge = "B" * 5000 + "_01_02"
     rows = [first, second] + [dict(first, patch_id=name, s1_name=name) for name in [*BAD_NAMES.values(), huge]]
     metadata = tmp_path / "hostile.parquet"
-    pq.write_table(pa.Table.from_pylist(rows, schema=archive.METADATA_SCHEMA), metadata)
+    pq.write_table(pa.Table.from_pylist(rows, schema=METADATA_SCHEMA), metadata)
     out = tmp_path / "a" / "b" / "archive"
     before = files_under(tmp_path)
 
@@ -463,8 +469,8 @@ METADATA_PROBLEMS = {
 @pytest.mark.parametrize("problem", list(METADATA_PROBLEMS))
 def test_verify_and_dataset_name_the_metadata_file_and_what_is_wrong(small_copy, problem):
     change, phrase = METADATA_PROBLEMS[problem]
-    path = _rewrite_metadata(small_copy / archive.METADATA_FILE, change)
-    with pytest.raises(archive.ArchiveError) as caught:
+    path = _rewrite_metadata(small_copy / METADATA_FILE, change)
+    with pytest.raises(ArchiveError) as caught:
         ReBENDataset(small_copy)
     assert str(path) in str(caught.value) and phrase in str(caught.value)
     faults = _faults(small_copy)
@@ -477,16 +483,16 @@ def test_metadata_patch_without_a_shard_row_is_named(small_copy):
         row["patch_id"] = f"{PRODUCT}_90_90"
         return pa.concat_tables([t, pa.Table.from_pylist([row], schema=t.schema)])
 
-    _rewrite_metadata(small_copy / archive.METADATA_FILE, add_row)
-    with pytest.raises(archive.ArchiveError, match=f"patch '{PRODUCT}_90_90' of the metadata has no row"):
+    _rewrite_metadata(small_copy / METADATA_FILE, add_row)
+    with pytest.raises(ArchiveError, match=f"patch '{PRODUCT}_90_90' of the metadata has no row"):
         ReBENDataset(small_copy)
     assert _faults(small_copy) == [
         f"shard - key {PRODUCT}_90_90: the metadata lists this patch, but patches.parquet has no row for it"]
 
 
 def test_verify_names_a_patch_listed_twice_in_patches_parquet(small_copy):
-    table = pq.read_table(small_copy / archive.PATCHES_FILE)
-    pq.write_table(pa.concat_tables([table, table.slice(2, 1)]), small_copy / archive.PATCHES_FILE)
+    table = pq.read_table(small_copy / PATCHES_FILE)
+    pq.write_table(pa.concat_tables([table, table.slice(2, 1)]), small_copy / PATCHES_FILE)
     pid = table.column("patch_id")[2].as_py()
     assert _faults(small_copy) == [f"shard - key {pid}: patches.parquet lists this patch 2 times"]
 
@@ -513,14 +519,14 @@ def test_verify_says_exactly_how_the_manifest_disagrees_with_its_shards(small_co
 
 
 def test_verify_names_a_key_patches_parquet_promises_but_the_shard_lacks(small_copy):
-    table = pq.read_table(small_copy / archive.PATCHES_FILE)
+    table = pq.read_table(small_copy / PATCHES_FILE)
     pid = table.column("patch_id")[0].as_py()
     s1 = table.column("s1_name")[0].as_py()
     s1_index = table.schema.get_field_index("s1_name")
     renamed = table.set_column(s1_index, table.schema.field(s1_index),
                                pa.array(["S1A_IW_GRDH_1SDV_20170101T000000_33UUP_0_0"] + table.column("s1_name").to_pylist()[1:],
                                         table.schema.field(s1_index).type))
-    pq.write_table(renamed, small_copy / archive.PATCHES_FILE)
+    pq.write_table(renamed, small_copy / PATCHES_FILE)
     assert s1 != "S1A_IW_GRDH_1SDV_20170101T000000_33UUP_0_0"
     assert _faults(small_copy) == [
         f"shard shard-00000 key S1A_IW_GRDH_1SDV_20170101T000000_33UUP_0_0: patches.parquet lists this key "
@@ -537,12 +543,12 @@ def test_verify_and_dataset_reject_a_broken_manifest_naming_it(small_copy, conte
     (small_copy / "manifest.json").write_text(content)
     faults = verify_archive(small_copy).faults
     assert len(faults) == 1 and str(small_copy / "manifest.json") in faults[0].reason and phrase in faults[0].reason
-    with pytest.raises(archive.ArchiveError, match=phrase):
+    with pytest.raises(ArchiveError, match=phrase):
         ReBENDataset(small_copy)
 
 
 def test_verify_names_a_key_missing_from_keys_parquet(small_copy):
-    keys_path = small_copy / "shards" / "shard-00001" / archive.SHARD_KEYS_FILE
+    keys_path = small_copy / "shards" / "shard-00001" / SHARD_KEYS_FILE
     table = pq.read_table(keys_path)
     dropped = table.column("key")[4].as_py()
     pq.write_table(table.filter(pa.array([i != 4 for i in range(table.num_rows)])), keys_path)

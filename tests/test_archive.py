@@ -9,16 +9,19 @@ import pytest
 import rasterio
 from affine import Affine
 
-from reben_tools.format import archive
+from reben_tools.format.layout import SHARD_KEYS_FILE
+from reben_tools.format.reader import Archive, iter_lmdb
+from reben_tools.format.shards import write_shard
 from reben_tools.format.codec import encode_reference_map
 from reben_tools.release.encode import encode_release
-from reben_tools.release.geotiff_release import patch_folder, product_of, write_patch, write_synthetic_release
+from reben_tools.release.geotiff_write import patch_folder, product_of, write_patch
+from reben_tools.release.synthetic_release import write_synthetic_release
 
 
 def test_write_shard_records_size_and_crc32_of_every_key(tmp_path):
     values = {f"k{i}": encode_reference_map(np.full((120, 120), 100 + i, np.uint16)) for i in (3, 1, 2)}
-    archive.write_shard(tmp_path, "s", values)
-    table = pq.read_table(tmp_path / "s" / archive.SHARD_KEYS_FILE)
+    write_shard(tmp_path, "s", values)
+    table = pq.read_table(tmp_path / "s" / SHARD_KEYS_FILE)
     assert table.column("key").to_pylist() == ["k1", "k2", "k3"]
     assert table.column("value_bytes").to_pylist() == [len(values[k]) for k in ("k1", "k2", "k3")]
     assert table.column("crc32").to_pylist() == [zlib.crc32(values[k]) for k in ("k1", "k2", "k3")]
@@ -31,8 +34,8 @@ def test_archive_reader_finds_every_kind_of_key_across_shards(tmp_path):
                    metadata_files=release.metadata_files, workers=1, patches_per_shard=2, progress=False)
     direct = {}
     for shard in sorted((out / "shards").iterdir()):
-        direct.update(dict(archive.iter_lmdb(shard)))
-    with archive.Archive(out) as reader:
+        direct.update(dict(iter_lmdb(shard)))
+    with Archive(out) as reader:
         assert len(reader.shard_paths) == 3
         for pid in release.patch_ids:
             for key in (pid, release.s1_names[pid], f"{pid}_reference_map"):

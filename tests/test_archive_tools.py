@@ -10,12 +10,14 @@ import pytest
 import rasterio
 from typer.testing import CliRunner
 
-from reben_tools.format import archive
+from reben_tools.format.layout import ArchiveError, SHARD_KEYS_FILE
+from reben_tools.format.manifest import build_manifest, write_manifest
+from reben_tools.format.shards import write_lmdb, write_shard
 from reben_tools.release.archive_tools import export_geotiffs, merge_archive, verify_archive
 from reben_tools.cli import app
 from reben_tools.format.codec import encode_reference_map
 from reben_tools.release.encode import encode_release
-from reben_tools.release.geotiff_release import write_synthetic_release
+from reben_tools.release.synthetic_release import write_synthetic_release
 
 from reliability_helpers import lmdb_items as plain_lmdb_items
 
@@ -84,7 +86,7 @@ def test_verify_names_the_key_of_a_broken_header_without_keys_file(archive_copy,
     victim = release.s1_names[sorted(release.patch_ids)[0]]
     shard_dir = archive_copy / "shards" / "shard-00000"
     value = lmdb_items(shard_dir)[victim]
-    (shard_dir / archive.SHARD_KEYS_FILE).unlink()  # an archive without per-key checksums
+    (shard_dir / SHARD_KEYS_FILE).unlink()  # an archive without per-key checksums
     flip_byte_inside(shard_dir / "data.mdb", value, 8)  # the '{' opening the JSON header
     report = verify_archive(archive_copy)
     keyed = [f for f in report.faults if f.key is not None]
@@ -112,7 +114,7 @@ def test_merge_writes_one_sorted_environment(pristine, tmp_path):
     assert merged == union and summary.entries == 27 == len(merged)
     assert list(merged) == sorted(merged)
     # Byte-identical to writing the union of items directly as one sorted environment.
-    archive.write_lmdb(tmp_path / "direct", union)
+    write_lmdb(tmp_path / "direct", union)
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     assert digest(out / "data.mdb") == digest(tmp_path / "direct" / "data.mdb")
     assert (out / "metadata.parquet").read_bytes() == (pristine / "metadata.parquet").read_bytes()
@@ -121,8 +123,8 @@ def test_merge_writes_one_sorted_environment(pristine, tmp_path):
 
 
 def _hand_made_archive(root, shards):
-    infos = [archive.write_shard(root / "shards", name, items) for name, items in shards.items()]
-    archive.write_manifest(root, archive.build_manifest(infos, {}, {}, [], {}, "test"))
+    infos = [write_shard(root / "shards", name, items) for name, items in shards.items()]
+    write_manifest(root, build_manifest(infos, {}, {}, [], {}, "test"))
 
 
 def test_merge_writes_duplicates_once_and_refuses_conflicts(tmp_path):
@@ -133,7 +135,7 @@ def test_merge_writes_duplicates_once_and_refuses_conflicts(tmp_path):
     assert summary.duplicates == 1
     assert lmdb_items(tmp_path / "same-merged") == {"k1": a, "k2": b, "k3": a}
     _hand_made_archive(tmp_path / "conflict", {"s0": {"k2": b}, "s1": {"k2": a}})
-    with pytest.raises(archive.ArchiveError, match="'k2' has different values in shards s0 and s1"):
+    with pytest.raises(ArchiveError, match="'k2' has different values in shards s0 and s1"):
         merge_archive(tmp_path / "conflict", tmp_path / "conflict-merged")
     assert not (tmp_path / "conflict-merged").exists()
 

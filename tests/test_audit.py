@@ -14,10 +14,11 @@ import pytest
 from pyproj import Geod, Transformer
 from typer.testing import CliRunner
 
-from reben_tools.splits.audit import SplitUnderAudit, audit_patches, join_counts, js_divergence, run_audit
+from reben_tools.splits.audit import audit_patches, run_audit
+from reben_tools.splits.audit_measures import SplitUnderAudit, join_counts, js_divergence
 from reben_tools.cli import app
 from reben_tools.geo.split_rule import reben_split
-from reben_tools.splits.strategies import SplitInputError, patches_from_table
+from reben_tools.splits.patches import SplitInputError, patches_from_table
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "schemas" / "audit_report.schema.json").read_text())
 UUP = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP"

@@ -22,7 +22,11 @@ from safetensors.numpy import save as st_save
 from shapely.geometry import box
 from torch.utils.data import DataLoader, default_collate
 
-from reben_tools.format import archive, codec
+from reben_tools.format import codec
+from reben_tools.format.layout import ArchiveError
+from reben_tools.format.manifest import build_manifest, write_manifest
+from reben_tools.format.metadata import write_metadata
+from reben_tools.format.shards import write_shard
 from reben_tools.format.codec import ValueDecodeError
 from reben_tools.learn.dataset import ReBENDataset, SampleBatch, collate
 from reben_tools.learn.transforms import NativeLayout, NativeToImage, upsample_and_normalise
@@ -141,16 +145,16 @@ def archive_dir(tmp_path_factory, patches) -> Path:
     infos = []
     for name in sorted(set(shard_of.values())):
         items = [kv for p in patches if shard_of[p["id"]] == name for kv in values_of(p)]
-        infos.append(archive.write_shard(root / "shards", name, items))
-    archive.write_metadata(root, metadata_rows(patches))
+        infos.append(write_shard(root / "shards", name, items))
+    write_metadata(root, metadata_rows(patches))
     gpd.GeoDataFrame(
         {"patch_id": [p["id"] for p in patches], "s1_name": [p["s1"] for p in patches],
          "shard": [shard_of[p["id"]] for p in patches]},
         geometry=[box(14.0 + i * 0.01, 48.0, 14.01 + i * 0.01, 48.01) for i in range(len(patches))],
         crs="EPSG:4326",
     ).to_parquet(root / "patches.parquet")
-    manifest = archive.build_manifest(infos, {"patches": len(patches)}, MANIFEST_STATS, [], {}, "test")
-    archive.write_manifest(root, manifest)
+    manifest = build_manifest(infos, {"patches": len(patches)}, MANIFEST_STATS, [], {}, "test")
+    write_manifest(root, manifest)
     return root
 
 
@@ -456,5 +460,5 @@ def test_bad_arguments(archive_dir, tmp_path):
         ReBENDataset(archive_dir, class_order="random")
     with pytest.raises(ValueError, match="VV"):
         ReBENDataset(archive_dir, normalisation={"B02": (0.0, 1.0)}, bands=["B02", "VV"])
-    with pytest.raises(archive.ArchiveError, match=str(tmp_path)):
+    with pytest.raises(ArchiveError, match=str(tmp_path)):
         ReBENDataset(tmp_path)

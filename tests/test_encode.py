@@ -15,17 +15,12 @@ from pyproj import Transformer
 from safetensors.numpy import save as safetensors_save
 from typer.testing import CliRunner
 
-from reben_tools.format.archive import METADATA_SCHEMA
+from reben_tools.format.metadata import METADATA_SCHEMA
 from reben_tools.cli import app
-from reben_tools.release.encode import EncodeError, encode_release
-from reben_tools.release.geotiff_release import (
-    SYNTHETIC_TILES,
-    ReleaseError,
-    discover_patches,
-    read_band,
-    reading_environment,
-    write_synthetic_release,
-)
+from reben_tools.release.encode import encode_release
+from reben_tools.release.encode_plan import EncodeError
+from reben_tools.release.geotiff_release import ReleaseError, discover_patches, read_band, reading_environment
+from reben_tools.release.synthetic_release import SYNTHETIC_TILES, write_synthetic_release
 
 from reliability_helpers import lmdb_items as plain_lmdb_items
 
@@ -349,7 +344,7 @@ def test_cli_encode(release, tmp_path):
 def test_a_multithreaded_caller_gets_forkserver_workers_and_the_same_bytes(release, tmp_path):
     import threading
 
-    from reben_tools.release.encode import _start_method
+    from reben_tools.release.encode_workers import pool_start_method
 
     kwargs = dict(s1_dir=release.s1_dir, reference_maps_dir=release.reference_maps_dir,
                   metadata_files=release.metadata_files, patches_per_shard=8, progress=False)
@@ -358,7 +353,7 @@ def test_a_multithreaded_caller_gets_forkserver_workers_and_the_same_bytes(relea
     thread = threading.Thread(target=stop.wait, daemon=True)
     thread.start()
     try:
-        assert _start_method() == "forkserver"
+        assert pool_start_method() == "forkserver"
         encode_release(release.s2_dir, tmp_path / "w2", workers=2, **kwargs)
     finally:
         stop.set()

@@ -116,10 +116,10 @@ def test_a_dask_worker_killed_mid_block_the_build_still_completes(config_path, r
 
 FINALISE_KILLS = {
     "during metadata": """
-        import reben_tools.format.archive as arc
-        def write_metadata(*a, **k):
+        import reben_tools.format.metadata as md
+        def metadata_table(*a, **k):  # the first step of write_metadata, before any file is written
             die()
-        arc.write_metadata = write_metadata
+        md.metadata_table = metadata_table
         """,
     "during the manifest write": DIE_DURING_MANIFEST_WRITE,
 }

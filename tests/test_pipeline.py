@@ -23,7 +23,17 @@ import pytest
 from pyproj import Transformer
 
 import pipeline_fixtures as fx
-from reben_tools.format import archive, codec
+from reben_tools.format import codec
+from reben_tools.format.layout import (
+    FLAGGED_METADATA_FILE,
+    MANIFEST_FILE,
+    METADATA_FILE,
+    PATCHES_FILE,
+    REPORT_FILE,
+)
+from reben_tools.format.manifest import read_manifest
+from reben_tools.format.metadata import METADATA_SCHEMA
+from reben_tools.format.reader import Archive, iter_lmdb
 from reben_tools.build.pipeline.config import BuildError, PipelineConfig
 from reben_tools.build.pipeline.run import build_archive
 
@@ -60,7 +70,7 @@ def built(config_path, tmp_path_factory) -> Path:
 def patches(built):
     import geopandas as gpd
 
-    return gpd.read_parquet(built / archive.PATCHES_FILE).set_index("patch_id")
+    return gpd.read_parquet(built / PATCHES_FILE).set_index("patch_id")
 
 
 def _pid(prefix: str, x: int, y: int) -> str:
@@ -94,7 +104,7 @@ def test_patch_names_and_grid_positions(patches):
 
 
 def test_drop_reasons_and_counts(built):
-    report = json.loads((built / archive.REPORT_FILE).read_text())
+    report = json.loads((built / REPORT_FILE).read_text())
     summary = report["summary"]
     assert summary["candidate_patches"] == 18  # 2 products x 3 x 3 complete patches
     assert summary["dropped"] == {"no_data": 1, "unlabeled_25pct": 2, "no_s1_partner": 2}
@@ -105,7 +115,7 @@ def test_drop_reasons_and_counts(built):
 
 
 def test_reference_maps_exact(built, patches):
-    with archive.Archive(built) as arc:
+    with Archive(built) as arc:
         for pid, r in patches.iterrows():
             ref = codec.check_value(pid, arc.get(pid + "_reference_map"), "reference_map")["Data"]
             np.testing.assert_array_equal(ref, fx.expected_reference_map(int(r.x), int(r.y)), err_msg=pid)
@@ -124,7 +134,7 @@ def test_labels_and_unlabeled_rule(patches):
 
 def test_s1_values_follow_known_warp(built, patches):
     to3035 = Transformer.from_crs("EPSG:32633", "EPSG:3035", always_xy=True)
-    with archive.Archive(built) as arc:
+    with Archive(built) as arc:
         for pid, r in patches.iterrows():
             value = codec.check_value(r.s1_name, arc.get(r.s1_name), "S1")
             cols = r.ulx + 10 * np.arange(120) + 5
@@ -148,13 +158,13 @@ def test_repeated_s1_names_hold_identical_bytes(built, patches):
     shared = {name: shards for name, shards in by_name.items() if len(shards) == 2}
     assert len(shared) == 6  # both products pair (0,0),(2,0),(0,1),(1,1),(0,2),(1,2) with the same scene
     for name, shards in shared.items():
-        values = [dict(archive.iter_lmdb(built / "shards" / s))[name] for s in shards]
+        values = [dict(iter_lmdb(built / "shards" / s))[name] for s in shards]
         assert values[0] == values[1]
 
 
 def test_s2_values_are_raw_native_pixels(built, patches):
     arrays = fx.band_arrays(1, True)
-    with archive.Archive(built) as arc:
+    with Archive(built) as arc:
         value = codec.check_value("p", arc.get(_pid(fx.P1_PREFIX, 2, 0)), "S2")
     for band, res in fx.RES.items():
         if band == "SCL":
@@ -169,9 +179,9 @@ def test_scl_fractions_and_flag_files(built, patches):
     assert patches.loc[_pid(fx.P1_PREFIX, 0, 0), "snow_fraction"] == pytest.approx(90 / 3600)
     assert patches.loc[_pid(fx.P1_PREFIX, 0, 0), "cloud_shadow_fraction"] == pytest.approx(30 / 3600)
     assert patches.loc[_pid(fx.P1_PREFIX, 2, 0), "cloud_shadow_fraction"] == pytest.approx(38 / 3600)
-    clean = pq.read_table(built / archive.METADATA_FILE)
-    flagged = pq.read_table(built / archive.FLAGGED_METADATA_FILE)
-    assert clean.schema.equals(archive.METADATA_SCHEMA) and flagged.schema.equals(archive.METADATA_SCHEMA)
+    clean = pq.read_table(built / METADATA_FILE)
+    flagged = pq.read_table(built / FLAGGED_METADATA_FILE)
+    assert clean.schema.equals(METADATA_SCHEMA) and flagged.schema.equals(METADATA_SCHEMA)
     rows = {r["patch_id"]: r for r in flagged.to_pylist()}
     assert set(rows) == {_pid(fx.P1_PREFIX, 0, 0), _pid(fx.P1_PREFIX, 2, 0)}
     assert rows[_pid(fx.P1_PREFIX, 0, 0)]["contains_seasonal_snow"] is True  # 2.5% > 1%
@@ -194,7 +204,7 @@ def test_split_and_country(patches):
 
 
 def test_manifest_statistics_from_train_patches(built, patches):
-    manifest = archive.read_manifest(built)
+    manifest = read_manifest(built)
     train = patches[patches.split == "train"]
     arrays = {1: fx.band_arrays(1, True), 2: fx.band_arrays(2, False)}
     values = []
@@ -315,7 +325,7 @@ def test_bad_inputs_are_reported_and_skipped(region, tmp_path):
     config = PipelineConfig(s2=[str(s2)], s1=[str(s1)], clc=str(region.clc), rows_per_block=2, memory_limit="1GiB")
     out = tmp_path / "archive"
     result = build_archive(config, out=out, workers=2, progress=False, echo=_quiet)
-    report = json.loads((out / archive.REPORT_FILE).read_text())
+    report = json.loads((out / REPORT_FILE).read_text())
     reasons = {(s["item"], s["kind"]): s for s in report["skipped"]}
     assert reasons[(garbage.name, "s2_product")]["path"] == str(b04)
     assert "missing band B8A" in reasons[(missing.name, "s2_product")]["reason"]
@@ -329,7 +339,7 @@ def test_bad_inputs_are_reported_and_skipped(region, tmp_path):
         "S2A_MSIL2A_20170613T101031_N0500_R022_T33UUQ_rows00-01", "S2A_MSIL2A_20170613T101031_N0500_R022_T33UUQ_rows02-02"}
     # the good product is complete
     assert result.kept + result.flagged == len(P1_KEPT)
-    ids = pq.read_table(out / archive.PATCHES_FILE, columns=["patch_id"]).column("patch_id").to_pylist()
+    ids = pq.read_table(out / PATCHES_FILE, columns=["patch_id"]).column("patch_id").to_pylist()
     assert sorted(ids) == sorted(_pid(fx.P1_PREFIX, x, y) for x, y in P1_KEPT)
     assert good.is_dir()
 
@@ -342,7 +352,7 @@ def test_nothing_buildable_exits_non_zero(region, tmp_path):
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1
     assert "not_a_product" in output and "no usable Sentinel-2 product" in output
-    report = json.loads((tmp_path / "archive" / archive.REPORT_FILE).read_text())
+    report = json.loads((tmp_path / "archive" / REPORT_FILE).read_text())
     assert any(s["item"] == "not_a_product" and s["kind"] == "s2_product" for s in report["skipped"])
 
 
@@ -376,8 +386,8 @@ def test_manifest_and_report_follow_their_schemas(built):
     import jsonschema
 
     schemas = Path(__file__).resolve().parents[1] / "schemas"
-    manifest = json.loads((built / archive.MANIFEST_FILE).read_text())
+    manifest = json.loads((built / MANIFEST_FILE).read_text())
     jsonschema.validate(manifest, json.loads((schemas / "manifest.schema.json").read_text()))
-    jsonschema.validate(json.loads((built / archive.REPORT_FILE).read_text()),
+    jsonschema.validate(json.loads((built / REPORT_FILE).read_text()),
                         json.loads((schemas / "report.schema.json").read_text()))
     assert manifest["counts"]["split_train"] == 9 and manifest["counts"]["dropped_no_data"] == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reben_tools.format import archive
+from reben_tools.format.layout import PATCHES_FILE
 from reben_tools.build.pipeline.config import PipelineConfig
 from reben_tools.build.pipeline.run import build_archive
 
@@ -20,7 +20,7 @@ def test_demo_region_matches_expected_facts(tmp_path):
     config = PipelineConfig(s2=[str(region.s2_dir)], s1=[str(region.s1_dir)], clc=str(region.corine_path),
                             countries_file=str(region.countries_path), rows_per_block=5)
     build_archive(config, out=tmp_path / "archive", workers=2, progress=False, echo=lambda _: None)
-    patches = gpd.read_parquet(tmp_path / "archive" / archive.PATCHES_FILE).set_index("patch_id")
+    patches = gpd.read_parquet(tmp_path / "archive" / PATCHES_FILE).set_index("patch_id")
     checked = 0
     for pid, expected in region.patches.items():
         if expected.kept is None:

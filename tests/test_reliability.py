@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from reben_tools.format.archive import Archive, ArchiveError
+from reben_tools.format.layout import ArchiveError
+from reben_tools.format.reader import Archive
 from reben_tools.learn.dataset import ReBENDataset
 from reben_tools.release.encode import encode_release
-from reben_tools.release.geotiff_release import write_synthetic_release
+from reben_tools.release.synthetic_release import write_synthetic_release
 from reben_tools.format.locking import OutputLock, OutputLockedError
 
 from reliability_helpers import (
@@ -62,7 +63,7 @@ def reference(release, tmp_path_factory):
 
 
 SLOW_PATCHES = """
-import reben_tools.release.encode as _enc
+import reben_tools.release.encode_workers as _enc
 _encode_patch = _enc.encode_patch
 def _slow(job):
     time.sleep({seconds})
@@ -73,7 +74,7 @@ _enc.encode_patch = _slow
 KILL_POINTS = {
     # the 5th patch: shards 0 and 1 are finished, shard 2 is half read
     "during a block": ("""
-        import reben_tools.release.encode as enc
+        import reben_tools.release.encode_workers as enc
         _encode_patch, _n = enc.encode_patch, [0]
         def encode_patch(job):
             _n[0] += 1
@@ -94,19 +95,19 @@ KILL_POINTS = {
     # shard 1 is in place, but its resume record was never written: it must be re-encoded
     "after rename, before the resume record": ("""
         import reben_tools.release.encode as enc
-        _write = enc.archive.write_json_atomic
+        _write = enc.write_json_atomic
         def write_json_atomic(path, data):
             if ".encode-resume" in str(path) and "shard-00001" in str(path):
                 die()
             return _write(path, data)
-        enc.archive.write_json_atomic = write_json_atomic
+        enc.write_json_atomic = write_json_atomic
         """, 1, {"shard-00000", "shard-00001"}),
     # every shard finished, patches.parquet written, the metadata files not
     "during metadata": ("""
         import reben_tools.release.encode as enc
         def write_metadata(*a, **k):
             die()
-        enc.archive.write_metadata = write_metadata
+        enc.write_metadata = write_metadata
         """, 4, {"shard-00000", "shard-00001", "shard-00002", "shard-00003"}),
     # the manifest's temporary file is written, the rename into manifest.json never happens
     "during the manifest write": (
@@ -177,12 +178,12 @@ def test_killed_parent_takes_its_pool_workers_along_then_resume(release, referen
     out = tmp_path / "archive"
     fault = SLOW_PATCHES.format(seconds=0.15) + """
 import reben_tools.release.encode as _enc2
-_write = _enc2.archive.write_json_atomic
+_write = _enc2.write_json_atomic
 def _record(path, data):
     _write(path, data)
     if ".encode-resume" in str(path):
         die()  # the parent dies right after recording its first finished shard
-_enc2.archive.write_json_atomic = _record
+_enc2.write_json_atomic = _record
 """
     killed = run_cli_with_fault(encode_args(release, out, PER_SHARD, workers=2), fault, timeout=60)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -196,25 +197,25 @@ _enc2.archive.write_json_atomic = _record
 # ---------------------------------------------------------------------------- disk full
 
 DISK_FULL_AFTER_TWO_SHARDS = """
-import reben_tools.release.encode as enc
-_write_shard, _n = enc.archive.write_shard, [0]
+import reben_tools.release.encode_workers as enc
+_write_shard, _n = enc.write_shard, [0]
 def write_shard(*a, **k):
     if _n[0] == 2:  # the disk fills up: every later write past 64 KiB fails (EFBIG, like ENOSPC)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
     _n[0] += 1
     return _write_shard(*a, **k)
-enc.archive.write_shard = write_shard
+enc.write_shard = write_shard
 """
 
 DISK_FULL_AT_METADATA = """
 import reben_tools.release.encode as enc
-_write_metadata = enc.archive.write_metadata
+_write_metadata = enc.write_metadata
 def write_metadata(*a, **k):
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (16, resource.RLIM_INFINITY))
     return _write_metadata(*a, **k)
-enc.archive.write_metadata = write_metadata
+enc.write_metadata = write_metadata
 """
 
 

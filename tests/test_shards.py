@@ -8,19 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from reben_tools.format.archive import (
-    FLAGGED_METADATA_FILE,
-    METADATA_FILE,
-    METADATA_SCHEMA,
-    Archive,
-    ArchiveError,
-    ContentDigest,
-    read_metadata,
-    read_shard_info,
-    remove_stale_temporaries,
-    write_metadata,
-    write_shard,
-)
+from reben_tools.format.layout import ArchiveError, FLAGGED_METADATA_FILE, METADATA_FILE
+from reben_tools.format.metadata import METADATA_SCHEMA, read_metadata, write_metadata
+from reben_tools.format.reader import Archive
+from reben_tools.format.shards import ContentDigest, read_shard_info, remove_stale_temporaries, write_shard
 from reben_tools.format.codec import encode_reference_map
 
 

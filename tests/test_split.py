@@ -15,16 +15,14 @@ from hypothesis import strategies as st
 from shapely.geometry import box
 from typer.testing import CliRunner
 
-from reben_tools.format.archive import METADATA_SCHEMA
+from reben_tools.format.metadata import METADATA_SCHEMA
 from reben_tools.cli import app
+from reben_tools.splits.patches import SplitInputError, load_patches, patches_from_table
 from reben_tools.splits.strategies import (
     RebenSplit,
     SpatialBlockSplit,
-    SplitInputError,
     V1BlockSplit,
     get_strategy,
-    load_patches,
-    patches_from_table,
     reben_split,
     split_counts,
     split_file,

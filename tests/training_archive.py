@@ -14,7 +14,11 @@ import numpy as np
 import pyarrow as pa
 from shapely.geometry import box
 
-from reben_tools.format import archive, codec
+from reben_tools.format import codec
+from reben_tools.format.layout import PATCHES_FILE, SHARDS_DIR
+from reben_tools.format.manifest import build_manifest, write_manifest
+from reben_tools.format.metadata import write_metadata
+from reben_tools.format.shards import write_shard
 from reben_tools.format.bands import PUBLISHED_STATISTICS, S1_BANDS, S2_BANDS
 from reben_tools.format.labels import ALPHABETICAL_ORDER, clc_legend
 from reben_tools.format.naming import patch_id as make_patch_id
@@ -103,15 +107,15 @@ def build_learnable_archive(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     infos = [
-        archive.write_shard(root / archive.SHARDS_DIR, f"shard-{i:03d}", items)
+        write_shard(root / SHARDS_DIR, f"shard-{i:03d}", items)
         for i, items in enumerate(items_per_shard)
     ]
-    archive.write_metadata(root, pa.Table.from_pylist(rows))
+    write_metadata(root, pa.Table.from_pylist(rows))
     frame = gpd.GeoDataFrame(patch_rows, geometry="geometry", crs="EPSG:32633").to_crs("EPSG:4326")
-    frame.to_parquet(root / archive.PATCHES_FILE)
-    manifest = archive.build_manifest(
+    frame.to_parquet(root / PATCHES_FILE)
+    manifest = build_manifest(
         infos, {"patches": n, **counts}, PUBLISHED_STATISTICS, inputs=[], config={"seed": seed},
         tool="tests/training_archive.py",
     )
-    archive.write_manifest(root, manifest)
+    write_manifest(root, manifest)
     return {"root": root, "patch_ids": patch_ids, "labels": labels_of}

@@ -17,7 +17,7 @@ from pathlib import Path
 from reben_tools.build.pipeline.config import PipelineConfig
 from reben_tools.build.pipeline.run import build_archive
 from reben_tools.build.pipeline.summary import format_summary
-from reben_tools.format import archive
+from reben_tools.format.layout import MANIFEST_FILE, METADATA_FILE, PATCHES_FILE, REPORT_FILE
 
 
 def run_demo(out: str | Path, workers: int = 2, seed: int = 0, progress: bool = True,
@@ -64,9 +64,9 @@ def run_demo(out: str | Path, workers: int = 2, seed: int = 0, progress: bool = 
     echo(f"\nbuilding the archive on a local Dask cluster ({workers} workers) ...")
     result = build_archive(config, progress=progress, echo=echo)
     echo(format_summary(result.summary))
-    paths = {"inputs": inputs_dir, "archive": archive_dir, "metadata": archive_dir / archive.METADATA_FILE,
-             "patches": archive_dir / archive.PATCHES_FILE, "report": archive_dir / archive.REPORT_FILE,
-             "manifest": archive_dir / archive.MANIFEST_FILE}
+    paths = {"inputs": inputs_dir, "archive": archive_dir, "metadata": archive_dir / METADATA_FILE,
+             "patches": archive_dir / PATCHES_FILE, "report": archive_dir / REPORT_FILE,
+             "manifest": archive_dir / MANIFEST_FILE}
     if result.map_png:
         paths["map"] = result.map_png
     if audit is None:

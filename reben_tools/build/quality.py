@@ -7,7 +7,7 @@ group's threshold, or when its id is on a configured list.
 
 Owns: SCL snow and cloud/shadow fractions of a patch (:func:`scl_fractions`), the flag
 rule (:class:`QualityRule`), patch-id lists (:func:`read_id_list`), the default thresholds.
-Does not own: writing the flagged metadata file (reben_tools.format.archive).
+Does not own: writing the flagged metadata file (reben_tools.format.metadata).
 May import: reben_tools.format, numpy.
 """
 

@@ -33,7 +33,7 @@ def merge(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Write all shards into one LMDB environment with sorted keys (reBEN's single-LMDB layout)."""
-    from reben_tools.format.archive import ArchiveError
+    from reben_tools.format.layout import ArchiveError
     from reben_tools.release.archive_tools import merge_archive
 
     try:
@@ -52,7 +52,7 @@ def export_tiff(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Write the archive back as reBEN's GeoTIFF release, georeferenced from patches.parquet."""
-    from reben_tools.format.archive import ArchiveError
+    from reben_tools.format.layout import ArchiveError
     from reben_tools.release.archive_tools import export_geotiffs
 
     try:

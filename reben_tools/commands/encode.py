@@ -26,8 +26,9 @@ def encode(
     Rerunning the same command after an interruption resumes: finished shards are kept.
     A second encode on the same --out while one runs is refused.
     """
-    from reben_tools.format.archive import ArchiveError
-    from reben_tools.release.encode import EncodeError, encode_release
+    from reben_tools.format.layout import ArchiveError
+    from reben_tools.release.encode import encode_release
+    from reben_tools.release.encode_plan import EncodeError
     from reben_tools.release.geotiff_release import ReleaseError
     from reben_tools.format.locking import OutputLockedError
 

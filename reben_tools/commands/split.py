@@ -30,7 +30,8 @@ def split(
 
     Patches a strategy leaves out (spatial-blocks' buffer) get a null split.
     """
-    from reben_tools.splits.strategies import SplitInputError, split_file
+    from reben_tools.splits.patches import SplitInputError
+    from reben_tools.splits.strategies import split_file
 
     options = {"seed": seed, "block_size_m": block_size_m, "buffer_m": buffer_m}
     if no_label_balance:
@@ -65,7 +66,7 @@ def audit(
     With neither --split-column nor --strategy: INPUT's 'split' column (if any) and every strategy.
     """
     from reben_tools.splits.audit import run_audit
-    from reben_tools.splits.strategies import SplitInputError
+    from reben_tools.splits.patches import SplitInputError
 
     try:
         report = run_audit(

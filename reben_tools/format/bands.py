@@ -2,6 +2,11 @@
 
 Facts from reBEN (SPEC sections 1, 8 and 9). Everything here is a constant
 table or a pure function over one: no I/O.
+
+Owns: the band table (:data:`ALL_BANDS`, S1/S2 bands, patch size), band groups and the
+published normalisation statistics.
+Does not own: reading or encoding band values (``format.codec``, ``release``, ``build``).
+May import: numpy and the standard library only.
 """
 
 from __future__ import annotations

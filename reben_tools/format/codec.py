@@ -5,6 +5,11 @@ to the reference tool's. Decoding is a strict, allocation-free parser: archive
 values are untrusted input (a truncated or foreign value, a header that lies
 about its length, offsets out of range, unknown dtypes, absurd shapes), and
 each fault raises :class:`ValueDecodeError` naming the key.
+
+Owns: encoding S2/S1/reference-map values and strictly decoding and checking values
+(:class:`ValueDecodeError`), key kinds.
+Does not own: where values are stored (``format.shards``, ``format.reader``).
+May import: ``format.bands``, safetensors, numpy and the standard library.
 """
 
 from __future__ import annotations

@@ -2,6 +2,11 @@
 
 The legend ships as package data (``data/clc_legend.csv``): the 44 level-3 codes
 plus 999, their names, colours and the 19-class name each maps to.
+
+Owns: the CLC legend, the 19-class nomenclature, both class orders, labels and masks from
+reference maps (25% rule).
+Does not own: rasterising CORINE into reference maps (``build.corine``).
+May import: ``reben_tools.resources`` (package data), numpy and the standard library.
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ nothing) and retries on the new file.
 
 Advisory locks bind only writers that take them (``reben encode``, ``reben build``).
 ``flock`` works on local file systems; on NFS it depends on the client's configuration.
+
+Owns: :class:`OutputLock` and :class:`OutputLockedError`.
+Does not own: what a writer writes while holding the lock (``build``, ``release``).
+May import: the standard library only.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 Pure string functions: parse a Sentinel-2 product name, make and parse reBEN
 patch ids, and derive the Sentinel-1 partner name and the BigEarthNet v1 name.
 Every parser raises ``ValueError`` with the offending string in the message.
+
+Owns: parsing and formatting S2 product names, patch ids, S1 partner names and v1 names.
+Does not own: folder layouts (``release.geotiff_*``), archive keys' values (``format.codec``).
+May import: the standard library only.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 Statistics of a band upsampled to 120x120 by nearest neighbour equal those of its
 native pixels (each pixel is repeated the same number of times), so moments are
 accumulated on native-resolution arrays.
+
+Owns: :class:`BandMoments` (mergeable per-band count, mean, variance).
+Does not own: which patches count (train split) or where statistics go (``format.manifest``).
+May import: numpy and the standard library only.
 """
 
 from __future__ import annotations

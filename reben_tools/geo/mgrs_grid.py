@@ -17,6 +17,11 @@ The square's south-west corner comes from the maintained ``mgrs`` library
 (GeoTrans), which resolves the 2,000 km cycle of the row letters with the
 latitude band. A tile whose square does not touch its latitude band, or whose
 letters are not valid for its zone, is rejected as unknown.
+
+Owns: MGRS tile parsing, a tile's UTM CRS and upper-left corner (:func:`tile_grid`),
+:data:`TILE_SIDE_M`, :class:`UnknownTileError`.
+Does not own: reBEN's split rule (``geo.split_rule``), patch tables (``splits.patches``).
+May import: ``format``, mgrs, pyproj and the standard library.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """reBEN's geography-based split rule: rings around each MGRS tile's border.
 
 Owns: the rule that maps a patch's grid position inside its tile to train, validation or
-test. Does not own: strategies, patch tables or audits (``reben_tools.splits``).
-May import: numpy and the standard library only.
+test.
+Does not own: strategies, patch tables or audits (``reben_tools.splits``).
+May import: ``format``, ``geo.mgrs_grid``, numpy and the standard library.
 """
 
 from __future__ import annotations

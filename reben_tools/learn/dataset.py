@@ -40,7 +40,9 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from reben_tools.format import codec
-from reben_tools.format.archive import PATCHES_FILE, SPLITS, Archive, ArchiveError, BatchReader, read_metadata
+from reben_tools.format.layout import ArchiveError, PATCHES_FILE, SPLITS
+from reben_tools.format.metadata import read_metadata
+from reben_tools.format.reader import Archive, BatchReader
 from reben_tools.format.bands import ALL_BANDS, OUTPUT_SIZE, PUBLISHED_STATISTICS
 from reben_tools.format.labels import NUM_CLASSES, class_names, code_to_class_index_table
 from reben_tools.learn.transforms import (

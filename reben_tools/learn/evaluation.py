@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from reben_tools.format.archive import write_json_atomic
+from reben_tools.format.atomic import write_json_atomic
 from reben_tools.format.labels import NUM_CLASSES
 from reben_tools.learn.checkpoints import checked_model, split_config
 from reben_tools.learn.devices import autocast, is_out_of_memory, oom_error, resolve_device, resolve_precision

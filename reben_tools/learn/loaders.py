@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from reben_tools.format.archive import SPLITS, ArchiveError
+from reben_tools.format.layout import ArchiveError, SPLITS
 from reben_tools.format.codec import ValueDecodeError
 from reben_tools.learn.config import TrainingError
 from reben_tools.learn.dataset import ReBENDataset, collate

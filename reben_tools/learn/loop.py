@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from reben_tools.format.archive import write_json_atomic
+from reben_tools.format.atomic import write_json_atomic
 from reben_tools.format.bands import resolve_bands
 from reben_tools.format.labels import class_names
 from reben_tools.learn.augment import random_flips

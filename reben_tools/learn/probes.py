@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reben_tools.format.archive import write_json_atomic
+from reben_tools.format.atomic import write_json_atomic
 from reben_tools.format.bands import resolve_bands
 from reben_tools.learn.checkpoints import checked_model, split_config
 from reben_tools.learn.config import TrainConfig, TrainingError

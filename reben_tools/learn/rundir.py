@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from reben_tools.format.archive import write_json_atomic
+from reben_tools.format.atomic import write_json_atomic
 
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"

@@ -1,7 +1,7 @@
 """Untrusted safetensors values of an archive: validated, cached tensor layouts and zero-copy band views.
 
 Owns: LayoutCache.
-Does not own: the value format and its full check (format/codec.py), reading values from LMDB (format/archive.py).
+Does not own: the value format and its full check (format/codec.py), reading values from LMDB (format/reader.py).
 May import: numpy; reben_tools.format.
 """
 

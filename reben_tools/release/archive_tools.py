@@ -1,7 +1,7 @@
 """Tools over a finished archive: verify it, merge its shards, export it back to GeoTIFFs.
 
 - :func:`verify_archive` checks every shard against the manifest (entry count, value
-  bytes, content sha256 via :class:`reben_tools.format.archive.ContentDigest`), every value
+  bytes, content sha256 via :class:`reben_tools.format.shards.ContentDigest`), every value
   against its recorded size and CRC-32 (``keys.parquet``) and its declared tensors
   (:func:`reben_tools.format.codec.check_value`), and that every patch of ``patches.parquet``
   has its values. Each fault names the shard and, where it can be located, the key.
@@ -9,6 +9,11 @@
   order: the single-file layout tools built for reBEN open directly.
 - :func:`export_geotiffs` writes the reBEN GeoTIFF release layout back, georeferenced from
   ``patches.parquet`` (S1 values on their S2 patch's 10 m grid).
+
+Owns: :func:`verify_archive`, :func:`merge_archive`, :func:`export_geotiffs`.
+Does not own: the archive format and its writers/readers (``format``), encoding a release
+(``release.encode*``), the GeoTIFF layout (``release.geotiff_release``, ``release.geotiff_write``).
+May import: ``format``, ``release.geotiff_release``, ``release.geotiff_write``, lmdb, pyarrow, numpy.
 """
 
 from __future__ import annotations
@@ -26,8 +31,21 @@ from pathlib import Path
 import lmdb
 import pyarrow.parquet as pq
 
-from reben_tools.format import archive, codec, naming
-from reben_tools.release.geotiff_release import REFERENCE_MAP_BAND, write_patch
+from reben_tools.format import codec, naming
+from reben_tools.format.layout import (
+    ArchiveError,
+    FLAGGED_METADATA_FILE,
+    METADATA_FILE,
+    PATCHES_FILE,
+    SHARDS_DIR,
+    SHARD_KEYS_FILE,
+)
+from reben_tools.format.manifest import read_manifest
+from reben_tools.format.metadata import read_metadata
+from reben_tools.format.reader import Archive, open_lmdb_readonly
+from reben_tools.format.shards import ContentDigest, map_size_for
+from reben_tools.release.geotiff_release import REFERENCE_MAP_BAND
+from reben_tools.release.geotiff_write import write_patch
 
 
 @dataclass(frozen=True)
@@ -64,7 +82,7 @@ class VerifyReport:
 
 def read_key_checksums(shard_dir: Path) -> dict[str, tuple[int, int]] | None:
     """``{key: (value_bytes, crc32)}`` from a shard's ``keys.parquet``, or None if it has none."""
-    path = shard_dir / archive.SHARD_KEYS_FILE
+    path = shard_dir / SHARD_KEYS_FILE
     if not path.is_file():
         return None
     table = pq.read_table(path)
@@ -85,16 +103,16 @@ def _verify_shard(shard_dir: Path, expected: dict, report: VerifyReport, keys_se
     try:
         checksums = read_key_checksums(shard_dir)
     except (OSError, ValueError, KeyError) as exc:
-        faults.append(Fault(name, None, f"{shard_dir / archive.SHARD_KEYS_FILE} is unreadable ({exc})"))
+        faults.append(Fault(name, None, f"{shard_dir / SHARD_KEYS_FILE} is unreadable ({exc})"))
         checksums = None
-    digest = archive.ContentDigest()
+    digest = ContentDigest()
     entries = value_bytes = 0
     located = False
     seen: set[str] = set()
     last_key = None
     try:
-        env = archive.open_lmdb_readonly(shard_dir)
-    except archive.ArchiveError as exc:
+        env = open_lmdb_readonly(shard_dir)
+    except ArchiveError as exc:
         faults.append(Fault(name, None, str(exc)))
         return
     try:
@@ -162,11 +180,11 @@ def verify_archive(path: str | os.PathLike, progress: bool = False) -> VerifyRep
     root = Path(path)
     report = VerifyReport()
     try:
-        manifest = archive.read_manifest(root)
-    except archive.ArchiveError as exc:
+        manifest = read_manifest(root)
+    except ArchiveError as exc:
         report.faults.append(Fault("-", None, str(exc)))
         return report
-    shards_dir = root / archive.SHARDS_DIR
+    shards_dir = root / SHARDS_DIR
     keys_seen: dict[str, set[str]] = {}
     listed = {s["name"] for s in manifest["shards"]}
     if shards_dir.is_dir():
@@ -184,25 +202,25 @@ def verify_archive(path: str | os.PathLike, progress: bool = False) -> VerifyRep
 def _verify_metadata(root: Path, patch_ids: set[str] | None, report: VerifyReport) -> None:
     """The reBEN metadata files must read with their schema, without null or repeated ids or
     unknown splits, and list only patches that ``patches.parquet`` has (when both exist)."""
-    paths = [root / name for name in (archive.METADATA_FILE, archive.FLAGGED_METADATA_FILE) if (root / name).is_file()]
+    paths = [root / name for name in (METADATA_FILE, FLAGGED_METADATA_FILE) if (root / name).is_file()]
     if not paths:
         return
     try:
-        table = archive.read_metadata(paths)
-    except archive.ArchiveError as exc:
+        table = read_metadata(paths)
+    except ArchiveError as exc:
         report.faults.append(Fault("-", None, str(exc)))
         return
     if patch_ids is not None:
         for pid in table.column("patch_id").to_pylist():
             if pid not in patch_ids:
-                report.faults.append(Fault("-", pid, f"the metadata lists this patch, but {archive.PATCHES_FILE} "
+                report.faults.append(Fault("-", pid, f"the metadata lists this patch, but {PATCHES_FILE} "
                                            "has no row for it"))
 
 
 def _verify_patch_rows(root: Path, keys_seen: dict[str, set[str]], report: VerifyReport) -> set[str] | None:
     """Every patch of ``patches.parquet`` must find its values in the shard it names, once.
     Returns the patch ids it lists (None when it cannot be read)."""
-    path = root / archive.PATCHES_FILE
+    path = root / PATCHES_FILE
     if not path.is_file():
         if keys_seen:
             report.faults.append(Fault("-", None, f"{path} is missing"))
@@ -221,7 +239,7 @@ def _verify_patch_rows(root: Path, keys_seen: dict[str, set[str]], report: Verif
 
     counts = Counter(ids)
     for pid, n in sorted(((p, n) for p, n in counts.items() if n > 1), key=lambda item: str(item[0])):
-        report.faults.append(Fault("-", pid, f"{archive.PATCHES_FILE} lists this patch {n} times"))
+        report.faults.append(Fault("-", pid, f"{PATCHES_FILE} lists this patch {n} times"))
     rows = zip(ids, column("shard", None), column("has_s1", False), column("s1_name", None),
                column("has_reference_map", False))
     for pid, shard, has_s1, s1_name, has_reference_map in rows:
@@ -276,11 +294,11 @@ def merge_archive(path: str | os.PathLike, out_dir: str | os.PathLike, progress:
 
     root = Path(path)
     out = Path(out_dir)
-    manifest = archive.read_manifest(root)
+    manifest = read_manifest(root)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise archive.ArchiveError(f"{out}: exists and is not an empty directory")
+        raise ArchiveError(f"{out}: exists and is not an empty directory")
     names = [s["name"] for s in manifest["shards"]]
-    envs = [archive.open_lmdb_readonly(root / archive.SHARDS_DIR / n) for n in names]
+    envs = [open_lmdb_readonly(root / SHARDS_DIR / n) for n in names]
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
     try:
         def merged() -> Iterator[tuple[bytes, int, memoryview]]:
@@ -295,7 +313,7 @@ def merge_archive(path: str | os.PathLike, out_dir: str | os.PathLike, progress:
                     yield key, value
                 previous = key
 
-        map_size = archive.map_size_for(sizes())
+        map_size = map_size_for(sizes())
         total = sum(s["entries"] for s in manifest["shards"])
         tmp.mkdir(parents=True)
         writer = lmdb.open(str(tmp), map_size=map_size, subdir=True, lock=False, sync=True, metasync=True)
@@ -306,7 +324,7 @@ def merge_archive(path: str | os.PathLike, out_dir: str | os.PathLike, progress:
             for key, index, value in tqdm(merged(), total=total, desc="merge", unit="value", disable=not progress):
                 if key == previous_key:
                     if bytes(value) != previous_value:
-                        raise archive.ArchiveError(
+                        raise ArchiveError(
                             f"key {key.decode('utf-8', 'replace')!r} has different values in shards "
                             f"{names[previous_shard]} and {names[index]}"
                         )
@@ -323,7 +341,7 @@ def merge_archive(path: str | os.PathLike, out_dir: str | os.PathLike, progress:
             writer.sync(True)
         finally:
             writer.close()
-        for metadata_name in (archive.METADATA_FILE, archive.FLAGGED_METADATA_FILE):
+        for metadata_name in (METADATA_FILE, FLAGGED_METADATA_FILE):
             if (root / metadata_name).is_file():
                 shutil.copyfile(root / metadata_name, tmp / metadata_name)
         try:
@@ -331,7 +349,7 @@ def merge_archive(path: str | os.PathLike, out_dir: str | os.PathLike, progress:
                 out.rmdir()
             os.rename(tmp, out)
         except OSError as exc:  # another merge (or anything else) filled out_dir meanwhile
-            raise archive.ArchiveError(f"{out}: was written by another process during the merge; "
+            raise ArchiveError(f"{out}: was written by another process during the merge; "
                                        f"left it as it is ({exc.strerror})") from None
     finally:
         for env in envs:
@@ -374,14 +392,14 @@ def export_geotiffs(
     from tqdm import tqdm
 
     root = Path(path)
-    patches_path = root / archive.PATCHES_FILE
+    patches_path = root / PATCHES_FILE
     try:
         table = pq.read_table(patches_path)
     except (OSError, ValueError) as exc:
-        raise archive.ArchiveError(f"{patches_path}: cannot read ({exc})") from None
+        raise ArchiveError(f"{patches_path}: cannot read ({exc})") from None
     missing = [c for c in ("patch_id", "crs", "ulx", "uly") if c not in table.column_names]
     if missing:
-        raise archive.ArchiveError(f"{patches_path}: missing column(s) {missing}")
+        raise ArchiveError(f"{patches_path}: missing column(s) {missing}")
     rows = table.drop_columns([c for c in ("geometry", "labels") if c in table.column_names]).to_pylist()
     summary = ExportSummary()
     # names and coordinates are untrusted: a row that cannot name a file is reported, never written
@@ -398,7 +416,7 @@ def export_geotiffs(
             usable.append(row)
     rows = sorted(usable, key=lambda r: r["patch_id"])
     out = Path(out_dir)
-    with archive.Archive(root) as source:
+    with Archive(root) as source:
         for row in tqdm(rows, desc="export-tiff", unit="patch", disable=not progress):
             pid = row["patch_id"]
             crs, ulx, uly = row["crs"], row["ulx"], row["uly"]

@@ -5,7 +5,7 @@ A worker reads its block's window of every band at native resolution, drops
 incomplete and no-data patches, rasterises CORINE into the reference maps, drops
 patches with 25% or more UNLABELED pixels, warps the closest valid S1 acquisition
 onto each remaining patch, computes SCL fractions, encodes the values and writes
-its own shard atomically (``archive.write_shard``), with the patch rows in the
+its own shard atomically (``format.shards.write_shard``), with the patch rows in the
 shard's ``rows.parquet``. Only a small summary travels back through the scheduler.
 
 The client then reads the rows of every finished shard, assigns countries and

@@ -24,7 +24,8 @@ from reben_tools.build.pipeline.planning import BlockTask
 from reben_tools.build.pipeline.rows import DROP_REASONS, ROWS_METADATA_KEY, ROWS_SCHEMA
 from reben_tools.build.quality import scl_fractions
 from reben_tools.build.scenes import S1Warper, SceneError, read_block
-from reben_tools.format import archive, naming
+from reben_tools.format import naming
+from reben_tools.format.shards import write_shard
 from reben_tools.format.bands import PATCH_SIZE_M, S2_BANDS
 from reben_tools.format.labels import MAX_UNLABELED_FRACTION, class_pixel_fractions, labels_from_reference_map, unlabeled_fraction
 from reben_tools.format.stats import BandMoments
@@ -157,5 +158,5 @@ def _run_block(task: BlockTask) -> dict:
         "clc_issues": [[i.fid, i.code, i.reason] for i in issues],
     }
     table = table.replace_schema_metadata({ROWS_METADATA_KEY: json.dumps(block_meta, sort_keys=True).encode()})
-    archive.write_shard(task.shards_dir, task.shard_name, items, rows=table)
+    write_shard(task.shards_dir, task.shard_name, items, rows=table)
     return {"shard": task.shard_name, "status": "ok", "kept": len(rows), "dropped": block_meta["dropped"]}

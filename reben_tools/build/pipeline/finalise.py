@@ -27,7 +27,18 @@ from reben_tools.build.pipeline.planning import BlockTask
 from reben_tools.build.pipeline.rows import ROWS_METADATA_KEY, ROWS_SCHEMA
 from reben_tools.build.pipeline.summary import MAP_FILE, make_summary, plot_map
 from reben_tools.build.quality import QualityRule
-from reben_tools.format import archive
+from reben_tools.format.atomic import write_json_atomic, write_parquet_atomic
+from reben_tools.format.layout import (
+    FLAGGED_METADATA_FILE,
+    METADATA_FILE,
+    PATCHES_FILE,
+    REPORT_FILE,
+    SHARDS_DIR,
+    SHARD_ROWS_FILE,
+)
+from reben_tools.format.manifest import build_manifest, write_manifest
+from reben_tools.format.metadata import METADATA_SCHEMA, write_metadata, write_patches_parquet
+from reben_tools.format.shards import read_shard_info
 from reben_tools.format.bands import PATCH_SIZE_M
 from reben_tools.format.stats import BandMoments
 
@@ -50,7 +61,7 @@ class BuildResult:
 
 
 def _read_shard_rows(shard_dir: Path) -> tuple[pa.Table, dict]:
-    table = pq.read_table(shard_dir / archive.SHARD_ROWS_FILE)
+    table = pq.read_table(shard_dir / SHARD_ROWS_FILE)
     meta = json.loads((table.schema.metadata or {})[ROWS_METADATA_KEY])
     return table.replace_schema_metadata(None).cast(ROWS_SCHEMA), meta
 
@@ -58,7 +69,7 @@ def _read_shard_rows(shard_dir: Path) -> tuple[pa.Table, dict]:
 def finalise(out: Path, config: PipelineConfig, inputs: Inputs, done: list[BlockTask],
              countries: CountryIndex, rule: QualityRule, clc: ClcSource) -> BuildResult:
     """Client side: read every finished shard's rows and write the archive-level files."""
-    shards_dir = out / archive.SHARDS_DIR
+    shards_dir = out / SHARDS_DIR
     done = sorted(done, key=lambda t: t.shard_name)
     tables, infos = [], []
     moments = BandMoments()
@@ -68,7 +79,7 @@ def finalise(out: Path, config: PipelineConfig, inputs: Inputs, done: list[Block
     for task in done:
         table, meta = _read_shard_rows(shards_dir / task.shard_name)
         tables.append(table)
-        infos.append(archive.read_shard_info(shards_dir / task.shard_name))
+        infos.append(read_shard_info(shards_dir / task.shard_name))
         moments = moments.merge(BandMoments.from_dict(meta["moments"]))
         dropped.update(meta["dropped"])
         candidates += meta["candidates"]
@@ -90,9 +101,9 @@ def finalise(out: Path, config: PipelineConfig, inputs: Inputs, done: list[Block
     rows = rows.append_column("contains_seasonal_snow", pa.array(snow, pa.bool_()))
     rows = rows.append_column("contains_cloud_or_shadow", pa.array(cloud, pa.bool_()))
 
-    clean, flagged = archive.write_metadata(out, rows) if n else _write_empty_metadata(out)
+    clean, flagged = write_metadata(out, rows) if n else _write_empty_metadata(out)
     geometry = footprints_in(crs_list, ulx, uly, PATCH_SIZE_M, "EPSG:4326")
-    archive.write_patches_parquet(out / archive.PATCHES_FILE, rows, geometry)
+    write_patches_parquet(out / PATCHES_FILE, rows, geometry)
 
     statistics = moments.mean_std()
     summary = make_summary(rows, dropped, candidates, inputs, clc_issues)
@@ -107,8 +118,8 @@ def finalise(out: Path, config: PipelineConfig, inputs: Inputs, done: list[Block
                      if k not in ("s2", "s1", "clc", "countries_file", "snow_ids_file", "cloud_ids_file", "out",
                                   "workers", "scheduler", "memory_limit", "threads_per_worker", "gdal_cache_mb")}
     inputs_record = ([p.path.name for p in inputs.products] + [s.path.name for s in inputs.scenes] + [clc.path.name])
-    manifest = archive.build_manifest(infos, counts, statistics, inputs_record, config_record, TOOL_NAME)
-    archive.write_manifest(out, manifest)
+    manifest = build_manifest(infos, counts, statistics, inputs_record, config_record, TOOL_NAME)
+    write_manifest(out, manifest)
     map_png = None
     if n:
         map_png = out / MAP_FILE
@@ -117,9 +128,9 @@ def finalise(out: Path, config: PipelineConfig, inputs: Inputs, done: list[Block
 
 
 def _write_empty_metadata(out: Path) -> tuple[int, int]:
-    empty = archive.METADATA_SCHEMA.empty_table()
-    archive.write_parquet_atomic(empty, out / archive.METADATA_FILE)
-    archive.write_parquet_atomic(empty, out / archive.FLAGGED_METADATA_FILE)
+    empty = METADATA_SCHEMA.empty_table()
+    write_parquet_atomic(empty, out / METADATA_FILE)
+    write_parquet_atomic(empty, out / FLAGGED_METADATA_FILE)
     return 0, 0
 
 
@@ -128,6 +139,6 @@ def _write_report(out: Path, skipped: list[dict], issues: list[dict], summary: d
     report = {"tool": TOOL_NAME,
               "skipped": sorted(skipped, key=lambda s: (s["item"], str(s.get("path")), str(s.get("key")))),
               "counts": counts, "clc_issues": issues, "summary": summary, "settings": settings}
-    archive.write_json_atomic(out / archive.REPORT_FILE, report)
+    write_json_atomic(out / REPORT_FILE, report)
     return report
 

@@ -23,7 +23,7 @@ from reben_tools.build.pipeline.discovery import Inputs, s1_candidates
 from reben_tools.build.pipeline.rows import ROWS_METADATA_KEY
 from reben_tools.build.scenes import S1Scene, S2Product
 from reben_tools.build.tiling import Block
-from reben_tools.format import archive
+from reben_tools.format.layout import FORMAT_VERSION, SHARD_INFO_FILE, SHARD_ROWS_FILE
 
 
 @dataclass(frozen=True)
@@ -63,17 +63,17 @@ def _fingerprint(product: S2Product, block: Block, clc: ClcSource, candidates: l
         "product": product.path.name, "block": [block.row_start, block.row_stop, block.ncols],
         "clc": [clc.path.name, clc.code_column, clc.raster_values],
         "s1": [s.prefix for s in candidates], "tile_side": tile_side,
-        "offset": product.boa_add_offset, "version": archive.FORMAT_VERSION,
+        "offset": product.boa_add_offset, "version": FORMAT_VERSION,
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _finished_fingerprint(shard_dir: Path) -> str | None:
     """The fingerprint a complete shard recorded, or None if the shard is incomplete or unreadable."""
-    if not ((shard_dir / archive.SHARD_INFO_FILE).is_file() and (shard_dir / archive.SHARD_ROWS_FILE).is_file()):
+    if not ((shard_dir / SHARD_INFO_FILE).is_file() and (shard_dir / SHARD_ROWS_FILE).is_file()):
         return None
     try:
-        meta = pq.read_schema(shard_dir / archive.SHARD_ROWS_FILE).metadata or {}
+        meta = pq.read_schema(shard_dir / SHARD_ROWS_FILE).metadata or {}
         return json.loads(meta[ROWS_METADATA_KEY])["fingerprint"]
     except (OSError, KeyError, ValueError, pa.ArrowException):
         return None

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from reben_tools.format import archive
+from reben_tools.format.metadata import patch_rows_schema
 
 DROP_REASONS = ("no_data", "unlabeled_25pct", "no_s1_partner")
 ROWS_METADATA_KEY = b"reben_block"
 
 
-ROWS_SCHEMA = archive.patch_rows_schema(
+ROWS_SCHEMA = patch_rows_schema(
     ("product", pa.string()),
     ("s2_acquisition_time", pa.timestamp("s")),
     ("s1_product", pa.string()),

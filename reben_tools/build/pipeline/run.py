@@ -23,7 +23,8 @@ from reben_tools.build.pipeline.execution import execute
 from reben_tools.build.pipeline.finalise import BuildResult, _write_report, finalise
 from reben_tools.build.pipeline.planning import _finished_fingerprint, plan_tasks
 from reben_tools.build.quality import QualityRule, read_id_list
-from reben_tools.format import archive
+from reben_tools.format.layout import REPORT_FILE, SHARDS_DIR
+from reben_tools.format.shards import remove_stale_temporaries
 
 
 def build_archive(
@@ -50,8 +51,8 @@ def build_archive(
 
 def _build_locked(config: PipelineConfig, out: Path, scheduler: str | None, workers: int, progress: bool,
                   echo: Callable[[str], None]) -> BuildResult:
-    shards_dir = out / archive.SHARDS_DIR
-    stale = archive.remove_stale_temporaries(shards_dir)
+    shards_dir = out / SHARDS_DIR
+    stale = remove_stale_temporaries(shards_dir)
     if stale:
         echo(f"removed {len(stale)} unfinished shard(s) of an interrupted run")
 
@@ -106,5 +107,5 @@ def _build_locked(config: PipelineConfig, out: Path, scheduler: str | None, work
     result.task_cpu_seconds = sum(r.get("cpu_seconds", 0.0) for r in results)
     echo(f"built {result.shards_built} shard(s), reused {reused}, in {time.perf_counter() - started:.1f} s")
     if result.kept == 0 and result.flagged == 0:
-        raise BuildError(f"nothing could be built; see {out / archive.REPORT_FILE}")
+        raise BuildError(f"nothing could be built; see {out / REPORT_FILE}")
     return result

@@ -20,7 +20,7 @@ import pyarrow as pa
 from reben_tools.build.countries import CountryIndex
 from reben_tools.build.pipeline.discovery import Inputs
 from reben_tools.build.pipeline.rows import DROP_REASONS
-from reben_tools.format import archive
+from reben_tools.format.layout import SPLITS
 
 MAP_FILE = "summary_map.png"
 
@@ -40,7 +40,7 @@ def make_summary(rows: pa.Table, dropped: Counter, candidates: int, inputs: Inpu
         "kept": rows.num_rows,
         "flagged_snow_cloud_shadow": flagged,
         "dropped": {k: int(dropped.get(k, 0)) for k in DROP_REASONS},
-        "per_split": {s: count("split").get(s, 0) for s in archive.SPLITS},
+        "per_split": {s: count("split").get(s, 0) for s in SPLITS},
         "per_country": count("country"),
         "per_class": dict(sorted(classes.items())),
         "per_product": count("product"),

@@ -1,0 +1,243 @@
+"""Read access to archives and plain reBEN LMDB directories (:class:`Archive`, :class:`BatchReader`).
+
+Owns: opening LMDB environments read-only (shared per process, fork-safe), iterating an
+environment, key-to-shard resolution from ``patches.parquet`` and zero-copy batch reads.
+Does not own: writing anything (``format.shards``, ``format.metadata``, ``format.manifest``),
+decoding values (``format.codec``).
+May import: ``format.layout``, ``format.manifest``, lmdb, pyarrow.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import lmdb
+import pyarrow.parquet as pq
+
+from reben_tools.format.layout import (
+    FLAGGED_METADATA_FILE,
+    MANIFEST_FILE,
+    METADATA_FILE,
+    PATCHES_FILE,
+    SHARDS_DIR,
+    ArchiveError,
+)
+from reben_tools.format.manifest import read_manifest
+
+
+def open_lmdb_readonly(path: Path) -> lmdb.Environment:
+    """Open an LMDB environment the way reBEN readers do: read-only, no locks, no readahead."""
+    if not (Path(path) / "data.mdb").is_file():
+        raise ArchiveError(f"{path}: no data.mdb; not an LMDB environment directory")
+    try:
+        return lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, subdir=True, max_readers=1024)
+    except lmdb.Error as exc:
+        raise ArchiveError(f"{path}: cannot open LMDB environment ({exc})") from None
+
+
+_SHARED_ENVIRONMENTS: dict[str, list] = {}
+"""Open read-only environments of this process: resolved path -> [pid, environment, users].
+py-lmdb refuses to open one environment twice in a process, so Archives over the same
+files (e.g. a train and a validation dataset) share one handle."""
+
+
+def _acquire_environment(path: Path) -> lmdb.Environment:
+    key = str(Path(path).resolve())
+    entry = _SHARED_ENVIRONMENTS.get(key)
+    if entry is not None and entry[0] != os.getpid():
+        # inherited through fork: LMDB handles must not cross a fork, and py-lmdb refuses a
+        # second open while this process's copy is open, so close the copy (the parent's
+        # handle is unaffected) and open afresh
+        entry[1].close()
+        entry = None
+    if entry is None:
+        entry = [os.getpid(), open_lmdb_readonly(path), 0]
+        _SHARED_ENVIRONMENTS[key] = entry
+    entry[2] += 1
+    return entry[1]
+
+
+def _release_environment(path: Path) -> None:
+    key = str(Path(path).resolve())
+    entry = _SHARED_ENVIRONMENTS.get(key)
+    if entry is not None and entry[0] == os.getpid():
+        entry[2] -= 1
+        if entry[2] <= 0:
+            entry[1].close()
+            del _SHARED_ENVIRONMENTS[key]
+
+
+def iter_lmdb(path: Path) -> Iterator[tuple[str, bytes]]:
+    """Every (key, value) of an LMDB environment in key order."""
+    env = _acquire_environment(path)  # shares a handle an Archive of this process may hold
+    try:
+        with env.begin(buffers=False) as txn:
+            for key, value in txn.cursor():
+                yield key.decode("utf-8"), value
+    finally:
+        _release_environment(path)
+
+
+class Archive:
+    """Read access to a reben-tools archive or to a plain reBEN LMDB directory.
+
+    Environments are opened lazily, read-only and without locks, once per process:
+    an ``Archive`` built before a DataLoader forks opens fresh handles in each worker.
+
+    Args:
+        path: an archive directory (with ``manifest.json``) or an LMDB directory (with ``data.mdb``).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if (self.path / MANIFEST_FILE).is_file():
+            self.manifest: dict | None = read_manifest(self.path)
+            self.shard_names = [s["name"] for s in self.manifest["shards"]]
+            self.shard_paths = [self.path / SHARDS_DIR / n for n in self.shard_names]
+        elif (self.path / "data.mdb").is_file():
+            self.manifest = None
+            self.shard_names = [self.path.name]
+            self.shard_paths = [self.path]
+        else:
+            raise ArchiveError(f"{self.path}: neither a reben-tools archive (manifest.json) nor an LMDB directory (data.mdb)")
+        self._pid: int | None = None
+        self._envs: list[lmdb.Environment] = []
+        self._key_shard: dict[str, int] | None = None
+
+    @property
+    def is_sharded(self) -> bool:
+        return self.manifest is not None
+
+    def metadata_paths(self, include_flagged: bool = True) -> list[Path]:
+        """The reBEN metadata files inside an archive directory."""
+        names = [METADATA_FILE] + ([FLAGGED_METADATA_FILE] if include_flagged else [])
+        return [self.path / n for n in names]
+
+    def _ensure_open(self) -> None:
+        if self._pid != os.getpid():
+            self._envs = [_acquire_environment(p) for p in self.shard_paths]
+            self._pid = os.getpid()
+
+    def environments(self) -> list[lmdb.Environment]:
+        """The open environments of this process, one per shard."""
+        self._ensure_open()
+        return self._envs
+
+    def _shard_of(self, key: str) -> int | None:
+        if len(self.shard_paths) == 1:
+            return 0
+        if self._key_shard is None:
+            self._key_shard = self._build_key_index()
+        return self._key_shard.get(key)
+
+    def _build_key_index(self) -> dict[str, int]:
+        index_of = {name: i for i, name in enumerate(self.shard_names)}
+        table = pq.read_table(self.path / PATCHES_FILE, columns=["patch_id", "s1_name", "shard"])
+        mapping: dict[str, int] = {}
+        for pid, s1, shard in zip(*(table.column(c).to_pylist() for c in ("patch_id", "s1_name", "shard"))):
+            i = index_of[shard]
+            mapping[pid] = i
+            mapping[pid + "_reference_map"] = i
+            if s1:
+                mapping[s1] = i
+        return mapping
+
+    def get(self, key: str) -> bytes:
+        """The value stored under ``key``.
+
+        Raises:
+            KeyError: no shard holds ``key`` (the message names it).
+        """
+        self._ensure_open()
+        raw = key.encode("utf-8", "surrogatepass")
+        shard = self._shard_of(key) if 0 < len(raw) <= 511 else None  # longer keys cannot be in LMDB
+        if shard is not None:
+            with self._envs[shard].begin(buffers=False) as txn:
+                value = txn.get(raw)
+            if value is not None:
+                return value
+        raise KeyError(f"key {key!r} not found in archive {self.path}")
+
+    @contextmanager
+    def batch_reader(self) -> Iterator[BatchReader]:
+        """Many zero-copy reads under one read transaction per shard.
+
+        Yields a :class:`BatchReader`; each shard's transaction is opened on its first
+        use and ended when the block exits. Values are memoryviews into the memory map,
+        valid only inside the block: copy what you keep.
+        """
+        reader = BatchReader(self)
+        try:
+            yield reader
+        finally:
+            reader.close()
+
+    def keys(self) -> Iterator[str]:
+        """Every key of every shard (shard by shard, sorted within each)."""
+        self._ensure_open()
+        for env in self._envs:
+            with env.begin() as txn:
+                for key in txn.cursor().iternext(keys=True, values=False):
+                    yield bytes(key).decode("utf-8")
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for p in self.shard_paths:
+                _release_environment(p)
+        self._envs = []
+        self._pid = None
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_envs"] = []
+        state["_pid"] = None
+        return state
+
+
+class BatchReader:
+    """Zero-copy gets reusing one ``buffers=True`` read transaction per shard (see :meth:`Archive.batch_reader`)."""
+
+    def __init__(self, archive: Archive) -> None:
+        self._archive = archive
+        self._envs = archive.environments()
+        self._txns: list[lmdb.Transaction | None] = [None] * len(self._envs)
+
+    def get(self, key: str | bytes, shard: int | None = None) -> memoryview:
+        """The value under ``key`` as a memoryview valid until the reader closes.
+
+        Args:
+            key: the archive key (str, or its UTF-8 bytes).
+            shard: index of the shard holding the key (``Archive.shard_names`` order) when the
+                caller knows it; otherwise it is looked up from ``patches.parquet``.
+
+        Raises:
+            KeyError: no shard holds ``key`` (the message names it).
+        """
+        raw = key.encode("utf-8", "surrogatepass") if isinstance(key, str) else bytes(key)
+        if not 0 < len(raw) <= 511:  # no LMDB key is empty or longer
+            shard = None
+        elif shard is None:
+            shard = self._archive._shard_of(raw.decode("utf-8", "surrogatepass"))
+        if shard is not None:
+            txn = self._txns[shard]
+            if txn is None:
+                txn = self._txns[shard] = self._envs[shard].begin(buffers=True)
+            value = txn.get(raw)
+            if value is not None:
+                return value
+        raise KeyError(f"key {raw.decode('utf-8', 'replace')!r} not found in archive {self._archive.path}")
+
+    def close(self) -> None:
+        for txn in self._txns:
+            if txn is not None:
+                txn.abort()
+        self._txns = [None] * len(self._envs)
