@@ -17,8 +17,8 @@ import torch
 from affine import Affine
 from torch.overrides import TorchFunctionMode
 
-from reben_tools.corine import open_clc, reference_block
-from reben_tools.labels import labels_from_reference_map, multi_hot, unlabeled_fraction
+from reben_tools.build.corine import open_clc, reference_block
+from reben_tools.format.labels import labels_from_reference_map, multi_hot, unlabeled_fraction
 from reben_tools.learn.mixing import (
     CutMix,
     LabelNoiseCounts,

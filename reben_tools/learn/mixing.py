@@ -35,7 +35,7 @@ from functools import cache
 import numpy as np
 import torch
 
-from ..labels import MASK_IGNORE_INDEX, NUM_CLASSES, code_to_class_index_table
+from ..format.labels import MASK_IGNORE_INDEX, NUM_CLASSES, code_to_class_index_table
 
 MIX_MODES = ("none", "cutmix", "cutmix-lp")
 """``none``: no mixing; ``cutmix``: labels mixed by area; ``cutmix-lp``: labels from the mixed map."""
