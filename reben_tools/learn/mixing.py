@@ -221,8 +221,9 @@ def paste(x: torch.Tensor, boxes: MixBoxes) -> torch.Tensor:
     in_cols = (cols >= boxes.dst_left[:, None]) & (cols < (boxes.dst_left + boxes.width)[:, None])
     src_rows = (rows - boxes.dst_top[:, None] + boxes.src_top[:, None]).clamp_(0, h - 1)
     src_cols = (cols - boxes.dst_left[:, None] + boxes.src_left[:, None]).clamp_(0, w - 1)
-    # advanced indices around a slice: the result is (B, H, W, C')
-    shifted = flat[boxes.source[:, None, None], :, src_rows[:, :, None], src_cols[:, None, :]].permute(0, 3, 1, 2)
+    channels = torch.arange(flat.shape[1], device=x.device)
+    shifted = flat[boxes.source[:, None, None, None], channels[None, :, None, None], src_rows[:, None, :, None],
+                   src_cols[:, None, None, :]]  # (B, C', H, W), contiguous like the input
     inside = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
     return torch.where(inside, shifted, flat).reshape(shape)
 
@@ -287,7 +288,7 @@ def cutmix(
     mixed_images = paste(images, boxes)
     mixed_maps = None
     if reference_maps is not None:
-        mixed_maps = paste(reference_maps.to(images.device, torch.int32), boxes)
+        mixed_maps = paste(reference_maps.to(images.device).to(torch.int32), boxes)
     if mode == "cutmix":
         share = boxes.area_fraction((h, w)).to(labels.dtype)[:, None]
         mixed_labels = (1 - share) * labels + share * labels[boxes.source]
