@@ -214,17 +214,17 @@ def paste(x: torch.Tensor, boxes: MixBoxes) -> torch.Tensor:
     """
     shape = x.shape
     b, h, w = shape[0], shape[-2], shape[-1]
-    flat = x.reshape(b, -1, h, w)
+    flat = x.reshape(b, -1, h * w)
     rows = torch.arange(h, device=x.device)
     cols = torch.arange(w, device=x.device)
     in_rows = (rows >= boxes.dst_top[:, None]) & (rows < (boxes.dst_top + boxes.height)[:, None])
     in_cols = (cols >= boxes.dst_left[:, None]) & (cols < (boxes.dst_left + boxes.width)[:, None])
     src_rows = (rows - boxes.dst_top[:, None] + boxes.src_top[:, None]).clamp_(0, h - 1)
     src_cols = (cols - boxes.dst_left[:, None] + boxes.src_left[:, None]).clamp_(0, w - 1)
-    channels = torch.arange(flat.shape[1], device=x.device)
-    shifted = flat[boxes.source[:, None, None, None], channels[None, :, None, None], src_rows[:, None, :, None],
-                   src_cols[:, None, None, :]]  # (B, C', H, W), contiguous like the input
-    inside = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
+    # one (H*W) source-pixel index per sample, shared by all channels (an expanded view, no copy)
+    index = (src_rows[:, :, None] * w + src_cols[:, None, :]).reshape(b, 1, h * w).expand(b, flat.shape[1], h * w)
+    shifted = torch.gather(flat[boxes.source], 2, index)
+    inside = (in_rows[:, :, None] & in_cols[:, None, :]).reshape(b, 1, h * w)
     return torch.where(inside, shifted, flat).reshape(shape)
 
 
