@@ -20,8 +20,10 @@ ratios measured round by round against no mixing in the same process):
 Usage::
 
     reben demo --out /tmp/cutmix-demo
-    python benchmarks/bench_cutmix.py --archive /tmp/cutmix-demo/archive --out benchmarks/cutmix \\
-        --seeds 0 1 2 --epochs 8 --model resnet18
+    python benchmarks/bench_cutmix.py --archive /tmp/cutmix-demo/archive --out /tmp/cutmix-bench \\
+        --seeds 0 1 2 --epochs 10 --model resnet18
+    # results: /tmp/cutmix-bench/results.json and label_noise.png (copied to benchmarks/cutmix.json
+    # and benchmarks/cutmix_label_noise.png)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import json
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -137,18 +140,20 @@ def plot_noise(rows: list[dict], counts: LabelNoiseCounts, area_range, path: Pat
 # --------------------------------------------------------------------------- throughput
 
 
-def throughput(archive: Path, model_name: str, bands: str, batch_size: int, steps: int, rounds: int) -> dict:
+def throughput(archive: Path, model_name: str, bands: str, batch_size: int, steps: int, rounds: int,
+               device: str = "cpu") -> dict:
     torch.manual_seed(0)
+    dev = torch.device(device)
     band_list = resolve_bands(bands)
     full, dataset = _train_split(archive, band_list)
-    transform = dataset.native_transform()
-    batch = {k: (v[:batch_size] if torch.is_tensor(v) else v[:batch_size]) for k, v in full.items()}
-    model = build_model(model_name, band_list)
+    transform = dataset.native_transform().to(dev)
+    batch = {k: (v[:batch_size].to(dev) if torch.is_tensor(v) else v[:batch_size]) for k, v in full.items()}
+    model = build_model(model_name, band_list).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     criterion = torch.nn.BCEWithLogitsLoss()
-    mixers = {m: (TrainMixer(m, 0.5, (0.1, 0.5), "alphabetical", torch.device("cpu")) if m != "none" else None)
-              for m in MODES}
-    generator = torch.Generator().manual_seed(0)
+    mixers = {m: (TrainMixer(m, 0.5, (0.1, 0.5), "alphabetical", dev) if m != "none" else None) for m in MODES}
+    generator = torch.Generator(device=dev).manual_seed(0)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     model.train()
 
     def step(mode: str) -> None:
@@ -173,25 +178,29 @@ def throughput(archive: Path, model_name: str, bands: str, batch_size: int, step
     images0 = transform(batch)
     for _ in range(rounds):
         for mode in MODES:
+            sync()
             t0 = time.perf_counter()
             for _ in range(steps):
                 step(mode)
+            sync()
             rates[mode].append(batch_size * steps / (time.perf_counter() - t0))
         for mode in mix_ms:
+            sync()
             t0 = time.perf_counter()
             for _ in range(20):
                 mixers[mode](images0, batch["label"], batch, generator)
+            sync()
             mix_ms[mode].append((time.perf_counter() - t0) / 20 * 1000)
         for name, ds in (("without_maps", plain), ("with_maps", with_maps)):
             t0 = time.perf_counter()
-            for _ in range(10):
+            for _ in range(50):
                 ds.__getitems__(indices)
-            read[name].append(len(indices) * 10 / (time.perf_counter() - t0))
+            read[name].append(len(indices) * 50 / (time.perf_counter() - t0))
     plain.archive.close()
     dataset.archive.close()
     med = {m: statistics.median(v) for m, v in rates.items()}
     return {
-        "model": model_name, "bands": bands, "batch_size": batch_size, "steps_per_round": steps, "rounds": rounds,
+        "model": model_name, "bands": bands, "device": device, "batch_size": batch_size, "steps_per_round": steps, "rounds": rounds,
         "train_step_samples_per_s": med,
         "train_step_ratio_vs_none": {m: med[m] / med["none"] for m in MODES},
         "mix_call_ms_per_batch": {m: statistics.median(v) for m, v in mix_ms.items()},
@@ -235,7 +244,8 @@ def accuracy(archive: Path, out: Path, model_name: str, bands: str, seeds: list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--archive", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/cutmix"))
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "reben-bench-cutmix",
+                        help="results.json, label_noise.png and the training runs (checkpoints: keep it out of the repo)")
     parser.add_argument("--parts", nargs="+", default=["noise", "throughput", "accuracy"])
     parser.add_argument("--noise-rounds", type=int, default=200)
     parser.add_argument("--model", default="resnet18")
@@ -247,6 +257,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="device of the throughput part (cuda on a GPU machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -268,7 +279,8 @@ def main() -> None:
                 plot_noise(rows, counts, area, args.out / "label_noise.png")
             print(f"noise {area}: {counts.noisy_share:.3f} of {counts.samples} (checked {checked})", flush=True)
     if "throughput" in args.parts:
-        results["throughput"] = throughput(args.archive, args.model, args.bands, args.batch_size, args.steps, args.rounds)
+        results["throughput"] = throughput(args.archive, args.model, args.bands, args.batch_size, args.steps, args.rounds,
+                                           args.device)
         print(json.dumps({k: results["throughput"][k] for k in ("train_step_ratio_vs_none", "mix_call_ms_per_batch",
                                                                  "read_ratio_with_maps_vs_without")}), flush=True)
     if "accuracy" in args.parts:
