@@ -35,7 +35,7 @@ from functools import cache
 import numpy as np
 import torch
 
-from ..format.labels import MASK_IGNORE_INDEX, NUM_CLASSES, code_to_class_index_table
+from reben_tools.format.labels import MASK_IGNORE_INDEX, NUM_CLASSES, code_to_class_index_table
 
 MIX_MODES = ("none", "cutmix", "cutmix-lp")
 """``none``: no mixing; ``cutmix``: labels mixed by area; ``cutmix-lp``: labels from the mixed map."""
@@ -85,7 +85,7 @@ def class_table(order: str = "alphabetical", device: torch.device | str | None =
 
     Returns:
         uint8 tensor (65536,): entry ``c`` is the 19-class index of CLC code ``c`` as in
-        :func:`reben_tools.labels.code_to_class_index_table`, 255 for UNLABELED codes, 999 and
+        :func:`reben_tools.format.labels.code_to_class_index_table`, 255 for UNLABELED codes, 999 and
         every code outside the legend (codes >= 1000 included).
     """
     table = _class_table_cpu(order)
