@@ -44,12 +44,15 @@ def build_learnable_archive(
     shards: int = 2,
     noise: float = 0.6,
     with_s1: bool = True,
+    reference_maps: str = "stripes",
 ) -> dict:
     """Write an archive of ``sum(counts)`` patches under ``root``; return its facts.
 
     Each patch has 1 to 3 labels out of the first ``LEARNABLE_CLASSES`` classes. Every band
     of a patch is ``mean + std * (sum of the label signatures + noise * N(0, 1))`` at native
-    resolution (S2 rounded to uint16, >= 1), S1 float32 dB.
+    resolution (S2 rounded to uint16, >= 1), S1 float32 dB. ``reference_maps``: ``"stripes"``
+    (one vertical stripe of a CLC code per label), ``"none"`` (no reference-map values) or
+    ``"wrong_shape"`` (stripes, but the last train patch's map is 60 x 60).
 
     Returns:
         ``{"root", "patch_ids": {split: [...]}, "labels": {patch_id: [names]}}``.
@@ -91,7 +94,10 @@ def build_learnable_archive(
             items[pid] = codec.encode_s2(s2)
             if with_s1:
                 items[s1] = codec.encode_s1(s1_bands)
-            items[pid + "_reference_map"] = codec.encode_reference_map(reference)
+            if reference_maps == "wrong_shape" and split == "train" and _ == count - 1:
+                items[pid + "_reference_map"] = codec.encode_tensors({"Data": reference[:60, :60].copy()})
+            elif reference_maps != "none":
+                items[pid + "_reference_map"] = codec.encode_reference_map(reference)
             rows.append(dict(
                 patch_id=pid, labels=names, split=split, country="Austria", s1_name=s1,
                 s2v1_name=s2v1_name(pid), contains_seasonal_snow=False, contains_cloud_or_shadow=False,

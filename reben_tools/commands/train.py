@@ -28,6 +28,9 @@ def train(
     patch_size: Optional[int] = typer.Option(None, "--patch-size", help="Patch size of ViT / MLP-Mixer models (overrides the name's)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
     no_flips: bool = typer.Option(False, "--no-flips", help="Turn off the random flips."),
+    mix: Optional[str] = typer.Option(None, "--mix", help="none (default), cutmix (labels mixed by area) or cutmix-lp (labels from the mixed reference map)."),
+    mix_prob: Optional[float] = typer.Option(None, "--mix-prob", help="Probability that a training sample is mixed (default 0.5)."),
+    mix_area: Optional[str] = typer.Option(None, "--mix-area", help="Box area range as shares of the patch, low,high (default 0.1,0.5)."),
     class_order: Optional[str] = typer.Option(None, "--class-order", help="alphabetical (default) or original."),
     include_snow_cloud: bool = typer.Option(False, "--include-snow-cloud", help="Also use patches flagged for snow/cloud/shadow."),
     device: str = typer.Option("auto", "--device", help="cuda, cpu or auto."),
@@ -42,14 +45,21 @@ def train(
 ) -> None:
     """Train a multi-label classifier with the published reBEN recipe (works under torchrun)."""
     from reben_tools.learn.config import DEFAULTS, TrainConfig, TrainingError
+    from reben_tools.learn.mixing import parse_area_range
     from reben_tools.learn.loop import train as run_training
 
+    try:
+        area = parse_area_range(mix_area) if mix_area is not None else None
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     given_values = {
         "bands": _band_arg(bands), "model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "weight_decay": weight_decay, "dropout": dropout, "drop_path": drop_path, "warmup_steps": warmup_steps,
         "patience": patience, "fusion": fusion, "seed": seed, "class_order": class_order,
         "flips": False if no_flips else None, "include_snow_cloud": True if include_snow_cloud else None,
         "model_kwargs": {"patch_size": patch_size} if patch_size is not None else None,
+        "mix": mix, "mix_prob": mix_prob, "mix_area": area,
     }
     given = {k for k, v in given_values.items() if v is not None}
     if not resume and (bands is None or model is None):

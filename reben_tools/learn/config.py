@@ -45,6 +45,9 @@ class TrainConfig:
     class_order: str = "alphabetical"
     include_snow_cloud: bool = False
     model_kwargs: dict = field(default_factory=dict)
+    mix: str = "none"
+    mix_prob: float = 0.5
+    mix_area: tuple[float, float] = (0.1, 0.5)
     # free to change between a run and its resumption
     device: str = "auto"
     precision: str = "auto"
@@ -59,6 +62,7 @@ class TrainConfig:
 TRAJECTORY_FIELDS = (
     "bands", "model", "epochs", "batch_size", "lr", "weight_decay", "dropout", "drop_path", "warmup_steps",
     "min_lr_factor", "patience", "fusion", "seed", "flips", "class_order", "include_snow_cloud", "model_kwargs",
+    "mix", "mix_prob", "mix_area",
 )
 DEFAULTS = {
     f.name: f.default if f.default is not MISSING else f.default_factory()

@@ -20,7 +20,7 @@ values with byte-identical headers and the same length reuse that checked layout
 fault raises :class:`reben_tools.format.codec.ValueDecodeError` naming the key. Environments are opened
 lazily, read-only and without locks in each process (fork-safe for DataLoader workers).
 
-Owns: ReBENDataset, SampleBatch, collate (the batch protocol), multi-hot labels and masks of samples.
+Owns: ReBENDataset, SampleBatch, collate (the batch protocol), multi-hot labels, masks and reference maps of samples.
 Does not own: native layouts and upsampling/normalisation (transforms.py), value layout validation (values.py),
 the archive format and LMDB access (reben_tools.format), DataLoaders for training (loaders.py).
 May import: numpy, pyarrow, torch; reben_tools.format; reben_tools.learn.transforms, .values.
@@ -28,6 +28,7 @@ May import: numpy, pyarrow, torch; reben_tools.format; reben_tools.learn.transfo
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -188,6 +189,8 @@ class ReBENDataset(Dataset):
             ``include_snow_cloud``.
         mask_dtype: ``torch.uint8`` (default, compact) or ``torch.int64`` (ready for
             ``cross_entropy(ignore_index=255)``).
+        return_reference_map: also return ``reference_map``: the stored reference map, raw
+            CLC codes as uint16 (120, 120) (what CutMix with label propagation pastes).
 
     A sample (``dataset[i]``) is a dict:
 
@@ -195,6 +198,7 @@ class ReBENDataset(Dataset):
     * ``label``: float32 tensor (19,), multi-hot in ``class_order``;
     * ``patch_id``: str, the S2 patch id;
     * ``mask``: ``mask_dtype`` tensor (120, 120) when ``return_mask``;
+    * ``reference_map``: uint16 tensor (120, 120) of raw CLC codes when ``return_reference_map``;
     * native mode: ``s1`` float32 (k, 120, 120), ``s2_10m`` uint16 (k, 120, 120),
       ``s2_20m`` uint16 (k, 60, 60), ``s2_60m`` uint16 (k, 20, 20) for the groups the
       bands use (k = the group's requested bands, see :attr:`layout`).
@@ -216,6 +220,7 @@ class ReBENDataset(Dataset):
         native: bool = False,
         metadata: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
         mask_dtype: torch.dtype = torch.uint8,
+        return_reference_map: bool = False,
     ) -> None:
         super().__init__()
         if split is not None and split not in SPLITS:
@@ -236,6 +241,7 @@ class ReBENDataset(Dataset):
         self.return_mask = return_mask
         self.native = native
         self.mask_dtype = mask_dtype
+        self.return_reference_map = return_reference_map
         self.statistics = self._resolve_statistics(normalisation)
         self.normalisation = normalisation
         arrays = statistics_arrays(self.bands, self.statistics)
@@ -372,6 +378,9 @@ class ReBENDataset(Dataset):
         mask = None
         if self.return_mask:
             mask, mask_tensor = _empty_batch((batch, OUTPUT_SIZE, OUTPUT_SIZE), np.uint8)
+        reference = None
+        if self.return_reference_map:
+            reference, reference_tensor = _empty_batch((batch, OUTPUT_SIZE, OUTPUT_SIZE), np.uint16)
         nearest_image = not self.native and self.upsampling == "nearest"
         if nearest_image:
             image, image_tensor = _empty_batch((batch, self.num_channels, OUTPUT_SIZE, OUTPUT_SIZE), np.float32)
@@ -391,8 +400,12 @@ class ReBENDataset(Dataset):
                         target = groups[g.name][i]
                         for k, band in enumerate(g.bands):
                             target[k] = arrays[band]
-                if mask is not None:
-                    self._write_mask(reader, j, mask[i])
+                if mask is not None or reference is not None:
+                    codes = self._reference_codes(reader, j)
+                    if mask is not None:
+                        np.take(self._mask_table, codes, out=mask[i])
+                    if reference is not None:
+                        reference[i] = codes
         if nearest_image:
             collated["image"] = image_tensor
         else:
@@ -410,6 +423,8 @@ class ReBENDataset(Dataset):
         collated["patch_id"] = [self._keys[j].decode("utf-8") for j in idx.tolist()]
         if mask is not None:
             collated["mask"] = mask_tensor if self.mask_dtype == torch.uint8 else mask_tensor.to(torch.int64)
+        if reference is not None:
+            collated["reference_map"] = reference_tensor
         return SampleBatch(collated, batch)
 
     def _read_arrays(self, reader: BatchReader, j: int) -> dict[str, np.ndarray]:
@@ -424,13 +439,37 @@ class ReBENDataset(Dataset):
             arrays.update(self._layouts.arrays(key, reader.get(key, shard), "S1", self._s1_bands))
         return arrays
 
-    def _write_mask(self, reader: BatchReader, j: int, out: np.ndarray) -> None:
+    def _reference_codes(self, reader: BatchReader, j: int) -> np.ndarray:
+        """Sample ``j``'s reference map, uint16 (120, 120), checked: layout and codes < 1000."""
         key = self._keys[j] + b"_reference_map"
         codes = self._layouts.arrays(key, reader.get(key, int(self._shards[j])), "reference_map", ["Data"])["Data"]
         top = int(codes.max())
         if top >= len(self._mask_table):
             raise codec.ValueDecodeError(key.decode("utf-8"), f"reference map holds code {top}, outside the CLC code range")
-        np.take(self._mask_table, codes, out=out)
+        return codes
+
+    def with_reference_maps(self) -> ReBENDataset:
+        """A shallow copy of this dataset (same archive handle, rows and labels) that also returns ``reference_map``."""
+        clone = copy.copy(self)
+        clone.return_reference_map = True
+        return clone
+
+    def check_reference_maps(self, indices: Sequence[int] | None = None) -> None:
+        """Check that samples ``indices`` (all if None) have a readable 120x120 uint16 reference map.
+
+        Reads only the value headers (a known header is checked once), so the cost is one
+        LMDB lookup per sample.
+
+        Raises:
+            KeyError: a reference map is missing (the message names the key and the archive).
+            reben_tools.format.codec.ValueDecodeError: a value has the wrong tensors, dtype or
+                shape (the message names the key).
+        """
+        idx = range(len(self)) if indices is None else np.asarray(indices, dtype=np.int64).tolist()
+        with self.archive.batch_reader() as reader:
+            for j in idx:
+                key = self._keys[j] + b"_reference_map"
+                self._layouts.arrays(key, reader.get(key, int(self._shards[j])), "reference_map", ["Data"])
 
 
 __all__ = ["ReBENDataset", "SampleBatch", "collate"]

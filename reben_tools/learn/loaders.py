@@ -4,7 +4,8 @@ Data move at native resolution (uint16 S2 at 10/20/60 m, float32 S1) through a D
 with pinned memory; upsampling to 120x120 and normalisation run on the training device
 (on a CPU with workers, in the workers instead).
 
-Owns: default_workers, open_dataset, split_indices, CollateToImages, make_loader, DevicePreprocess.
+Owns: default_workers, open_dataset, split_indices, training_dataset (reference maps for mixing),
+CollateToImages, make_loader, DevicePreprocess.
 Does not own: the dataset itself (dataset.py), upsampling kernels (transforms.py), samplers (distributed.py),
 augmentation (augment.py).
 May import: numpy, torch; reben_tools.format; reben_tools.learn.config, .dataset.
@@ -89,6 +90,30 @@ def split_indices(dataset: ReBENDataset, split: str) -> np.ndarray:
             "use an archive with train, validation and test patches"
         )
     return indices
+
+
+def training_dataset(dataset: ReBENDataset, indices: np.ndarray, needs_reference_maps: bool) -> ReBENDataset:
+    """The dataset the training loader reads: ``dataset`` itself, or a copy that also carries reference maps.
+
+    Reference maps travel only when a mix that needs them is on (``--mix cutmix-lp``): as
+    uint16 (B, 120, 120) raw CLC codes next to the native bands, in the training loader
+    only (validation and test read ``dataset``). Before training starts, every training
+    sample's reference map is checked (a header read per sample).
+
+    Raises:
+        TrainingError: the archive has no reference map for a training patch, or one of the
+            wrong tensors, dtype or shape; one line naming the archive and the key.
+    """
+    if not needs_reference_maps:
+        return dataset
+    try:
+        dataset.check_reference_maps(indices)
+    except KeyError as exc:
+        message = exc.args[0] if exc.args else str(exc)
+        raise TrainingError(f"{dataset.root}: --mix cutmix-lp needs a reference map per patch: {message}") from None
+    except ValueDecodeError as exc:
+        raise TrainingError(f"{dataset.root}: --mix cutmix-lp cannot use the reference maps: {exc}") from None
+    return dataset.with_reference_maps()
 
 
 class CollateToImages:
