@@ -44,6 +44,9 @@ class TrainConfig:
     flips: bool = True
     class_order: str = "alphabetical"
     include_snow_cloud: bool = False
+    train_fraction: float | None = None
+    """Fit on this stratified share of the train split (``splits.subsets``); None = all of it."""
+    subset_seed: int = 0
     model_kwargs: dict = field(default_factory=dict)
     # free to change between a run and its resumption
     device: str = "auto"
@@ -59,6 +62,7 @@ class TrainConfig:
 TRAJECTORY_FIELDS = (
     "bands", "model", "epochs", "batch_size", "lr", "weight_decay", "dropout", "drop_path", "warmup_steps",
     "min_lr_factor", "patience", "fusion", "seed", "flips", "class_order", "include_snow_cloud", "model_kwargs",
+    "train_fraction", "subset_seed",
 )
 DEFAULTS = {
     f.name: f.default if f.default is not MISSING else f.default_factory()

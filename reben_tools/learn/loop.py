@@ -44,7 +44,7 @@ from reben_tools.learn.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from reben_tools.learn.config import TRAJECTORY_FIELDS, TrainConfig, TrainingError
+from reben_tools.learn.config import DEFAULTS, TRAJECTORY_FIELDS, TrainConfig, TrainingError
 from reben_tools.learn.devices import autocast, is_out_of_memory, oom_error, resolve_precision
 from reben_tools.learn.distributed import Distributed, EpochSampler, init_distributed
 from reben_tools.learn.evaluation import merge_predictions, predict
@@ -58,9 +58,9 @@ from reben_tools.learn.schedule import effective_warmup, lr_factor
 
 def _check_resume_config(stored: dict, config: TrainConfig, given: set[str]) -> None:
     conflicts = [
-        f"--{name.replace('_', '-')} {getattr(config, name)!r} (the run has {stored[name]!r})"
+        f"--{name.replace('_', '-')} {getattr(config, name)!r} (the run has {stored.get(name, DEFAULTS.get(name))!r})"
         for name in TRAJECTORY_FIELDS
-        if name in given and _norm(getattr(config, name)) != _norm(stored[name])
+        if name in given and _norm(getattr(config, name)) != _norm(stored.get(name, DEFAULTS.get(name)))
     ]
     if conflicts:
         raise CheckpointError(
@@ -113,7 +113,7 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
         state = load_checkpoint(ckpt_dir / LAST_CHECKPOINT)
         _check_resume_config(state["train_config"], config, given)
         for name in TRAJECTORY_FIELDS:
-            setattr(config, name, state["train_config"][name])
+            setattr(config, name, state["train_config"].get(name, DEFAULTS.get(name)))  # fields newer than the run
         if state["world_size"] != ctx.world_size:
             raise CheckpointError(
                 f"{ckpt_dir / LAST_CHECKPOINT}: run was trained with {state['world_size']} process(es); "
@@ -139,7 +139,8 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
     np.random.seed(config.seed + ctx.rank)
     random.seed(config.seed + ctx.rank)
 
-    dataset = open_dataset(config.archive, bands, config.class_order, config.include_snow_cloud)
+    dataset = open_dataset(config.archive, bands, config.class_order, config.include_snow_cloud,
+                           train_fraction=config.train_fraction, subset_seed=config.subset_seed)
     cleanup.callback(dataset.archive.close)
     train_sampler = EpochSampler(split_indices(dataset, "train"), ctx.rank, ctx.world_size, shuffle=True,
                                  seed=config.seed)
