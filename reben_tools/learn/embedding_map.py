@@ -115,14 +115,15 @@ def draw_embedding_map(x: np.ndarray, labels: np.ndarray, patch_ids: list[str], 
         base = float(pos.mean()) if len(pos) else 0.0
         summary["classes"][names[j]] = {"positives": int(pos.sum()), "knn": purity, "base": base}
         wrapped = "\n".join(textwrap.wrap(names[j], 30)[:2])
-        stats = f"n={int(pos.sum())}" + (f", kNN {purity:.2f} vs base {base:.2f}" if purity is not None else "")
+        stats = (f"n={int(pos.sum())}, kNN {purity:.2f} vs base {base:.2f}" if purity is not None
+                 else "no positives among these points")
         ax.set_title(f"{wrapped}\n{stats}", fontsize=7.5)
     method_name = {"umap": "UMAP", "tsne": "t-SNE"}[used]
     fig.suptitle(f"{title or 'embedding map'}: {method_name} of {len(xy):,} points; red = class, grey = rest",
                  fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     tmp = Path(path).with_name(f".{Path(path).name}.tmp-{uuid.uuid4().hex}.png")
-    fig.savefig(tmp, dpi=80)
+    fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
     return summary

@@ -39,7 +39,8 @@ def _cell(value, percent: bool) -> str:
 def markdown_table(results: dict) -> str:
     """The study's table(s) for a :func:`reben_tools.learn.probes.probe_features` result."""
     source = results.get("source", {})
-    what = source.get("embeddings") or source.get("checkpoint") or source.get("random_init") or "features"
+    what = source.get("embeddings") or source.get("checkpoint") or (
+        f"a randomly initialised {source['random_init']}" if source.get("random_init") else "features")
     lines = [f"# Probes on {what}", ""]
     if results.get("modality"):
         lines.append(f"Modality: `{results['modality']}`, {results['features']} features.")
