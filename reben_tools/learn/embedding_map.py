@@ -18,6 +18,7 @@ reben_tools.splits.subsets.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import textwrap
 import uuid
@@ -43,12 +44,7 @@ def project_2d(x: np.ndarray, seed: int = 0, method: str = "auto") -> tuple[np.n
     if x.shape[1] > 50 and x.shape[0] > 50:
         x = PCA(n_components=50, random_state=seed).fit_transform(x)
     if method == "auto":
-        try:
-            import umap  # noqa: F401
-
-            method = "umap"
-        except ImportError:
-            method = "tsne"
+        method = "umap" if importlib.util.find_spec("umap") is not None else "tsne"
     if method == "umap":
         import umap
 
