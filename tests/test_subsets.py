@@ -177,6 +177,11 @@ def test_train_with_train_fraction(archive, tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert metrics["steps"] == 2  # 10 of 40 train patches, batch 5
+    from reben_tools.learn.checkpoints import CheckpointError
+
+    config.train_fraction = 0.5
+    with pytest.raises(CheckpointError, match=r"--train-fraction 0.5 \(the run has 0.25\)"):
+        train(config, resume=True, given={"train_fraction"})
     stored = json.loads((tmp_path / "r" / "config.json").read_text())
     assert stored["train_fraction"] == 0.25 and stored["subset_seed"] == 0
     result = CliRunner().invoke(app, ["train", "--archive", str(archive["root"]), "--out", str(tmp_path / "x"),
