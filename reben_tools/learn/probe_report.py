@@ -47,7 +47,15 @@ def markdown_table(results: dict) -> str:
     else:
         lines.append(f"{results['features']} features.")
     lines += [f"Test patches: {results['test_samples']:,}. Scores in %; Hamming loss as a fraction; "
-              "AP = macro average precision; decisions at probability 0.5.", ""]
+              "AP = macro average precision; decisions at probability 0.5."]
+    first = next(iter(results["runs"][0]["probes"].values()), {}) if results["runs"] else {}
+    empty = first.get("classes_without_positives") or []
+    if empty:
+        lines.append("")
+        lines.append(f"{len(empty)} class(es) have no positive test patch ({'; '.join(empty)}): their F2 and "
+                     "precision count as 0 in the macro means (scikit-learn's zero-division rule); the macro AP "
+                     "leaves them out.")
+    lines.append("")
     for run in results["runs"]:
         lines.append(f"## Train fraction {100 * run['train_fraction']:g}% ({run['train_samples']:,} train patches)")
         lines.append("")
