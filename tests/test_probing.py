@@ -72,6 +72,11 @@ def test_round_trip(embeddings, tmp_path):
     assert pq.read_table(path).column("s2").null_count == 3
     with pytest.raises(EmbeddingsError, match=r"partial.parquet: no 's1' embeddings \(the file has \['s2'\]\)"):
         emb.resolve_modality("s1")
+    # reading one column only
+    only = read_embeddings(embeddings["path"], modalities=["s2"])
+    assert list(only.vectors) == ["s2"] and np.array_equal(only.vectors["s2"], embeddings["s2"])
+    with pytest.raises(EmbeddingsError, match=r"partial.parquet: no \['s1'\] column \(the file has \['s2'\]\)"):
+        read_embeddings(path, modalities=["s1"])
 
 
 def _table(n: int = 4, **columns) -> pa.Table:

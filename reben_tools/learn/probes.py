@@ -237,7 +237,7 @@ def probe_embeddings(embeddings: str | os.PathLike, out: str | os.PathLike | Non
     """
     from reben_tools.learn.embeddings import read_embeddings
 
-    emb = read_embeddings(embeddings)
+    emb = read_embeddings(embeddings, modalities=None if modality == "auto" else [modality])
     modality = emb.resolve_modality(modality)
     train_rows, test_rows = emb.require(train_split, modality), emb.require(test_split, modality)
     x = emb.vectors[modality]

@@ -74,7 +74,7 @@ def retrieve(embeddings: str | os.PathLike, out: str | os.PathLike | None = None
         EmbeddingsError: the file breaks the schema, lacks ``s1`` or ``s2`` embeddings, or the
             two have different dimensions.
     """
-    emb = read_embeddings(embeddings)
+    emb = read_embeddings(embeddings, modalities=("s1", "s2"))
     for modality in ("s1", "s2"):
         if modality not in emb.modalities:
             raise EmbeddingsError(f"{emb.path}: no {modality!r} embeddings; retrieval needs both s1 and s2 "
