@@ -234,3 +234,18 @@ def test_retrieve_needs_both_modalities(embeddings, tmp_path):
                      {"s1": embeddings["s1"], "s2": np.hstack([embeddings["s2"], embeddings["s2"]])})
     result = CliRunner().invoke(app, ["retrieve", "--embeddings", str(wide), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "'s1' embeddings have dimension 16 and 's2' 32" in result.output
+
+
+def test_probe_embeddings_in_memory(embeddings, tmp_path):
+    """The entry point of an encoder run on the fly: an Embeddings object instead of a file."""
+    from reben_tools.learn.probes import probe_embeddings
+
+    emb = read_embeddings(embeddings["path"])
+    results = probe_embeddings(emb, tmp_path, modality="s2", fractions=(1.0,), probes=("linear",),
+                               embedding_map=False, progress=False)
+    result = CliRunner().invoke(app, ["probe", "--embeddings", str(embeddings["path"]), "--out", str(tmp_path / "f"),
+                                      "--modality", "s2", "--probes", "linear", "--no-map", "-q"])
+    assert result.exit_code == 0, result.output
+    from_file = json.loads((tmp_path / "f" / "probe.json").read_text())
+    assert results["runs"][0]["probes"]["linear"]["f2_macro"] == from_file["runs"][0]["probes"]["linear"]["f2_macro"]
+    assert results["source"]["embeddings"] == str(embeddings["path"])

@@ -24,6 +24,7 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -42,6 +43,9 @@ from reben_tools.learn.plots import plot_probes
 from reben_tools.learn.probe_report import plot_per_class_f2, write_table
 from reben_tools.splits.subsets import SubsetError, fraction_indices
 
+
+if TYPE_CHECKING:
+    from reben_tools.learn.embeddings import Embeddings
 
 PROBES = ("linear", "mlp", "random_forest")
 DEFAULT_FRACTIONS = (1.0,)
@@ -220,12 +224,14 @@ def probe(archive: str | os.PathLike, checkpoint: str | os.PathLike | None = Non
     return results
 
 
-def probe_embeddings(embeddings: str | os.PathLike, out: str | os.PathLike | None = None, modality: str = "auto",
+def probe_embeddings(embeddings: "str | os.PathLike | Embeddings", out: str | os.PathLike | None = None, modality: str = "auto",
                      fractions: tuple[float, ...] = DEFAULT_FRACTIONS, probes: tuple[str, ...] = PROBES,
                      seed: int = 0, subset_seed: int = 0, train_split: str = "train", test_split: str = "test",
                      embedding_map: bool = True, map_points: int = 3000, progress: bool = True) -> dict:
     """The probing protocol on an embeddings file (``reben embed``'s output).
 
+    ``embeddings`` is the file, or an :class:`reben_tools.learn.embeddings.Embeddings` already in
+    memory (an encoder run on the fly, ``--encoder SPEC``, builds one and calls this).
     Fits on ``train_split``'s rows of ``modality`` (``auto``: joint, else s2, else s1), scores
     ``test_split``'s. Writes to ``out``: ``probe.json`` (the :func:`probe_features` result plus
     the modality and encoder), ``probe.md`` (the study's table per fraction), ``per_class_f2.png``
@@ -235,13 +241,16 @@ def probe_embeddings(embeddings: str | os.PathLike, out: str | os.PathLike | Non
     Raises:
         EmbeddingsError: the file breaks the schema, or lacks the modality or a split.
     """
-    from reben_tools.learn.embeddings import read_embeddings
+    from reben_tools.learn.embeddings import Embeddings, read_embeddings
 
-    emb = read_embeddings(embeddings, modalities=None if modality == "auto" else [modality])
+    if isinstance(embeddings, Embeddings):
+        emb = embeddings
+    else:
+        emb = read_embeddings(embeddings, modalities=None if modality == "auto" else [modality])
     modality = emb.resolve_modality(modality)
     train_rows, test_rows = emb.require(train_split, modality), emb.require(test_split, modality)
     x = emb.vectors[modality]
-    source = {"embeddings": str(embeddings), "modality": modality, "encoder": emb.encoder,
+    source = {"embeddings": str(emb.path), "modality": modality, "encoder": emb.encoder,
               "rows_without_embedding": int((~emb.valid[modality]).sum())}
     results = probe_features(x[train_rows], emb.labels[train_rows], [emb.patch_ids[i] for i in train_rows],
                              x[test_rows], emb.labels[test_rows], fractions, probes, seed, subset_seed,
