@@ -6,8 +6,9 @@ with :func:`reben_tools.splits.subsets.fraction_indices` (deterministic, stratif
 with the subset's statistics, fits the probes and scores the test rows with
 :func:`reben_tools.learn.metrics.multilabel_metrics`. :func:`probe` feeds it features of a
 ``reben train`` checkpoint (or a random-init model) on an archive; :func:`probe_embeddings`
-feeds it an embeddings file (``reben embed``). An on-the-fly encoder (``--encoder SPEC``) embeds
-the archive's train and test patches and calls :func:`probe_features` the same way.
+feeds it an embeddings file (``reben embed``) or an in-memory
+:class:`reben_tools.learn.embeddings.Embeddings`, the entry point of an encoder run on the fly
+(``--encoder SPEC``).
 
 Owns: PROBES, DEFAULT_FRACTIONS, fit_and_score, probe_features, probe (checkpoint features), probe_embeddings.
 Does not own: prediction (evaluation.py), checkpoint I/O (checkpoints.py), metrics (metrics.py), the
