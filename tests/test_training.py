@@ -173,6 +173,23 @@ def test_probe_random_init_baseline_needs_model_and_bands(archive, tmp_path):
         probe(archive["root"], None, tmp_path, model="resnet_micro", device="cpu")
 
 
+def test_probe_on_checkpoint_features_at_train_fractions(archive, tmp_path):
+    """The archive probe and the embeddings probe share one implementation: fractions, table, per-class F2."""
+    from reben_tools.learn.probes import probe
+    from reben_tools.splits.subsets import fraction_indices
+
+    results = probe(archive["root"], None, tmp_path, model="resnet_micro", bands="S1", probes=("linear",),
+                    device="cpu", workers=0, progress=False, fractions=(0.25, 1.0), subset_seed=2)
+    ids = sorted(archive["patch_ids"]["train"])
+    labels = np.array([[n in archive["labels"][p] for n in ALPHABETICAL_ORDER] for p in ids])
+    expected = len(fraction_indices(ids, labels, 0.25, seed=2))
+    assert expected == 12
+    assert [(r["train_fraction"], r["train_samples"]) for r in results["runs"]] == [(0.25, 12), (1.0, 48)]
+    assert results["probes"] == results["runs"][1]["probes"] and results["train_samples"] == 48
+    assert "## Train fraction 25% (12 train patches)" in (tmp_path / "probe.md").read_text()
+    assert (tmp_path / "per_class_f2.png").is_file() and (tmp_path / "metrics.json").is_file()
+
+
 def test_late_fusion_trains(archive, tmp_path):
     metrics = train(config(archive["root"], tmp_path / "late", fusion="late", bands="ALL", model="convnext_micro",
                            epochs=1, model_kwargs=dict(dims=(4, 8, 8, 16))))

@@ -1,4 +1,4 @@
-"""``reben train``, ``reben evaluate`` and ``reben probe``: models on an archive (see docs/training.md)."""
+"""``reben train``, ``reben evaluate`` and ``reben probe``: models on an archive or an embeddings file (docs/training.md, docs/probing.md)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ def train(
     mix_area: Optional[str] = typer.Option(None, "--mix-area", help="Box area range as shares of the patch, low,high (default 0.1,0.5)."),
     class_order: Optional[str] = typer.Option(None, "--class-order", help="alphabetical (default) or original."),
     include_snow_cloud: bool = typer.Option(False, "--include-snow-cloud", help="Also use patches flagged for snow/cloud/shadow."),
+    train_fraction: Optional[float] = typer.Option(None, "--train-fraction", help="Train on this stratified share of the train split, in (0, 1] (the rows of `reben subset --fraction F`)."),
+    subset_seed: Optional[int] = typer.Option(None, "--subset-seed", help="Seed of the --train-fraction draw (default 0)."),
     device: str = typer.Option("auto", "--device", help="cuda, cpu or auto."),
     precision: str = typer.Option("auto", "--precision", help="bf16 or fp32 (auto: bf16 on GPU, fp32 on CPU)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers per process (default: cores per process - 1)."),
@@ -60,7 +62,11 @@ def train(
         "flips": False if no_flips else None, "include_snow_cloud": True if include_snow_cloud else None,
         "model_kwargs": {"patch_size": patch_size} if patch_size is not None else None,
         "mix": mix, "mix_prob": mix_prob, "mix_area": area,
+        "train_fraction": train_fraction, "subset_seed": subset_seed,
     }
+    if train_fraction is not None and not 0.0 < train_fraction <= 1.0:
+        typer.echo(f"error: --train-fraction must be in (0, 1], got {train_fraction}", err=True)
+        raise typer.Exit(2)
     given = {k for k, v in given_values.items() if v is not None}
     if not resume and (bands is None or model is None):
         typer.echo("error: --bands and --model are required (unless --resume continues a run)", err=True)
@@ -117,23 +123,30 @@ def evaluate(
 
 
 def probe(
-    archive: Path = typer.Option(..., "--archive", help="Archive directory."),
-    out: Path = typer.Option(..., "--out", help="Directory for metrics.json and probes.png."),
+    archive: Optional[Path] = typer.Option(None, "--archive", help="Archive directory (with --checkpoint, or --model/--bands)."),
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="An embeddings parquet written by `reben embed` (instead of --archive)."),
+    out: Path = typer.Option(..., "--out", help="Output directory: probe.json (metrics.json with --archive), probe.md, per_class_f2.png, embedding_map.png."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Encoder to freeze (omit for a random-init baseline with --model/--bands)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model name (random-init baseline, or checked against the checkpoint)."),
     bands: Optional[str] = typer.Option(None, "--bands", help="Band group (random-init baseline, or checked against the checkpoint)."),
+    modality: str = typer.Option("auto", "--modality", help="With --embeddings: joint, s2, s1 or auto (joint, else s2, else s1)."),
     probes: str = typer.Option("linear,mlp,random_forest", "--probes", help="Comma-separated: linear, mlp, random_forest."),
-    max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", help="Fit the probes on a random subset of train."),
+    train_fraction: str = typer.Option("1.0", "--train-fraction", help="Stratified share(s) of the train split to fit on, comma-separated, e.g. 0.01,0.1,1.0."),
+    subset_seed: int = typer.Option(0, "--subset-seed", help="Seed of the --train-fraction draw (the rows of `reben subset --seed`)."),
+    max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", help="With --archive: first cap train by a uniform random draw."),
+    no_map: bool = typer.Option(False, "--no-map", help="With --embeddings: skip the embedding map."),
+    map_points: int = typer.Option(3000, "--map-points", help="Test embeddings drawn in the embedding map (stratified draw)."),
     batch_size: int = typer.Option(256, "--batch-size"),
     device: str = typer.Option("auto", "--device"),
     precision: str = typer.Option("auto", "--precision"),
     workers: Optional[int] = typer.Option(None, "--workers"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Random state of the MLP and the random forest."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Fit a linear probe, a small MLP and a random forest on frozen features; report test metrics."""
+    """Fit a linear probe, an MLP and a random forest on frozen features; report test metrics (the field's protocol)."""
     from reben_tools.learn.config import TrainingError
-    from reben_tools.learn.probes import PROBES
+    from reben_tools.learn.embeddings import EmbeddingsError
+    from reben_tools.learn.probes import PROBES, probe_embeddings
     from reben_tools.learn.probes import probe as run_probe
 
     kinds = tuple(p.strip() for p in probes.split(",") if p.strip())
@@ -142,15 +155,34 @@ def probe(
         typer.echo(f"error: unknown probe(s) {unknown}; choose from {list(PROBES)}", err=True)
         raise typer.Exit(2)
     try:
-        results = run_probe(archive, checkpoint, out, model=model, bands=_band_arg(bands), probes=kinds,
-                            max_train_samples=max_train_samples, device=device, precision=precision,
-                            batch_size=batch_size, workers=workers, seed=seed, progress=not quiet)
-    except TrainingError as exc:
+        fractions = tuple(float(f) for f in train_fraction.split(",") if f.strip())
+    except ValueError:
+        fractions = ()
+    if not fractions or any(not 0.0 < f <= 1.0 for f in fractions):
+        typer.echo(f"error: --train-fraction {train_fraction!r}: expected numbers in (0, 1], e.g. 0.01,0.1,1.0", err=True)
+        raise typer.Exit(2)
+    if (archive is None) == (embeddings is None):
+        typer.echo("error: give exactly one of --archive (with --checkpoint or --model/--bands) and --embeddings", err=True)
+        raise typer.Exit(2)
+    try:
+        if embeddings is not None:
+            results = probe_embeddings(embeddings, out, modality=modality, fractions=fractions, probes=kinds,
+                                       seed=seed, subset_seed=subset_seed, embedding_map=not no_map,
+                                       map_points=map_points, progress=not quiet)
+        else:
+            results = run_probe(archive, checkpoint, out, model=model, bands=_band_arg(bands), probes=kinds,
+                                max_train_samples=max_train_samples, device=device, precision=precision,
+                                batch_size=batch_size, workers=workers, seed=seed, progress=not quiet,
+                                fractions=fractions, subset_seed=subset_seed)
+    except (TrainingError, EmbeddingsError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    keys = ("average_precision_macro", "f2_macro", "f2_micro", "hamming_loss")
     summary = {
-        kind: {k: m[k] for k in ("average_precision_macro", "average_precision_micro", "f1_macro", "f1_micro")}
-        for kind, m in results["probes"].items()
+        f"{run['train_fraction']:g} ({run['train_samples']} train)": {
+            kind: {k: m[k] for k in keys} for kind, m in run["probes"].items()
+        }
+        for run in results["runs"]
     }
     typer.echo(json.dumps(summary, indent=2))
 

@@ -44,6 +44,9 @@ class TrainConfig:
     flips: bool = True
     class_order: str = "alphabetical"
     include_snow_cloud: bool = False
+    train_fraction: float | None = None
+    """Fit on this stratified share of the train split (``splits.subsets``); None = all of it."""
+    subset_seed: int = 0
     model_kwargs: dict = field(default_factory=dict)
     mix: str = "none"
     mix_prob: float = 0.5
@@ -63,6 +66,7 @@ TRAJECTORY_FIELDS = (
     "bands", "model", "epochs", "batch_size", "lr", "weight_decay", "dropout", "drop_path", "warmup_steps",
     "min_lr_factor", "patience", "fusion", "seed", "flips", "class_order", "include_snow_cloud", "model_kwargs",
     "mix", "mix_prob", "mix_area",
+    "train_fraction", "subset_seed",
 )
 DEFAULTS = {
     f.name: f.default if f.default is not MISSING else f.default_factory()

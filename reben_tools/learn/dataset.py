@@ -23,7 +23,7 @@ lazily, read-only and without locks in each process (fork-safe for DataLoader wo
 Owns: ReBENDataset, SampleBatch, collate (the batch protocol), multi-hot labels, masks and reference maps of samples.
 Does not own: native layouts and upsampling/normalisation (transforms.py), value layout validation (values.py),
 the archive format and LMDB access (reben_tools.format), DataLoaders for training (loaders.py).
-May import: numpy, pyarrow, torch; reben_tools.format; reben_tools.learn.transforms, .values.
+May import: numpy, pyarrow, torch; reben_tools.format; reben_tools.splits.subsets; reben_tools.learn.transforms, .values.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from reben_tools.learn.transforms import (
     upsample_and_normalise,
 )
 from reben_tools.learn.values import LayoutCache
+from reben_tools.splits.subsets import SubsetError, subset_table
 
 
 # --------------------------------------------------------------------------------------
@@ -191,6 +192,11 @@ class ReBENDataset(Dataset):
             ``cross_entropy(ignore_index=255)``).
         return_reference_map: also return ``reference_map``: the stored reference map, raw
             CLC codes as uint16 (120, 120) (what CutMix with label propagation pastes).
+        train_fraction: keep only this share of the train split's patches, drawn with
+            :func:`reben_tools.splits.subsets.fraction_indices` (deterministic, stratified, every
+            class keeps a positive; the same rows as ``reben subset --fraction F --seed
+            subset_seed``); validation and test patches are kept. None keeps all.
+        subset_seed: seed of the ``train_fraction`` draw.
 
     A sample (``dataset[i]``) is a dict:
 
@@ -221,6 +227,8 @@ class ReBENDataset(Dataset):
         metadata: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
         mask_dtype: torch.dtype = torch.uint8,
         return_reference_map: bool = False,
+        train_fraction: float | None = None,
+        subset_seed: int = 0,
     ) -> None:
         super().__init__()
         if split is not None and split not in SPLITS:
@@ -242,6 +250,8 @@ class ReBENDataset(Dataset):
         self.native = native
         self.mask_dtype = mask_dtype
         self.return_reference_map = return_reference_map
+        self.train_fraction = train_fraction
+        self.subset_seed = subset_seed
         self.statistics = self._resolve_statistics(normalisation)
         self.normalisation = normalisation
         arrays = statistics_arrays(self.bands, self.statistics)
@@ -302,6 +312,11 @@ class ReBENDataset(Dataset):
         if not self.include_snow_cloud:
             flagged = pc.or_(table["contains_seasonal_snow"], table["contains_cloud_or_shadow"])
             table = table.filter(pc.invert(pc.fill_null(flagged, False)))
+        if self.train_fraction is not None:
+            try:
+                table = subset_table(table, self.train_fraction, self.subset_seed, source=str(self.root))
+            except SubsetError as exc:
+                raise ValueError(str(exc)) from None
         if self.split is not None:
             table = table.filter(pc.equal(table["split"], self.split))
         return table

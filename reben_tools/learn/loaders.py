@@ -32,11 +32,13 @@ def default_workers(world_size: int = 1) -> int:
 
 
 def open_dataset(archive: str | os.PathLike, bands: tuple[str, ...], class_order: str = "alphabetical",
-                 include_snow_cloud: bool = False) -> ReBENDataset:
+                 include_snow_cloud: bool = False, train_fraction: float | None = None,
+                 subset_seed: int = 0) -> ReBENDataset:
     """The native-resolution :class:`ReBENDataset` of all splits, checked to hold ``bands``.
 
     One dataset per process serves every split (through :func:`split_indices`): an LMDB
-    environment can be open only once per process.
+    environment can be open only once per process. ``train_fraction`` keeps that stratified
+    share of the train split (:class:`ReBENDataset`'s ``train_fraction``/``subset_seed``).
 
     Raises:
         TrainingError: the archive cannot be opened or lacks values for some of the bands
@@ -44,7 +46,8 @@ def open_dataset(archive: str | os.PathLike, bands: tuple[str, ...], class_order
     """
     try:
         dataset = ReBENDataset(archive, split=None, bands=bands, include_snow_cloud=include_snow_cloud,
-                               class_order=class_order, native=True)
+                               class_order=class_order, native=True, train_fraction=train_fraction,
+                               subset_seed=subset_seed)
     except (ArchiveError, ValueError, OSError) as exc:
         raise TrainingError(f"cannot read archive {archive}: {exc}") from None
     try:

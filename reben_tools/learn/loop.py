@@ -66,7 +66,7 @@ from reben_tools.learn.schedule import effective_warmup, lr_factor
 
 def _check_resume_config(stored: dict, config: TrainConfig, given: set[str]) -> None:
     conflicts = [
-        f"--{name.replace('_', '-')} {getattr(config, name)!r} (the run has {stored[name]!r})"
+        f"--{name.replace('_', '-')} {getattr(config, name)!r} (the run has {_stored(stored, name)!r})"
         for name in TRAJECTORY_FIELDS
         if name in given and _norm(getattr(config, name)) != _norm(_stored(stored, name))
     ]
@@ -157,7 +157,8 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
     np.random.seed(config.seed + ctx.rank)
     random.seed(config.seed + ctx.rank)
 
-    dataset = open_dataset(config.archive, bands, config.class_order, config.include_snow_cloud)
+    dataset = open_dataset(config.archive, bands, config.class_order, config.include_snow_cloud,
+                           train_fraction=config.train_fraction, subset_seed=config.subset_seed)
     cleanup.callback(dataset.archive.close)
     train_indices = split_indices(dataset, "train")
     mixer = None

@@ -1,0 +1,40 @@
+"""``reben subset``: label-fraction subsets of the train split (see docs/probing.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def subset(
+    input_path: Path = typer.Argument(..., help="A reBEN metadata parquet, or an archive directory (its metadata.parquet)."),
+    fraction: float = typer.Option(..., "--fraction", "-f", help="Share of the train split to keep, in (0, 1]."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output parquet in reBEN's metadata schema (train subset + all validation/test rows)."),
+    seed: int = typer.Option(0, "--seed", help="Draw seed."),
+    include_snow_cloud: bool = typer.Option(False, "--include-snow-cloud", help="Archive input: also draw from the snow/cloud/shadow metadata file."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write the label distribution as JSON here."),
+) -> None:
+    """Draw a deterministic, stratified FRACTION of the train split (every class keeps a positive) and write it to OUT.
+
+    Prints the subset's label distribution against the full train split.
+    """
+    from reben_tools.format.atomic import write_json_atomic
+    from reben_tools.splits.subsets import SubsetError, distribution_markdown, write_subset
+
+    try:
+        result = write_subset(input_path, out, fraction, seed, include_snow_cloud)
+    except SubsetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if report is not None:
+        write_json_atomic(report, result)
+    p = result["patches"]
+    typer.echo(f"{out}: {p['subset']:,} of {p['full']:,} train patches (fraction {fraction:g}, seed {seed}); "
+               "validation and test rows kept")
+    typer.echo(distribution_markdown(result))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("subset")(subset)
