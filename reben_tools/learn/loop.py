@@ -340,7 +340,9 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
             if config.checkpoint_every and progress_state["step"] % config.checkpoint_every == 0:
                 synchronise()
                 save_last()
+        t_sync = time.perf_counter()
         synchronise()  # the epoch's (or the run's) last losses, before any checkpoint or validation
+        accumulators["step_s"] += time.perf_counter() - t_sync  # the device work still queued belongs to the steps
         bar.close()
         if stopped_by is not None and progress_state["batch_in_epoch"] < steps_per_epoch:
             save_last()  # mid-epoch: the position lets --resume continue from the next batch
