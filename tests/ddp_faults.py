@@ -7,7 +7,8 @@ Usage (one process per rank, started by ``torch.distributed.run``)::
 MODE ``bn``: record, on every process, the BatchNorm buffers of the model at every validation
 (the sum of every buffer, and the same sums just before rank 0's buffers are broadcast), and
 the BatchNorm classes in the model. MODE ``nan``: process 1 feeds NaN images at its second step;
-every process records how many batches it took.
+every process records how many batches it took. MODE ``oom``: process 1 runs out of memory
+(``torch.cuda.OutOfMemoryError``) at its second step.
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ elif mode == "nan":
         return images * float("nan") if rank == 1 and record["flips"] == 2 else images
 
     loop.random_flips = faulty_flips
+elif mode == "oom":
+    original_flips = loop.random_flips
+
+    def oom_flips(images, generator):
+        record["flips"] += 1
+        if rank == 1 and record["flips"] == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return original_flips(images, generator)
+
+    loop.random_flips = oom_flips
 
 
 def save() -> None:

@@ -316,3 +316,16 @@ def test_nan_on_one_process_stops_both_at_the_same_step_with_one_message(archive
     assert [r["flips"] for r in ranks] == [2, 2]  # neither process took a third batch
     # the checkpoint of step 1 is intact: the NaN step was never saved
     assert load_checkpoint(out / "checkpoints" / "last.pt")["position"]["step"] == 1
+
+
+def test_out_of_memory_on_one_process_ends_the_run_with_one_message_and_no_hang(archive, tmp_path):
+    out = tmp_path / "ddp"
+    proc = _torchrun("oom", tmp_path / "record", "--archive", archive["root"], "--bands", "S1", "--model",
+                     "resnet_micro", "--epochs", "2", "--batch-size", "16", "--workers", "0", "--device", "cpu",
+                     "--out", out, "--no-test", "-q")
+    assert proc.returncode != 0
+    both = proc.stdout + proc.stderr
+    message = "error: a batch of 8 samples does not fit in memory on cpu: lower --batch-size (now 16), e.g. --batch-size 8"
+    assert both.count(message) == 1, both[-4000:]
+    assert both.count("error: ") == 1
+    assert "[rank0]: Traceback" not in both and "[rank1]: Traceback" not in both  # no worker traceback

@@ -94,8 +94,13 @@ def _run_files(out: Path) -> dict:
 
 
 def _fail(exc: Exception) -> None:
-    """Print ``error: ...`` once (only the main process when every process raised it) and exit with status 1."""
-    if not getattr(exc, "all_processes", False) or os.environ.get("RANK", "0") == "0":
+    """Print ``error: ...`` once (only the main process when every process raised it; nothing when another
+    process failed alone, since that one printed why) and exit with status 1."""
+    from reben_tools.learn.config import StoppedByPeer
+
+    if isinstance(exc, StoppedByPeer):
+        pass
+    elif not getattr(exc, "all_processes", False) or os.environ.get("RANK", "0") == "0":
         typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(1)
 

@@ -1,6 +1,6 @@
 """Configuration of a training run: :class:`TrainConfig`, its recipe defaults, and the run errors.
 
-Owns: TrainConfig, TRAJECTORY_FIELDS, DEFAULTS, TrainingError, check_numbers (the numeric option rules).
+Owns: TrainConfig, TRAJECTORY_FIELDS, DEFAULTS, TrainingError, StoppedByPeer, check_numbers (the numeric option rules).
 Does not own: devices (devices.py), the schedule (schedule.py), checkpoints (checkpoints.py), the loop (loop.py).
 May import: the standard library only (it is the base every other training module builds on).
 """
@@ -22,6 +22,10 @@ class TrainingError(RuntimeError):
     def __init__(self, message: str, all_processes: bool = False) -> None:
         super().__init__(message)
         self.all_processes = all_processes
+
+
+class StoppedByPeer(TrainingError):
+    """This process stopped because another process of the run failed alone and left (that one says why)."""
 
 
 # --------------------------------------------------------------------------- configuration

@@ -3,7 +3,7 @@
 Under ``torchrun`` every process trains one replica (DistributedDataParallel; NCCL on GPUs,
 gloo on CPUs) on its share of each epoch; a run's ``batch_size`` is the global batch.
 
-Owns: Distributed (rank, world size, collectives: gather, broadcast, mean, agreeing on a stop, broadcasting
+Owns: is_peer_failure, Distributed (rank, world size, collectives: gather, broadcast, mean, agreeing on a stop, broadcasting
 module buffers, checking a shared directory), init_distributed, convert_batchnorm, EpochSampler.
 Does not own: device choice (devices.py), DataLoaders (loaders.py), the DDP wrapping of a model (loop.py).
 May import: numpy, torch; reben_tools.learn.config, .devices.
@@ -157,6 +157,17 @@ def init_distributed(device: str) -> Distributed:
     if dev.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     return Distributed(rank=rank, world_size=world, local_rank=local, device=dev, local_world_size=local_world)
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed because another process went away (gloo or NCCL)."""
+    kinds = tuple(k for k in (getattr(dist, "DistError", None),) if isinstance(k, type))
+    if kinds and isinstance(exc, kinds):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "NCCL error", "ncclRemoteError",
+                            "Broken pipe", "gloo/transport"))
 
 
 def convert_batchnorm(model: nn.Module, ctx: Distributed, enabled: bool = True) -> nn.Module:

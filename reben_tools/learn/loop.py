@@ -9,7 +9,9 @@ average precision. On a GPU the model runs channels-last under bf16 autocast;
 
 Under torchrun, BatchNorm becomes SyncBatchNorm on GPUs, rank 0's buffers are broadcast
 before every validation and checkpoint, and a non-finite loss on any process stops every
-process at the same step (agreed through a collective). The loss stays on the device between
+process at the same step (agreed through a collective). A process that fails alone (out of
+memory) prints its message and leaves without waiting for the others; a process whose
+collective then fails stops without a message of its own, and torchrun stops the rest. The loss stays on the device between
 synchronisation points (every step on a CPU, every ``SYNC_EVERY`` steps on a GPU, and before
 every checkpoint and validation), so the host does not wait for the GPU after each step.
 
@@ -51,9 +53,9 @@ from reben_tools.learn.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from reben_tools.learn.config import TRAJECTORY_FIELDS, TrainConfig, TrainingError, check_numbers
+from reben_tools.learn.config import TRAJECTORY_FIELDS, StoppedByPeer, TrainConfig, TrainingError, check_numbers
 from reben_tools.learn.devices import autocast, is_out_of_memory, oom_error, resolve_precision, set_deterministic
-from reben_tools.learn.distributed import Distributed, EpochSampler, convert_batchnorm, init_distributed
+from reben_tools.learn.distributed import Distributed, EpochSampler, convert_batchnorm, init_distributed, is_peer_failure
 from reben_tools.learn.evaluation import merge_predictions, predict, prior_baseline
 from reben_tools.learn.loaders import (DevicePreprocess, archive_identity, default_workers, make_loader, open_dataset,
                                       split_indices, train_label_frequency)
@@ -116,6 +118,10 @@ def train(config: TrainConfig, resume: bool = False, given: set[str] | None = No
         return result
     except TrainingError as exc:
         together = exc.all_processes
+        raise
+    except Exception as exc:
+        if ctx.enabled and is_peer_failure(exc):  # another process failed alone (it printed why) and left
+            raise StoppedByPeer(f"stopped: another process of the run failed ({type(exc).__name__})") from None
         raise
     finally:
         # a process failing alone must not wait in destroy_process_group for the others (NCCL would
@@ -308,9 +314,9 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
                     raise oom_error(per_process_batch, config.batch_size, device, precision) from None
                 raise
             t1b = time.perf_counter()
-            if config.flips:
-                images = random_flips(images, augment)
             try:
+                if config.flips:
+                    images = random_flips(images, augment)
                 with autocast(device, precision):
                     logits = net(images)
                 loss = criterion(logits.float(), labels)
