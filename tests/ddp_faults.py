@@ -8,7 +8,8 @@ MODE ``bn``: record, on every process, the BatchNorm buffers of the model at eve
 (the sum of every buffer, and the same sums just before rank 0's buffers are broadcast), and
 the BatchNorm classes in the model. MODE ``nan``: process 1 feeds NaN images at its second step;
 every process records how many batches it took. MODE ``oom``: process 1 runs out of memory
-(``torch.cuda.OutOfMemoryError``) at its second step.
+(``torch.cuda.OutOfMemoryError``) at its second step. MODE ``unshared``: process 1 does not see
+the files rank 0 writes into the run directory (another node without a shared file system).
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ elif mode == "oom":
         return original_flips(images, generator)
 
     loop.random_flips = oom_flips
+elif mode == "unshared" and rank == 1:  # process 1 is on a node that does not see rank 0's files
+    original_is_file = Path.is_file
+    Path.is_file = lambda self: False if self.name.startswith(".reben-shared-check") else original_is_file(self)
 
 
 def save() -> None:

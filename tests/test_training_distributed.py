@@ -329,3 +329,16 @@ def test_out_of_memory_on_one_process_ends_the_run_with_one_message_and_no_hang(
     assert both.count(message) == 1, both[-4000:]
     assert both.count("error: ") == 1
     assert "[rank0]: Traceback" not in both and "[rank1]: Traceback" not in both  # no worker traceback
+
+
+def test_run_directory_that_another_process_cannot_see_is_refused_at_start(archive, tmp_path):
+    out = tmp_path / "ddp"
+    proc = _torchrun("unshared", tmp_path / "record", "--archive", archive["root"], "--bands", "S1", "--model",
+                     "resnet_micro", "--epochs", "1", "--batch-size", "16", "--workers", "0", "--device", "cpu",
+                     "--out", out, "--no-test", "-q")
+    assert proc.returncode != 0
+    both = proc.stdout + proc.stderr
+    expected = (f"error: {out}: process(es) [1] cannot see files that rank 0 writes there; a run over several nodes "
+                "needs --out on a file system every node shares")
+    assert both.count(expected) == 1, both[-3000:]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".reben-shared")]

@@ -132,7 +132,7 @@ class Distributed:
             missing = [r for r, ok in enumerate(seen) if not ok]
             raise TrainingError(
                 f"{directory}: process(es) {missing} cannot see files that rank 0 writes there; a run over "
-                "several nodes needs --out on a file system every node shares"
+                "several nodes needs --out on a file system every node shares", all_processes=True
             )
 
 
