@@ -342,3 +342,12 @@ def test_run_directory_that_another_process_cannot_see_is_refused_at_start(archi
                 "needs --out on a file system every node shares")
     assert both.count(expected) == 1, both[-3000:]
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".reben-shared")]
+
+
+def test_evaluate_checks_its_numbers(archive, tmp_path):
+    for flag, value, message in (("--batch-size", "0", "--batch-size must be an integer >= 1 (got 0)"),
+                                 ("--threshold", "1.5", "--threshold must be a probability in (0, 1) (got 1.5)")):
+        result = cli("evaluate", "--archive", archive["root"], "--checkpoint", tmp_path / "none.pt", "--out",
+                     tmp_path / "eval", "--device", "cpu", flag, value)
+        assert result.exit_code == 1 and result.output == f"error: {message}\n"
+        assert not (tmp_path / "eval").exists()

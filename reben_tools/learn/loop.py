@@ -24,6 +24,7 @@ May import: numpy, torch; reben_tools.format; any reben_tools.learn module excep
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import sys
@@ -130,6 +131,13 @@ def train(config: TrainConfig, resume: bool = False, given: set[str] | None = No
             dist.destroy_process_group()
 
 
+def _config_json(out: Path) -> dict:
+    try:
+        return json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _resume_state(config: TrainConfig, ctx: Distributed, given: set[str]) -> dict:
     """The run's last checkpoint, with the stored trajectory and archive checked against ``config``."""
     path = Path(config.out) / "checkpoints" / LAST_CHECKPOINT
@@ -141,6 +149,8 @@ def _resume_state(config: TrainConfig, ctx: Distributed, given: set[str]) -> dic
         setattr(config, name, state["train_config"][name])
     stored_archive, stored_identity = state.get("archive"), state.get("archive_identity")
     if not config.archive:
+        if not stored_archive:  # a checkpoint from before archives were stored: the run's config.json
+            stored_archive = _config_json(Path(config.out)).get("archive")
         if not stored_archive:
             raise CheckpointError(f"{path}: the checkpoint does not name its archive; pass --archive")
         config.archive = stored_archive
@@ -208,6 +218,7 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
     model = build_model(config.model, bands, fusion=config.fusion, dropout=config.dropout,
                         drop_path=config.drop_path, **config.model_kwargs)
     model = convert_batchnorm(model, ctx, config.sync_batchnorm).to(device)
+    batchnorm = "sync" if any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()) else "per_process"
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -236,10 +247,7 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
         write_json_atomic(out / "config.json", {**asdict(config), "bands": list(bands), "world_size": ctx.world_size,
                                                 "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                                                 "warmup_steps_used": warmup, "precision_used": precision,
-                                                "archive_identity": identity,
-                                                "batchnorm": "sync" if model is not None and any(
-                                                    isinstance(m, nn.SyncBatchNorm) for m in model.modules())
-                                                else "per_process"})
+                                                "archive_identity": identity, "batchnorm": batchnorm})
     net: nn.Module = model
     if ctx.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
