@@ -25,7 +25,7 @@ from reben_tools.learn import devices, distributed
 from reben_tools.learn.checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint, rng_state, set_rng_state
 from reben_tools.learn.config import TrainConfig, TrainingError, check_numbers
 from reben_tools.learn.distributed import Distributed, EpochSampler, convert_batchnorm
-from reben_tools.learn.evaluation import predict, prior_baseline
+from reben_tools.learn.evaluation import predict
 from reben_tools.learn.loaders import DevicePreprocess, default_workers, make_loader, open_dataset, split_indices
 from reben_tools.learn.loop import train
 from reben_tools.learn.metrics import multilabel_metrics
@@ -351,3 +351,32 @@ def test_evaluate_checks_its_numbers(archive, tmp_path):
                      tmp_path / "eval", "--device", "cpu", flag, value)
         assert result.exit_code == 1 and result.output == f"error: {message}\n"
         assert not (tmp_path / "eval").exists()
+
+
+def test_the_host_reads_the_loss_back_only_every_50_steps_on_a_gpu():
+    from reben_tools.learn.loop import SYNC_EVERY, sync_interval
+
+    assert SYNC_EVERY == 50
+    assert sync_interval(torch.device("cuda", 0), per_step_callback=False) == 50
+    assert sync_interval(torch.device("cuda", 0), per_step_callback=True) == 1
+    assert sync_interval(torch.device("cpu"), per_step_callback=False) == 1
+
+
+def test_a_nan_between_synchronisations_is_reported_at_its_own_step(archive, tmp_path, monkeypatch):
+    """As on a GPU (losses read back every few steps): the NaN of step 2 is found at step 3 and named."""
+    from reben_tools.learn import loop
+
+    calls = []
+    original = loop.random_flips
+
+    def faulty(images, generator):
+        calls.append(1)
+        images = original(images, generator)
+        return images * float("nan") if len(calls) == 2 else images
+
+    monkeypatch.setattr(loop, "random_flips", faulty)
+    monkeypatch.setattr(loop, "sync_interval", lambda device, per_step_callback: 3)
+    with pytest.raises(TrainingError, match=r"^loss became nan at step 2; lower --lr$"):
+        train(config(archive["root"], tmp_path / "run", batch_size=8))
+    assert len(calls) == 3  # stopped at the synchronisation after step 3
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()  # nothing saved from the bad steps

@@ -15,7 +15,7 @@ collective then fails stops without a message of its own, and torchrun stops the
 synchronisation points (every step on a CPU, every ``SYNC_EVERY`` steps on a GPU, and before
 every checkpoint and validation), so the host does not wait for the GPU after each step.
 
-Owns: train (and its per-epoch validation, resume checks, end-of-run test evaluation).
+Owns: train, sync_interval, SYNC_EVERY (and the per-epoch validation, resume checks, end-of-run test evaluation).
 Does not own: configuration (config.py), devices (devices.py), processes and sampling (distributed.py),
 loaders (loaders.py), augmentation (augment.py), checkpoint I/O (checkpoints.py), prediction (evaluation.py),
 run-directory files (rundir.py), plots (plots.py), models (models.py).
@@ -129,6 +129,12 @@ def train(config: TrainConfig, resume: bool = False, given: set[str] | None = No
         # hang): it exits, and torchrun stops the other processes
         if ctx.enabled and dist.is_initialized() and together:
             dist.destroy_process_group()
+
+
+def sync_interval(device: torch.device, per_step_callback: bool) -> int:
+    """Steps between reading the losses back to the host: every step on a CPU (free there) or when a
+    per-step callback wants each loss, else :data:`SYNC_EVERY` (the host does not wait for the GPU)."""
+    return 1 if device.type == "cpu" or per_step_callback else SYNC_EVERY
 
 
 def _config_json(out: Path) -> dict:
@@ -278,7 +284,7 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
     stopped_by = "early_stopping" if early["epochs_without_improvement"] >= config.patience else None
     from tqdm import tqdm
 
-    sync_every = 1 if device.type == "cpu" or on_step is not None else SYNC_EVERY
+    sync_every = sync_interval(device, on_step is not None)
     window: list[tuple[int, torch.Tensor, int]] = []  # (step, loss on the device, samples) since the last sync
     bar = None
 
