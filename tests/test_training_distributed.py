@@ -264,12 +264,15 @@ def test_resume_after_the_flip_generator_moved_to_the_cpu(archive, tmp_path):
     assert train(config(archive["root"], out, precision="bf16"), resume=True)["steps"] == 4
 
 
-def test_deterministic_switches_algorithms():
+def test_deterministic_switches_algorithms_and_a_run_trains_under_it(archive, tmp_path):
     before = torch.are_deterministic_algorithms_enabled()
     try:
         devices.set_deterministic(True)
         assert torch.are_deterministic_algorithms_enabled()
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        metrics = train(config(archive["root"], tmp_path / "run", epochs=1, deterministic=True))
+        assert metrics["steps"] == 2
+        assert json.loads((tmp_path / "run" / "config.json").read_text())["deterministic"] is True
     finally:
         torch.use_deterministic_algorithms(before)
         torch.backends.cudnn.deterministic = False

@@ -11,9 +11,11 @@ Under torchrun, BatchNorm becomes SyncBatchNorm on GPUs, rank 0's buffers are br
 before every validation and checkpoint, and a non-finite loss on any process stops every
 process at the same step (agreed through a collective). A process that fails alone (out of
 memory) prints its message and leaves without waiting for the others; a process whose
-collective then fails stops without a message of its own, and torchrun stops the rest. The loss stays on the device between
-synchronisation points (every step on a CPU, every ``SYNC_EVERY`` steps on a GPU, and before
-every checkpoint and validation), so the host does not wait for the GPU after each step.
+collective then fails stops without a message of its own, and torchrun stops the rest.
+
+The loss stays on the device between synchronisation points (every step on a CPU, every
+``SYNC_EVERY`` steps on a GPU, and before every checkpoint and validation), so the host does
+not wait for the GPU after each step.
 
 Owns: train, sync_interval, SYNC_EVERY (and the per-epoch validation, resume checks, end-of-run test evaluation).
 Does not own: configuration (config.py), devices (devices.py), processes and sampling (distributed.py),
