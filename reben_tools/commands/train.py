@@ -68,7 +68,8 @@ def train(
     config = TrainConfig(
         archive=str(archive) if archive is not None else "", out=str(out), device=device, precision=precision,
         workers=workers, compile=compile, max_steps=max_steps, checkpoint_every=checkpoint_every,
-        evaluate_test=not no_test, progress=not quiet, sync_batchnorm=sync_batchnorm, deterministic=deterministic, **{k: v for k, v in values.items() if k not in ("bands", "model")},
+        evaluate_test=not no_test, progress=not quiet, sync_batchnorm=sync_batchnorm, deterministic=deterministic,
+        **{k: v for k, v in values.items() if k not in ("bands", "model")},
         bands=values["bands"] or "", model=values["model"] or "",
     )
     try:
