@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -12,7 +13,7 @@ _RECIPE = "default: SPEC section 10 recipe"
 
 
 def train(
-    archive: Path = typer.Option(..., "--archive", help="Archive directory (manifest.json, shards/, metadata)."),
+    archive: Optional[Path] = typer.Option(None, "--archive", help="Archive directory (manifest.json, shards/, metadata); with --resume, default: the run's."),
     out: Path = typer.Option(..., "--out", help="Run directory: checkpoints/, metrics.json, curves.png, test/."),
     bands: Optional[str] = typer.Option(None, "--bands", help="Band group (S1, 10m_20m, S1_10m_20m, ALL ...) or comma-separated bands."),
     model: Optional[str] = typer.Option(None, "--model", help="resnet50, resnet18, resnet_micro, vit_base_patch8, convnextv2_base, mixer_base_patch16, ... or timm:NAME."),
@@ -39,6 +40,8 @@ def train(
     precision: str = typer.Option("auto", "--precision", help="bf16 or fp32 (auto: bf16 on GPU, fp32 on CPU)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers per process (default: cores per process - 1)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    sync_batchnorm: bool = typer.Option(True, "--sync-batchnorm/--no-sync-batchnorm", help="Under torchrun on GPUs, BatchNorm over the global batch (default) or per process."),
+    deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic GPU algorithms: bit-exact --resume on GPUs, somewhat slower."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps in total (checkpointed; --resume goes on)."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Also checkpoint every N steps (epochs always are)."),
     no_test: bool = typer.Option(False, "--no-test", help="Skip evaluating the best checkpoint on the test split at the end."),
@@ -46,7 +49,7 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train a multi-label classifier with the published reBEN recipe (works under torchrun)."""
-    from reben_tools.learn.config import DEFAULTS, TrainConfig, TrainingError
+    from reben_tools.learn.config import DEFAULTS, TrainConfig, TrainingError, check_numbers
     from reben_tools.learn.mixing import parse_area_range
     from reben_tools.learn.loop import train as run_training
 
@@ -68,29 +71,55 @@ def train(
         typer.echo(f"error: --train-fraction must be in (0, 1], got {train_fraction}", err=True)
         raise typer.Exit(2)
     given = {k for k, v in given_values.items() if v is not None}
-    if not resume and (bands is None or model is None):
-        typer.echo("error: --bands and --model are required (unless --resume continues a run)", err=True)
+    if not resume and (bands is None or model is None or archive is None):
+        typer.echo("error: --archive, --bands and --model are required (unless --resume continues a run)", err=True)
         raise typer.Exit(2)
+    try:  # before anything is read or written
+        check_numbers({**given_values, "workers": workers, "max_steps": max_steps,
+                       "checkpoint_every": checkpoint_every})
+    except TrainingError as exc:
+        _fail(exc)
     values = {k: (v if v is not None else DEFAULTS.get(k)) for k, v in given_values.items()}
     values["model_kwargs"] = values["model_kwargs"] or {}
     config = TrainConfig(
-        archive=str(archive), out=str(out), device=device, precision=precision, workers=workers,
-        compile=compile, max_steps=max_steps, checkpoint_every=checkpoint_every, evaluate_test=not no_test,
-        progress=not quiet, **{k: v for k, v in values.items() if k not in ("bands", "model")},
+        archive=str(archive) if archive is not None else "", out=str(out), device=device, precision=precision,
+        workers=workers, compile=compile, max_steps=max_steps, checkpoint_every=checkpoint_every,
+        evaluate_test=not no_test, progress=not quiet, sync_batchnorm=sync_batchnorm, deterministic=deterministic,
+        **{k: v for k, v in values.items() if k not in ("bands", "model")},
         bands=values["bands"] or "", model=values["model"] or "",
     )
     try:
         metrics = run_training(config, resume=resume, given=given)
     except TrainingError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        _fail(exc)
     if metrics:
         summary = {k: metrics.get(k) for k in ("status", "stopped_by", "steps", "epochs_completed", "best_epoch",
                                                "best_validation_average_precision_macro")}
         if metrics.get("test"):
             summary["test_average_precision_macro"] = metrics["test"]["average_precision_macro"]
             summary["test_average_precision_micro"] = metrics["test"]["average_precision_micro"]
+        summary["files"] = _run_files(out)
         typer.echo(json.dumps(summary, indent=2))
+
+
+def _run_files(out: Path) -> dict:
+    """Where a finished run's checkpoints, metrics and plots are (those that exist)."""
+    names = {"checkpoints": ("checkpoints/best.pt", "checkpoints/last.pt"),
+             "metrics": ("metrics.json", "test/metrics.json", "config.json"),
+             "plots": ("curves.png", "test/per_class.png")}
+    return {kind: [str(out / n) for n in paths if (out / n).is_file()] for kind, paths in names.items()}
+
+
+def _fail(exc: Exception) -> None:
+    """Print ``error: ...`` once (only the main process when every process raised it; nothing when another
+    process failed alone, since that one printed why) and exit with status 1."""
+    from reben_tools.learn.config import StoppedByPeer
+
+    if isinstance(exc, StoppedByPeer):
+        pass
+    elif not getattr(exc, "all_processes", False) or os.environ.get("RANK", "0") == "0":
+        typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(1)
 
 
 def evaluate(
@@ -109,17 +138,29 @@ def evaluate(
 ) -> None:
     """Average precision, F1, F2, precision, recall (macro and micro), Hamming loss and per-class figures."""
     from reben_tools.learn.metrics import HEADLINE_METRICS
-    from reben_tools.learn.config import TrainingError
+    from reben_tools.learn.config import TrainingError, check_numbers
     from reben_tools.learn.evaluation import evaluate as run_evaluation
 
     try:
+        check_numbers({"batch_size": batch_size, "workers": workers})
+        if not 0 < threshold < 1:
+            raise TrainingError(f"--threshold must be a probability in (0, 1) (got {threshold})")
         metrics = run_evaluation(archive, checkpoint, split=split, out=out, device=device, precision=precision,
                                  batch_size=batch_size, workers=workers, model=model, bands=_band_arg(bands),
                                  threshold=threshold, progress=not quiet)
     except TrainingError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(json.dumps({k: metrics[k] for k in ("samples", *HEADLINE_METRICS)}, indent=2))
+        _fail(exc)
+    shown = ("samples", "average_precision_macro", "average_precision_micro")
+    summary = {k: metrics[k] for k in shown}
+    if metrics["average_precision_macro_all_classes"] != metrics["average_precision_macro"]:
+        # reBEN's scripts count a class without positives as AP 0: both figures, so subsets compare with reBEN's
+        summary["average_precision_macro_all_classes"] = metrics["average_precision_macro_all_classes"]
+        summary["classes_without_positives"] = metrics["classes_without_positives"]
+    if metrics.get("prior_baseline"):
+        summary["prior_baseline"] = metrics["prior_baseline"]
+    summary.update({k: metrics[k] for k in HEADLINE_METRICS if k not in shown})
+    summary["files"] = [str(out / "metrics.json"), str(out / "per_class.png")]
+    typer.echo(json.dumps(summary, indent=2))
 
 
 def probe(

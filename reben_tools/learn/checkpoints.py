@@ -60,7 +60,13 @@ def set_rng_state(state: dict, aug: torch.Generator | None) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(int(v) for v in internal.tolist()), gauss))
     if aug is not None and state.get("augment") is not None:
-        aug.set_state(state["augment"])
+        saved = state["augment"]
+        if saved.numel() != aug.get_state().numel():  # e.g. a CUDA (Philox) state into a CPU generator
+            raise CheckpointError(
+                f"the checkpoint's flip-generator state ({saved.numel()} bytes) was saved on another kind of "
+                f"generator ({aug.get_state().numel()} bytes here): resume it with the --device it was trained on"
+            )
+        aug.set_state(saved)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 

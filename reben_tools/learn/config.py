@@ -1,6 +1,6 @@
 """Configuration of a training run: :class:`TrainConfig`, its recipe defaults, and the run errors.
 
-Owns: TrainConfig, TRAJECTORY_FIELDS, DEFAULTS, TrainingError.
+Owns: TrainConfig, TRAJECTORY_FIELDS, DEFAULTS, TrainingError, StoppedByPeer, check_numbers (the numeric option rules).
 Does not own: devices (devices.py), the schedule (schedule.py), checkpoints (checkpoints.py), the loop (loop.py).
 May import: the standard library only (it is the base every other training module builds on).
 """
@@ -8,10 +8,24 @@ May import: the standard library only (it is the base every other training modul
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields
+import math
 
 
 class TrainingError(RuntimeError):
-    """A run cannot start or go on; the message says what to change."""
+    """A run cannot start or go on; the message says what to change.
+
+    ``all_processes`` is true when every process of a torchrun run raises the same error at the
+    same point (agreed through a collective, or from the same configuration): then only the main
+    process needs to print it.
+    """
+
+    def __init__(self, message: str, all_processes: bool = False) -> None:
+        super().__init__(message)
+        self.all_processes = all_processes
+
+
+class StoppedByPeer(TrainingError):
+    """This process stopped because another process of the run failed alone and left (that one says why)."""
 
 
 # --------------------------------------------------------------------------- configuration
@@ -60,6 +74,10 @@ class TrainConfig:
     checkpoint_every: int | None = None
     evaluate_test: bool = True
     progress: bool = True
+    sync_batchnorm: bool = True
+    """Under torchrun, convert BatchNorm layers to SyncBatchNorm (normalise over the global batch)."""
+    deterministic: bool = False
+    """Deterministic algorithms only (cuDNN/cuBLAS): bit-exact resume on GPUs, at some speed cost."""
 
 
 TRAJECTORY_FIELDS = (
@@ -74,3 +92,40 @@ DEFAULTS = {
     if f.default is not MISSING or f.default_factory is not MISSING
 }
 """Default value of every TrainConfig field that has one (the recipe)."""
+
+
+_NUMBER_RULES = {
+    # field: (flag, check, what the value must be)
+    "epochs": ("--epochs", lambda v: v >= 1, "an integer >= 1"),
+    "batch_size": ("--batch-size", lambda v: v >= 1, "an integer >= 1"),
+    "lr": ("--lr", lambda v: v >= 0, "a number >= 0"),
+    "weight_decay": ("--weight-decay", lambda v: v >= 0, "a number >= 0"),
+    "dropout": ("--dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "drop_path": ("--drop-path", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "warmup_steps": ("--warmup-steps", lambda v: v >= 0, "an integer >= 0"),
+    "min_lr_factor": ("min_lr_factor", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "patience": ("--patience", lambda v: v >= 1, "an integer >= 1"),
+    "seed": ("--seed", lambda v: v >= 0, "an integer >= 0"),
+    "workers": ("--workers", lambda v: v is None or v >= 0, "an integer >= 0"),
+    "max_steps": ("--max-steps", lambda v: v is None or v >= 1, "an integer >= 1"),
+    "checkpoint_every": ("--checkpoint-every", lambda v: v is None or v >= 1, "an integer >= 1"),
+}
+
+
+def check_numbers(values: dict) -> None:
+    """Check the numeric options among ``values`` (TrainConfig field -> value; ``None`` = not given).
+
+    Raises:
+        TrainingError: one line naming the flag, the rule and the value, e.g.
+            ``--batch-size must be an integer >= 1 (got 0)``.
+    """
+    for name, (flag, ok, rule) in _NUMBER_RULES.items():
+        value = values.get(name)
+        if value is None:
+            continue
+        bad = isinstance(value, float) and not math.isfinite(value)
+        if bad or not ok(value):
+            raise TrainingError(f"{flag} must be {rule} (got {value})", all_processes=True)
+    patch = (values.get("model_kwargs") or {}).get("patch_size")
+    if patch is not None and patch < 1:
+        raise TrainingError(f"--patch-size must be an integer >= 1 (got {patch})", all_processes=True)

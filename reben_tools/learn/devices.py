@@ -1,12 +1,13 @@
 """The training device and its numerics: device and precision choice, autocast, out-of-memory reporting.
 
-Owns: resolve_device, resolve_precision, autocast, is_out_of_memory, oom_error.
+Owns: resolve_device, resolve_precision, autocast, is_out_of_memory, oom_error, set_deterministic.
 Does not own: process groups and sampling (distributed.py), moving batches to the device (loaders.py).
 May import: torch; reben_tools.learn.config.
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 
 import torch
@@ -24,10 +25,16 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+BF16_MIN_CAPABILITY = (8, 0)
+"""GPUs below compute capability 8.0 (V100, T4) only emulate bf16: slower than fp32 there."""
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"`` -> bf16 on CUDA, fp32 elsewhere."""
+    """``"auto"`` -> bf16 on CUDA GPUs of compute capability 8.0 or higher (A100, H100 ...), fp32 elsewhere."""
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.get_device_capability(device) >= BF16_MIN_CAPABILITY else "fp32"
     if precision not in ("bf16", "fp32"):
         raise TrainingError(f"unknown precision {precision!r}; use bf16 or fp32")
     return precision
@@ -40,9 +47,18 @@ def autocast(device: torch.device, precision: str) -> torch.autocast | nullconte
     return nullcontext()
 
 
+def _oom_classes() -> tuple[type, ...]:
+    # torch.OutOfMemoryError exists from torch 2.5; torch.cuda.OutOfMemoryError from 1.13 (same class later)
+    found = {getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None), MemoryError}
+    return tuple(c for c in found if isinstance(c, type))
+
+
+_OOM_CLASSES = _oom_classes()
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` says the device (CUDA) or the host (CPU allocator) ran out of memory."""
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+    if isinstance(exc, _OOM_CLASSES):
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
@@ -55,3 +71,20 @@ def oom_error(per_process_batch: int, global_batch: int, device: torch.device, p
     if precision != "bf16" and device.type == "cuda":
         hint += ", or use --precision bf16"
     return TrainingError(f"a batch of {per_process_batch} samples does not fit in memory on {device}: {hint}")
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Use only deterministic algorithms (``--deterministic``), or leave torch's defaults.
+
+    On CPUs the loop is bit-exact on resume anyway. On GPUs cuDNN picks algorithms by timing
+    and some kernels accumulate with atomics, so a resumed run drifts in the last bits unless
+    this is on: it sets ``torch.use_deterministic_algorithms(True)``, turns off cuDNN
+    benchmarking and sets ``CUBLAS_WORKSPACE_CONFIG`` (needed by cuBLAS for deterministic
+    matrix products; it must be set before the first cuBLAS call, so it is set here, at start).
+    """
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True

@@ -4,8 +4,8 @@ Data move at native resolution (uint16 S2 at 10/20/60 m, float32 S1) through a D
 with pinned memory; upsampling to 120x120 and normalisation run on the training device
 (on a CPU with workers, in the workers instead).
 
-Owns: default_workers, open_dataset, split_indices, training_dataset (reference maps for mixing),
-CollateToImages, make_loader, DevicePreprocess.
+Owns: default_workers, archive_identity, open_dataset, split_indices, train_label_frequency,
+training_dataset (reference maps for mixing), CollateToImages, make_loader, DevicePreprocess.
 Does not own: the dataset itself (dataset.py), upsampling kernels (transforms.py), samplers (distributed.py),
 augmentation (augment.py).
 May import: numpy, torch; reben_tools.format; reben_tools.learn.config, .dataset.
@@ -13,22 +13,44 @@ May import: numpy, torch; reben_tools.format; reben_tools.learn.config, .dataset
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from reben_tools.format.layout import ArchiveError, SPLITS
+from reben_tools.format.layout import MANIFEST_FILE, ArchiveError, SPLITS
 from reben_tools.format.codec import ValueDecodeError
 from reben_tools.learn.config import TrainingError
 from reben_tools.learn.dataset import ReBENDataset, collate
 
 
-def default_workers(world_size: int = 1) -> int:
-    """DataLoader workers per process: the process's share of the CPU cores, minus one for the loop."""
+def default_workers(local_processes: int = 1) -> int:
+    """DataLoader workers per process: this process's share of the node's CPU cores, minus one for the loop.
+
+    Args:
+        local_processes: processes on this node (torchrun's ``LOCAL_WORLD_SIZE``), not the
+            global process count: on 2 nodes x 8 GPUs x 64 cores each process gets 7 workers.
+    """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, cores // max(1, world_size) - 1))
+    return max(0, min(8, cores // max(1, local_processes) - 1))
+
+
+def archive_identity(archive: str | os.PathLike) -> str | None:
+    """The identity of an archive: sha256 (hex) of its ``manifest.json`` bytes; ``None`` without one.
+
+    The manifest lists every shard's content digest, so two archives with the same manifest
+    hold the same values wherever they are copied; a resumed run refuses another archive.
+    """
+    path = Path(archive) / MANIFEST_FILE
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise TrainingError(f"{path}: cannot read ({exc})") from None
 
 
 def open_dataset(archive: str | os.PathLike, bands: tuple[str, ...], class_order: str = "alphabetical",
@@ -117,6 +139,16 @@ def training_dataset(dataset: ReBENDataset, indices: np.ndarray, needs_reference
     except ValueDecodeError as exc:
         raise TrainingError(f"{dataset.root}: --mix cutmix-lp cannot use the reference maps: {exc}") from None
     return dataset.with_reference_maps()
+
+
+def train_label_frequency(dataset: ReBENDataset) -> np.ndarray:
+    """Share of the train patches holding each class, ``(19,)`` float64 in the dataset's class order.
+
+    Scoring every patch's class k by this frequency is the image-blind prior baseline: the
+    figure a model has to beat, which is well above the share of positive labels for micro AP.
+    """
+    labels = dataset.labels[split_indices(dataset, "train")]
+    return labels.astype(np.float64).mean(axis=0)
 
 
 class CollateToImages:

@@ -7,7 +7,17 @@ flips (optionally CutMix or CutMix with label propagation first, ``--mix``), up 
 average precision. On a GPU the model runs channels-last under bf16 autocast;
 ``torch.compile`` is optional. The run directory it fills is described in :mod:`.rundir`.
 
-Owns: train (and its per-epoch validation, resume checks, end-of-run test evaluation).
+Under torchrun, BatchNorm becomes SyncBatchNorm on GPUs, rank 0's buffers are broadcast
+before every validation and checkpoint, and a non-finite loss on any process stops every
+process at the same step (agreed through a collective). A process that fails alone (out of
+memory) prints its message and leaves without waiting for the others; a process whose
+collective then fails stops without a message of its own, and torchrun stops the rest.
+
+The loss stays on the device between synchronisation points (every step on a CPU, every
+``SYNC_EVERY`` steps on a GPU, and before every checkpoint and validation), so the host does
+not wait for the GPU after each step.
+
+Owns: train, sync_interval, SYNC_EVERY (and the per-epoch validation, resume checks, end-of-run test evaluation).
 Does not own: configuration (config.py), devices (devices.py), processes and sampling (distributed.py),
 loaders (loaders.py), augmentation (augment.py), checkpoint I/O (checkpoints.py), prediction (evaluation.py),
 run-directory files (rundir.py), plots (plots.py), models (models.py).
@@ -16,8 +26,10 @@ May import: numpy, torch; reben_tools.format; any reben_tools.learn module excep
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -44,16 +56,25 @@ from reben_tools.learn.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from reben_tools.learn.config import DEFAULTS, TRAJECTORY_FIELDS, TrainConfig, TrainingError
-from reben_tools.learn.devices import autocast, is_out_of_memory, oom_error, resolve_precision
-from reben_tools.learn.distributed import Distributed, EpochSampler, init_distributed
-from reben_tools.learn.evaluation import merge_predictions, predict
+from reben_tools.learn.config import (
+    DEFAULTS,
+    TRAJECTORY_FIELDS,
+    StoppedByPeer,
+    TrainConfig,
+    TrainingError,
+    check_numbers,
+)
+from reben_tools.learn.devices import autocast, is_out_of_memory, oom_error, resolve_precision, set_deterministic
+from reben_tools.learn.distributed import Distributed, EpochSampler, convert_batchnorm, init_distributed, is_peer_failure
+from reben_tools.learn.evaluation import merge_predictions, predict, prior_baseline
 from reben_tools.learn.loaders import (
     DevicePreprocess,
+    archive_identity,
     default_workers,
     make_loader,
     open_dataset,
     split_indices,
+    train_label_frequency,
     training_dataset,
 )
 from reben_tools.learn.mixing import MIX_MODES, parse_area_range
@@ -62,6 +83,9 @@ from reben_tools.learn.models import build_model
 from reben_tools.learn.plots import plot_curves
 from reben_tools.learn.rundir import BEST_CHECKPOINT, LAST_CHECKPOINT, write_run_metrics
 from reben_tools.learn.schedule import effective_warmup, lr_factor
+
+SYNC_EVERY = 50
+"""On GPUs, steps between reading the losses back to the host (checks, progress bar)."""
 
 
 def _check_resume_config(stored: dict, config: TrainConfig, given: set[str]) -> None:
@@ -108,32 +132,86 @@ def train(config: TrainConfig, resume: bool = False, given: set[str] | None = No
         TrainingError / CheckpointError: bad archive, split, bands, checkpoint or memory;
             the message says what to change.
     """
+    check_numbers(asdict(config))
     ctx = init_distributed(config.device)
+    together = False  # whether every process leaves at this point (then the process group can be shut down)
     try:
         with ExitStack() as cleanup:
-            return _train(config, ctx, resume, given or set(), on_step, cleanup)
+            result = _train(config, ctx, resume, given or set(), on_step, cleanup)
+        together = True
+        return result
+    except TrainingError as exc:
+        together = exc.all_processes
+        raise
+    except Exception as exc:
+        if ctx.enabled and is_peer_failure(exc):  # another process failed alone (it printed why) and left
+            raise StoppedByPeer(f"stopped: another process of the run failed ({type(exc).__name__})") from None
+        raise
     finally:
-        if ctx.enabled and dist.is_initialized():
+        # a process failing alone must not wait in destroy_process_group for the others (NCCL would
+        # hang): it exits, and torchrun stops the other processes
+        if ctx.enabled and dist.is_initialized() and together:
             dist.destroy_process_group()
+
+
+def sync_interval(device: torch.device, per_step_callback: bool) -> int:
+    """Steps between reading the losses back to the host: every step on a CPU (free there) or when a
+    per-step callback wants each loss, else :data:`SYNC_EVERY` (the host does not wait for the GPU)."""
+    return 1 if device.type == "cpu" or per_step_callback else SYNC_EVERY
+
+
+def _config_json(out: Path) -> dict:
+    try:
+        return json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _resume_state(config: TrainConfig, ctx: Distributed, given: set[str]) -> dict:
+    """The run's last checkpoint, with the stored trajectory and archive checked against ``config``."""
+    path = Path(config.out) / "checkpoints" / LAST_CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint; --resume continues a run in --out", all_processes=True)
+    state = load_checkpoint(path)
+    _check_resume_config(state["train_config"], config, given)
+    for name in TRAJECTORY_FIELDS:
+        setattr(config, name, _stored(state["train_config"], name))
+    stored_archive, stored_identity = state.get("archive"), state.get("archive_identity")
+    if not config.archive:
+        if not stored_archive:  # a checkpoint from before archives were stored: the run's config.json
+            stored_archive = _config_json(Path(config.out)).get("archive")
+        if not stored_archive:
+            raise CheckpointError(f"{path}: the checkpoint does not name its archive; pass --archive")
+        config.archive = stored_archive
+    if stored_identity is not None:
+        identity = archive_identity(config.archive)
+        if identity != stored_identity:
+            raise CheckpointError(
+                f"--archive {config.archive} is not the archive this run was trained on ({stored_archive}, manifest "
+                f"sha256 {stored_identity[:12]}..., here {str(identity)[:12]}...): resume with that archive, or "
+                "start a new run with another --out", all_processes=True)
+    if state["world_size"] != ctx.world_size:
+        raise CheckpointError(
+            f"{path}: run was trained with {state['world_size']} process(es); "
+            f"resume it with the same number (now {ctx.world_size})", all_processes=True
+        )
+    return state
 
 
 def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
            on_step: Callable[[int, float], None] | None, cleanup: ExitStack) -> dict:
     out = Path(config.out)
     ckpt_dir = out / "checkpoints"
+    ctx.check_shared_directory(out)  # every process reads the checkpoints rank 0 writes
     state = None
     if resume:
-        state = load_checkpoint(ckpt_dir / LAST_CHECKPOINT)
-        _check_resume_config(state["train_config"], config, given)
-        for name in TRAJECTORY_FIELDS:
-            setattr(config, name, _stored(state["train_config"], name))
-        if state["world_size"] != ctx.world_size:
-            raise CheckpointError(
-                f"{ckpt_dir / LAST_CHECKPOINT}: run was trained with {state['world_size']} process(es); "
-                f"resume it with the same number (now {ctx.world_size})"
-            )
+        state = _resume_state(config, ctx, given)
     elif (ckpt_dir / LAST_CHECKPOINT).exists():
-        raise TrainingError(f"{out} already holds a run (checkpoints/last.pt); pass --resume or choose another --out")
+        raise TrainingError(f"{out} already holds a run (checkpoints/last.pt); pass --resume or choose another --out",
+                            all_processes=True)
+    elif not config.archive:
+        raise TrainingError("--archive is needed for a new run", all_processes=True)
+    set_deterministic(config.deterministic)
 
     device = ctx.device
     precision = resolve_precision(config.precision, device)
@@ -151,7 +229,8 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
     if config.batch_size % ctx.world_size:
         raise TrainingError(f"--batch-size {config.batch_size} is not divisible by the {ctx.world_size} processes")
     per_process_batch = config.batch_size // ctx.world_size
-    workers = default_workers(ctx.world_size) if config.workers is None else config.workers
+    workers = default_workers(ctx.local_world_size) if config.workers is None else config.workers
+    identity = archive_identity(config.archive)
 
     torch.manual_seed(config.seed + ctx.rank)
     np.random.seed(config.seed + ctx.rank)
@@ -176,14 +255,17 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
     warmup = effective_warmup(config.warmup_steps, total_steps)
 
     model = build_model(config.model, bands, fusion=config.fusion, dropout=config.dropout,
-                        drop_path=config.drop_path, **config.model_kwargs).to(device)
+                        drop_path=config.drop_path, **config.model_kwargs)
+    model = convert_batchnorm(model, ctx, config.sync_batchnorm).to(device)
+    batchnorm = "sync" if any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()) else "per_process"
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup, total_steps, config.min_lr_factor)
     )
-    augment = torch.Generator(device=device).manual_seed(config.seed * 1000 + ctx.rank)
+    # a CPU generator on every device: its state is the same kind on CPU and GPU, so --device may change on resume
+    augment = torch.Generator().manual_seed(config.seed * 1000 + ctx.rank)
 
     progress_state = {"epoch": 0, "batch_in_epoch": 0, "step": 0}
     accumulators = {"loss_sum": 0.0, "samples": 0, "wait_s": 0.0, "preprocess_s": 0.0, "step_s": 0.0}
@@ -203,7 +285,8 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", {**asdict(config), "bands": list(bands), "world_size": ctx.world_size,
                                                 "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-                                                "warmup_steps_used": warmup, "precision_used": precision})
+                                                "warmup_steps_used": warmup, "precision_used": precision,
+                                                "archive_identity": identity, "batchnorm": batchnorm})
     net: nn.Module = model
     if ctx.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -211,6 +294,7 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
         net = torch.compile(net)
 
     def checkpoint_state() -> dict:
+        ctx.broadcast_buffers(model)  # one model on every process: rank 0's BatchNorm statistics
         rng = ctx.gather(rng_state(augment))
         return {
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
@@ -220,6 +304,7 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "position": dict(progress_state), "accumulators": dict(accumulators), "early_stopping": dict(early),
             "history": history, "rng": rng, "world_size": ctx.world_size,
+            "archive": str(config.archive), "archive_identity": identity,
         }
 
     def save_last() -> None:
@@ -231,6 +316,28 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
     criterion = nn.BCEWithLogitsLoss()
     stopped_by = "early_stopping" if early["epochs_without_improvement"] >= config.patience else None
     from tqdm import tqdm
+
+    sync_every = sync_interval(device, on_step is not None)
+    window: list[tuple[int, torch.Tensor, int]] = []  # (step, loss on the device, samples) since the last sync
+    bar = None
+
+    def synchronise() -> None:
+        """Read the window's losses back, add them up, and stop every process if one of them saw a non-finite loss."""
+        message = None
+        if window:
+            values = torch.stack([loss for _, loss, _ in window]).double().cpu().tolist()
+            for (step, _, n), value in zip(window, values):
+                if message is None and not math.isfinite(value):
+                    message = f"loss became {value} at step {step}; lower --lr"
+                accumulators["loss_sum"] += value * n
+                if on_step is not None and ctx.is_main and message is None:
+                    on_step(step, value)
+            if bar is not None:
+                bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            window.clear()
+        failure = ctx.first_failure(message)
+        if failure is not None:
+            raise TrainingError(failure, all_processes=True)
 
     while progress_state["epoch"] < config.epochs and stopped_by is None:
         epoch = progress_state["epoch"]
@@ -256,9 +363,9 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
                     raise oom_error(per_process_batch, config.batch_size, device, precision) from None
                 raise
             t1b = time.perf_counter()
-            if config.flips:
-                images = random_flips(images, augment)
             try:
+                if config.flips:
+                    images = random_flips(images, augment)
                 with autocast(device, precision):
                     logits = net(images)
                 loss = criterion(logits.float(), labels)
@@ -270,12 +377,11 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
                     raise oom_error(per_process_batch, config.batch_size, device, precision) from None
                 raise
             scheduler.step()
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise TrainingError(f"loss became {loss_value} at step {progress_state['step'] + 1}; lower --lr")
-            t2 = time.perf_counter()
             n = labels.shape[0]
-            accumulators["loss_sum"] += loss_value * n
+            window.append((progress_state["step"] + 1, loss.detach(), n))
+            if (progress_state["step"] + 1) % sync_every == 0:
+                synchronise()
+            t2 = time.perf_counter()
             accumulators["samples"] += n
             accumulators["wait_s"] += t1 - t0
             accumulators["preprocess_s"] += t1b - t1
@@ -283,14 +389,15 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
             progress_state["batch_in_epoch"] += 1
             progress_state["step"] += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if on_step is not None and ctx.is_main:
-                on_step(progress_state["step"], loss_value)
             if config.max_steps is not None and progress_state["step"] >= config.max_steps:
                 stopped_by = "max_steps"
                 break
             if config.checkpoint_every and progress_state["step"] % config.checkpoint_every == 0:
+                synchronise()
                 save_last()
+        t_sync = time.perf_counter()
+        synchronise()  # the epoch's (or the run's) last losses, before any checkpoint or validation
+        accumulators["step_s"] += time.perf_counter() - t_sync  # the device work still queued belongs to the steps
         bar.close()
         if stopped_by is not None and progress_state["batch_in_epoch"] < steps_per_epoch:
             save_last()  # mid-epoch: the position lets --resume continue from the next batch
@@ -305,6 +412,8 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
             early.update(best_score=score, best_epoch=epoch + 1, epochs_without_improvement=0)
         else:
             early["epochs_without_improvement"] += 1
+        if config.progress and ctx.is_main:
+            print(_epoch_line(record, config.epochs, early), file=sys.stderr, flush=True)
         progress_state.update(epoch=epoch + 1, batch_in_epoch=0)
         accumulators = {"loss_sum": 0.0, "samples": 0, "wait_s": 0.0, "preprocess_s": 0.0, "step_s": 0.0}
         snapshot = checkpoint_state()
@@ -334,8 +443,23 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
     return metrics  # empty on processes other than the main one
 
 
+def _epoch_line(record: dict, epochs: int, early: dict) -> str:
+    """One line per epoch on stderr: train loss, validation loss and AP, best so far, throughput."""
+    val = record["validation"]
+
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.4f}"
+
+    speed = record.get("train_samples_per_s")
+    return (f"epoch {record['epoch']}/{epochs}: train loss {fmt(record['train_loss'])}, validation loss "
+            f"{fmt(val.get('loss'))}, macro AP {fmt(val.get('average_precision_macro'))}, micro AP "
+            f"{fmt(val.get('average_precision_micro'))} (best macro AP {fmt(early['best_score'] if early['best_epoch'] else None)}"
+            f" at epoch {early['best_epoch']}), {speed or 0:.0f} samples/s")
+
+
 def _end_of_epoch(model, val_loader, preprocess, precision, ctx, config, epoch, progress_state, accumulators,
                   scheduler) -> dict:
+    ctx.broadcast_buffers(model)  # validate rank 0's model on every process (DDP syncs buffers only at the next forward)
     parts = ctx.gather(predict(model, val_loader, preprocess, precision, progress=False))
     logits, targets = merge_predictions(parts)
     if len(logits):
@@ -370,6 +494,7 @@ def _evaluate_best(config, ctx, dataset, out, device, precision, batch, workers)
     parts = ctx.gather(predict(model, loader, DevicePreprocess(dataset, device), precision))
     logits, targets = merge_predictions(parts)
     metrics = multilabel_metrics(logits, targets, class_order=config.class_order)
+    metrics["prior_baseline"] = prior_baseline(train_label_frequency(dataset), targets, config.class_order)
     metrics["checkpoint_epoch"] = state["position"]["epoch"]
     if ctx.is_main:
         (out / "test").mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,10 @@ Definitions (identical to scikit-learn's, checked in ``tests/test_metrics.py``):
 
 Classes with no positive target have no defined average precision (scikit-learn reports 0
 with a warning): here their AP is NaN, they are left out of the macro AP and listed under
-``classes_without_positives``. Their precision / recall / F-scores follow the zero-division
+``classes_without_positives``. reBEN's own scripts (torchmetrics 1.4) instead count such a class
+as AP 0 in the macro mean; that figure is reported too, as ``average_precision_macro_all_classes``
+(equal to ``average_precision_macro`` when every class has a positive), so numbers on small
+splits and subsets can be compared with reBEN's. Their precision / recall / F-scores follow the zero-division
 rule above and do count in the macro means, as in scikit-learn.
 
 Owns: sigmoid, (binary_)average_precision, threshold_metrics, multilabel_metrics, HEADLINE_METRICS, plot_per_class.
@@ -155,7 +158,8 @@ def multilabel_metrics(
     ap, ap_macro, ap_micro = average_precision(s, t)  # on raw scores: a sigmoid could saturate into ties
     thr = threshold_metrics(probabilities >= threshold, t)
     out: dict = {"samples": int(s.shape[0]), "threshold": threshold,
-                 "average_precision_macro": ap_macro, "average_precision_micro": ap_micro}
+                 "average_precision_macro": ap_macro, "average_precision_micro": ap_micro,
+                 "average_precision_macro_all_classes": float(np.nan_to_num(ap, nan=0.0).mean()) if ap.size else ap_macro}
     for key in ("f1", "f2", "precision", "recall"):
         out[f"{key}_macro"] = thr[f"{key}_macro"]
         out[f"{key}_micro"] = thr[f"{key}_micro"]
