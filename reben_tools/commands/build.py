@@ -76,12 +76,13 @@ def demo(
 ) -> None:
     """Generate a small realistic region, build its archive on a local Dask cluster, audit the split."""
     from reben_tools.build.demo import run_demo
+    from reben_tools.build.demo_check import DemoCheckError
     from reben_tools.build.pipeline.config import BuildError
     from reben_tools.splits.audit import run_audit
 
     try:
         paths = run_demo(out, workers=workers, seed=seed, progress=not (quiet or no_progress), echo=typer.echo, audit=run_audit)
-    except BuildError as exc:
+    except (BuildError, DemoCheckError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo("\nwhere everything is:")
