@@ -10,7 +10,7 @@ import typer
 
 from reben_tools.commands.outputs import guarded_output
 
-_RECIPE = "default: SPEC section 10 recipe"
+_RECIPE = "default: reBEN's published recipe"
 
 
 def train(

@@ -177,7 +177,7 @@ class ReBENDataset(Dataset):
             ``metadata_for_patches_with_snow_cloud_or_shadow.parquet`` (reBEN leaves them out).
         upsampling: ``"nearest"`` (pixel repetition, reBEN's convention) or ``"bilinear"``
             (``align_corners=False``) for 20 m / 60 m bands.
-        normalisation: ``"published"`` (reBEN's train-split statistics, SPEC section 9),
+        normalisation: ``"published"`` (reBEN's train-split statistics of each band),
             ``"manifest"`` (the archive's own train-split statistics), a mapping
             ``{band: (mean, std)}``, or None (raw DNs / dB as float32).
         class_order: ``"alphabetical"`` (default; 0 = Agro-forestry areas) or ``"original"``.

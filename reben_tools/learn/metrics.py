@@ -1,4 +1,4 @@
-"""Multi-label classification metrics (SPEC section 10): the figures reBEN users report.
+"""Multi-label classification metrics: the figures reBEN users report.
 
 Inputs are ``scores`` (N, K) -- logits or probabilities, any monotonic score works for
 average precision -- and ``targets`` (N, K) of 0/1. Decisions for the threshold metrics

@@ -1,4 +1,4 @@
-"""Split assignment strategies (SPEC section 5).
+"""Split assignment strategies.
 
 A strategy is a pure function from patches (id, tile, x, y, position, optionally
 labels) to a split column: an object array of ``"train"``, ``"validation"``,
@@ -6,7 +6,7 @@ labels) to a split column: an object array of ``"train"``, ``"validation"``,
 
 Strategies (see ``docs/split_audit.md`` for their trade-offs):
 
-* ``reben``: reBEN's geography-based split, SPEC section 5, exactly
+* ``reben``: reBEN's geography-based split exactly
   (:func:`reben_split`): rings around each tile's border.
 * ``v1-blocks``: BigEarthNet v1's scheme, 2x2 blocks of patches per tile, two
   train, one validation, one test per block; which position gets which is drawn
@@ -69,14 +69,14 @@ class SplitStrategy:
 
 
 class RebenSplit(SplitStrategy):
-    """SPEC section 5: rings around each tile's border (train), then validation, test in the centre.
+    """reBEN's split: rings around each tile's border (train), then validation, test in the centre.
 
     Args:
         tile_side_m: overrides the per-patch tile side (default: the patch table's ``tile_side_m``).
     """
 
     name = "reben"
-    description = "reBEN geography-based split: border ring train, middle ring validation, central square test (SPEC 5)"
+    description = "reBEN geography-based split: border ring train, middle ring validation, central square test"
 
     def __init__(self, tile_side_m: float | None = None) -> None:
         self.tile_side_m = tile_side_m
