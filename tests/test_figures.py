@@ -131,3 +131,18 @@ def _countries_file(tmp_path):
     path = tmp_path / "countries.geojson"
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     return path
+
+
+def test_per_class_figure_keeps_every_class_name_whole():
+    from reben_tools.learn.metrics import multilabel_metrics, per_class_figure
+
+    rng = np.random.default_rng(0)
+    targets = (rng.random((60, 19)) < 0.3).astype(np.float32)
+    targets[:, 5] = 0.0  # a class without positives
+    logits = rng.normal(size=(60, 19)).astype(np.float32)
+    metrics = multilabel_metrics(logits, targets)
+    figure = per_class_figure(metrics)
+    assert_readable(figure)
+    shown = [t.get_text().replace("\n", " ") for t in figure.axes[0].get_yticklabels()]
+    names = list(metrics["per_class"])
+    assert shown == [n + (" (no positives)" if i == 5 else "") for i, n in enumerate(names)]
