@@ -47,7 +47,7 @@ def test_every_command_with_progress_bars_takes_quiet_and_shows_no_other_progres
         if "--quiet" in visible or hidden:
             assert {"--quiet", "-q"} <= visible, name
             with_bars += 1
-    assert with_bars >= 9  # verify, merge, export-tiff, encode, build, demo, train, evaluate, probe
+    assert with_bars >= 10  # verify, merge, export-tiff, encode, build, demo, audit, train, evaluate, probe
 
 
 def test_every_output_of_a_command_goes_through_the_archive_guard():

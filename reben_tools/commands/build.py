@@ -81,7 +81,9 @@ def demo(
     from reben_tools.splits.audit import run_audit
 
     try:
-        paths = run_demo(out, workers=workers, seed=seed, progress=not (quiet or no_progress), echo=typer.echo, audit=run_audit)
+        progress = not (quiet or no_progress)
+        paths = run_demo(out, workers=workers, seed=seed, progress=progress, echo=typer.echo,
+                         audit=lambda archive_dir, audit_dir: run_audit(archive_dir, audit_dir, progress=progress))
     except (BuildError, DemoCheckError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

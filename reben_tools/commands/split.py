@@ -70,6 +70,7 @@ def audit(
     tile_side_m: Optional[float] = typer.Option(None, "--tile-side-m", help="Tile side for rows without a tile_side_m column."),
     permutations: int = typer.Option(20, "--permutations", help="Random permutations for the join-count baseline."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Only report.json and report.md."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Audit how far validation and test patches lie from train, for one or more splits.
 
@@ -81,7 +82,7 @@ def audit(
     try:
         report = run_audit(
             input_path, out, split_columns=split_column or None, strategies=strategy or None,
-            tile_side_m=tile_side_m, permutations=permutations, figures=not no_figures,
+            tile_side_m=tile_side_m, permutations=permutations, figures=not no_figures, progress=not quiet,
         )
     except (SplitInputError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

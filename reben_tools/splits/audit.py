@@ -151,14 +151,15 @@ def audit_patches(
     thresholds_m: Sequence[float] = DEFAULT_THRESHOLDS_M,
     permutations: int = 20,
     seed: int = 0,
+    progress: bool = True,
 ) -> tuple[dict, dict]:
-    """The report dictionary and the raw arrays the figures need."""
+    """The report dictionary and the raw arrays the figures need (``progress``: a bar over the splits)."""
     from tqdm.auto import tqdm
 
     pairs = adjacency_pairs(patches)
     labels = patches.label_matrix()
     entries, raw = [], {}
-    for split in tqdm(splits, desc="auditing splits", unit="split", disable=len(splits) < 2):
+    for split in tqdm(splits, desc="auditing splits", unit="split", disable=not progress or len(splits) < 2):
         distances, raw_distances = nearest_split_distances(patches, split.codes, thresholds_m)
         entry = {
             "name": split.name,
@@ -381,6 +382,7 @@ def run_audit(
     permutations: int = 20,
     seed: int = 0,
     figures: bool = True,
+    progress: bool = True,
 ) -> dict:
     """Audit splits of INPUT and write ``report.json``, ``report.md`` and PNG figures to ``out_dir``.
 
@@ -396,6 +398,7 @@ def run_audit(
         permutations: random permutations for the join-count spread.
         seed: seed of those permutations.
         figures: render PNG figures.
+        progress: a progress bar over the splits.
 
     Returns:
         the report (as written to ``report.json``).
@@ -409,7 +412,8 @@ def run_audit(
     if tile_side_m is not None:
         options["reben"] = {"tile_side_m": tile_side_m, **options.get("reben", {})}
     splits = _splits_to_audit(patches, split_columns, strategies, options)
-    report, raw = audit_patches(patches, splits, thresholds_m=thresholds_m, permutations=permutations, seed=seed)
+    report, raw = audit_patches(patches, splits, thresholds_m=thresholds_m, permutations=permutations, seed=seed,
+                                progress=progress)
     files: dict[str, bytes] = {}
     if figures:
         for split in splits:

@@ -118,7 +118,8 @@ def distance_histogram_plot(raw: Mapping[str, Mapping[str, np.ndarray]], thresho
     names = list(raw)
     figure, axes = plt.subplots(len(names), 1, figsize=(8, 2.4 * len(names) + 0.8), squeeze=False, sharex=True,
                                 layout="constrained")
-    largest = max([float(np.max(d)) for r in raw.values() for d in r.values() if len(d)] or [1200.0]) / 1000
+    shown = [r.get(key, np.empty(0)) for r in raw.values() for key in ("validation_to_train", "test_to_train")]
+    largest = max([float(np.max(d)) for d in shown if len(d)] or [1200.0]) / 1000
     step = PATCH_SIDE_M / 1000
     upper = min(step * (math.floor(largest / step + 1e-9) + 2), 100.0)
     bins = np.arange(0.0, upper + step / 2, step)
