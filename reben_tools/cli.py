@@ -2,7 +2,7 @@
 
 Owns: the typer application and the list of command modules it registers.
 Does not own: the commands themselves (``reben_tools.commands``).
-May import: ``reben_tools.commands`` only.
+May import: ``reben_tools.commands`` and the package's ``__version__``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES = ("archive", "encode", "split", "subset", "build", "train", "retrieve")
+COMMAND_MODULES = ("archive", "encode", "split", "subset", "build", "train", "retrieve", "show")
 
 app = typer.Typer(
     name="reben",
@@ -31,6 +31,24 @@ def _register_all() -> None:
                 continue
             raise
         module.register(app)
+
+
+@app.callback(invoke_without_command=False)
+def _root(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, help="Print the reben-tools version and exit.",
+        callback=lambda value: _print_version(value),
+    ),
+) -> None:
+    """Build, convert, verify, audit and stream reBEN-style LMDB/safetensors archives."""
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from reben_tools import __version__
+
+        typer.echo(f"reben-tools {__version__}")
+        raise typer.Exit()
 
 
 _register_all()

@@ -92,7 +92,8 @@ def test_reben_strategy_from_ids_and_tile_side_column():
     table = pa.table({"patch_id": ids_for(PRODUCT, xs, ys), "tile_side_m": [12_000.0] * 5})
     patches = patches_from_table(table)
     assert list(RebenSplit().assign(patches)) == ["train", "validation", "test", "test", "train"]
-    # without the column: a full tile, unless the option says otherwise
+    # without the column: 5 patches fill too little of the 10 x 10 grid they reach to be a small
+    # product (tests/test_split_safety.py has the dense case), so a full tile, unless the option says otherwise
     plain = patches_from_table(table.drop(["tile_side_m"]))
     assert set(RebenSplit().assign(plain)) == {"train"}
     assert list(RebenSplit(tile_side_m=12_000).assign(plain)) == ["train", "validation", "test", "test", "train"]

@@ -1,4 +1,4 @@
-"""CORINE Land Cover: loading (vector or raster, any CRS) and reference maps (SPEC section 3).
+"""CORINE Land Cover: loading (vector or raster, any CRS) and reference maps (10 m, pixel-centre rule, 999 where no polygon).
 
 A reference map is the CLC layer rasterised onto a patch's 10 m grid: uint16,
 the raw CLC code of the polygon that contains each pixel's centre, 999 where no

@@ -1,4 +1,4 @@
-"""Country of a patch: the nearest configured country polygon to its footprint (SPEC section 6).
+"""Country of a patch: the nearest configured country polygon to its footprint (ETRS89-LAEA distances).
 
 Distances are computed in a metric CRS (ETRS89-LAEA Europe, EPSG:3035, by
 default), 0 when footprint and country intersect. Countries are keyed on Natural

@@ -1,11 +1,13 @@
 """``reben demo``: generate the demo region, build its archive, and (when given) audit its split.
 
 Owns: the demo flow (:func:`run_demo`): reusing or generating the inputs, the demo
-build settings, the paths worth looking at.
+build settings, printing the check against ``expected.json`` (``build.demo_check``), the paths
+worth looking at.
 Does not own: the generator (build.demo_region), the build (build.pipeline), the split
 audit (reben_tools.splits.audit, passed in by the ``reben demo`` command: build never
 imports splits, a sibling).
-May import: reben_tools.format, reben_tools.build.pipeline, reben_tools.build.demo_region.
+May import: reben_tools.format, reben_tools.build.pipeline, reben_tools.build.demo_region,
+reben_tools.build.demo_check.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from reben_tools.build.demo_check import DemoCheckError, check_demo_archive
 from reben_tools.build.pipeline.config import PipelineConfig
 from reben_tools.build.pipeline.run import build_archive
 from reben_tools.build.pipeline.summary import format_summary
@@ -36,6 +39,10 @@ def run_demo(out: str | Path, workers: int = 2, seed: int = 0, progress: bool = 
 
     Returns:
         the paths worth looking at, by label.
+
+    Raises:
+        DemoCheckError: the archive disagrees with the generator's ``expected.json`` (after
+            the audit, so every output is there to look at).
     """
     from reben_tools.build.demo_region.region import generate_region
 
@@ -64,9 +71,11 @@ def run_demo(out: str | Path, workers: int = 2, seed: int = 0, progress: bool = 
     echo(f"\nbuilding the archive on a local Dask cluster ({workers} workers) ...")
     result = build_archive(config, progress=progress, echo=echo)
     echo(format_summary(result.summary))
+    verdict = check_demo_archive(inputs_dir / "expected.json", archive_dir)
+    echo("\n" + "\n".join(verdict.lines()))
     paths = {"inputs": inputs_dir, "archive": archive_dir, "metadata": archive_dir / METADATA_FILE,
              "patches": archive_dir / PATCHES_FILE, "report": archive_dir / REPORT_FILE,
-             "manifest": archive_dir / MANIFEST_FILE}
+             "manifest": archive_dir / MANIFEST_FILE, "expected": inputs_dir / "expected.json"}
     if result.map_png:
         paths["map"] = result.map_png
     if audit is None:
@@ -81,4 +90,6 @@ def run_demo(out: str | Path, workers: int = 2, seed: int = 0, progress: bool = 
         else:
             paths["audit"] = audit_dir / "report.md"
     echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
+    if not verdict.ok:
+        raise DemoCheckError(f"{archive_dir}: the archive disagrees with {inputs_dir / 'expected.json'} (see the demo check above)")
     return paths

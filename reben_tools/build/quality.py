@@ -1,4 +1,4 @@
-"""Seasonal snow and cloud/shadow flags from the L2A scene classification layer (SPEC section 4).
+"""Seasonal snow and cloud/shadow flags from the L2A scene classification layer (SCL 11 snow; 3, 8, 9, 10 cloud or shadow).
 
 SCL classes: 11 = snow or ice; 3 = cloud shadow, 8 = cloud medium probability,
 9 = cloud high probability, 10 = thin cirrus. A patch is flagged when the share

@@ -1,4 +1,4 @@
-"""Reading Sentinel-2 L2A products and Sentinel-1 scenes (SPEC section 1).
+"""Reading Sentinel-2 L2A products and Sentinel-1 scenes (L2A .SAFE/JPEG2000 or GeoTIFF folders; S1 VV/VH GeoTIFFs).
 
 Sentinel-2 products come either as ``.SAFE`` folders (JPEG2000 bands under
 ``GRANULE/*/IMG_DATA/R10m|R20m|R60m``, ``MTD_MSIL2A.xml`` at the top) or as a

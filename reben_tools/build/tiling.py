@@ -1,4 +1,4 @@
-"""The 1,200 m patch grid of a Sentinel-2 product and its blocks of patch rows (SPEC section 2).
+"""The 1,200 m patch grid of a Sentinel-2 product and its blocks of patch rows (reBEN's grid from the tile's upper-left corner).
 
 The grid is anchored at the upper-left corner of the product's rasters (the tile's
 upper-left corner for a real L2A product). Patch ``(x, y)`` has its upper-left

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from reben_tools.commands.outputs import guarded_output
+
 
 def verify(
     archive_dir: Path = typer.Argument(..., help="The archive directory (with manifest.json)."),
@@ -29,7 +31,7 @@ def verify(
 
 def merge(
     archive_dir: Path = typer.Argument(..., help="The archive directory (with manifest.json)."),
-    out_dir: Path = typer.Argument(..., help="New directory for the single LMDB environment."),
+    out_dir: Path = typer.Argument(..., callback=guarded_output, help="New directory for the single LMDB environment."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Write all shards into one LMDB environment with sorted keys (reBEN's single-LMDB layout)."""
@@ -47,7 +49,7 @@ def merge(
 
 def export_tiff(
     archive_dir: Path = typer.Argument(..., help="The archive directory (with manifest.json)."),
-    out_dir: Path = typer.Argument(..., help="Where to write BigEarthNet-S2/, BigEarthNet-S1/, Reference_Maps/."),
+    out_dir: Path = typer.Argument(..., callback=guarded_output, help="Where to write BigEarthNet-S2/, BigEarthNet-S1/, Reference_Maps/."),
     flat: bool = typer.Option(False, "--flat", help="Patch folders directly under each part, no product level."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:

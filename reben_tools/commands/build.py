@@ -24,7 +24,8 @@ def build(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="LocalCluster worker processes (default 2)"),
     rows_per_block: Optional[int] = typer.Option(None, "--rows-per-block", min=1, help="patch rows per task"),
     max_gap_days: Optional[float] = typer.Option(None, "--max-gap-days", help="largest S1/S2 acquisition gap, days"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bar"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    no_progress: bool = typer.Option(False, "--no-progress", hidden=True),
 ) -> None:
     """Build a reBEN-style archive from Sentinel-2 L2A products, Sentinel-1 scenes and CORINE, on Dask.
 
@@ -52,7 +53,7 @@ def build(
         cfg = PipelineConfig.model_validate({**cfg.model_dump(), **updates})
         if not cfg.s2:
             raise BuildError("no Sentinel-2 input given (--s2 or 's2' in the config)")
-        result = build_archive(cfg, progress=progress, echo=typer.echo)
+        result = build_archive(cfg, progress=not (quiet or no_progress), echo=typer.echo)
     except BuildError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -70,16 +71,20 @@ def demo(
     out: Path = typer.Option(Path("reben-demo"), "--out", help="folder for the generated inputs and the archive"),
     workers: int = typer.Option(2, "--workers", min=1, help="LocalCluster worker processes"),
     seed: int = typer.Option(0, "--seed", help="seed of the generated region"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    no_progress: bool = typer.Option(False, "--no-progress", hidden=True),
 ) -> None:
     """Generate a small realistic region, build its archive on a local Dask cluster, audit the split."""
     from reben_tools.build.demo import run_demo
+    from reben_tools.build.demo_check import DemoCheckError
     from reben_tools.build.pipeline.config import BuildError
     from reben_tools.splits.audit import run_audit
 
     try:
-        paths = run_demo(out, workers=workers, seed=seed, progress=progress, echo=typer.echo, audit=run_audit)
-    except BuildError as exc:
+        progress = not (quiet or no_progress)
+        paths = run_demo(out, workers=workers, seed=seed, progress=progress, echo=typer.echo,
+                         audit=lambda archive_dir, audit_dir: run_audit(archive_dir, audit_dir, progress=progress))
+    except (BuildError, DemoCheckError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo("\nwhere everything is:")

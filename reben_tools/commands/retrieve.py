@@ -7,10 +7,12 @@ from pathlib import Path
 
 import typer
 
+from reben_tools.commands.outputs import guarded_output
+
 
 def retrieve(
     embeddings: Path = typer.Option(..., "--embeddings", help="An embeddings parquet written by `reben embed` (s1 and s2 columns)."),
-    out: Path = typer.Option(..., "--out", help="Directory for retrieval.json and retrieval.png."),
+    out: Path = typer.Option(..., "--out", callback=guarded_output, help="Directory for retrieval.json and retrieval.png."),
     split: str = typer.Option("test", "--split", help="Split whose patches are queries and gallery."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (similarity matrix blocks)."),
 ) -> None:

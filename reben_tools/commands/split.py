@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from reben_tools.commands.outputs import guarded_output
+
 _INPUT_HELP = (
     "An archive directory (its patches.parquet), a patches.parquet, or any parquet with a patch_id column "
     "(e.g. reBEN's metadata.parquet)."
@@ -16,9 +18,11 @@ _INPUT_HELP = (
 def split(
     input_path: Path = typer.Argument(..., help=_INPUT_HELP),
     strategy: str = typer.Option("reben", "--strategy", "-s", help="reben, v1-blocks or spatial-blocks."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output parquet: the input's rows with 'split' set."),
+    out: Path = typer.Option(..., "--out", "-o", callback=guarded_output, help="Output parquet: the input's rows with 'split' set."),
     tile_side_m: Optional[float] = typer.Option(
-        None, "--tile-side-m", help="Tile side in metres for rows without a tile_side_m column (default 109800, a full tile)."
+        None, "--tile-side-m",
+        help="Tile side in metres for rows without a tile_side_m column (default: the archive's patches.parquet beside "
+             "INPUT, else the extent of each MGRS tile's patch grid; 109800 for a full tile).",
     ),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of v1-blocks / spatial-blocks (default 0)."),
     block_size_m: Optional[float] = typer.Option(None, "--block-size-m", help="spatial-blocks: block side (default 30000)."),
@@ -31,7 +35,7 @@ def split(
     Patches a strategy leaves out (spatial-blocks' buffer) get a null split.
     """
     from reben_tools.splits.patches import SplitInputError
-    from reben_tools.splits.strategies import split_file
+    from reben_tools.splits.strategies import empty_split_warnings, split_file
 
     options = {"seed": seed, "block_size_m": block_size_m, "buffer_m": buffer_m}
     if no_label_balance:
@@ -39,18 +43,24 @@ def split(
     if no_country_balance:
         options["balance_countries"] = False
     try:
-        counts = split_file(input_path, out, strategy, tile_side_m=tile_side_m, **options)
+        info: dict = {}
+        counts = split_file(input_path, out, strategy, tile_side_m=tile_side_m, info=info, **options)
     except (SplitInputError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     total = sum(counts.values())
     shares = ", ".join(f"{name} {count:,} ({100 * count / total:.1f}%)" for name, count in counts.items())
     typer.echo(f"{out}: {total:,} patches, {strategy}: {shares}")
+    if strategy == "reben":
+        sides = ", ".join(f"{side:,.0f} m" for side in info["tile_sides_m"])
+        typer.echo(f"tile side {sides}, from {info['tile_side_source']}")
+    for warning in empty_split_warnings(counts, str(out)):
+        typer.echo(warning, err=True)
 
 
 def audit(
     input_path: Path = typer.Argument(..., help=_INPUT_HELP),
-    out: Path = typer.Option(..., "--out", "-o", help="Report directory (report.json, report.md, PNG figures)."),
+    out: Path = typer.Option(..., "--out", "-o", callback=guarded_output, help="Report directory (report.json, report.md, PNG figures)."),
     split_column: Optional[list[str]] = typer.Option(
         None, "--split-column", "-c", help="A column of INPUT holding splits; repeatable."
     ),
@@ -60,6 +70,7 @@ def audit(
     tile_side_m: Optional[float] = typer.Option(None, "--tile-side-m", help="Tile side for rows without a tile_side_m column."),
     permutations: int = typer.Option(20, "--permutations", help="Random permutations for the join-count baseline."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Only report.json and report.md."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Audit how far validation and test patches lie from train, for one or more splits.
 
@@ -71,7 +82,7 @@ def audit(
     try:
         report = run_audit(
             input_path, out, split_columns=split_column or None, strategies=strategy or None,
-            tile_side_m=tile_side_m, permutations=permutations, figures=not no_figures,
+            tile_side_m=tile_side_m, permutations=permutations, figures=not no_figures, progress=not quiet,
         )
     except (SplitInputError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -9,12 +9,14 @@ from typing import Optional
 
 import typer
 
-_RECIPE = "default: SPEC section 10 recipe"
+from reben_tools.commands.outputs import guarded_output
+
+_RECIPE = "default: reBEN's published recipe"
 
 
 def train(
     archive: Optional[Path] = typer.Option(None, "--archive", help="Archive directory (manifest.json, shards/, metadata); with --resume, default: the run's."),
-    out: Path = typer.Option(..., "--out", help="Run directory: checkpoints/, metrics.json, curves.png, test/."),
+    out: Path = typer.Option(..., "--out", callback=guarded_output, help="Run directory: checkpoints/, metrics.json, curves.png, test/."),
     bands: Optional[str] = typer.Option(None, "--bands", help="Band group (S1, 10m_20m, S1_10m_20m, ALL ...) or comma-separated bands."),
     model: Optional[str] = typer.Option(None, "--model", help="resnet50, resnet18, resnet_micro, vit_base_patch8, convnextv2_base, mixer_base_patch16, ... or timm:NAME."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs (default 100)."),
@@ -125,7 +127,7 @@ def _fail(exc: Exception) -> None:
 def evaluate(
     archive: Path = typer.Option(..., "--archive", help="Archive directory."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint written by reben train (best.pt or last.pt)."),
-    out: Path = typer.Option(..., "--out", help="Directory for metrics.json and per_class.png."),
+    out: Path = typer.Option(..., "--out", callback=guarded_output, help="Directory for metrics.json and per_class.png."),
     split: str = typer.Option("test", "--split", help="train, validation or test."),
     model: Optional[str] = typer.Option(None, "--model", help="Expected model name (checked against the checkpoint)."),
     bands: Optional[str] = typer.Option(None, "--bands", help="Expected band group (checked against the checkpoint)."),
@@ -166,7 +168,7 @@ def evaluate(
 def probe(
     archive: Optional[Path] = typer.Option(None, "--archive", help="Archive directory (with --checkpoint, or --model/--bands)."),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="An embeddings parquet written by `reben embed` (instead of --archive)."),
-    out: Path = typer.Option(..., "--out", help="Output directory: probe.json (metrics.json with --archive), probe.md, per_class_f2.png, embedding_map.png."),
+    out: Path = typer.Option(..., "--out", callback=guarded_output, help="Output directory: probe.json (metrics.json with --archive), probe.md, per_class_f2.png, embedding_map.png."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Encoder to freeze (omit for a random-init baseline with --model/--bands)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model name (random-init baseline, or checked against the checkpoint)."),
     bands: Optional[str] = typer.Option(None, "--bands", help="Band group (random-init baseline, or checked against the checkpoint)."),

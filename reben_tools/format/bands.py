@@ -1,6 +1,7 @@
 """Band tables, band groups and the published normalisation statistics.
 
-Facts from reBEN (SPEC sections 1, 8 and 9). Everything here is a constant
+Facts from reBEN: its 12 Sentinel-2 bands at 10/20/60 m, Sentinel-1 VV/VH at 10 m, the
+band groups its users name and the train-split statistics it published. Everything here is a constant
 table or a pure function over one: no I/O.
 
 Owns: the band table (:data:`ALL_BANDS`, S1/S2 bands, patch size), band groups and the

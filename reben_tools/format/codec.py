@@ -1,4 +1,4 @@
-"""Archive values: safetensors bytes holding one tensor per band (SPEC section 8).
+"""Archive values: safetensors bytes holding one tensor per band (reBEN's LMDB values: byte-identical to the archive reBEN users hold).
 
 Encoding goes through the ``safetensors`` library so values are byte-identical
 to the reference tool's. Decoding is a strict, allocation-free parser: archive

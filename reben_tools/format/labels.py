@@ -1,4 +1,4 @@
-"""CORINE Land Cover codes, the 19-class nomenclature and label derivation (SPEC section 3).
+"""CORINE Land Cover codes, the 19-class nomenclature and label derivation (reBEN: CLC 2018 codes to 19 classes; patches >= 25% unlabelled are dropped).
 
 The legend ships as package data (``data/clc_legend.csv``): the 44 level-3 codes
 plus 999, their names, colours and the 19-class name each maps to.

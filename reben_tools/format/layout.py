@@ -1,4 +1,4 @@
-"""The reben-tools archive: LMDB shards of safetensors values plus metadata (SPEC sections 7, 8).
+"""The reben-tools archive: LMDB shards of safetensors values plus metadata (reBEN's keys, values and metadata schema).
 
 Layout of an archive directory::
 

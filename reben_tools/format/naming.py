@@ -1,4 +1,4 @@
-"""Names of products and patches (SPEC sections 1, 2 and 7).
+"""Names of products and patches (reBEN's conventions: ESA product names, patch ids ``<product>_<x>_<y>``, S1 partner names).
 
 Pure string functions: parse a Sentinel-2 product name, make and parse reBEN
 patch ids, and derive the Sentinel-1 partner name and the BigEarthNet v1 name.

@@ -67,7 +67,7 @@ class TileGrid:
         return f"EPSG:{self.epsg}"
 
     def patch_upper_left(self, x: int, y: int, patch_m: float = 1200.0) -> tuple[float, float]:
-        """Upper-left corner of patch ``(x, y)``: ``(ulx + 1200 x, uly - 1200 y)`` (SPEC section 2)."""
+        """Upper-left corner of patch ``(x, y)``: ``(ulx + 1200 x, uly - 1200 y)`` (reBEN's 1,200 m patch grid)."""
         return self.ulx + patch_m * x, self.uly - patch_m * y
 
 

@@ -1,8 +1,8 @@
 """Supervised backbones for 120x120 reBEN patches and their registry by name.
 
 Every encoder takes a float32 batch ``(B, C, 120, 120)`` of normalised bands (any ``C``)
-and returns features ``(B, num_features)``. Architectures (SPEC section 10 lists the
-published model zoo):
+and returns features ``(B, num_features)``. Architectures (reBEN published ResNet, ViT,
+ConvNeXt V2 and MLP-Mixer models):
 
 - ResNet (``resnet18``, ``resnet50``, ``resnet101``; ``resnet_micro`` for CPU tests),
 - ViT (``vit_base_patch8`` = ViT-B/8, ``vit_small_patchP``, ``vit_tiny_patchP``, ``vit_micro_patchP``;

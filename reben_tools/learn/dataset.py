@@ -20,10 +20,12 @@ values with byte-identical headers and the same length reuse that checked layout
 fault raises :class:`reben_tools.format.codec.ValueDecodeError` naming the key. Environments are opened
 lazily, read-only and without locks in each process (fork-safe for DataLoader workers).
 
-Owns: ReBENDataset, SampleBatch, collate (the batch protocol), multi-hot labels, masks and reference maps of samples.
+Owns: ReBENDataset, SampleBatch, collate (the batch protocol), multi-hot labels, masks and reference maps of samples,
+ReBENDataset.plot (drawn by learn.plotting).
 Does not own: native layouts and upsampling/normalisation (transforms.py), value layout validation (values.py),
 the archive format and LMDB access (reben_tools.format), DataLoaders for training (loaders.py).
-May import: numpy, pyarrow, torch; reben_tools.format; reben_tools.splits.subsets; reben_tools.learn.transforms, .values.
+May import: numpy, pyarrow, torch; reben_tools.format; reben_tools.splits.subsets; reben_tools.learn.transforms,
+.values, .plotting.
 """
 
 from __future__ import annotations
@@ -178,7 +180,7 @@ class ReBENDataset(Dataset):
             ``metadata_for_patches_with_snow_cloud_or_shadow.parquet`` (reBEN leaves them out).
         upsampling: ``"nearest"`` (pixel repetition, reBEN's convention) or ``"bilinear"``
             (``align_corners=False``) for 20 m / 60 m bands.
-        normalisation: ``"published"`` (reBEN's train-split statistics, SPEC section 9),
+        normalisation: ``"published"`` (reBEN's train-split statistics of each band),
             ``"manifest"`` (the archive's own train-split statistics), a mapping
             ``{band: (mean, std)}``, or None (raw DNs / dB as float32).
         class_order: ``"alphabetical"`` (default; 0 = Agro-forestry areas) or ``"original"``.
@@ -441,6 +443,56 @@ class ReBENDataset(Dataset):
         if reference is not None:
             collated["reference_map"] = reference_tensor
         return SampleBatch(collated, batch)
+
+    def reference_map(self, index: int) -> np.ndarray:
+        """The CLC codes of sample ``index``'s reference map: uint16 (120, 120), 999 where no polygon."""
+        key = self._keys[int(index) % len(self)] + b"_reference_map"
+        with self.archive.batch_reader() as reader:
+            codes = self._layouts.arrays(key, reader.get(key, int(self._shards[int(index) % len(self)])),
+                                         "reference_map", ["Data"])["Data"]
+            return np.array(codes, dtype=np.uint16)
+
+    def index_of(self, patch_id: str) -> int:
+        """The sample index of ``patch_id``.
+
+        Raises:
+            KeyError: the dataset (this split, these flags) holds no such patch; the message says so.
+        """
+        found = np.flatnonzero(self._keys == patch_id.encode("utf-8"))
+        if not len(found):
+            raise KeyError(f"{self.root}: no patch {patch_id!r} in this dataset (split={self.split!r}, "
+                           f"include_snow_cloud={self.include_snow_cloud})")
+        return int(found[0])
+
+    def plot(self, sample: Mapping, show_titles: bool = True, suptitle: str | None = None):
+        """A Figure of one sample, as torchgeo's datasets draw them: Sentinel-2 RGB, Sentinel-1
+        VV and VH (those the dataset's bands hold), the reference map in the CORINE legend's
+        colours, and the labels as the title (``sample["prediction"]``, a multi-hot or
+        probability vector of 19, is shown under them when present).
+
+        Args:
+            sample: ``dataset[i]`` (not native mode).
+            show_titles: panel titles and the labels title.
+            suptitle: replaces the patch id above the labels.
+
+        Returns:
+            a matplotlib Figure (save it with ``figure.savefig(path)``).
+        """
+        from reben_tools.learn.plotting import plot_sample
+
+        if "image" not in sample:
+            raise ValueError("plot needs a sample with 'image' (native=False)")
+        patch_id = sample["patch_id"]
+        label = np.asarray(sample["label"])
+        names = [self.class_names[i] for i in np.flatnonzero(label > 0.5)]
+        prediction = None
+        if "prediction" in sample:
+            prediction = [self.class_names[i] for i in np.flatnonzero(np.asarray(sample["prediction"]) > 0.5)]
+        return plot_sample(
+            np.asarray(sample["image"]), self.bands, names, reference_map=self.reference_map(self.index_of(patch_id)),
+            patch_id=suptitle if suptitle is not None else patch_id, statistics=self.statistics,
+            prediction=prediction, show_titles=show_titles,
+        )
 
     def _read_arrays(self, reader: BatchReader, j: int) -> dict[str, np.ndarray]:
         """Zero-copy views of the sample's requested bands (valid while ``reader`` is open)."""

@@ -1,6 +1,6 @@
 """The training loop: training (or resuming) a multi-label classifier on a reBEN archive.
 
-The loop reproduces reBEN's published recipe (SPEC section 10) by default: AdamW (weight
+The loop reproduces reBEN's published recipe by default: AdamW (weight
 decay 0.01), lr 1e-3, global batch 512, dropout and drop-path 0.15, linear warm-up over
 1,000 steps from lr/10 then cosine to lr/10, BCE-with-logits, random horizontal and vertical
 flips (optionally CutMix or CutMix with label propagation first, ``--mix``), up to 100 epochs, early stopping (patience 5) and model selection on validation macro

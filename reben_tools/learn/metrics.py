@@ -1,4 +1,4 @@
-"""Multi-label classification metrics (SPEC section 10): the figures reBEN users report.
+"""Multi-label classification metrics: the figures reBEN users report.
 
 Inputs are ``scores`` (N, K) -- logits or probabilities, any monotonic score works for
 average precision -- and ``targets`` (N, K) of 0/1. Decisions for the threshold metrics
@@ -197,6 +197,18 @@ HEADLINE_METRICS = (
 
 def plot_per_class(metrics: dict, path, title: str = "") -> None:
     """Horizontal bar chart of per-class average precision and F1 (PNG at ``path``)."""
+    import matplotlib.pyplot as plt
+
+    fig = per_class_figure(metrics, title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def per_class_figure(metrics: dict, title: str = ""):
+    """The :func:`plot_per_class` Figure: whole class names (long ones wrapped onto two lines),
+    ``(no positives)`` after classes without a positive sample, the legend below the axes."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,13 +218,12 @@ def plot_per_class(metrics: dict, path, title: str = "") -> None:
     ap = [metrics["per_class"][n]["average_precision"] for n in names]
     f1 = [metrics["per_class"][n]["f1"] for n in names]
     ap = [np.nan if v is None else v for v in ap]
+    shown = [textwrap.fill(n + (" (no positives)" if np.isnan(a) else ""), 42) for n, a in zip(names, ap)]
     y = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(9, 0.38 * len(names) + 1.5))
+    fig, ax = plt.subplots(figsize=(10, 0.42 * sum(1 + 0.6 * t.count("\n") for t in shown) + 2.0), layout="constrained")
     ax.barh(y - 0.2, ap, height=0.4, label="average precision")
     ax.barh(y + 0.2, f1, height=0.4, label="F1 @ 0.5")
-    short = [(n if len(n) <= 40 else n[:37] + "...") + (" (no positives)" if np.isnan(a) else "")
-             for n, a in zip(names, ap)]
-    ax.set_yticks(y, short, fontsize=8)
+    ax.set_yticks(y, shown, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("score")
@@ -220,7 +231,5 @@ def plot_per_class(metrics: dict, path, title: str = "") -> None:
     if not title:
         title = "per-class figures" + (f" (macro AP {macro:.3f})" if macro is not None else "")
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.legend(loc="outside lower center", ncol=2, fontsize=8)
+    return fig

@@ -1,4 +1,4 @@
-"""Encode reBEN's GeoTIFF release into a reben-tools archive (SPEC sections 7 and 8).
+"""Encode reBEN's GeoTIFF release into a reben-tools archive (reBEN's keys, values and metadata, byte for byte).
 
 The archive's values are byte-identical to the reference tool's for the same files:
 the same keys (S2 patch id, S1 name, ``<patch_id>_reference_map``) and the same

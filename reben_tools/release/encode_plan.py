@@ -120,7 +120,7 @@ def match_s1_partners(s2_names: Sequence[str], s1_patches: dict[str, PatchFiles]
     """Pair S2 patches with S1 patches found in the release, without metadata.
 
     A reBEN patch id pairs with the S1 patches of the same tile and ``x``/``y`` (S1 names
-    carry them unpadded, SPEC section 2); when several acquisitions qualify, the one
+    carry them unpadded, e.g. ``..._33UUP_3_7``); when several acquisitions qualify, the one
     closest in time to the S2 sensing time wins (ties: the smaller name). Names that are
     not reBEN ids (BigEarthNet v1's) pair through the ``corresponding_s2_patch`` of the
     S1 folders' ``*_labels_metadata.json`` side-cars.

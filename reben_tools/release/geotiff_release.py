@@ -1,4 +1,4 @@
-"""reBEN's GeoTIFF release layout: find patch folders, read patches, write them back (SPEC section 8).
+"""reBEN's GeoTIFF release layout: find patch folders, read patches, write them back (reBEN's BigEarthNet-S2/-S1/Reference_Maps folders).
 
 The release holds one single-band GeoTIFF per band and patch::
 

@@ -128,9 +128,9 @@ def write_synthetic_release(
 ) -> SyntheticRelease:
     """Write a small, realistic reBEN GeoTIFF release plus its two metadata files.
 
-    Patches lie on the SPEC grid of real tiles (:data:`SYNTHETIC_TILES`, real UTM CRSs and
-    corners), spread over one S2 product per tile; each has an S1 partner named by SPEC
-    section 2 (acquired 0.2 to 5.7 days from the S2 sensing time), a reference map of real
+    Patches lie on reBEN's 1,200 m grid of real tiles (:data:`SYNTHETIC_TILES`, real UTM CRSs and
+    corners), spread over one S2 product per tile; each has an S1 partner named as reBEN
+    names them (``<S1 product>_<tile>_<x>_<y>``, acquired 0.2 to 5.7 days from the S2 sensing time), a reference map of real
     CLC codes, and a metadata row (labels from the map, reBEN split from x/y, the tile's
     country, ~``flagged_fraction`` flagged for snow or cloud).
 

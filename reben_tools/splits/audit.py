@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from reben_tools.format.layout import SPLITS
+from reben_tools.format.outputs import check_output_path
 from reben_tools.splits.patches import PatchTable, SplitInputError, categorical, load_patches
 from reben_tools.splits.strategies import STRATEGIES, SplitStrategy, get_strategy
 from reben_tools.splits.audit_figures import distance_histogram_figure, label_figure, split_map_figure
@@ -92,9 +93,11 @@ def _splits_to_audit(
     strategy_options: Mapping[str, Mapping] | None,
 ) -> list[SplitUnderAudit]:
     table = patches.table
-    if split_columns is None and strategies is None:
+    if split_columns is None:
+        # the input's own split is always audited when it has one, also beside --strategy
         split_columns = ["split"] if "split" in table.column_names else []
-        strategies = list(STRATEGIES)
+        if strategies is None:
+            strategies = list(STRATEGIES)
     split_columns = list(split_columns or [])
     strategies = list(strategies or [])
     if not split_columns and not strategies:
@@ -118,15 +121,28 @@ def _splits_to_audit(
     options = strategy_options or {}
     for strategy in strategies:
         chosen = strategy if isinstance(strategy, SplitStrategy) else get_strategy(strategy, **options.get(strategy, {}))
+        values = chosen.assign(patches)
+        same = next((i for i, s in enumerate(out) if s.source == "column" and _same_split(s.values, values)), None)
+        if same is not None:
+            # one row for identical splits: "split = reben" rather than two rows that repeat each other
+            column = out[same]
+            out[same] = SplitUnderAudit(f"{column.name} = {chosen.name}", "column", column.values,
+                                        column.intended_ratios, {"name": chosen.name, "options": chosen.options()})
+            continue
         name = chosen.name if chosen.name not in names else f"{chosen.name} (strategy)"
         names.add(name)
         out.append(
             SplitUnderAudit(
-                name, "strategy", chosen.assign(patches), dict(chosen.intended_ratios),
+                name, "strategy", values, dict(chosen.intended_ratios),
                 {"name": chosen.name, "options": chosen.options()},
             )
         )
     return out
+
+
+def _same_split(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two split columns assign every patch alike (None equal to None)."""
+    return len(a) == len(b) and all(x == y or (x is None and y is None) for x, y in zip(a.tolist(), b.tolist()))
 
 
 def audit_patches(
@@ -135,14 +151,15 @@ def audit_patches(
     thresholds_m: Sequence[float] = DEFAULT_THRESHOLDS_M,
     permutations: int = 20,
     seed: int = 0,
+    progress: bool = True,
 ) -> tuple[dict, dict]:
-    """The report dictionary and the raw arrays the figures need."""
+    """The report dictionary and the raw arrays the figures need (``progress``: a bar over the splits)."""
     from tqdm.auto import tqdm
 
     pairs = adjacency_pairs(patches)
     labels = patches.label_matrix()
     entries, raw = [], {}
-    for split in tqdm(splits, desc="auditing splits", unit="split", disable=len(splits) < 2):
+    for split in tqdm(splits, desc="auditing splits", unit="split", disable=not progress or len(splits) < 2):
         distances, raw_distances = nearest_split_distances(patches, split.codes, thresholds_m)
         entry = {
             "name": split.name,
@@ -365,6 +382,7 @@ def run_audit(
     permutations: int = 20,
     seed: int = 0,
     figures: bool = True,
+    progress: bool = True,
 ) -> dict:
     """Audit splits of INPUT and write ``report.json``, ``report.md`` and PNG figures to ``out_dir``.
 
@@ -380,6 +398,7 @@ def run_audit(
         permutations: random permutations for the join-count spread.
         seed: seed of those permutations.
         figures: render PNG figures.
+        progress: a progress bar over the splits.
 
     Returns:
         the report (as written to ``report.json``).
@@ -387,12 +406,14 @@ def run_audit(
     Raises:
         SplitInputError: bad input (nothing is written).
     """
+    check_output_path(out_dir, what="the audit folder")
     patches = load_patches(input_path, tile_side_m=tile_side_m)
     options = dict(strategy_options or {})
     if tile_side_m is not None:
         options["reben"] = {"tile_side_m": tile_side_m, **options.get("reben", {})}
     splits = _splits_to_audit(patches, split_columns, strategies, options)
-    report, raw = audit_patches(patches, splits, thresholds_m=thresholds_m, permutations=permutations, seed=seed)
+    report, raw = audit_patches(patches, splits, thresholds_m=thresholds_m, permutations=permutations, seed=seed,
+                                progress=progress)
     files: dict[str, bytes] = {}
     if figures:
         for split in splits:

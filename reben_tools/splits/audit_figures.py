@@ -1,7 +1,8 @@
 """Figures of the split audit: split maps, distance histograms, label prevalence (PNG bytes).
 
-Owns: :func:`split_map_figure`, :func:`distance_histogram_figure`, :func:`label_figure`, the
-split colours and map size limits.
+Owns: :func:`split_map_figure`, :func:`distance_histogram_figure`, :func:`label_figure` (PNG
+bytes) and the Figures behind them (``*_plot``, which the layout tests inspect), the split
+colours and map size limits.
 Does not own: the measures (``splits.audit_measures``), the report and where files go
 (``splits.audit``).
 May import: ``format.layout``, ``splits.patches``, ``splits.audit_measures``, numpy,
@@ -39,7 +40,13 @@ def _png(figure, tight: bool = True) -> bytes:
 
 def split_map_figure(patches: PatchTable, split: SplitUnderAudit) -> bytes:
     """Patches by split, one panel per region (country, else UTM grid zone), rasterised at the
-    patch size in EPSG:3035 (largest regions first, at most ``MAX_MAP_REGIONS``)."""
+    patch size in EPSG:3035 (largest regions first, at most ``MAX_MAP_REGIONS``); PNG bytes."""
+    return _png(split_map_plot(patches, split))
+
+
+def split_map_plot(patches: PatchTable, split: SplitUnderAudit):
+    """The :func:`split_map_figure` as a matplotlib Figure (constrained layout: the title,
+    panel titles and legend never overlap)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,7 +64,8 @@ def split_map_figure(patches: PatchTable, split: SplitUnderAudit) -> bytes:
     order = np.argsort(-sizes, kind="stable")[:MAX_MAP_REGIONS]
     columns = min(4, len(order))
     rows = math.ceil(len(order) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.2 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.2 * rows + 0.9), squeeze=False,
+                                layout="constrained")
     colours = ListedColormap(["white", SPLIT_COLOURS["train"], SPLIT_COLOURS["validation"], SPLIT_COLOURS["test"], SPLIT_COLOURS["excluded"]])
     value = np.where(split.codes >= 0, split.codes + 1, 4).astype(np.uint8)
     xy = patches.common_grid
@@ -83,25 +91,39 @@ def split_map_figure(patches: PatchTable, split: SplitUnderAudit) -> bytes:
         axis.set_yticks([])
     for axis in list(axes.flat)[len(order):]:
         axis.axis("off")
-    figure.legend(handles=[Patch(color=SPLIT_COLOURS[s], label=s) for s in (*SPLITS, "excluded")],
-                  loc="lower center", ncol=4, fontsize=8)
+    handles = [Patch(color=SPLIT_COLOURS[s], label=s) for s in SPLITS]
+    handles.append(Patch(color=SPLIT_COLOURS["excluded"], label="excluded (in no split)"))
+    handles.append(Patch(facecolor="white", edgecolor="black", linewidth=0.6, label="no patch (dropped or not imaged)"))
+    figure.legend(handles=handles, loc="outside lower center", ncol=3 if columns < 3 else 5, fontsize=8)
     figure.suptitle(f"Patches by split: {split.name} (EPSG:3035, north up)", fontsize=11)
-    figure.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.08, wspace=0.08, hspace=0.25)
-    return _png(figure, tight=False)
+    figure.get_layout_engine().set(h_pad=0.1, w_pad=0.1)
+    return figure
 
 
 def distance_histogram_figure(raw: Mapping[str, Mapping[str, np.ndarray]], thresholds_m: Sequence[float]) -> bytes:
-    """Histograms of the distance from validation and test patches to the nearest train patch."""
+    """Histograms of the distance from validation and test patches to the nearest train patch; PNG bytes."""
+    return _png(distance_histogram_plot(raw, thresholds_m))
+
+
+def distance_histogram_plot(raw: Mapping[str, Mapping[str, np.ndarray]], thresholds_m: Sequence[float]):
+    """The :func:`distance_histogram_figure` as a Figure: 1.2 km bins up to one bin past the
+    largest distance (at most 100 km, the last bin holding everything beyond), patch counts on a
+    linear axis, thresholds drawn where they fall inside the range."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = list(raw)
-    figure, axes = plt.subplots(len(names), 1, figsize=(8, 2.6 * len(names)), squeeze=False, sharex=True)
-    largest = max([float(np.max(d)) for r in raw.values() for d in r.values() if len(d)] or [1.0]) / 1000
-    upper = min(max(30.0, largest), 100.0)
-    bins = np.arange(0.0, upper + 1.2, 1.2)
+    figure, axes = plt.subplots(len(names), 1, figsize=(8, 2.4 * len(names) + 0.8), squeeze=False, sharex=True,
+                                layout="constrained")
+    shown = [r.get(key, np.empty(0)) for r in raw.values() for key in ("validation_to_train", "test_to_train")]
+    largest = max([float(np.max(d)) for d in shown if len(d)] or [1200.0]) / 1000
+    step = PATCH_SIDE_M / 1000
+    upper = min(step * (math.floor(largest / step + 1e-9) + 2), 100.0)
+    bins = np.arange(0.0, upper + step / 2, step)
+    capped = largest > bins[-1]
     for axis, name in zip(axes[:, 0], names):
         for key, split in (("validation_to_train", "validation"), ("test_to_train", "test")):
             distance = raw[name].get(key, np.empty(0)) / 1000
@@ -109,39 +131,59 @@ def distance_histogram_figure(raw: Mapping[str, Mapping[str, np.ndarray]], thres
                 axis.hist(np.minimum(distance, bins[-1] - 1e-9), bins=bins, histtype="step", linewidth=1.5,
                           color=SPLIT_COLOURS[split], label=f"{split} (n={len(distance):,})")
         for threshold in thresholds_m:
-            axis.axvline(threshold / 1000, color="grey", linestyle=":", linewidth=0.8)
+            if threshold / 1000 <= bins[-1]:
+                axis.axvline(threshold / 1000, color="grey", linestyle=":", linewidth=0.8)
         axis.set_title(name, fontsize=9)
         axis.set_ylabel("patches", fontsize=8)
-        axis.set_yscale("symlog", linthresh=10)
+        axis.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True, min_n_ticks=3))
+        axis.set_xlim(0.0, bins[-1])
         if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=7)
-    axes[-1, 0].set_xlabel(f"distance to the nearest train patch (km; last bin holds >= {bins[-2]:.0f} km); dotted: thresholds")
+            axis.legend(fontsize=7, loc="upper right")
+    axes[-1, 0].xaxis.set_major_locator(MaxNLocator(nbins=12, steps=[1, 1.2, 2, 2.4, 5, 6, 10]))
+    beyond = f"; last bin holds >= {bins[-2]:.0f} km" if capped else ""
+    axes[-1, 0].set_xlabel(f"distance to the nearest train patch (km{beyond}); dotted: thresholds")
     figure.suptitle("Nearest train patch, any tile or acquisition", fontsize=11)
-    return _png(figure)
+    figure.get_layout_engine().set(h_pad=0.15)
+    return figure
 
 
 def label_figure(report: dict) -> bytes | None:
-    """Label prevalence per split, one panel per audited split."""
+    """Label prevalence per split, one panel per audited split; PNG bytes (None without labels)."""
+    figure = label_plot(report)
+    return None if figure is None else _png(figure)
+
+
+def label_plot(report: dict):
+    """The :func:`label_figure` as a Figure: full class names, wrapped onto two lines where long."""
     entries = [e for e in report["splits"] if e["labels"]]
     if not entries:
         return None
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = entries[0]["labels"]["names"]
-    figure, axes = plt.subplots(1, len(entries), figsize=(5 * len(entries) + 3, 0.3 * len(names) + 1.5), squeeze=False, sharey=True)
+    wrapped = [textwrap.fill(n, 38) for n in names]
+    height = 0.42 * sum(1 + w.count("\n") * 0.6 for w in wrapped) + 1.6
+    figure, axes = plt.subplots(1, len(entries), figsize=(4 * len(entries) + 3.5, height), squeeze=False, sharey=True,
+                                layout="constrained")
     positions = np.arange(len(names))
     for axis, entry in zip(axes[0], entries):
         for offset, split in zip((-0.27, 0.0, 0.27), SPLITS):
             values = [v if v is not None else 0.0 for v in entry["labels"]["prevalence"][split]]
             axis.barh(positions + offset, values, height=0.27, color=SPLIT_COLOURS[split], label=split)
         axis.set_title(entry["name"], fontsize=9)
-        axis.set_xlabel("share of patches with the label", fontsize=8)
+        axis.set_xlabel("share of patches", fontsize=8)
+        axis.xaxis.set_major_locator(MaxNLocator(nbins=4))
         axis.tick_params(labelsize=7)
-    axes[0, 0].set_yticks(positions, [n if len(n) < 40 else n[:37] + "..." for n in names])
+    axes[0, 0].set_yticks(positions, wrapped)
     axes[0, 0].invert_yaxis()
-    axes[0, -1].legend(fontsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
     figure.suptitle("Label distribution per split", fontsize=11)
-    return _png(figure)
+    figure.get_layout_engine().set(w_pad=0.15)
+    return figure

@@ -6,7 +6,8 @@ Inputs (:func:`load_patches`): an archive directory (its ``patches.parquet``), a
 where present, otherwise from the MGRS tile plus ``x`` and ``y`` — parsed from the
 patch id, or taken from ``tile``/``x``/``y`` columns for ids that are not reBEN ids —
 (:mod:`reben_tools.geo.mgrs_grid`). The tile side is the ``tile_side_m`` column, else
-the ``tile_side_m`` option, else a full tile (109,800 m).
+the ``tile_side_m`` option, else the archive's ``patches.parquet`` beside INPUT, else the
+extent each MGRS tile's patch grid reaches (:func:`grid_tile_side`; 109,800 m for a full tile).
 
 Owns: :class:`PatchTable`, :class:`SplitInputError`, reading and validating INPUT
 (:func:`resolve_input`, :func:`read_input_table`, :func:`patches_from_table`,
@@ -147,6 +148,7 @@ class PatchTable:
         epsg: int64[n] EPSG code of the patch grid (UTM zone).
         centre_x, centre_y: float64[n] patch centre in metres in ``epsg``.
         tile_side_m: float64[n] side of the patch's tile in metres.
+        tile_side_source: where ``tile_side_m`` came from, in words (for messages and reports).
         labels: the ``labels`` list column, or None when the input has no labels.
         country_codes, country_names: int64[n] index into the sorted countries (nulls named
             ``unknown``), or None when the input has no ``country`` column.
@@ -168,6 +170,7 @@ class PatchTable:
     labels: pa.ChunkedArray | None = None
     country_codes: np.ndarray | None = None
     country_names: list[str] | None = None
+    tile_side_source: str = "the tile_side_m column"
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -347,9 +350,14 @@ def patches_from_table(table: pa.Table, source: str = "<table>", tile_side_m: fl
         centre_x = np.where(given, ulx + PATCH_SIDE_M / 2, centre_x)
         centre_y = np.where(given, uly - PATCH_SIDE_M / 2, centre_y)
         epsg = np.where(given, given_epsg, epsg)
-    side = np.full(len(x), FULL_TILE_SIDE_M if tile_side_m is None else float(tile_side_m))
+    if tile_side_m is not None:
+        side, side_source = np.full(len(x), float(tile_side_m)), "the --tile-side-m option"
+    else:
+        side, side_source = grid_tile_side(tile_index, x, y), "the patch grid of each MGRS tile"
     if "tile_side_m" in table.column_names:
         column = pc.cast(table.column("tile_side_m"), pa.float64()).to_numpy(zero_copy_only=False)
+        if np.isfinite(column).any():
+            side_source = "the tile_side_m column" if np.isfinite(column).all() else f"the tile_side_m column, else {side_source}"
         side = np.where(np.isfinite(column), column, side)
     if np.any(side <= 0):
         rows = np.flatnonzero(side <= 0)
@@ -366,11 +374,63 @@ def patches_from_table(table: pa.Table, source: str = "<table>", tile_side_m: fl
         table=table, source=source, patch_id=patch_ids, product_codes=product_codes, product_names=product_names,
         tile_codes=tile_index, tile_names=unique_tiles, x=x, y=y, epsg=epsg,
         centre_x=centre_x, centre_y=centre_y, tile_side_m=side, labels=labels,
-        country_codes=country_codes, country_names=country_names,
+        country_codes=country_codes, country_names=country_names, tile_side_source=side_source,
     )
 
 
+def grid_tile_side(tile_index: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The tile side of each patch from the extent its MGRS tile's patch grid reaches.
+
+    An S2 product of a full MGRS tile is 109,800 m wide: 91 patches of 1,200 m and a 600 m
+    strip the grid leaves out. A smaller product (generated, cropped) of ``n`` patches a side
+    likewise measures ``n * 1,200 + 600`` m. Per tile, ``n`` is one more than the largest
+    ``x`` or ``y`` any of its patches has; a tile whose grid reaches the 91st patch is full.
+    A tile whose patches fill less than half of its ``n x n`` grid is a sample of a larger
+    product, not a small product, and is taken as full too.
+
+    Args:
+        tile_index: int64[n] tile code of each patch.
+        x, y: int64[n] patch column / row inside the tile.
+
+    Returns:
+        float64[n] tile side in metres.
+    """
+    reach = np.zeros(int(tile_index.max()) + 1, dtype=np.int64)
+    np.maximum.at(reach, tile_index, np.maximum(x, y).astype(np.int64) + 1)
+    positions = np.unique(np.stack([tile_index, x, y]).astype(np.int64), axis=1)
+    filled = np.bincount(positions[0], minlength=len(reach))
+    sides = np.minimum(reach * PATCH_SIDE_M + PATCH_SIDE_M / 2, FULL_TILE_SIDE_M)
+    sides = np.where(filled * 2 >= reach * reach, sides, FULL_TILE_SIDE_M)
+    return sides[tile_index].astype(np.float64)
+
+
 def load_patches(path: str | Path, tile_side_m: float | None = None) -> PatchTable:
-    """Read and validate INPUT (archive directory, ``patches.parquet`` or any parquet with ``patch_id``)."""
+    """Read and validate INPUT (archive directory, ``patches.parquet`` or any parquet with ``patch_id``).
+
+    A file without a ``tile_side_m`` column (reBEN's ``metadata.parquet``) takes the tile side
+    of each patch from the archive's ``patches.parquet`` beside it, where there is one and no
+    ``tile_side_m`` option is given; otherwise see :func:`patches_from_table`.
+    """
     table, file = read_input_table(path)
+    beside = file.parent / PATCHES_FILE
+    if tile_side_m is None and "tile_side_m" not in table.column_names and file.name != PATCHES_FILE and beside.is_file():
+        sides = _sides_beside(beside, table)
+        if sides is not None:
+            patches = patches_from_table(table.append_column("tile_side_m", sides), source=str(file))
+            patches.table = table
+            known = np.isfinite(sides.to_numpy(zero_copy_only=False)).all()
+            patches.tile_side_source = f"{beside}" + ("" if known else " (else the patch grid of each MGRS tile)")
+            return patches
     return patches_from_table(table, source=str(file), tile_side_m=tile_side_m)
+
+
+def _sides_beside(beside: Path, table: pa.Table) -> pa.Array | None:
+    """``tile_side_m`` of ``table``'s patches from an archive's ``patches.parquet`` (nulls where absent)."""
+    try:
+        other = pq.read_table(beside, columns=["patch_id", "tile_side_m"])
+    except (OSError, pa.ArrowException, KeyError):
+        return None
+    ids = other.column("patch_id").to_pylist()
+    values = pc.cast(other.column("tile_side_m"), pa.float64()).to_pylist()
+    lookup = dict(zip(ids, values))
+    return pa.array([lookup.get(pid) for pid in table.column("patch_id").to_pylist()], pa.float64())

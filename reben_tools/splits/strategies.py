@@ -1,4 +1,4 @@
-"""Split assignment strategies (SPEC section 5).
+"""Split assignment strategies.
 
 A strategy is a pure function from patches (id, tile, x, y, position, optionally
 labels) to a split column: an object array of ``"train"``, ``"validation"``,
@@ -6,7 +6,7 @@ labels) to a split column: an object array of ``"train"``, ``"validation"``,
 
 Strategies (see ``docs/split_audit.md`` for their trade-offs):
 
-* ``reben``: reBEN's geography-based split, SPEC section 5, exactly
+* ``reben``: reBEN's geography-based split exactly
   (:func:`reben_split`): rings around each tile's border.
 * ``v1-blocks``: BigEarthNet v1's scheme, 2x2 blocks of patches per tile, two
   train, one validation, one test per block; which position gets which is drawn
@@ -23,7 +23,7 @@ the registry (:data:`STRATEGIES`, :func:`get_strategy`), split counts and writin
 (:func:`split_file`).
 Does not own: patch tables and input loading (``splits.patches``), the audit
 (``splits.audit*``), reBEN's distance rule itself (``geo.split_rule``).
-May import: ``format`` (layout, atomic), ``geo``, ``splits.patches``, numpy, pyarrow, scipy.
+May import: ``format`` (layout, atomic, outputs), ``geo``, ``splits.patches``, numpy, pyarrow, scipy.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from reben_tools.format.atomic import write_parquet_atomic
 from reben_tools.format.layout import SPLITS
+from reben_tools.format.outputs import check_output_path
 from reben_tools.geo.split_rule import reben_split
 from reben_tools.splits.patches import COMMON_GRID_CRS, PATCH_SIDE_M, PatchTable, load_patches
 
@@ -68,14 +69,14 @@ class SplitStrategy:
 
 
 class RebenSplit(SplitStrategy):
-    """SPEC section 5: rings around each tile's border (train), then validation, test in the centre.
+    """reBEN's split: rings around each tile's border (train), then validation, test in the centre.
 
     Args:
         tile_side_m: overrides the per-patch tile side (default: the patch table's ``tile_side_m``).
     """
 
     name = "reben"
-    description = "reBEN geography-based split: border ring train, middle ring validation, central square test (SPEC 5)"
+    description = "reBEN geography-based split: border ring train, middle ring validation, central square test"
 
     def __init__(self, tile_side_m: float | None = None) -> None:
         self.tile_side_m = tile_side_m
@@ -346,6 +347,7 @@ def split_file(
     out_path: str | Path,
     strategy: str | SplitStrategy = "reben",
     tile_side_m: float | None = None,
+    info: dict | None = None,
     **options,
 ) -> dict[str, int]:
     """Assign ``strategy``'s split to every row of INPUT and write them to ``out_path`` (parquet).
@@ -354,13 +356,35 @@ def split_file(
     through a temporary file and a rename. Rows keep their order and columns; ``split``
     is replaced or added (null for patches the strategy leaves out).
 
+    Args:
+        info: a dict to fill with ``tile_side_source`` (where the tile side came from, in words)
+            and ``tile_sides_m`` (the distinct tile sides, metres), for the caller to report.
+
     Returns:
         patches per split (see :func:`split_counts`).
     """
+    check_output_path(out_path, what="the split file")
     patches = load_patches(input_path, tile_side_m=tile_side_m)
     chosen = strategy if isinstance(strategy, SplitStrategy) else get_strategy(strategy, tile_side_m=tile_side_m, **options)
     splits = chosen.assign(patches)
+    if info is not None:
+        info["tile_side_source"] = patches.tile_side_source
+        info["tile_sides_m"] = sorted({float(v) for v in np.unique(patches.tile_side_m)})
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_parquet_atomic(with_split_column(patches.table, splits), out_path)
     return split_counts(splits)
+
+
+def empty_split_warnings(counts: dict[str, int], source: str = "the split") -> list[str]:
+    """One loud line for each of validation and test that holds no patch (empty list when both hold some).
+
+    Args:
+        counts: patches per split (:func:`split_counts`).
+        source: how the message names what was split.
+    """
+    empty = [name for name in ("validation", "test") if counts.get(name, 0) == 0]
+    return [
+        f"WARNING: {source} has NO {name} patches ({counts.get('train', 0):,} train); check the tile side "
+        "(--tile-side-m) and the strategy's options" for name in empty
+    ]

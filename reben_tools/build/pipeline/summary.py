@@ -3,7 +3,7 @@
 Owns: :func:`make_summary` (candidates, kept, drops per reason, per split / country /
 
 
-class / product), :func:`format_summary` and :func:`plot_map` (``summary_map.png``).
+class / product), :func:`format_summary` and :func:`plot_map` / :func:`map_figure` (``summary_map.png``).
 Does not own: writing report.json or the metadata (finalise).
 May import: reben_tools.format, reben_tools.build.countries, .discovery, .rows, matplotlib, geopandas.
 """
@@ -65,20 +65,41 @@ def format_summary(summary: dict) -> str:
 
 def plot_map(splits: list[str], footprints: list, countries: CountryIndex, path: Path) -> None:
     """PNG of the archive's patch footprints (EPSG:4326) coloured by split, over the configured countries."""
+    import matplotlib.pyplot as plt
+
+    fig = map_figure(splits, footprints, countries)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def map_figure(splits: list[str], footprints: list, countries: CountryIndex):
+    """The ``summary_map.png`` Figure: the view holds every patch and the whole outline of every
+    country that holds one; the figure takes the view's shape (so the map fills its width), the
+    legend sits below the map and country names beside the patches never overlap other text."""
     import geopandas as gpd
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
-    from shapely import box
 
     frame = gpd.GeoDataFrame({"split": splits}, geometry=footprints, crs="EPSG:4326")
     colours = {"train": "#1b9e77", "validation": "#d95f02", "test": "#7570b3"}
-    fig, ax = plt.subplots(figsize=(8, 7), dpi=110)
-    minx, miny, maxx, maxy = frame.total_bounds
-    pad_x, pad_y = max((maxx - minx) * 0.15, 0.05), max((maxy - miny) * 0.15, 0.05)
     world = gpd.GeoDataFrame({"name": countries.names}, geometry=countries.geometries, crs=countries.metric_crs).to_crs("EPSG:4326")
+    minx, miny, maxx, maxy = frame.total_bounds
+    holding = world[world.intersects(frame.union_all().buffer(0.05))]
+    if len(holding):
+        cminx, cminy, cmaxx, cmaxy = holding.total_bounds
+        minx, miny, maxx, maxy = min(minx, cminx), min(miny, cminy), max(maxx, cmaxx), max(maxy, cmaxy)
+    pad_x, pad_y = max((maxx - minx) * 0.04, 0.02), max((maxy - miny) * 0.04, 0.02)
+    aspect = 1.0 / max(np.cos(np.radians((miny + maxy) / 2)), 0.1)
+    shape = (maxx - minx + 2 * pad_x) / ((maxy - miny + 2 * pad_y) * aspect)  # width / height on paper
+    map_height = 6.0
+    map_width = float(np.clip(map_height * shape, 3.0, 12.0))
+    map_height = float(np.clip(map_width / shape, 3.0, 9.0))
+    fig, ax = plt.subplots(figsize=(map_width + 1.2, map_height + 1.6), dpi=110, layout="constrained")
     world.plot(ax=ax, facecolor="#f2f2f2", edgecolor="#888888", linewidth=0.8)
     for split, colour in colours.items():
         part = frame[frame["split"] == split]
@@ -86,19 +107,15 @@ def plot_map(splits: list[str], footprints: list, countries: CountryIndex, path:
             part.plot(ax=ax, facecolor=colour, edgecolor="none", alpha=0.9)
     ax.set_xlim(minx - pad_x, maxx + pad_x)
     ax.set_ylim(miny - pad_y, maxy + pad_y)
-    ax.set_aspect(1.0 / max(np.cos(np.radians((miny + maxy) / 2)), 0.1))
-    view = box(minx - pad_x, miny - pad_y, maxx + pad_x, maxy + pad_y)
-    for name, geometry in zip(world["name"], world.geometry):
-        point = geometry.intersection(view).representative_point()
-        if not point.is_empty:
-            ax.annotate(name, (point.x, point.y), ha="center", color="#555555", fontsize=9)
+    ax.set_aspect(aspect)
+    for name, geometry in zip(holding["name"], holding.geometry):
+        free = geometry.difference(frame.union_all().buffer(0.02))
+        point = (free if not free.is_empty else geometry).representative_point()
+        ax.annotate(name, (point.x, point.y), ha="center", va="center", color="#555555", fontsize=9)
     ax.set_xlabel("longitude")
     ax.set_ylabel("latitude")
     counts = frame["split"].value_counts()
-    ax.legend(handles=[Patch(color=c, label=f"{s} ({int(counts.get(s, 0))})") for s, c in colours.items()], loc="best")
+    fig.legend(handles=[Patch(color=c, label=f"{s} ({int(counts.get(s, 0))})") for s, c in colours.items()],
+               loc="outside lower center", ncol=3, fontsize=9)
     ax.set_title(f"{len(frame)} patches by split")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    return fig

@@ -1,0 +1,49 @@
+"""``reben show``: draw one patch of an archive to a PNG, for people who are not in Python.
+
+Owns: the ``show`` command.
+Does not own: the drawing (``learn.plotting`` through ``ReBENDataset.plot``), reading samples
+(``learn.dataset``).
+May import: ``reben_tools.learn``, ``reben_tools.format``, ``reben_tools.commands.outputs``, typer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from reben_tools.commands.outputs import guarded_output
+
+
+def show(
+    archive: Path = typer.Argument(..., help="The archive directory (or a plain reBEN LMDB with --metadata)."),
+    patch_id: str = typer.Argument(..., help="The S2 patch id, e.g. S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57."),
+    out: Path = typer.Option(Path("patch.png"), "--out", "-o", callback=guarded_output, help="PNG to write."),
+    metadata: list[Path] = typer.Option([], "--metadata", help="reBEN metadata parquet(s), for a plain reBEN LMDB."),
+) -> None:
+    """Draw PATCH_ID: Sentinel-2 RGB, Sentinel-1 VV and VH, the reference map in CORINE colours, the labels as title."""
+    import matplotlib.pyplot as plt
+
+    from reben_tools.format.codec import ValueDecodeError
+    from reben_tools.format.layout import ArchiveError
+    from reben_tools.learn.dataset import ReBENDataset
+
+    try:
+        dataset = ReBENDataset(archive, bands="ALL", include_snow_cloud=True,
+                               metadata=[str(m) for m in metadata] or None)
+        sample = dataset[dataset.index_of(patch_id)]
+        figure = dataset.plot(sample)
+    except KeyError as exc:
+        typer.echo(f"error: {exc.args[0]}", err=True)
+        raise typer.Exit(1) from None
+    except (ArchiveError, ValueDecodeError, ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+    typer.echo(f"{out}: {patch_id}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("show")(show)
