@@ -13,7 +13,7 @@ from reben_tools.commands.outputs import guarded_output
 def subset(
     input_path: Path = typer.Argument(..., help="A reBEN metadata parquet, or an archive directory (its metadata.parquet)."),
     fraction: float = typer.Option(..., "--fraction", "-f", help="Share of the train split to keep, in (0, 1]."),
-    out: Path = typer.Option(..., "--out", callback=guarded_output, "-o", help="Output parquet in reBEN's metadata schema (train subset + all validation/test rows)."),
+    out: Path = typer.Option(..., "--out", "-o", callback=guarded_output, help="Output parquet in reBEN's metadata schema (train subset + all validation/test rows)."),
     seed: int = typer.Option(0, "--seed", help="Draw seed."),
     include_snow_cloud: bool = typer.Option(False, "--include-snow-cloud", help="Archive input: also draw from the snow/cloud/shadow metadata file."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the label distribution as JSON here."),
