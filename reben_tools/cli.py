@@ -11,7 +11,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES = ("archive", "encode", "split", "build", "train")
+COMMAND_MODULES = ("archive", "encode", "split", "build", "train", "pretrain")
 
 app = typer.Typer(
     name="reben",

@@ -357,21 +357,24 @@ class Decoder(nn.Module):
         return self.linear_output(self.decoder(x + self.decoder_pos_embed.to(x.dtype)))
 
 
-class ContrastiveProjection(nn.Module):
-    """Linear projections of the pooled embeddings and the learnable temperature.
+class ContrastiveHead(nn.Module):
+    """The learnable temperature of the InfoNCE loss, and the L2 normalisation of its inputs.
 
-    ``logit_scale`` is ``log(1 / temperature)``, initialised to ``log(1 / 0.07)``.
+    ``logit_scale`` is ``log(1 / temperature)``, initialised to ``log(1 / 0.07)``. The loss
+    compares the pooled embeddings themselves (the ``*_GAP_FFN`` outputs, what
+    :meth:`CROMA.embed` returns): CROMA's reference code puts one more linear layer per
+    modality in between, but those layers are not part of the published checkpoint, so the
+    embeddings users get from it never pass through them. Without them, the radar and
+    optical embeddings a user gets are the very ones the loss aligned.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.radar_proj = nn.Linear(dim, dim)
-        self.optical_proj = nn.Linear(dim, dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def forward(self, s1_gap: Tensor, s2_gap: Tensor) -> tuple[Tensor, Tensor]:
-        """L2-normalised projections, each (B, D)."""
-        return F.normalize(self.radar_proj(s1_gap), dim=-1), F.normalize(self.optical_proj(s2_gap), dim=-1)
+        """L2-normalised embeddings, each (B, D)."""
+        return F.normalize(s1_gap.float(), dim=-1), F.normalize(s2_gap.float(), dim=-1)
 
 
 # --------------------------------------------------------------------------------------
@@ -440,7 +443,7 @@ class CROMA(nn.Module):
         self.joint_encoder = CrossTransformer(config.dim, half, config.heads, config.ff_mult)
         self.register_buffer("attn_bias", alibi_2d(config.heads, config.grid), persistent=False)
         self.decoder = Decoder(config) if pretraining else None
-        self.contrast = ContrastiveProjection(config.dim) if pretraining else None
+        self.contrast = ContrastiveHead() if pretraining else None
 
     @property
     def dim(self) -> int:
@@ -499,7 +502,7 @@ class CROMA(nn.Module):
             generator: random source of the masks (default: torch's global one).
 
         Returns:
-            dict with ``s1_proj``, ``s2_proj`` (B, D) L2-normalised contrastive projections,
+            dict with ``s1_proj``, ``s2_proj`` (B, D) the L2-normalised pooled embeddings,
             ``logit_scale`` (scalar, ``exp`` of the learnt log-scale, at most 100),
             ``pred`` (B, N, 14*p*p) decoder output, ``target`` (B, N, 14*p*p) the patchified
             ``[s2, s1]`` input, ``mask_s1`` and ``mask_s2`` (B, N) (1 = masked).
@@ -568,14 +571,14 @@ def load_published(model: CROMA, state: Mapping, source: str = "checkpoint") -> 
         module = getattr(model, part)
         own = module.state_dict()
         given = state[part]
+        for k, v in own.items():  # a wrong size shows first as a shape, before the layers it lacks
+            if k in given and tuple(given[k].shape) != tuple(v.shape):
+                raise CheckpointLayoutError(
+                    f"{source}: {part}.{k} has shape {tuple(given[k].shape)}, {model.config.name} expects {tuple(v.shape)}")
         missing = [k for k in own if k not in given]
         if missing:
             raise CheckpointLayoutError(f"{source}: missing key {part}.{missing[0]} ({len(missing)} missing in {part})")
         unexpected = [k for k in given if k not in own]
         if unexpected:
             raise CheckpointLayoutError(f"{source}: unexpected key {part}.{unexpected[0]} ({len(unexpected)} unexpected in {part})")
-        for k, v in own.items():
-            if tuple(given[k].shape) != tuple(v.shape):
-                raise CheckpointLayoutError(
-                    f"{source}: {part}.{k} has shape {tuple(given[k].shape)}, {model.config.name} expects {tuple(v.shape)}")
         module.load_state_dict({k: given[k].to(v.dtype) for k, v in own.items()})
