@@ -210,3 +210,25 @@ def test_load_encoder_is_a_lazy_top_level_export():
     code = ("import sys, reben_tools; assert 'torch' not in sys.modules; "
             "from reben_tools.learn.encoders import load_encoder; assert reben_tools.load_encoder is load_encoder")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_embed_from_a_reben_train_run(archive, tmp_path):
+    from reben_tools.learn.checkpoints import load_checkpoint, model_from_checkpoint
+    from reben_tools.learn.config import TrainConfig
+    from reben_tools.learn.loop import train
+
+    out = tmp_path / "train-run"
+    train(TrainConfig(archive=str(archive["root"]), bands="S1_10m_20m", model="resnet_micro", out=str(out), epochs=1,
+                      batch_size=8, workers=0, device="cpu", progress=False, evaluate_test=False,
+                      model_kwargs=dict(stem_width=4, widths=(4, 8, 8, 16))))
+    encoder = load_encoder(out)
+    assert encoder.input.scaling == "zscore" and encoder.input.s1_bands == BAND_GROUPS["S1"]
+    summary = embed_archive(archive["root"], encoder, tmp_path / "e.parquet", split="test", workers=0, progress=False)
+    assert summary["columns"] == ["joint"]
+    got = torch.tensor(np.asarray(pq.read_table(tmp_path / "e.parquet").column("joint").to_pylist(), dtype=np.float32))
+    model = model_from_checkpoint(load_checkpoint(out / "checkpoints" / "best.pt"), "best.pt").eval()
+    ds = ReBENDataset(archive["root"], split="test", bands="S1_10m_20m", normalisation="published")
+    with torch.no_grad():
+        expected = model.forward_features(torch.stack([ds[i]["image"] for i in range(len(ds))]))
+    assert got.shape == (8, encoder.dim)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

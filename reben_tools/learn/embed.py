@@ -58,6 +58,9 @@ def modalities_for(encoder, bands: str | list[str] | None) -> tuple[bool, bool]:
         names = set(resolve_bands(bands))
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
+    if getattr(encoder, "needs_all_inputs", False) and not names >= set(spec.s1_bands) | set(spec.s2_bands):
+        raise TrainingError(f"{encoder.spec}: the model reads {list(spec.s1_bands) + list(spec.s2_bands)} together; "
+                            "omit --bands")
     want = []
     for group, needed in (("S1", spec.s1_bands), ("S2", spec.s2_bands)):
         asked = names & set(BAND_GROUPS[group])
@@ -105,13 +108,7 @@ def embed_archive(archive: str | os.PathLike, encoder, out: str | os.PathLike, s
         ids = np.asarray(dataset.metadata.column("patch_id").to_pylist(), dtype=object)
         splits = np.asarray(dataset.metadata.column("split").to_pylist(), dtype=object)
         names = list(dataset.class_names)
-        columns = [c for c in EMBEDDING_COLUMNS if (c == "s1" and use_s1) or (c == "s2" and use_s2)
-                   or (c == "joint" and use_s1 and use_s2)]
-        schema = pa.schema(
-            [("patch_id", pa.string()), ("split", pa.string()), ("labels", pa.list_(pa.string()))]
-            + [(c, pa.list_(pa.float32(), encoder.dim)) for c in columns],
-            metadata={ENCODER_METADATA_KEY: json.dumps({**encoder.describe(), "columns": columns}).encode()},
-        )
+        metadata = encoder.describe()
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
@@ -121,8 +118,9 @@ def embed_archive(archive: str | os.PathLike, encoder, out: str | os.PathLike, s
 
         position = 0
         order = np.asarray(list(iter(sampler)), dtype=np.int64)
+        writer, columns, schema = None, [], None
         try:
-            with pq.ParquetWriter(tmp, schema) as writer, torch.inference_mode():
+            with torch.inference_mode():
                 for batch in tqdm(loader, desc=f"embed {split or 'all'}", disable=not progress, leave=False):
                     images, labels = preprocess(batch)
                     images = images.float()
@@ -131,6 +129,13 @@ def embed_archive(archive: str | os.PathLike, encoder, out: str | os.PathLike, s
                     s1, s2 = encoder.input.prepare(s1, s2)
                     with autocast(dev, prec):
                         emb = encoder.embed(s1=s1, s2=s2)
+                    if writer is None:  # the columns are the embeddings the encoder gives for these inputs
+                        columns = [c for c in EMBEDDING_COLUMNS if c in emb]
+                        schema = pa.schema(
+                            [("patch_id", pa.string()), ("split", pa.string()), ("labels", pa.list_(pa.string()))]
+                            + [(c, pa.list_(pa.float32(), encoder.dim)) for c in columns],
+                            metadata={ENCODER_METADATA_KEY: json.dumps({**metadata, "columns": columns}).encode()})
+                        writer = pq.ParquetWriter(tmp, schema)
                     idx = order[position:position + images.shape[0]]
                     position += images.shape[0]
                     hot = labels.cpu().numpy() > 0.5
@@ -138,14 +143,20 @@ def embed_archive(archive: str | os.PathLike, encoder, out: str | os.PathLike, s
                               pa.array([[names[k] for k in np.flatnonzero(h)] for h in hot], pa.list_(pa.string()))]
                     for c in columns:
                         values = emb[c].float().cpu().numpy().astype(np.float32, copy=False)
-                        if values.shape[1] != encoder.dim:
-                            raise TrainingError(f"{encoder.spec}: {c} embeddings have {values.shape[1]} dimensions, "
-                                                f"the encoder declares {encoder.dim}")
+                        if values.ndim != 2 or values.shape[1] != encoder.dim:
+                            raise TrainingError(f"{encoder.spec}: {c} embeddings have shape {values.shape}, "
+                                                f"the encoder declares {encoder.dim} dimensions")
                         arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), encoder.dim))
                     writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
                     rows += images.shape[0]
+            if writer is None:
+                raise TrainingError(f"{archive}: no patches to embed")
+            writer.close()
+            writer = None
             os.replace(tmp, out)
         finally:
+            if writer is not None:
+                writer.close()
             if tmp.exists():
                 tmp.unlink()
     finally:

@@ -127,6 +127,7 @@ class ClassifierEncoder(nn.Module):
         s2 = tuple(b for b in S2 if b in bands)
         self.input = InputSpec(S1 if s1 else (), S2 if s2 else (), scaling="zscore")
         self.output = "joint" if s1 and s2 else ("s1" if s1 else "s2")
+        self.needs_all_inputs = True
 
     def embed(self, s1: Tensor | None = None, s2: Tensor | None = None) -> dict[str, Tensor]:
         """``{"s1" | "s2" | "joint": features}`` (B, D): joint when the model reads both modalities."""
