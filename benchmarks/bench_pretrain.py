@@ -10,8 +10,10 @@ For each encoder: linear-probe test macro AP (scikit-learn one-vs-rest LogisticR
 on the standardised frozen ``joint`` embeddings of the train split, scored on the test
 split with the project's ``multilabel_metrics``) and S1->S2 retrieval recall@1 on the test
 split (cosine similarity of the pooled ``s1`` and ``s2`` embeddings; chance is 1/N).
-The pretraining throughput (samples/s) and data-wait share come from the run's own
-per-epoch records (``metrics.json``), as ``reben train`` reports them.
+The pretraining throughput (samples/s, median over epochs) and data-wait share come from the
+run's own per-epoch records (``metrics.json``), as ``reben train`` reports them; the baseline,
+measured right after each run in the same process, is the pretraining step alone on one
+batch held in memory (no data loading).
 
 Usage::
 
@@ -81,6 +83,27 @@ def recall_at_1(emb: dict) -> tuple[float, int]:
     return float(hits.mean()), int(len(a))
 
 
+def resident_throughput(archive: str, batch_size: int, lr: float, steps: int = 20) -> float:
+    """Samples/s of the pretraining step alone (masking, both losses, backward, AdamW) on one resident batch."""
+    from reben_tools.learn.croma import croma_scale
+    from reben_tools.learn.croma_losses import croma_losses
+    from reben_tools.learn.dataset import ReBENDataset
+
+    ds = ReBENDataset(archive, split="train", bands="ALL")
+    x = croma_scale(torch.stack([ds[i]["image"] for i in range(batch_size)]))
+    ds.archive.close()
+    model = CROMA(CONFIGS["croma_micro"], pretraining=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for i in range(steps + 3):
+        if i == 3:
+            start = time.perf_counter()
+        losses = croma_losses(model(x[:, :2], x[:, 2:], 0.75))
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
 def evaluate(archive: str, encoder, path: Path) -> dict:
     embed_archive(archive, encoder, path, workers=0, progress=False)
     emb = read_embeddings(path)
@@ -120,11 +143,13 @@ def main() -> None:
                                     batch_size=args.batch_size, lr=args.lr, seed=seed, workers=0, progress=False,
                                     device="cpu"))
             seconds = time.perf_counter() - start
+            resident = resident_throughput(args.archive, args.batch_size, args.lr)
             history = json.loads((run / "metrics.json").read_text())["epochs"]
             record = {
                 "seed": seed, "pretrain_seconds": round(seconds, 1),
                 "train_samples_per_s": statistics.median(h["train_samples_per_s"] for h in history),
                 "data_wait_fraction": statistics.median(h["data_wait_fraction"] for h in history),
+                "resident_batch_samples_per_s": resident,
                 "final_train": history[-1]["train"], "final_validation": history[-1].get("validation"),
                 **evaluate(args.archive, load_encoder(str(run)), Path(tmp, f"p{seed}.parquet")),
             }

@@ -98,7 +98,11 @@ def embed_archive(archive: str | os.PathLike, encoder, out: str | os.PathLike, s
     read = (*(BAND_GROUPS["S1"] if use_s1 else ()), *(BAND_GROUPS["S2"] if use_s2 else ()))
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    dataset = open_dataset(archive, read)
+    try:
+        dataset = open_dataset(archive, read)
+    except TrainingError as exc:
+        raise TrainingError(str(exc).split("; choose --bands")[0].split(" -- choose --bands")[0]
+                            + "; embed only the modality it holds with --bands S1 or --bands S2") from None
     try:
         indices = split_indices(dataset, split) if split else np.arange(len(dataset))
         sampler = EpochSampler(indices, shuffle=False, pad=False)

@@ -204,7 +204,11 @@ def _pretrain(config: PretrainConfig, ctx: Distributed, resume: bool, given: set
     model = CROMA(CONFIGS[config.model], pretraining=True)
     if config.init is not None and state is None:
         read_init(config.init, model)
-    dataset = open_dataset(config.archive, PRETRAIN_BANDS, include_snow_cloud=config.include_snow_cloud)
+    try:
+        dataset = open_dataset(config.archive, PRETRAIN_BANDS, include_snow_cloud=config.include_snow_cloud)
+    except TrainingError as exc:
+        raise TrainingError(str(exc).split("; choose --bands")[0].split(" -- choose --bands")[0]
+                            + "; CROMA pretraining needs both S1 (VV, VH) and all 12 S2 bands") from None
     cleanup.callback(dataset.archive.close)
     train_sampler = EpochSampler(split_indices(dataset, "train"), ctx.rank, ctx.world_size, shuffle=True, seed=config.seed)
     splits = set(dataset.metadata.column("split").to_pylist())
