@@ -107,6 +107,26 @@ TRAJECTORY_FIELDS = ("model", "mask_ratio", "epochs", "batch_size", "lr", "weigh
 DEFAULTS = {f.name: f.default for f in fields(PretrainConfig) if f.default is not MISSING}
 
 
+class FullBatchSampler(EpochSampler):
+    """:class:`EpochSampler` whose epoch share is cut to whole batches of ``batch`` samples.
+
+    The contrastive loss takes its negatives from the batch, so a small last batch would
+    make an easier, noisier step; like most contrastive recipes, pretraining drops it (the
+    epoch's order changes every epoch, so every patch is still seen).
+    """
+
+    def __init__(self, indices, batch: int, **kwargs) -> None:
+        super().__init__(indices, **kwargs)
+        self.batch = batch
+
+    def share(self) -> list[int]:
+        share = super().share()
+        return share[: len(share) // self.batch * self.batch]
+
+    def __len__(self) -> int:
+        return max(0, len(self.share()) - self.start)
+
+
 def input_record(statistics: dict[str, tuple[float, float]]) -> dict:
     """What a CROMA checkpoint records about its input (see ``docs/pretraining.md``)."""
     return {
@@ -210,15 +230,16 @@ def _pretrain(config: PretrainConfig, ctx: Distributed, resume: bool, given: set
         raise TrainingError(str(exc).split("; choose --bands")[0].split(" -- choose --bands")[0]
                             + "; CROMA pretraining needs both S1 (VV, VH) and all 12 S2 bands") from None
     cleanup.callback(dataset.archive.close)
-    train_sampler = EpochSampler(split_indices(dataset, "train"), ctx.rank, ctx.world_size, shuffle=True, seed=config.seed)
+    train_sampler = FullBatchSampler(split_indices(dataset, "train"), per_process, rank=ctx.rank,
+                                     world_size=ctx.world_size, shuffle=True, seed=config.seed)
     splits = set(dataset.metadata.column("split").to_pylist())
     val_loader = None
     if "validation" in splits:
         val_sampler = EpochSampler(split_indices(dataset, "validation"), ctx.rank, ctx.world_size, shuffle=False, pad=True)
         val_loader = make_loader(dataset, val_sampler, per_process, workers, device, config.seed)
-    if len(train_sampler) < 2:
-        raise TrainingError(f"{config.archive}: the train split has {len(train_sampler)} patch(es) per process; "
-                            "contrastive pretraining needs at least 2")
+    if len(train_sampler) == 0:
+        raise TrainingError(f"{config.archive}: the train split has fewer patches than one batch per process "
+                            f"({per_process}); lower --batch-size")
     train_loader = make_loader(dataset, train_sampler, per_process, workers, device, config.seed)
     preprocess = DevicePreprocess(dataset, device)
     steps_per_epoch = math.ceil(len(train_sampler) / per_process)
