@@ -11,7 +11,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES = ("archive", "encode", "split", "subset", "build", "train", "retrieve", "show")
+COMMAND_MODULES = ("archive", "encode", "split", "subset", "build", "train", "pretrain", "retrieve", "show")
 
 app = typer.Typer(
     name="reben",
