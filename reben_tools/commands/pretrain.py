@@ -14,10 +14,12 @@ from typing import Optional
 
 import typer
 
+from reben_tools.commands.outputs import guarded_output
+
 
 def pretrain(
     archive: Optional[Path] = typer.Option(None, "--archive", help="Archive directory with S1 and S2 values."),
-    out: Path = typer.Option(..., "--out", help="Run directory: checkpoints/, croma_published.pt, steps.jsonl, metrics.json, curves.png."),
+    out: Path = typer.Option(..., "--out", callback=guarded_output, help="Run directory: checkpoints/, croma_published.pt, steps.jsonl, metrics.json, curves.png."),
     model: Optional[str] = typer.Option(None, "--model", help="croma_base, croma_large or croma_micro (CPU-sized)."),
     mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio", help="Fraction of each modality's patches masked (default 0.75)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs over the train split (default 100)."),
@@ -74,7 +76,7 @@ def pretrain(
 def embed(
     archive: Path = typer.Option(..., "--archive", help="Archive directory."),
     encoder: str = typer.Option(..., "--encoder", help="croma_base:PATH, croma_large:PATH (published-layout CROMA weights), or a reben pretrain / reben train run directory."),
-    out: Path = typer.Option(..., "--out", help="Parquet file: patch_id, split, labels, s1, s2, joint."),
+    out: Path = typer.Option(..., "--out", callback=guarded_output, help="Parquet file: patch_id, split, labels, s1, s2, joint."),
     split: Optional[str] = typer.Option(None, "--split", help="train, validation or test (default: all patches)."),
     bands: Optional[str] = typer.Option(None, "--bands", help="Modalities to embed: S1, S2 or ALL (default: all the encoder reads)."),
     batch_size: int = typer.Option(64, "--batch-size"),
