@@ -232,3 +232,27 @@ def test_embed_from_a_reben_train_run(archive, tmp_path):
         expected = model.forward_features(torch.stack([ds[i]["image"] for i in range(len(ds))]))
     assert got.shape == (8, encoder.dim)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_probe_with_an_encoder_equals_embed_then_probe_embeddings(run, archive, tmp_path):
+    """``reben probe --archive A --encoder SPEC`` embeds on the fly and probes exactly as the two steps do."""
+    runner = CliRunner()
+    emb = tmp_path / "emb.parquet"
+    common = ["--device", "cpu", "--workers", "0", "-q"]
+    assert runner.invoke(app, ["embed", "--archive", str(archive["root"]), "--encoder", str(run), "--out", str(emb),
+                               *common]).exit_code == 0
+    two_steps = runner.invoke(app, ["probe", "--embeddings", str(emb), "--out", str(tmp_path / "a"),
+                                    "--probes", "linear", "--no-map", "-q"])
+    assert two_steps.exit_code == 0, two_steps.output
+    on_the_fly = runner.invoke(app, ["probe", "--archive", str(archive["root"]), "--encoder", str(run),
+                                     "--out", str(tmp_path / "b"), "--probes", "linear", "--no-map", *common])
+    assert on_the_fly.exit_code == 0, on_the_fly.output
+    assert (tmp_path / "b" / "embeddings.parquet").is_file()
+    first = json.loads((tmp_path / "a" / "probe.json").read_text())
+    second = json.loads((tmp_path / "b" / "probe.json").read_text())
+    for run_a, run_b in zip(first["runs"], second["runs"], strict=True):
+        for metrics in (run_a["probes"]["linear"], run_b["probes"]["linear"]):
+            metrics.pop("fit_seconds")
+        assert run_a == run_b
+    refused = runner.invoke(app, ["probe", "--embeddings", str(emb), "--encoder", str(run), "--out", str(tmp_path / "c")])
+    assert refused.exit_code == 2 and "--encoder goes with --archive alone" in refused.output

@@ -168,6 +168,7 @@ def evaluate(
 def probe(
     archive: Optional[Path] = typer.Option(None, "--archive", help="Archive directory (with --checkpoint, or --model/--bands)."),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="An embeddings parquet written by `reben embed` (instead of --archive)."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help="With --archive: embed it with this frozen encoder first (croma_base:PATH, a run directory, ...; as `reben embed`), keeping OUT/embeddings.parquet."),
     out: Path = typer.Option(..., "--out", callback=guarded_output, help="Output directory: probe.json (metrics.json with --archive), probe.md, per_class_f2.png, embedding_map.png."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Encoder to freeze (omit for a random-init baseline with --model/--bands)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model name (random-init baseline, or checked against the checkpoint)."),
@@ -189,6 +190,7 @@ def probe(
     """Fit a linear probe, an MLP and a random forest on frozen features; report test metrics (the field's protocol)."""
     from reben_tools.learn.config import TrainingError
     from reben_tools.learn.embeddings import EmbeddingsError
+    from reben_tools.learn.encoders import EncoderError
     from reben_tools.learn.probes import PROBES, probe_embeddings
     from reben_tools.learn.probes import probe as run_probe
 
@@ -205,9 +207,19 @@ def probe(
         typer.echo(f"error: --train-fraction {train_fraction!r}: expected numbers in (0, 1], e.g. 0.01,0.1,1.0", err=True)
         raise typer.Exit(2)
     if (archive is None) == (embeddings is None):
-        typer.echo("error: give exactly one of --archive (with --checkpoint or --model/--bands) and --embeddings", err=True)
+        typer.echo("error: give exactly one of --archive (with --checkpoint, --model/--bands or --encoder) and --embeddings", err=True)
+        raise typer.Exit(2)
+    if encoder is not None and (archive is None or checkpoint is not None or model is not None):
+        typer.echo("error: --encoder goes with --archive alone (not with --embeddings, --checkpoint or --model)", err=True)
         raise typer.Exit(2)
     try:
+        if encoder is not None:
+            from reben_tools.learn.embed import embed_archive
+            from reben_tools.learn.encoders import load_encoder
+
+            embeddings = Path(out) / "embeddings.parquet"
+            embed_archive(archive, load_encoder(encoder), embeddings, bands=_band_arg(bands), batch_size=batch_size,
+                          device=device, precision=precision, workers=workers, progress=not quiet)
         if embeddings is not None:
             results = probe_embeddings(embeddings, out, modality=modality, fractions=fractions, probes=kinds,
                                        seed=seed, subset_seed=subset_seed, embedding_map=not no_map,
@@ -217,7 +229,7 @@ def probe(
                                 max_train_samples=max_train_samples, device=device, precision=precision,
                                 batch_size=batch_size, workers=workers, seed=seed, progress=not quiet,
                                 fractions=fractions, subset_seed=subset_seed)
-    except (TrainingError, EmbeddingsError) as exc:
+    except (TrainingError, EmbeddingsError, EncoderError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     keys = ("average_precision_macro", "f2_macro", "f2_micro", "hamming_loss")
