@@ -173,7 +173,12 @@ class ReBENDataset(Dataset):
             ``"RGB"``, ``"10m_20m"``, ``"S1_10m_20m"``) or a list of band names; channel
             order follows it. S1 bands come from the S2 patch's ``s1_name`` partner value.
         include_snow_cloud: also use the patches of
-            ``metadata_for_patches_with_snow_cloud_or_shadow.parquet`` (reBEN leaves them out).
+            ``metadata_for_patches_with_snow_cloud_or_shadow.parquet`` (reBEN leaves them out);
+            sets both ``include_snowy`` and ``include_cloudy`` unless they are given.
+        include_snowy: keep patches flagged ``contains_seasonal_snow`` (ConfigILM's flag);
+            None = ``include_snow_cloud``.
+        include_cloudy: keep patches flagged ``contains_cloud_or_shadow`` (ConfigILM's flag);
+            None = ``include_snow_cloud``. A patch flagged for both needs both flags.
         upsampling: ``"nearest"`` (pixel repetition, reBEN's convention) or ``"bilinear"``
             (``align_corners=False``) for 20 m / 60 m bands.
         normalisation: ``"published"`` (reBEN's train-split statistics, SPEC section 9),
@@ -184,8 +189,8 @@ class ReBENDataset(Dataset):
             ``255`` (``labels.MASK_IGNORE_INDEX``) where the CLC class is unlabelled.
         native: return native-resolution groups instead of ``image`` (see :class:`NativeLayout`).
         metadata: reBEN metadata parquet file(s) to use instead of the archive's own; required
-            for a plain LMDB directory. Rows flagged for snow/cloud/shadow are dropped unless
-            ``include_snow_cloud``.
+            for a plain LMDB directory. Rows flagged for snow or cloud/shadow are dropped unless
+            ``include_snowy`` / ``include_cloudy`` keep them.
         mask_dtype: ``torch.uint8`` (default, compact) or ``torch.int64`` (ready for
             ``cross_entropy(ignore_index=255)``).
 
@@ -201,6 +206,12 @@ class ReBENDataset(Dataset):
 
     Patches are ordered by patch id. With a DataLoader, pass ``collate_fn=collate``:
     ``__getitems__`` then delivers whole batches with no extra copy.
+
+    Every LMDB data file's size is checked on construction and whenever a process opens it:
+    a truncated ``data.mdb`` raises :class:`reben_tools.format.envcheck.TruncatedEnvironmentError`
+    naming the file instead of faulting. Environments are shared with every other reader of
+    this process (a second dataset, a verify); :meth:`close` (or ``with ReBENDataset(...) as
+    ds:``) releases this dataset's share, and reading afterwards reopens them.
     """
 
     def __init__(
@@ -216,6 +227,8 @@ class ReBENDataset(Dataset):
         native: bool = False,
         metadata: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
         mask_dtype: torch.dtype = torch.uint8,
+        include_snowy: bool | None = None,
+        include_cloudy: bool | None = None,
     ) -> None:
         super().__init__()
         if split is not None and split not in SPLITS:
@@ -226,10 +239,13 @@ class ReBENDataset(Dataset):
             raise ValueError(f"mask_dtype must be torch.uint8 or torch.int64, got {mask_dtype}")
         self.root = Path(root)
         self.archive = Archive(self.root)
+        self.archive.check_files()  # a truncated data.mdb is named now, not met by SIGBUS later
         self.split = split
         self.layout = NativeLayout.for_bands(bands)
         self.bands = self.layout.bands
-        self.include_snow_cloud = include_snow_cloud
+        self.include_snowy = bool(include_snow_cloud if include_snowy is None else include_snowy)
+        self.include_cloudy = bool(include_snow_cloud if include_cloudy is None else include_cloudy)
+        self.include_snow_cloud = self.include_snowy and self.include_cloudy
         self.upsampling = upsampling
         self.class_order = class_order
         self.class_names = class_names(class_order)
@@ -287,15 +303,16 @@ class ReBENDataset(Dataset):
                     f"{self.root}: a plain LMDB directory needs metadata=[metadata.parquet, ...] "
                     "(reBEN's metadata file(s))"
                 )
-            paths = self.archive.metadata_paths(include_flagged=self.include_snow_cloud)
+            paths = self.archive.metadata_paths(include_flagged=self.include_snowy or self.include_cloudy)
         elif isinstance(metadata, (str, os.PathLike)):
             paths = [Path(metadata)]
         else:
             paths = [Path(p) for p in metadata]
         table = read_metadata(paths)
-        if not self.include_snow_cloud:
-            flagged = pc.or_(table["contains_seasonal_snow"], table["contains_cloud_or_shadow"])
-            table = table.filter(pc.invert(pc.fill_null(flagged, False)))
+        for column, keep in (("contains_seasonal_snow", self.include_snowy),
+                             ("contains_cloud_or_shadow", self.include_cloudy)):
+            if not keep:
+                table = table.filter(pc.invert(pc.fill_null(table[column], False)))
         if self.split is not None:
             table = table.filter(pc.equal(table["split"], self.split))
         return table
@@ -331,6 +348,19 @@ class ReBENDataset(Dataset):
     def patch_ids(self) -> list[str]:
         """The samples' patch ids, in sample order."""
         return [k.decode("utf-8") for k in self._keys]
+
+    def close(self) -> None:
+        """Release this dataset's LMDB environments (other readers of this process keep theirs).
+
+        Reading after ``close`` reopens them; closing twice is harmless.
+        """
+        self.archive.close()
+
+    def __enter__(self) -> ReBENDataset:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def native_transform(self) -> NativeToImage:
         """The :class:`NativeToImage` that turns this dataset's native batches into its images."""

@@ -25,6 +25,7 @@ import uuid
 import zlib
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from reben_tools.format.layout import (
 )
 from reben_tools.format.manifest import read_manifest
 from reben_tools.format.metadata import read_metadata
-from reben_tools.format.reader import Archive, open_lmdb_readonly
+from reben_tools.format.reader import Archive, shared_environment
 from reben_tools.format.shards import ContentDigest, map_size_for
 from reben_tools.release.geotiff_release import REFERENCE_MAP_BAND
 from reben_tools.release.geotiff_write import write_patch
@@ -111,8 +112,9 @@ def _verify_shard(shard_dir: Path, expected: dict, report: VerifyReport, keys_se
     seen: set[str] = set()
     last_key = None
     try:
-        env = open_lmdb_readonly(shard_dir)
-    except ArchiveError as exc:
+        env_scope = shared_environment(shard_dir, expected.get("file_bytes"))
+        env = env_scope.__enter__()
+    except ArchiveError as exc:  # a truncated data.mdb included: reported, the other shards go on
         faults.append(Fault(name, None, str(exc)))
         return
     try:
@@ -152,7 +154,7 @@ def _verify_shard(shard_dir: Path, expected: dict, report: VerifyReport, keys_se
         faults.append(Fault(name, last_key, f"LMDB error while reading{after}: {exc}"))
         return
     finally:
-        env.close()
+        env_scope.__exit__(None, None, None)
     if checksums is not None:
         for key in sorted(set(checksums) - seen):
             faults.append(Fault(name, key, "key listed in keys.parquet is missing from data.mdb"))
@@ -298,7 +300,13 @@ def merge_archive(path: str | os.PathLike, out_dir: str | os.PathLike, progress:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ArchiveError(f"{out}: exists and is not an empty directory")
     names = [s["name"] for s in manifest["shards"]]
-    envs = [open_lmdb_readonly(root / SHARDS_DIR / n) for n in names]
+    scopes = ExitStack()  # every shard's size is checked before any is read (truncated -> ArchiveError)
+    try:
+        envs = [scopes.enter_context(shared_environment(root / SHARDS_DIR / s["name"], s.get("file_bytes")))
+                for s in manifest["shards"]]
+    except BaseException:
+        scopes.close()
+        raise
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
     try:
         def merged() -> Iterator[tuple[bytes, int, memoryview]]:
@@ -352,8 +360,7 @@ def merge_archive(path: str | os.PathLike, out_dir: str | os.PathLike, progress:
             raise ArchiveError(f"{out}: was written by another process during the merge; "
                                        f"left it as it is ({exc.strerror})") from None
     finally:
-        for env in envs:
-            env.close()
+        scopes.close()
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return MergeSummary(out, entries, value_bytes, duplicates)
