@@ -180,8 +180,10 @@ class Archive:
 
     def _build_key_index(self) -> dict[str, int]:
         index_of = {name: i for i, name in enumerate(self.shard_names)}
-        table = pq.read_table(self.path / PATCHES_FILE, columns=["patch_id", "s1_name", "shard"])
         mapping: dict[str, int] = {}
+        if not (self.path / PATCHES_FILE).is_file():  # e.g. an archive of S1-only values: no patch rows
+            return mapping
+        table = pq.read_table(self.path / PATCHES_FILE, columns=["patch_id", "s1_name", "shard"])
         for pid, s1, shard in zip(*(table.column(c).to_pylist() for c in ("patch_id", "s1_name", "shard"))):
             i = index_of[shard]
             mapping[pid] = i
@@ -198,12 +200,14 @@ class Archive:
         """
         self._ensure_open()
         raw = key.encode("utf-8", "surrogatepass")
-        shard = self._shard_of(key) if 0 < len(raw) <= 511 else None  # longer keys cannot be in LMDB
-        if shard is not None:
-            with self._envs[shard].begin(buffers=False) as txn:
-                value = txn.get(raw)
-            if value is not None:
-                return value
+        if 0 < len(raw) <= 511:  # longer keys cannot be in LMDB
+            shard = self._shard_of(key)
+            # a key no patch row names (an S1 patch without S2 partner) may be in any shard
+            for i in [shard] if shard is not None else range(len(self._envs)):
+                with self._envs[i].begin(buffers=False) as txn:
+                    value = txn.get(raw)
+                if value is not None:
+                    return value
         raise KeyError(f"key {key!r} not found in archive {self.path}")
 
     @contextmanager
@@ -274,14 +278,22 @@ class BatchReader:
             shard = None
         elif shard is None:
             shard = self._archive._shard_of(raw.decode("utf-8", "surrogatepass"))
+            if shard is None:  # no patch row names it: it may be in any shard
+                for i in range(len(self._envs)):
+                    value = self._get(i, raw)
+                    if value is not None:
+                        return value
         if shard is not None:
-            txn = self._txns[shard]
-            if txn is None:
-                txn = self._txns[shard] = self._envs[shard].begin(buffers=True)
-            value = txn.get(raw)
+            value = self._get(shard, raw)
             if value is not None:
                 return value
         raise KeyError(f"key {raw.decode('utf-8', 'replace')!r} not found in archive {self._archive.path}")
+
+    def _get(self, shard: int, raw: bytes) -> memoryview | None:
+        txn = self._txns[shard]
+        if txn is None:
+            txn = self._txns[shard] = self._envs[shard].begin(buffers=True)
+        return txn.get(raw)
 
     def close(self) -> None:
         for txn in self._txns:

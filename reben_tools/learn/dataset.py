@@ -266,6 +266,7 @@ class ReBENDataset(Dataset):
         self._s2_bands = tuple(b for b in self.bands if ALL_BANDS[b].modality == "S2")
         self._s1_keys = _key_array(table.column("s1_name").to_pylist(), "s1_name", ids) if self._s1_bands else None
         self._shards = self._shard_indices(ids)
+        self._check_partners(ids)
         self.labels: np.ndarray = _multi_hot(table, class_order)
         """(N, 19) float32 multi-hot labels of all samples, in ``class_order``."""
         self._layouts = LayoutCache()
@@ -336,6 +337,36 @@ class ReBENDataset(Dataset):
                 raise ArchiveError(f"{path}: patch {pid!r} is in shard {shard!r}, which the manifest does not list")
             out[i] = index_of[shard]
         return out
+
+    def _check_partners(self, ids: list[str]) -> None:
+        """Refuse, naming the keys, patches whose archive lacks a value the bands need.
+
+        An archive encoded from a partial release records per patch which values it holds
+        (``has_s2`` / ``has_s1`` in ``patches.parquet``); a dataset over S2 bands never
+        needs the S1 values, one over S1 bands needs every patch's S1 partner."""
+        path = self.root / PATCHES_FILE
+        if not self.archive.is_sharded or not path.is_file() or not ids:
+            return
+        names = pq.read_schema(path).names
+        needed = [(c, kind) for c, kind, bands in (("has_s2", "S2 value", self._s2_bands),
+                                                    ("has_s1", "S1 partner value", self._s1_bands))
+                  if bands and c in names]
+        if not needed:
+            return
+        patches = pq.read_table(path, columns=["patch_id", "s1_name"] + [c for c, _ in needed])
+        wanted = set(ids)
+        missing = []
+        for row in patches.to_pylist():
+            if row["patch_id"] in wanted:
+                for column, kind in needed:
+                    if row[column] is False:
+                        key = row["patch_id"] if column == "has_s2" else row["s1_name"] or "(no s1_name)"
+                        missing.append(f"{key} ({kind} of {row['patch_id']})")
+        if missing:
+            shown = "; ".join(sorted(missing)[:5]) + (f"; ... {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise ValueError(f"{self.root}: {len(missing)} value(s) the bands {list(self.bands)} need are not in "
+                             f"the archive: {shown}. Choose bands without them (e.g. bands='S2') or metadata "
+                             "without those patches")
 
     # -- public helpers ------------------------------------------------------------------
 

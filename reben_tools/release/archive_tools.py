@@ -196,7 +196,8 @@ def verify_archive(path: str | os.PathLike, progress: bool = False) -> VerifyRep
     for expected in tqdm(manifest["shards"], desc="verify", unit="shard", disable=not progress):
         report.shards += 1
         _verify_shard(shards_dir / expected["name"], expected, report, keys_seen)
-    patch_ids = _verify_patch_rows(root, keys_seen, report)
+    counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
+    patch_ids = _verify_patch_rows(root, keys_seen, report, patch_rows_expected=counts.get("patches") != 0)
     _verify_metadata(root, patch_ids, report)
     return report
 
@@ -219,17 +220,19 @@ def _verify_metadata(root: Path, patch_ids: set[str] | None, report: VerifyRepor
                                            "has no row for it"))
 
 
-def _verify_patch_rows(root: Path, keys_seen: dict[str, set[str]], report: VerifyReport) -> set[str] | None:
+def _verify_patch_rows(root: Path, keys_seen: dict[str, set[str]], report: VerifyReport,
+                       patch_rows_expected: bool = True) -> set[str] | None:
     """Every patch of ``patches.parquet`` must find its values in the shard it names, once.
     Returns the patch ids it lists (None when it cannot be read)."""
     path = root / PATCHES_FILE
     if not path.is_file():
-        if keys_seen:
+        if keys_seen and patch_rows_expected:  # an archive of S1-only values has no patch rows
             report.faults.append(Fault("-", None, f"{path} is missing"))
         return None
     try:
         schema_names = pq.read_schema(path).names
-        columns = [c for c in ("patch_id", "shard", "s1_name", "has_s1", "has_reference_map") if c in schema_names]
+        columns = [c for c in ("patch_id", "shard", "s1_name", "has_s1", "has_reference_map", "has_s2")
+                   if c in schema_names]
         table = pq.read_table(path, columns=columns)
     except (OSError, ValueError) as exc:
         report.faults.append(Fault("-", None, f"{path}: unreadable ({exc})"))
@@ -243,12 +246,12 @@ def _verify_patch_rows(root: Path, keys_seen: dict[str, set[str]], report: Verif
     for pid, n in sorted(((p, n) for p, n in counts.items() if n > 1), key=lambda item: str(item[0])):
         report.faults.append(Fault("-", pid, f"{PATCHES_FILE} lists this patch {n} times"))
     rows = zip(ids, column("shard", None), column("has_s1", False), column("s1_name", None),
-               column("has_reference_map", False))
-    for pid, shard, has_s1, s1_name, has_reference_map in rows:
+               column("has_reference_map", False), column("has_s2", True))
+    for pid, shard, has_s1, s1_name, has_reference_map, has_s2 in rows:
         seen = keys_seen.get(shard)
         if seen is None:
             continue  # shard missing or unreadable: already reported
-        wanted = [pid]
+        wanted = [pid] if has_s2 is not False else []  # a reference map / S1 value without its S2 patch
         if has_s1 and s1_name:
             wanted.append(s1_name)
         if has_reference_map:
@@ -427,7 +430,7 @@ def export_geotiffs(
         for row in tqdm(rows, desc="export-tiff", unit="patch", disable=not progress):
             pid = row["patch_id"]
             crs, ulx, uly = row["crs"], row["ulx"], row["uly"]
-            wanted = [("S2", pid, pid)]
+            wanted = [("S2", pid, pid)] if row.get("has_s2", True) is not False else []
             if row.get("has_s1", True) and row.get("s1_name"):
                 wanted.append(("S1", row["s1_name"], row["s1_name"]))
             if row.get("has_reference_map", True):
