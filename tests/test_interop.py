@@ -163,3 +163,31 @@ def test_bare_lmdb_faults_name_the_keys(patches, tmp_path):
         codec.check_value(bad, items[bad], "S2")
     assert by_key[bad] == str(info.value)
     assert report.values == 3 * len(patches) - 2 + 1
+
+
+# ---- reused batch buffers ----------------------------------------------------------------------
+
+
+def test_batches_reuse_buffers_only_once_nothing_holds_them(archive_dir):
+    from reben_tools.learn.dataset import collate
+
+    ds = ReBENDataset(archive_dir, bands="ALL")
+    first = collate(ds.__getitems__([0, 1]))["image"]
+    kept = first.clone()
+    view = first[1]  # a view keeps the buffer out of the pool as well
+    del first
+    second = collate(ds.__getitems__([2, 3]))["image"]
+    assert second.data_ptr() != view.data_ptr() - view.storage_offset() * 4
+    torch.testing.assert_close(view, kept[1], rtol=0, atol=0)  # never overwritten while held
+    address = second.data_ptr()
+    del second
+    third = collate(ds.__getitems__([4, 5]))["image"]
+    fourth_ids = ds.__getitems__([0, 1]).collated
+    assert third.data_ptr() == address or fourth_ids["image"].data_ptr() == address  # a released buffer comes back
+    torch.testing.assert_close(fourth_ids["image"], kept, rtol=0, atol=0)
+    native = ds.native_transform()
+    nds = ReBENDataset(archive_dir, bands="ALL", native=True)
+    out1 = native(nds.__getitems__([0, 1]).collated)
+    out2 = native(nds.__getitems__([2, 3]).collated)
+    assert out1.data_ptr() != out2.data_ptr()
+    torch.testing.assert_close(out1, kept, rtol=0, atol=0)

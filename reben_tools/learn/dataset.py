@@ -23,7 +23,7 @@ lazily, read-only and without locks in each process (fork-safe for DataLoader wo
 Owns: ReBENDataset, SampleBatch, collate (the batch protocol), multi-hot labels and masks of samples.
 Does not own: native layouts and upsampling/normalisation (transforms.py), value layout validation (values.py),
 the archive format and LMDB access (reben_tools.format), DataLoaders for training (loaders.py).
-May import: numpy, pyarrow, torch; reben_tools.format; reben_tools.learn.transforms, .values.
+May import: numpy, pyarrow, torch; reben_tools.format; reben_tools.learn.buffers, .transforms, .values.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from reben_tools.format.metadata import read_metadata
 from reben_tools.format.reader import Archive, BatchReader
 from reben_tools.format.bands import ALL_BANDS, OUTPUT_SIZE, PUBLISHED_STATISTICS
 from reben_tools.format.labels import NUM_CLASSES, class_names, code_to_class_index_table
+from reben_tools.learn.buffers import BufferPool
 from reben_tools.learn.transforms import (
     UPSAMPLING_MODES,
     NativeLayout,
@@ -110,12 +111,18 @@ def collate(samples: SampleBatch | Sequence[Mapping]) -> dict:
 _TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.uint16): torch.uint16, np.dtype(np.uint8): torch.uint8}
 
 
+_POOL = BufferPool()
+"""This process's reused batch buffers (main process only; see ``learn.buffers``)."""
+
+
 def _empty_batch(shape: tuple[int, ...], dtype: np.dtype | str) -> tuple[np.ndarray, torch.Tensor]:
     """An uninitialised batch array and the tensor sharing its memory.
 
     In a DataLoader worker the memory is shared memory from the start (as
-    ``default_collate`` does), so handing the batch to the main process copies nothing;
-    elsewhere it is a numpy allocation (which asks the kernel for huge pages).
+    ``default_collate`` does), so handing the batch to the main process copies nothing.
+    In the main process it comes from a small pool of reused buffers (:class:`BufferPool`):
+    a buffer is reused only once no tensor or view of an earlier batch holds it, so no
+    page faults for fresh memory on every batch.
     """
     dtype = np.dtype(dtype)
     if torch.utils.data.get_worker_info() is not None:
@@ -123,8 +130,7 @@ def _empty_batch(shape: tuple[int, ...], dtype: np.dtype | str) -> tuple[np.ndar
         template = torch.empty(0, dtype=_TORCH_DTYPES[dtype])
         tensor = template.new(template._typed_storage()._new_shared(numel)).resize_(shape)
         return tensor.numpy(), tensor
-    array = np.empty(shape, dtype)
-    return array, torch.from_numpy(array)
+    return _POOL.take(shape, dtype)
 
 
 def _key_array(values: list[str], column: str, ids: list[str]) -> np.ndarray:

@@ -9,7 +9,7 @@ the CPU. All paths give the same numbers.
 Owns: UPSAMPLING_MODES, NATIVE_GROUPS, NativeGroup, NativeLayout, upsample_and_normalise, NativeToImage,
 NearestWriter, statistics_arrays.
 Does not own: reading samples (dataset.py), the band tables and published statistics (format/bands.py).
-May import: numpy, torch; reben_tools.format.
+May import: numpy, torch; reben_tools.format, reben_tools.learn.buffers.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from reben_tools.format.bands import ALL_BANDS, OUTPUT_SIZE, normalisation_arrays, resolve_bands
+from reben_tools.learn.buffers import BufferPool
 
 UPSAMPLING_MODES = ("nearest", "bilinear")
 """Upsampling of 20 m and 60 m bands to 120x120. Bilinear uses ``align_corners=False``
@@ -236,10 +237,14 @@ def _nearest_on_cpu(
     writer = NearestWriter(layout, mean, inv_std)
     arrays = {g.name: native[g.name].numpy() for g in layout.groups}
     batch = next(iter(arrays.values())).shape[0]
-    out = np.empty((batch, layout.num_channels, OUTPUT_SIZE, OUTPUT_SIZE), np.float32)
+    out, tensor = _CPU_POOL.take((batch, layout.num_channels, OUTPUT_SIZE, OUTPUT_SIZE), np.float32)
     for i in range(batch):
         writer.write(out[i], {b: arrays[g.name][i, j] for g in layout.groups for j, b in enumerate(g.bands)})
-    return torch.from_numpy(out)
+    return tensor
+
+
+_CPU_POOL = BufferPool()
+"""Reused output buffers of the CPU path (an output is reused only once nothing holds it)."""
 
 
 # --------------------------------------------------------------------------------------
