@@ -180,7 +180,7 @@ def test_encode_with_hostile_metadata_names_reports_them_and_stays_inside(tmp_pa
     before = files_under(tmp_path)
 
     summary = encode_release(release.s2_dir, out, release.s1_dir, release.reference_maps_dir, [metadata],
-                             workers=1, patches_per_shard=4, progress=False)
+                             workers=1, patches_per_shard=4, progress=False, require_pairs=True)
     created = files_under(tmp_path) - before
     assert sorted(p for p in created if not Path(p).is_relative_to(out)) == []
     assert summary.patches == 1

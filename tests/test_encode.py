@@ -242,7 +242,7 @@ def test_bad_inputs_are_reported_and_skipped(tmp_path):
     out = tmp_path / "archive"
     summary = encode_release(root / "BigEarthNet-S2", out, s1_dir=root / "BigEarthNet-S1",
                              reference_maps_dir=root / "Reference_Maps", metadata_files=source.metadata_files,
-                             workers=2, patches_per_shard=2, progress=False)
+                             workers=2, patches_per_shard=2, progress=False, require_pairs=True)
     report = json.loads((out / "report.json").read_text())
     jsonschema.validate(report, schema("report"), cls=jsonschema.Draft202012Validator)
     skipped = {s["item"]: s for s in report["skipped"]}

@@ -10,16 +10,36 @@ from reben_tools.commands.outputs import guarded_output
 
 
 def verify(
-    archive_dir: Path = typer.Argument(..., help="The archive directory (with manifest.json)."),
+    archive_dir: Path = typer.Argument(..., help="The archive directory (with manifest.json), or a bare reBEN LMDB directory (with data.mdb) together with --metadata."),
+    metadata: list[Path] = typer.Option(None, "--metadata", help="reBEN metadata parquet file(s) of a bare LMDB directory (repeat for several)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Check every shard against the manifest and every value against its declared tensors.
 
-    Exits 1 and prints one line per fault, naming the shard and the key.
+    For a bare reBEN LMDB (``reben verify LMDB_DIR --metadata metadata.parquet [--metadata ...]``):
+    every value decodes as its kind, every metadata row has its values, and no key is left
+    that no row names. A truncated data.mdb is reported as such and the other shards are
+    still checked. Exits 1 and prints one line per fault, naming the shard and the key.
     """
+    from reben_tools.format.layout import MANIFEST_FILE
     from reben_tools.release.archive_tools import verify_archive
+    from reben_tools.release.lmdb_verify import verify_lmdb
 
-    report = verify_archive(archive_dir, progress=not quiet)
+    if (archive_dir / MANIFEST_FILE).is_file():
+        if metadata:
+            typer.echo(f"error: {archive_dir} is a reben-tools archive; --metadata is only for a bare LMDB directory", err=True)
+            raise typer.Exit(2)
+        report = verify_archive(archive_dir, progress=not quiet)
+    elif (archive_dir / "data.mdb").is_file():
+        if not metadata:
+            typer.echo(f"error: {archive_dir} is a bare LMDB directory (no manifest.json); "
+                       "give its reBEN metadata with --metadata metadata.parquet [--metadata ...]", err=True)
+            raise typer.Exit(2)
+        report = verify_lmdb(archive_dir, metadata, progress=not quiet)
+    else:
+        typer.echo(f"error: {archive_dir}: neither a reben-tools archive (manifest.json) nor an LMDB "
+                   "directory (data.mdb)", err=True)
+        raise typer.Exit(2)
     for fault in report.faults:
         typer.echo(f"FAULT {fault}", err=True)
     if report.faults:

@@ -8,11 +8,13 @@ import typer
 
 
 def encode(
-    s2_dir: Path = typer.Option(..., "--s2-dir", help="BigEarthNet-S2 folder (nested or flat patch folders)."),
+    s2_dir: Path | None = typer.Option(None, "--s2-dir", help="BigEarthNet-S2 folder (nested or flat patch folders)."),
     out: Path = typer.Option(..., "--out", help="Archive directory to create."),
-    s1_dir: Path | None = typer.Option(None, "--s1-dir", help="BigEarthNet-S1 folder; every S2 patch then needs its S1 partner."),
+    s1_dir: Path | None = typer.Option(None, "--s1-dir", help="BigEarthNet-S1 folder; every valid S1 patch is written, paired or not."),
     reference_maps_dir: Path | None = typer.Option(
-        None, "--reference-maps-dir", help="Reference_Maps folder; every patch then needs its reference map."),
+        None, "--reference-maps-dir", help="Reference_Maps folder; every valid reference map is written."),
+    require_pairs: bool = typer.Option(
+        False, "--require-pairs", help="Skip patches lacking their S2 patch, S1 partner or reference map (of the folders given)."),
     metadata: list[Path] | None = typer.Option(
         None, "--metadata", help="reBEN metadata parquet (repeatable); keeps only its patches and writes the metadata files."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Processes (default: all usable CPUs); never changes the output."),
@@ -21,7 +23,9 @@ def encode(
 ) -> None:
     """Encode reBEN's GeoTIFF release into a sharded LMDB/safetensors archive.
 
-    Bad patches (missing band file, wrong shape or dtype, unreadable TIFF, missing S1
+    Like rico-hdl, every valid value of every folder given is written (S2 patches, S1
+    patches, reference maps; any of the three folders alone works) and the pairing is
+    reported; --require-pairs skips what is not complete instead. Bad patches (missing band file, wrong shape or dtype, unreadable TIFF, missing S1
     partner or reference map) are skipped and listed in ARCHIVE/report.json.
     Rerunning the same command after an interruption resumes: finished shards are kept.
     A second encode on the same --out while one runs is refused.
@@ -35,7 +39,7 @@ def encode(
     try:
         summary = encode_release(
             s2_dir, out, s1_dir=s1_dir, reference_maps_dir=reference_maps_dir, metadata_files=metadata or (),
-            workers=workers, patches_per_shard=patches_per_shard, progress=not quiet,
+            workers=workers, patches_per_shard=patches_per_shard, progress=not quiet, require_pairs=require_pairs,
         )
     except (EncodeError, ArchiveError, ReleaseError, OutputLockedError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -49,11 +53,17 @@ def encode(
         typer.echo(f"... and {len(summary.skipped) - 20} more (see {out / 'report.json'})", err=True)
     if summary.resumed:
         typer.echo(f"resumed: kept {summary.resumed} shard(s) an interrupted run had finished", err=True)
+    counts = summary.counts or {}
+    pairing = ", ".join(f"{k.replace('_', ' ')} {counts[k]}" for k in (
+        "s2_with_s1", "s2_without_s1", "s1_without_s2", "s2_without_reference_map", "reference_maps_without_s2")
+        if k in counts)
+    if pairing:
+        typer.echo(f"pairing: {pairing}")
     typer.echo(
-        f"{out}: {summary.patches} patch(es) in {len(summary.shards)} shard(s), {len(summary.skipped)} skipped, "
-        f"{summary.seconds:.1f} s ({summary.patches_per_second:.1f} patches/s)"
+        f"{out}: {summary.patches} patch(es) and {summary.values} value(s) in {len(summary.shards)} shard(s), "
+        f"{len(summary.skipped)} skipped, {summary.seconds:.1f} s ({summary.patches_per_second:.1f} patches/s)"
     )
-    if summary.patches == 0:
+    if summary.values == 0:
         raise typer.Exit(1)
 
 

@@ -114,7 +114,11 @@ def write_metadata(archive_dir: Path, rows: pa.Table | Iterable[Mapping]) -> tup
 
 
 def read_metadata(paths: Iterable[Path]) -> pa.Table:
-    """Read and concatenate reBEN metadata parquet files, checking their schema; sorted by patch_id."""
+    """Read and concatenate reBEN metadata parquet files, checking their schema; sorted by patch_id.
+
+    A file with no rows and no columns (how empty snow/cloud files are often written) counts
+    as an empty metadata file.
+    """
     paths = list(paths)
     tables = []
     for path in paths:
@@ -122,6 +126,10 @@ def read_metadata(paths: Iterable[Path]) -> pa.Table:
             table = pq.read_table(path)
         except (OSError, pa.ArrowException) as exc:
             raise ArchiveError(f"{path}: cannot read metadata parquet ({exc})") from None
+        if table.num_rows == 0 and table.num_columns == 0:
+            # a zero-row file written without columns (e.g. pandas' empty DataFrame): no patches
+            tables.append(METADATA_SCHEMA.empty_table())
+            continue
         missing = [c for c in METADATA_COLUMNS if c not in table.column_names]
         if missing:
             raise ArchiveError(f"{path}: missing column(s) {missing}")

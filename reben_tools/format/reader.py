@@ -1,10 +1,11 @@
 """Read access to archives and plain reBEN LMDB directories (:class:`Archive`, :class:`BatchReader`).
 
-Owns: opening LMDB environments read-only (shared per process, fork-safe), iterating an
-environment, key-to-shard resolution from ``patches.parquet`` and zero-copy batch reads.
+Owns: opening LMDB environments read-only (shared per process, fork-safe) after checking
+their data file's size (``format.envcheck``: a truncated ``data.mdb`` is refused with an
+error naming it instead of faulting with SIGBUS), iterating an environment, key-to-shard resolution from ``patches.parquet`` and zero-copy batch reads.
 Does not own: writing anything (``format.shards``, ``format.metadata``, ``format.manifest``),
 decoding values (``format.codec``).
-May import: ``format.layout``, ``format.manifest``, lmdb, pyarrow.
+May import: ``format.layout``, ``format.manifest``, ``format.envcheck``, lmdb, pyarrow.
 """
 
 from __future__ import annotations
@@ -25,13 +26,23 @@ from reben_tools.format.layout import (
     SHARDS_DIR,
     ArchiveError,
 )
+from reben_tools.format.envcheck import check_data_file
 from reben_tools.format.manifest import read_manifest
 
 
-def open_lmdb_readonly(path: Path) -> lmdb.Environment:
-    """Open an LMDB environment the way reBEN readers do: read-only, no locks, no readahead."""
+def open_lmdb_readonly(path: Path, recorded_bytes: int | None = None) -> lmdb.Environment:
+    """Open an LMDB environment the way reBEN readers do: read-only, no locks, no readahead.
+
+    The data file is checked first (:func:`reben_tools.format.envcheck.check_data_file`):
+    it must hold every page its meta page names, and ``recorded_bytes`` when given.
+
+    Raises:
+        TruncatedEnvironmentError: ``data.mdb`` is shorter than it must be (names the file).
+        ArchiveError: no ``data.mdb``, or LMDB cannot open it.
+    """
     if not (Path(path) / "data.mdb").is_file():
         raise ArchiveError(f"{path}: no data.mdb; not an LMDB environment directory")
+    check_data_file(path, recorded_bytes)
     try:
         return lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, subdir=True, max_readers=1024)
     except lmdb.Error as exc:
@@ -44,7 +55,7 @@ py-lmdb refuses to open one environment twice in a process, so Archives over the
 files (e.g. a train and a validation dataset) share one handle."""
 
 
-def _acquire_environment(path: Path) -> lmdb.Environment:
+def _acquire_environment(path: Path, recorded_bytes: int | None = None) -> lmdb.Environment:
     key = str(Path(path).resolve())
     entry = _SHARED_ENVIRONMENTS.get(key)
     if entry is not None and entry[0] != os.getpid():
@@ -54,7 +65,7 @@ def _acquire_environment(path: Path) -> lmdb.Environment:
         entry[1].close()
         entry = None
     if entry is None:
-        entry = [os.getpid(), open_lmdb_readonly(path), 0]
+        entry = [os.getpid(), open_lmdb_readonly(path, recorded_bytes), 0]
         _SHARED_ENVIRONMENTS[key] = entry
     entry[2] += 1
     return entry[1]
@@ -68,6 +79,20 @@ def _release_environment(path: Path) -> None:
         if entry[2] <= 0:
             entry[1].close()
             del _SHARED_ENVIRONMENTS[key]
+
+
+@contextmanager
+def shared_environment(path: Path, recorded_bytes: int | None = None) -> Iterator[lmdb.Environment]:
+    """This process's read-only environment of ``path`` for the duration of the block.
+
+    Shares the handle any :class:`Archive` (or dataset) of this process holds, so a verify or
+    merge next to an open dataset works; the size check runs when it is first opened.
+    """
+    env = _acquire_environment(path, recorded_bytes)
+    try:
+        yield env
+    finally:
+        _release_environment(path)
 
 
 def iter_lmdb(path: Path) -> Iterator[tuple[str, bytes]]:
@@ -97,10 +122,12 @@ class Archive:
             self.manifest: dict | None = read_manifest(self.path)
             self.shard_names = [s["name"] for s in self.manifest["shards"]]
             self.shard_paths = [self.path / SHARDS_DIR / n for n in self.shard_names]
+            self.shard_bytes: list[int | None] = [s.get("file_bytes") for s in self.manifest["shards"]]
         elif (self.path / "data.mdb").is_file():
             self.manifest = None
             self.shard_names = [self.path.name]
             self.shard_paths = [self.path]
+            self.shard_bytes = [None]
         else:
             raise ArchiveError(f"{self.path}: neither a reben-tools archive (manifest.json) nor an LMDB directory (data.mdb)")
         self._pid: int | None = None
@@ -118,8 +145,26 @@ class Archive:
 
     def _ensure_open(self) -> None:
         if self._pid != os.getpid():
-            self._envs = [_acquire_environment(p) for p in self.shard_paths]
+            envs: list[lmdb.Environment] = []
+            try:
+                for p, recorded in zip(self.shard_paths, self.shard_bytes):
+                    envs.append(_acquire_environment(p, recorded))
+            except BaseException:
+                for p in self.shard_paths[: len(envs)]:
+                    _release_environment(p)
+                raise
+            self._envs = envs
             self._pid = os.getpid()
+
+    def check_files(self) -> None:
+        """Check every shard's ``data.mdb`` size without opening it (see ``format.envcheck``).
+
+        Raises:
+            TruncatedEnvironmentError: a shard's data file is truncated (names the file).
+            ArchiveError: a shard has no readable ``data.mdb``.
+        """
+        for p, recorded in zip(self.shard_paths, self.shard_bytes):
+            check_data_file(p, recorded)
 
     def environments(self) -> list[lmdb.Environment]:
         """The open environments of this process, one per shard."""
@@ -135,8 +180,10 @@ class Archive:
 
     def _build_key_index(self) -> dict[str, int]:
         index_of = {name: i for i, name in enumerate(self.shard_names)}
-        table = pq.read_table(self.path / PATCHES_FILE, columns=["patch_id", "s1_name", "shard"])
         mapping: dict[str, int] = {}
+        if not (self.path / PATCHES_FILE).is_file():  # e.g. an archive of S1-only values: no patch rows
+            return mapping
+        table = pq.read_table(self.path / PATCHES_FILE, columns=["patch_id", "s1_name", "shard"])
         for pid, s1, shard in zip(*(table.column(c).to_pylist() for c in ("patch_id", "s1_name", "shard"))):
             i = index_of[shard]
             mapping[pid] = i
@@ -153,12 +200,14 @@ class Archive:
         """
         self._ensure_open()
         raw = key.encode("utf-8", "surrogatepass")
-        shard = self._shard_of(key) if 0 < len(raw) <= 511 else None  # longer keys cannot be in LMDB
-        if shard is not None:
-            with self._envs[shard].begin(buffers=False) as txn:
-                value = txn.get(raw)
-            if value is not None:
-                return value
+        if 0 < len(raw) <= 511:  # longer keys cannot be in LMDB
+            shard = self._shard_of(key)
+            # a key no patch row names (an S1 patch without S2 partner) may be in any shard
+            for i in [shard] if shard is not None else range(len(self._envs)):
+                with self._envs[i].begin(buffers=False) as txn:
+                    value = txn.get(raw)
+                if value is not None:
+                    return value
         raise KeyError(f"key {key!r} not found in archive {self.path}")
 
     @contextmanager
@@ -184,6 +233,8 @@ class Archive:
                     yield bytes(key).decode("utf-8")
 
     def close(self) -> None:
+        """Release this Archive's environments (closed once no other reader of this process uses
+        them). Reading again reopens them; closing twice is harmless."""
         if self._pid == os.getpid():
             for p in self.shard_paths:
                 _release_environment(p)
@@ -227,14 +278,22 @@ class BatchReader:
             shard = None
         elif shard is None:
             shard = self._archive._shard_of(raw.decode("utf-8", "surrogatepass"))
+            if shard is None:  # no patch row names it: it may be in any shard
+                for i in range(len(self._envs)):
+                    value = self._get(i, raw)
+                    if value is not None:
+                        return value
         if shard is not None:
-            txn = self._txns[shard]
-            if txn is None:
-                txn = self._txns[shard] = self._envs[shard].begin(buffers=True)
-            value = txn.get(raw)
+            value = self._get(shard, raw)
             if value is not None:
                 return value
         raise KeyError(f"key {raw.decode('utf-8', 'replace')!r} not found in archive {self._archive.path}")
+
+    def _get(self, shard: int, raw: bytes) -> memoryview | None:
+        txn = self._txns[shard]
+        if txn is None:
+            txn = self._txns[shard] = self._envs[shard].begin(buffers=True)
+        return txn.get(raw)
 
     def close(self) -> None:
         for txn in self._txns:

@@ -24,8 +24,8 @@ Owns: ReBENDataset, SampleBatch, collate (the batch protocol), multi-hot labels,
 ReBENDataset.plot (drawn by learn.plotting).
 Does not own: native layouts and upsampling/normalisation (transforms.py), value layout validation (values.py),
 the archive format and LMDB access (reben_tools.format), DataLoaders for training (loaders.py).
-May import: numpy, pyarrow, torch; reben_tools.format; reben_tools.splits.subsets; reben_tools.learn.transforms,
-.values, .plotting.
+May import: numpy, pyarrow, torch; reben_tools.format; reben_tools.splits.subsets; reben_tools.learn.buffers,
+.transforms, .values, .plotting.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from reben_tools.format.metadata import read_metadata
 from reben_tools.format.reader import Archive, BatchReader
 from reben_tools.format.bands import ALL_BANDS, OUTPUT_SIZE, PUBLISHED_STATISTICS
 from reben_tools.format.labels import NUM_CLASSES, class_names, code_to_class_index_table
+from reben_tools.learn.buffers import BufferPool
 from reben_tools.learn.transforms import (
     UPSAMPLING_MODES,
     NativeLayout,
@@ -114,12 +115,18 @@ def collate(samples: SampleBatch | Sequence[Mapping]) -> dict:
 _TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.uint16): torch.uint16, np.dtype(np.uint8): torch.uint8}
 
 
+_POOL = BufferPool()
+"""This process's reused batch buffers (main process only; see ``learn.buffers``)."""
+
+
 def _empty_batch(shape: tuple[int, ...], dtype: np.dtype | str) -> tuple[np.ndarray, torch.Tensor]:
     """An uninitialised batch array and the tensor sharing its memory.
 
     In a DataLoader worker the memory is shared memory from the start (as
-    ``default_collate`` does), so handing the batch to the main process copies nothing;
-    elsewhere it is a numpy allocation (which asks the kernel for huge pages).
+    ``default_collate`` does), so handing the batch to the main process copies nothing.
+    In the main process it comes from a small pool of reused buffers (:class:`BufferPool`):
+    a buffer is reused only once no tensor or view of an earlier batch holds it, so no
+    page faults for fresh memory on every batch.
     """
     dtype = np.dtype(dtype)
     if torch.utils.data.get_worker_info() is not None:
@@ -127,8 +134,7 @@ def _empty_batch(shape: tuple[int, ...], dtype: np.dtype | str) -> tuple[np.ndar
         template = torch.empty(0, dtype=_TORCH_DTYPES[dtype])
         tensor = template.new(template._typed_storage()._new_shared(numel)).resize_(shape)
         return tensor.numpy(), tensor
-    array = np.empty(shape, dtype)
-    return array, torch.from_numpy(array)
+    return _POOL.take(shape, dtype)
 
 
 def _key_array(values: list[str], column: str, ids: list[str]) -> np.ndarray:
@@ -177,7 +183,12 @@ class ReBENDataset(Dataset):
             ``"RGB"``, ``"10m_20m"``, ``"S1_10m_20m"``) or a list of band names; channel
             order follows it. S1 bands come from the S2 patch's ``s1_name`` partner value.
         include_snow_cloud: also use the patches of
-            ``metadata_for_patches_with_snow_cloud_or_shadow.parquet`` (reBEN leaves them out).
+            ``metadata_for_patches_with_snow_cloud_or_shadow.parquet`` (reBEN leaves them out);
+            sets both ``include_snowy`` and ``include_cloudy`` unless they are given.
+        include_snowy: keep patches flagged ``contains_seasonal_snow`` (ConfigILM's flag);
+            None = ``include_snow_cloud``.
+        include_cloudy: keep patches flagged ``contains_cloud_or_shadow`` (ConfigILM's flag);
+            None = ``include_snow_cloud``. A patch flagged for both needs both flags.
         upsampling: ``"nearest"`` (pixel repetition, reBEN's convention) or ``"bilinear"``
             (``align_corners=False``) for 20 m / 60 m bands.
         normalisation: ``"published"`` (reBEN's train-split statistics of each band),
@@ -188,8 +199,8 @@ class ReBENDataset(Dataset):
             ``255`` (``labels.MASK_IGNORE_INDEX``) where the CLC class is unlabelled.
         native: return native-resolution groups instead of ``image`` (see :class:`NativeLayout`).
         metadata: reBEN metadata parquet file(s) to use instead of the archive's own; required
-            for a plain LMDB directory. Rows flagged for snow/cloud/shadow are dropped unless
-            ``include_snow_cloud``.
+            for a plain LMDB directory. Rows flagged for snow or cloud/shadow are dropped unless
+            ``include_snowy`` / ``include_cloudy`` keep them.
         mask_dtype: ``torch.uint8`` (default, compact) or ``torch.int64`` (ready for
             ``cross_entropy(ignore_index=255)``).
         return_reference_map: also return ``reference_map``: the stored reference map, raw
@@ -213,6 +224,12 @@ class ReBENDataset(Dataset):
 
     Patches are ordered by patch id. With a DataLoader, pass ``collate_fn=collate``:
     ``__getitems__`` then delivers whole batches with no extra copy.
+
+    Every LMDB data file's size is checked on construction and whenever a process opens it:
+    a truncated ``data.mdb`` raises :class:`reben_tools.format.envcheck.TruncatedEnvironmentError`
+    naming the file instead of faulting. Environments are shared with every other reader of
+    this process (a second dataset, a verify); :meth:`close` (or ``with ReBENDataset(...) as
+    ds:``) releases this dataset's share, and reading afterwards reopens them.
     """
 
     def __init__(
@@ -231,6 +248,8 @@ class ReBENDataset(Dataset):
         return_reference_map: bool = False,
         train_fraction: float | None = None,
         subset_seed: int = 0,
+        include_snowy: bool | None = None,
+        include_cloudy: bool | None = None,
     ) -> None:
         super().__init__()
         if split is not None and split not in SPLITS:
@@ -241,10 +260,13 @@ class ReBENDataset(Dataset):
             raise ValueError(f"mask_dtype must be torch.uint8 or torch.int64, got {mask_dtype}")
         self.root = Path(root)
         self.archive = Archive(self.root)
+        self.archive.check_files()  # a truncated data.mdb is named now, not met by SIGBUS later
         self.split = split
         self.layout = NativeLayout.for_bands(bands)
         self.bands = self.layout.bands
-        self.include_snow_cloud = include_snow_cloud
+        self.include_snowy = bool(include_snow_cloud if include_snowy is None else include_snowy)
+        self.include_cloudy = bool(include_snow_cloud if include_cloudy is None else include_cloudy)
+        self.include_snow_cloud = self.include_snowy and self.include_cloudy
         self.upsampling = upsampling
         self.class_order = class_order
         self.class_names = class_names(class_order)
@@ -268,6 +290,7 @@ class ReBENDataset(Dataset):
         self._s2_bands = tuple(b for b in self.bands if ALL_BANDS[b].modality == "S2")
         self._s1_keys = _key_array(table.column("s1_name").to_pylist(), "s1_name", ids) if self._s1_bands else None
         self._shards = self._shard_indices(ids)
+        self._check_partners(ids)
         self.labels: np.ndarray = _multi_hot(table, class_order)
         """(N, 19) float32 multi-hot labels of all samples, in ``class_order``."""
         self._layouts = LayoutCache()
@@ -305,15 +328,16 @@ class ReBENDataset(Dataset):
                     f"{self.root}: a plain LMDB directory needs metadata=[metadata.parquet, ...] "
                     "(reBEN's metadata file(s))"
                 )
-            paths = self.archive.metadata_paths(include_flagged=self.include_snow_cloud)
+            paths = self.archive.metadata_paths(include_flagged=self.include_snowy or self.include_cloudy)
         elif isinstance(metadata, (str, os.PathLike)):
             paths = [Path(metadata)]
         else:
             paths = [Path(p) for p in metadata]
         table = read_metadata(paths)
-        if not self.include_snow_cloud:
-            flagged = pc.or_(table["contains_seasonal_snow"], table["contains_cloud_or_shadow"])
-            table = table.filter(pc.invert(pc.fill_null(flagged, False)))
+        for column, keep in (("contains_seasonal_snow", self.include_snowy),
+                             ("contains_cloud_or_shadow", self.include_cloudy)):
+            if not keep:
+                table = table.filter(pc.invert(pc.fill_null(table[column], False)))
         if self.train_fraction is not None:
             try:
                 table = subset_table(table, self.train_fraction, self.subset_seed, source=str(self.root))
@@ -343,6 +367,36 @@ class ReBENDataset(Dataset):
             out[i] = index_of[shard]
         return out
 
+    def _check_partners(self, ids: list[str]) -> None:
+        """Refuse, naming the keys, patches whose archive lacks a value the bands need.
+
+        An archive encoded from a partial release records per patch which values it holds
+        (``has_s2`` / ``has_s1`` in ``patches.parquet``); a dataset over S2 bands never
+        needs the S1 values, one over S1 bands needs every patch's S1 partner."""
+        path = self.root / PATCHES_FILE
+        if not self.archive.is_sharded or not path.is_file() or not ids:
+            return
+        names = pq.read_schema(path).names
+        needed = [(c, kind) for c, kind, bands in (("has_s2", "S2 value", self._s2_bands),
+                                                    ("has_s1", "S1 partner value", self._s1_bands))
+                  if bands and c in names]
+        if not needed:
+            return
+        patches = pq.read_table(path, columns=["patch_id", "s1_name"] + [c for c, _ in needed])
+        wanted = set(ids)
+        missing = []
+        for row in patches.to_pylist():
+            if row["patch_id"] in wanted:
+                for column, kind in needed:
+                    if row[column] is False:
+                        key = row["patch_id"] if column == "has_s2" else row["s1_name"] or "(no s1_name)"
+                        missing.append(f"{key} ({kind} of {row['patch_id']})")
+        if missing:
+            shown = "; ".join(sorted(missing)[:5]) + (f"; ... {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise ValueError(f"{self.root}: {len(missing)} value(s) the bands {list(self.bands)} need are not in "
+                             f"the archive: {shown}. Choose bands without them (e.g. bands='S2') or metadata "
+                             "without those patches")
+
     # -- public helpers ------------------------------------------------------------------
 
     @property
@@ -354,6 +408,19 @@ class ReBENDataset(Dataset):
     def patch_ids(self) -> list[str]:
         """The samples' patch ids, in sample order."""
         return [k.decode("utf-8") for k in self._keys]
+
+    def close(self) -> None:
+        """Release this dataset's LMDB environments (other readers of this process keep theirs).
+
+        Reading after ``close`` reopens them; closing twice is harmless.
+        """
+        self.archive.close()
+
+    def __enter__(self) -> ReBENDataset:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def native_transform(self) -> NativeToImage:
         """The :class:`NativeToImage` that turns this dataset's native batches into its images."""

@@ -9,7 +9,7 @@ the CPU. All paths give the same numbers.
 Owns: UPSAMPLING_MODES, NATIVE_GROUPS, NativeGroup, NativeLayout, upsample_and_normalise, NativeToImage,
 NearestWriter, statistics_arrays.
 Does not own: reading samples (dataset.py), the band tables and published statistics (format/bands.py).
-May import: numpy, torch; reben_tools.format.
+May import: numpy, torch; reben_tools.format, reben_tools.learn.buffers.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from reben_tools.format.bands import ALL_BANDS, OUTPUT_SIZE, normalisation_arrays, resolve_bands
+from reben_tools.learn.buffers import BufferPool
 
 UPSAMPLING_MODES = ("nearest", "bilinear")
 """Upsampling of 20 m and 60 m bands to 120x120. Bilinear uses ``align_corners=False``
@@ -233,13 +234,78 @@ def _nearest_on_cpu(
     native: Mapping[str, torch.Tensor], layout: NativeLayout, mean: np.ndarray | None, inv_std: np.ndarray | None
 ) -> torch.Tensor:
     """CPU fast path of :func:`upsample_and_normalise` for nearest upsampling (same numbers)."""
-    writer = NearestWriter(layout, mean, inv_std)
     arrays = {g.name: native[g.name].numpy() for g in layout.groups}
     batch = next(iter(arrays.values())).shape[0]
-    out = np.empty((batch, layout.num_channels, OUTPUT_SIZE, OUTPUT_SIZE), np.float32)
-    for i in range(batch):
-        writer.write(out[i], {b: arrays[g.name][i, j] for g in layout.groups for j, b in enumerate(g.bands)})
-    return torch.from_numpy(out)
+    out, tensor = _CPU_POOL.take((batch, layout.num_channels, OUTPUT_SIZE, OUTPUT_SIZE), np.float32)
+    BatchNearestWriter(layout, mean, inv_std).write(out, arrays)
+    return tensor
+
+
+class BatchNearestWriter:
+    """:class:`NearestWriter`'s arithmetic over a batch, a few samples per numpy call.
+
+    ``write(out, groups)`` fills ``out`` (B, C, 120, 120) float32 from the native group
+    arrays ``{group name: (B, k, size, size)}``, :data:`CHUNK` samples at a time so each
+    chunk's intermediates stay in the CPU cache. Same operations, same numbers (bit for
+    bit) as :class:`NearestWriter`, with about a quarter of the numpy calls per sample.
+    """
+
+    CHUNK = 4
+
+    def __init__(self, layout: NativeLayout, mean: np.ndarray | None, inv_std: np.ndarray | None) -> None:
+        self.normalise = mean is not None
+        self.plan = []
+        for group in layout.groups:
+            channels = np.array(group.channels)
+            m = np.asarray(mean, np.float32)[channels].reshape(1, -1, 1, 1) if self.normalise else None
+            inv = np.asarray(inv_std, np.float32)[channels].reshape(1, -1, 1, 1) if self.normalise else None
+            runs = []  # (first j, first channel, length): consecutive in both the group and the output
+            for j, c in enumerate(group.channels):
+                if runs and runs[-1][0] + runs[-1][2] == j and runs[-1][1] + runs[-1][2] == c:
+                    runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
+                else:
+                    runs.append((j, c, 1))
+            self.plan.append((group, m, inv, runs))
+
+    def write(self, out: np.ndarray, groups: Mapping[str, np.ndarray]) -> None:
+        batch = out.shape[0]
+        for start in range(0, batch, self.CHUNK):
+            chunk = slice(start, min(batch, start + self.CHUNK))
+            n = chunk.stop - chunk.start
+            for group, m, inv, runs in self.plan:
+                native = groups[group.name][chunk]
+                size, factor = group.size, group.factor
+                if factor == 1:
+                    for j, c, length in runs:
+                        target = out[chunk, c : c + length]
+                        if m is None:
+                            np.copyto(target, native[:, j : j + length], casting="unsafe")
+                        else:
+                            np.subtract(native[:, j : j + length], m[:, j : j + length], out=target)
+                            target *= inv[:, j : j + length]
+                    continue
+                scratch = np.empty((n, len(group.bands), size, size), np.float32)
+                if m is None:
+                    np.copyto(scratch, native, casting="unsafe")
+                else:
+                    np.subtract(native, m, out=scratch)
+                    scratch *= inv
+                if factor == 2:
+                    pairs = scratch.view(np.uint32).astype(np.uint64)
+                    pairs *= np.uint64(0x1_0000_0001)  # the 32-bit pattern in both halves
+                    out64 = out[chunk].view(np.uint64)
+                    for j, c, length in runs:
+                        target = out64[:, c : c + length].reshape(n, length, size, 2, size)
+                        target[...] = pairs[:, j : j + length, :, None, :]
+                else:
+                    columns = scratch.repeat(factor, axis=3)
+                    for j, c, length in runs:
+                        target = out[chunk, c : c + length].reshape(n, length, size, factor, OUTPUT_SIZE)
+                        target[...] = columns[:, j : j + length, :, None, :]
+
+
+_CPU_POOL = BufferPool()
+"""Reused output buffers of the CPU path (an output is reused only once nothing holds it)."""
 
 
 # --------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import uuid
 import zlib
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from reben_tools.format.layout import (
 )
 from reben_tools.format.manifest import read_manifest
 from reben_tools.format.metadata import read_metadata
-from reben_tools.format.reader import Archive, open_lmdb_readonly
+from reben_tools.format.reader import Archive, shared_environment
 from reben_tools.format.shards import ContentDigest, map_size_for
 from reben_tools.release.geotiff_release import REFERENCE_MAP_BAND
 from reben_tools.release.geotiff_write import write_patch
@@ -111,8 +112,9 @@ def _verify_shard(shard_dir: Path, expected: dict, report: VerifyReport, keys_se
     seen: set[str] = set()
     last_key = None
     try:
-        env = open_lmdb_readonly(shard_dir)
-    except ArchiveError as exc:
+        env_scope = shared_environment(shard_dir, expected.get("file_bytes"))
+        env = env_scope.__enter__()
+    except ArchiveError as exc:  # a truncated data.mdb included: reported, the other shards go on
         faults.append(Fault(name, None, str(exc)))
         return
     try:
@@ -152,7 +154,7 @@ def _verify_shard(shard_dir: Path, expected: dict, report: VerifyReport, keys_se
         faults.append(Fault(name, last_key, f"LMDB error while reading{after}: {exc}"))
         return
     finally:
-        env.close()
+        env_scope.__exit__(None, None, None)
     if checksums is not None:
         for key in sorted(set(checksums) - seen):
             faults.append(Fault(name, key, "key listed in keys.parquet is missing from data.mdb"))
@@ -194,7 +196,8 @@ def verify_archive(path: str | os.PathLike, progress: bool = False) -> VerifyRep
     for expected in tqdm(manifest["shards"], desc="verify", unit="shard", disable=not progress):
         report.shards += 1
         _verify_shard(shards_dir / expected["name"], expected, report, keys_seen)
-    patch_ids = _verify_patch_rows(root, keys_seen, report)
+    counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
+    patch_ids = _verify_patch_rows(root, keys_seen, report, patch_rows_expected=counts.get("patches") != 0)
     _verify_metadata(root, patch_ids, report)
     return report
 
@@ -217,17 +220,19 @@ def _verify_metadata(root: Path, patch_ids: set[str] | None, report: VerifyRepor
                                            "has no row for it"))
 
 
-def _verify_patch_rows(root: Path, keys_seen: dict[str, set[str]], report: VerifyReport) -> set[str] | None:
+def _verify_patch_rows(root: Path, keys_seen: dict[str, set[str]], report: VerifyReport,
+                       patch_rows_expected: bool = True) -> set[str] | None:
     """Every patch of ``patches.parquet`` must find its values in the shard it names, once.
     Returns the patch ids it lists (None when it cannot be read)."""
     path = root / PATCHES_FILE
     if not path.is_file():
-        if keys_seen:
+        if keys_seen and patch_rows_expected:  # an archive of S1-only values has no patch rows
             report.faults.append(Fault("-", None, f"{path} is missing"))
         return None
     try:
         schema_names = pq.read_schema(path).names
-        columns = [c for c in ("patch_id", "shard", "s1_name", "has_s1", "has_reference_map") if c in schema_names]
+        columns = [c for c in ("patch_id", "shard", "s1_name", "has_s1", "has_reference_map", "has_s2")
+                   if c in schema_names]
         table = pq.read_table(path, columns=columns)
     except (OSError, ValueError) as exc:
         report.faults.append(Fault("-", None, f"{path}: unreadable ({exc})"))
@@ -241,12 +246,12 @@ def _verify_patch_rows(root: Path, keys_seen: dict[str, set[str]], report: Verif
     for pid, n in sorted(((p, n) for p, n in counts.items() if n > 1), key=lambda item: str(item[0])):
         report.faults.append(Fault("-", pid, f"{PATCHES_FILE} lists this patch {n} times"))
     rows = zip(ids, column("shard", None), column("has_s1", False), column("s1_name", None),
-               column("has_reference_map", False))
-    for pid, shard, has_s1, s1_name, has_reference_map in rows:
+               column("has_reference_map", False), column("has_s2", True))
+    for pid, shard, has_s1, s1_name, has_reference_map, has_s2 in rows:
         seen = keys_seen.get(shard)
         if seen is None:
             continue  # shard missing or unreadable: already reported
-        wanted = [pid]
+        wanted = [pid] if has_s2 is not False else []  # a reference map / S1 value without its S2 patch
         if has_s1 and s1_name:
             wanted.append(s1_name)
         if has_reference_map:
@@ -298,7 +303,13 @@ def merge_archive(path: str | os.PathLike, out_dir: str | os.PathLike, progress:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ArchiveError(f"{out}: exists and is not an empty directory")
     names = [s["name"] for s in manifest["shards"]]
-    envs = [open_lmdb_readonly(root / SHARDS_DIR / n) for n in names]
+    scopes = ExitStack()  # every shard's size is checked before any is read (truncated -> ArchiveError)
+    try:
+        envs = [scopes.enter_context(shared_environment(root / SHARDS_DIR / s["name"], s.get("file_bytes")))
+                for s in manifest["shards"]]
+    except BaseException:
+        scopes.close()
+        raise
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
     try:
         def merged() -> Iterator[tuple[bytes, int, memoryview]]:
@@ -352,8 +363,7 @@ def merge_archive(path: str | os.PathLike, out_dir: str | os.PathLike, progress:
             raise ArchiveError(f"{out}: was written by another process during the merge; "
                                        f"left it as it is ({exc.strerror})") from None
     finally:
-        for env in envs:
-            env.close()
+        scopes.close()
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return MergeSummary(out, entries, value_bytes, duplicates)
@@ -420,7 +430,7 @@ def export_geotiffs(
         for row in tqdm(rows, desc="export-tiff", unit="patch", disable=not progress):
             pid = row["patch_id"]
             crs, ulx, uly = row["crs"], row["ulx"], row["uly"]
-            wanted = [("S2", pid, pid)]
+            wanted = [("S2", pid, pid)] if row.get("has_s2", True) is not False else []
             if row.get("has_s1", True) and row.get("s1_name"):
                 wanted.append(("S1", row["s1_name"], row["s1_name"]))
             if row.get("has_reference_map", True):

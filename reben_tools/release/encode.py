@@ -94,7 +94,7 @@ class EncodeSummary:
 
     Attributes:
         archive_dir: the archive written.
-        patches: S2 patches written.
+        patches: patch rows written (S2 patches, and reference maps without their S2 patch).
         skipped: list of ``{"item", "path", "reason"}`` for the patches skipped.
         shards: ShardInfo of every shard written.
         seconds: wall time of the whole run.
@@ -110,6 +110,10 @@ class EncodeSummary:
     start_method: str = "inline"
     resumed: int = 0
     """Shards an interrupted earlier run had finished and this run kept."""
+    values: int = 0
+    """Values written (S2, S1 and reference maps; S1-only values included)."""
+    counts: dict | None = None
+    """The counts of ``report.json``, pairing included."""
 
     @property
     def patches_per_second(self) -> float:
@@ -229,7 +233,7 @@ def _prepare_output(out: Path, jobs: Sequence[ShardJob] = (), fingerprints: dict
 
 
 def encode_release(
-    s2_dir: str | os.PathLike,
+    s2_dir: str | os.PathLike | None,
     out: str | os.PathLike,
     s1_dir: str | os.PathLike | None = None,
     reference_maps_dir: str | os.PathLike | None = None,
@@ -237,26 +241,35 @@ def encode_release(
     workers: int | None = None,
     patches_per_shard: int = DEFAULT_PATCHES_PER_SHARD,
     progress: bool = True,
+    require_pairs: bool = False,
 ) -> EncodeSummary:
     """Encode a reBEN GeoTIFF release into an archive at ``out``.
 
     Args:
-        s2_dir: the ``BigEarthNet-S2`` folder (or any folder of S2 patch folders).
+        s2_dir: the ``BigEarthNet-S2`` folder (or any folder of S2 patch folders), or None
+            to encode only S1 patches and/or reference maps.
         out: the archive directory to create; must not hold a finished archive.
-        s1_dir: the ``BigEarthNet-S1`` folder; when given, every S2 patch needs its partner.
-        reference_maps_dir: the ``Reference_Maps`` folder; when given, every patch needs its map.
+        s1_dir: the ``BigEarthNet-S1`` folder: every valid S1 patch is written, paired or not.
+        reference_maps_dir: the ``Reference_Maps`` folder: every valid map is written, with
+            or without its S2 patch.
         metadata_files: reBEN metadata parquet files; when given, only their patches are
             encoded, the two metadata files are written for the patches encoded, and the
             manifest gets train-split band statistics.
         workers: processes (default: the CPUs this process may use). Does not change the output.
         patches_per_shard: patches per LMDB shard.
         progress: show a tqdm bar.
+        require_pairs: skip every patch that lacks its S2 patch, its S1 partner (when
+            ``s1_dir`` is given) or its reference map (when ``reference_maps_dir`` is
+            given), and leave unpaired S1 patches out (the encoder's behaviour before it
+            encoded what is there). Pairing is counted in ``report.json`` either way.
 
     Raises:
         EncodeError / ArchiveError: unusable arguments or inputs (naming the path).
     """
     started = time.perf_counter()
-    s2_dir = Path(s2_dir)
+    s2_dir = Path(s2_dir) if s2_dir is not None else None
+    if s2_dir is None and s1_dir is None and reference_maps_dir is None:
+        raise EncodeError("nothing to encode: give --s2-dir, --s1-dir and/or --reference-maps-dir")
     s1_dir = Path(s1_dir) if s1_dir is not None else None
     reference_maps_dir = Path(reference_maps_dir) if reference_maps_dir is not None else None
     out = Path(out)
@@ -268,15 +281,19 @@ def encode_release(
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
     _check_output(out)
-    jobs, counts = plan_patches(s2_dir, s1_dir, reference_maps_dir, metadata)
+    jobs, counts = plan_patches(s2_dir, s1_dir, reference_maps_dir, metadata, require_pairs)
     if not jobs:
-        raise EncodeError(f"{s2_dir}: no S2 patches to encode (found {counts['s2_found']} S2 patch folders)")
+        where = ", ".join(str(p) for p in (s2_dir, s1_dir, reference_maps_dir) if p is not None)
+        raise EncodeError(f"{where}: no patches to encode (found {counts['s2_found']} S2, {counts['s1_found']} S1 "
+                          f"and {counts['reference_maps_found']} reference-map patch folders)")
     shards = shard_jobs(jobs, patches_per_shard)
     config = {
         "patches_per_shard": patches_per_shard,
         "s1": s1_dir is not None,
         "reference_maps": reference_maps_dir is not None,
         "metadata": bool(metadata_files),
+        "s2": s2_dir is not None,
+        "require_pairs": require_pairs,
         "gdal_read_options": dict(GDAL_READ_OPTIONS),
     }
     with OutputLock(out, TOOL_NAME):
@@ -305,9 +322,11 @@ def _encode_locked(started, out, s2_dir, s1_dir, reference_maps_dir, metadata_fi
     moments = BandMoments()
     for r in results:
         moments = moments.merge(r.moments)
-    written = set(rows.column("patch_id").to_pylist())
+    has_s2 = rows.column("has_s2").to_pylist()
+    written = {pid for pid, s2 in zip(rows.column("patch_id").to_pylist(), has_s2) if s2}  # metadata: S2 patches
     counts.update(
         patches=rows.num_rows,
+        s1_only_values=sum(r.values.get("S1", 0) for r in results) - sum(rows.column("has_s1").to_pylist()),
         skipped=len(skipped),
         s2_values=sum(r.values.get("S2", 0) for r in results),
         s1_values=sum(r.values.get("S1", 0) for r in results),
@@ -328,7 +347,7 @@ def _encode_locked(started, out, s2_dir, s1_dir, reference_maps_dir, metadata_fi
     shutil.rmtree(resume_dir)  # killed after this and before the manifest: the next run re-encodes
     write_manifest(out, manifest)
     return EncodeSummary(out, rows.num_rows, skipped, infos, time.perf_counter() - started, start_method,
-                         resumed=len(finished))
+                         resumed=len(finished), values=sum(i.entries for i in infos), counts=counts)
 
 
 __all__ = ["EncodeSummary", "encode_release", "shard_fingerprint", "write_patches_parquet"]

@@ -1,8 +1,13 @@
 """Planning an encode run: which patches, with which S1 partner and reference map, in which shard.
 
 Step 1 of :mod:`reben_tools.release.encode` (one process): discover the patch folders, pick
-the patches (those of the metadata files, or every S2 patch found), pair each with its S1
-partner and reference map, and cut the sorted patch ids into shards of ``patches_per_shard``.
+the patches (those of the metadata files, or every S2 patch and reference map found), pair
+each with its S1 partner and reference map, and cut the sorted patch ids into shards of
+``patches_per_shard``. Like rico-hdl, what is there is encoded: an S2 patch without its S1
+partner or reference map, a reference map without its S2 patch and an S1 patch without an
+S2 partner (an "S1-only" job, keyed by its S1 name) are all written, and the pairing is
+counted (:func:`pairing_counts`). With ``require_pairs`` a patch lacking any part that
+was asked for is skipped instead, and unpaired S1 patches are left out.
 Shard ``k`` holds the ``k``-th slice of the sorted ids, so which shard holds a patch depends
 only on the sorted ids, never on the number of workers.
 
@@ -43,10 +48,13 @@ PATCH_ROWS_SCHEMA = patch_rows_schema(
     ("contains_cloud_or_shadow", pa.bool_()),
     ("has_s1", pa.bool_()),
     ("has_reference_map", pa.bool_()),
+    ("has_s2", pa.bool_()),
 )
 """Columns of ``patches.parquet`` (plus its ``geometry``: the footprint in EPSG:4326) and of
 each shard's ``rows.parquet``. ``crs``/``ulx``/``uly``/``lrx``/``lry`` are the S2 patch's
-10 m grid as its B02 GeoTIFF declares it."""
+10 m grid as its B02 GeoTIFF declares it (the reference map's when the S2 patch is absent,
+``has_s2`` false). S1 patches without an S2 partner get no row: their values are keyed by
+their S1 name only."""
 
 
 class EncodeError(RuntimeError):
@@ -65,6 +73,10 @@ class PatchJob:
         reference_map: the reference map file, or None.
         metadata: the patch's reBEN metadata row, or None without metadata files.
         problem: ``(path, reason)`` found while planning; the patch is then skipped.
+        s1_only: an S1 patch with no S2 partner; ``patch_id`` is then its S1 name and
+            only its S1 value is written (no patch row).
+        require_pairs: a bad part (S2, S1 or reference map) skips the whole patch; otherwise
+            the good parts are written and the bad one is reported.
     """
 
     patch_id: str
@@ -74,6 +86,8 @@ class PatchJob:
     reference_map: PatchFiles | None
     metadata: dict | None
     problem: tuple[str, str] | None = None
+    s1_only: bool = False
+    require_pairs: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,17 +180,26 @@ def _expected_s1_folder(s1_dir: Path, s1_name: str) -> Path:
 
 
 def plan_patches(
-    s2_dir: Path,
+    s2_dir: Path | None,
     s1_dir: Path | None = None,
     reference_maps_dir: Path | None = None,
     metadata: pa.Table | None = None,
+    require_pairs: bool = False,
 ) -> tuple[list[PatchJob], dict[str, int]]:
-    """Decide which patches to encode and find their files.
+    """Decide which values to encode and find their files.
+
+    Without ``require_pairs`` every valid value found is encoded: S2 patches with or
+    without S1 partner and reference map, reference maps without S2 patch, S1 patches with
+    no S2 partner (S1-only jobs). With ``require_pairs`` a patch needs its S2 folder, its
+    S1 partner when ``s1_dir`` is given and its reference map when ``reference_maps_dir``
+    is given, else it is skipped; unpaired S1 patches are not written. With ``metadata``
+    only its patches (and their S1 partners) are encoded.
 
     Returns:
-        (jobs sorted by patch id, counts of what was found and left out).
+        (jobs sorted by key, counts of what was found, paired and left out; see
+        :func:`pairing_counts`).
     """
-    s2_patches = discover_patches(s2_dir, "S2")
+    s2_patches = discover_patches(s2_dir, "S2") if s2_dir is not None else {}
     s1_patches = discover_patches(s1_dir, "S1") if s1_dir is not None else {}
     reference_maps = discover_patches(reference_maps_dir, "reference_map") if reference_maps_dir is not None else {}
     counts = {"s2_found": len(s2_patches), "s1_found": len(s1_patches), "reference_maps_found": len(reference_maps)}
@@ -189,35 +212,65 @@ def plan_patches(
         s1_names = {pid: rows[pid]["s1_name"] for pid in patch_ids}
     else:
         rows = {}
-        patch_ids = sorted(s2_patches)
+        patch_ids = sorted(set(s2_patches) | (set(reference_maps) if not require_pairs or s2_dir is None else set()))
         s1_names = match_s1_partners(patch_ids, s1_patches) if s1_dir is not None else {}
 
     jobs = []
+    where = s2_dir or reference_maps_dir or s1_dir
     for pid in patch_ids:
         s2 = s2_patches.get(pid)
         s1_name = s1_names.get(pid)
         s1 = s1_patches.get(s1_name) if s1_name else None
         reference_map = reference_maps.get(pid)
+        folder = s2.folder if s2 else (reference_map.folder if reference_map else where)
         problem = None
         if not _is_valid_key(pid) or (s1_name and not _is_valid_key(s1_name)):
-            problem = (str(s2.folder) if s2 else str(s2_dir), f"name {pid!r} / {s1_name!r} cannot be an LMDB key "
+            problem = (str(folder), f"name {pid!r} / {s1_name!r} cannot be an LMDB key "
                        "(must be valid UTF-8 of 1 to 490 bytes)")
-        elif s2 is None:
-            problem = (str(s2_dir), f"S2 patch folder of {pid} not found in the release")
-        elif s1_dir is not None and not s1_name:
-            problem = (str(s2.folder), f"no S1 patch under {s1_dir} pairs with {pid}")
-        elif s1_dir is not None and s1 is None:
+        elif require_pairs and s2 is None:
+            problem = (str(s2_dir or where), f"S2 patch folder of {pid} not found in the release")
+        elif s2 is None and reference_map is None and s1 is None:
+            problem = (str(where), f"{pid} not found in the release (no S2 patch, S1 partner or reference map)")
+        elif require_pairs and s1_dir is not None and not s1_name:
+            problem = (str(folder), f"no S1 patch under {s1_dir} pairs with {pid}")
+        elif require_pairs and s1_dir is not None and s1 is None:
             problem = (str(_expected_s1_folder(s1_dir, s1_name)), f"S1 partner {s1_name} of {pid} not found")
-        elif reference_maps_dir is not None and reference_map is None:
+        elif require_pairs and reference_maps_dir is not None and reference_map is None:
             problem = (
                 str(reference_maps_dir / _product_folder(pid) / pid),
                 f"reference map of {pid} not found",
             )
-        jobs.append(PatchJob(pid, s2, s1_name, s1, reference_map, rows.get(pid), problem))
+        jobs.append(PatchJob(pid, s2, s1_name, s1, reference_map, rows.get(pid), problem, require_pairs=require_pairs))
+    used = {job.s1_name for job in jobs if job.s1 is not None}
+    unpaired_s1 = sorted(name for name in s1_patches if name not in used)
     if s1_dir is not None:
-        used = {job.s1_name for job in jobs if job.s1 is not None}
-        counts["s1_unpaired"] = sum(1 for name in s1_patches if name not in used)
-    return jobs, counts
+        counts["s1_unpaired"] = len(unpaired_s1)
+    if not require_pairs and metadata is None:
+        for name in unpaired_s1:
+            problem = None if _is_valid_key(name) else (str(s1_patches[name].folder), f"name {name!r} cannot be an LMDB key")
+            jobs.append(PatchJob(name, None, name, s1_patches[name], None, None, problem, s1_only=True))
+    counts.update(pairing_counts(jobs, s1_dir is not None, reference_maps_dir is not None))
+    return sorted(jobs, key=lambda j: j.patch_id), counts
+
+
+def pairing_counts(jobs: Sequence[PatchJob], with_s1: bool, with_reference_maps: bool) -> dict[str, int]:
+    """How the planned values pair up (before reading them).
+
+    Returns:
+        ``s2_with_s1``, ``s2_without_s1`` (when S1 was given), ``s2_without_reference_map``
+        (when reference maps were given), ``reference_maps_without_s2`` and ``s1_without_s2``.
+    """
+    patches = [j for j in jobs if not j.s1_only and j.problem is None]
+    counts = {
+        "reference_maps_without_s2": sum(1 for j in patches if j.s2 is None and j.reference_map is not None),
+        "s1_without_s2": sum(1 for j in jobs if j.problem is None and j.s1 is not None and (j.s1_only or j.s2 is None)),
+    }
+    if with_s1:
+        counts["s2_with_s1"] = sum(1 for j in patches if j.s2 is not None and j.s1 is not None)
+        counts["s2_without_s1"] = sum(1 for j in patches if j.s2 is not None and j.s1 is None)
+    if with_reference_maps:
+        counts["s2_without_reference_map"] = sum(1 for j in patches if j.s2 is not None and j.reference_map is None)
+    return counts
 
 
 def _is_valid_key(name: str) -> bool:
@@ -247,5 +300,5 @@ def shard_jobs(jobs: Sequence[PatchJob], patches_per_shard: int) -> list[ShardJo
 
 __all__ = [
     "DEFAULT_PATCHES_PER_SHARD", "EncodeError", "PATCH_ROWS_SCHEMA", "PatchJob", "ShardJob", "ShardResult",
-    "match_s1_partners", "plan_patches", "shard_jobs",
+    "match_s1_partners", "pairing_counts", "plan_patches", "shard_jobs",
 ]

@@ -57,38 +57,72 @@ def _grid_position(patch_id: str, s1_name: str | None) -> tuple[str | None, int 
     return tile, x, y
 
 
-def encode_patch(job: PatchJob) -> tuple[list[tuple[str, bytes]], dict, dict[str, dict[str, np.ndarray]]]:
-    """Read and encode one patch.
+def _encode_kind(files, kind: str, key: str, georeferenced: bool):
+    """(value bytes, arrays, georeference or None) of one patch folder; ReleaseError names the file."""
+    arrays, georeference = read_patch(files, georeferenced=georeferenced)
+    try:
+        if kind == "S2":
+            value = codec.encode_s2(arrays)
+        elif kind == "S1":
+            value = codec.encode_s1(arrays)
+        else:
+            value = codec.encode_reference_map(arrays["reference_map"])
+    except ValueError as exc:
+        raise ReleaseError(files.folder, str(exc)) from None
+    return value, arrays, georeference
+
+
+def encode_patch(
+    job: PatchJob,
+) -> tuple[list[tuple[str, bytes]], dict | None, dict[str, dict[str, np.ndarray]], list[dict]]:
+    """Read and encode one patch: its S2 value, S1 partner and reference map, where found.
+
+    Without ``job.require_pairs`` each kind stands alone, as in rico-hdl: a bad S2 folder
+    leaves the patch's S1 and reference-map values written (and ``has_s2`` false), and
+    the bad part is returned in the list of skipped values. With it, any bad part skips
+    the whole patch.
 
     Returns:
-        (archive items ``(key, value)``, the patch row of ``patches.parquet`` without shard,
-        the arrays read per kind for statistics).
+        (archive items ``(key, value)``, the patch row of ``patches.parquet`` without shard
+        (None for an S1-only job), the arrays read per kind for statistics, the values
+        skipped as ``{"item": key, "path", "reason"}``).
 
     Raises:
-        ReleaseError: an input file is missing or malformed (names the file).
+        ReleaseError: an input file is missing or malformed (names the file) and nothing of
+            the patch can be written (or ``require_pairs``).
     """
     if job.problem is not None:
         raise ReleaseError(*job.problem)
-    s2_arrays, georeference = read_patch(job.s2, georeferenced=True)
-    try:
-        items = [(job.patch_id, codec.encode_s2(s2_arrays))]
-    except ValueError as exc:
-        raise ReleaseError(job.s2.folder, str(exc)) from None
-    arrays = {"S2": s2_arrays}
-    if job.s1 is not None:
-        s1_arrays, _ = read_patch(job.s1, georeferenced=False)
-        try:
-            items.append((job.s1.name, codec.encode_s1(s1_arrays)))
-        except ValueError as exc:
-            raise ReleaseError(job.s1.folder, str(exc)) from None
-        arrays["S1"] = s1_arrays
+    items: list[tuple[str, bytes]] = []
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    failed: list[tuple[str, ReleaseError]] = []
+    georeference = None
     reference_map = None
-    if job.reference_map is not None:
-        reference_map = read_patch(job.reference_map, georeferenced=False)[0]["reference_map"]
-        try:
-            items.append((naming.reference_map_key(job.patch_id), codec.encode_reference_map(reference_map)))
-        except ValueError as exc:
-            raise ReleaseError(job.reference_map.folder, str(exc)) from None
+    parts = [("S2", job.s2, job.patch_id),
+             ("reference_map", None if job.s1_only else job.reference_map, naming.reference_map_key(job.patch_id)),
+             ("S1", job.s1, job.s1_name)]
+    for kind, files, key in parts:
+        if files is None:
+            continue
+        try:  # only the first part read is opened with its georeferencing (the rest: faster)
+            wanted = georeference is None and not job.s1_only
+            value, kind_arrays, georef = _encode_kind(files, kind, key, georeferenced=wanted)
+        except ReleaseError as exc:
+            if job.require_pairs:
+                raise
+            failed.append((key, exc))
+            continue
+        georeference = georeference or georef
+        items.append((key, value))
+        if kind == "reference_map":
+            reference_map = kind_arrays["reference_map"]
+        else:
+            arrays[kind] = kind_arrays
+    if not items:
+        raise failed[0][1]
+    skipped = [{"item": key, "path": exc.path, "reason": exc.reason} for key, exc in failed]
+    if job.s1_only:
+        return items, None, arrays, skipped
     meta = job.metadata or {}
     tile, x, y = _grid_position(job.patch_id, job.s1_name)
     left, bottom, right, top = georeference.bounds
@@ -117,10 +151,11 @@ def encode_patch(job: PatchJob) -> tuple[list[tuple[str, bytes]], dict, dict[str
         "s2v1_name": meta.get("s2v1_name"),
         "contains_seasonal_snow": meta.get("contains_seasonal_snow"),
         "contains_cloud_or_shadow": meta.get("contains_cloud_or_shadow"),
-        "has_s1": job.s1 is not None,
+        "has_s1": "S1" in arrays,
         "has_reference_map": reference_map is not None,
+        "has_s2": "S2" in arrays,
     }
-    return items, row, arrays
+    return items, row, arrays, skipped
 
 
 def encode_shard(job: ShardJob, shards_dir: Path, on_patch: Callable[[], None] | None = None) -> ShardResult:
@@ -136,20 +171,23 @@ def encode_shard(job: ShardJob, shards_dir: Path, on_patch: Callable[[], None] |
     values = {"S2": 0, "S1": 0, "reference_map": 0}
     for patch in job.patches:
         try:
-            patch_items, row, arrays = encode_patch(patch)
+            patch_items, row, arrays, partial = encode_patch(patch)
         except ReleaseError as exc:
             skipped.append({"item": patch.patch_id, "path": exc.path, "reason": exc.reason})
         except Exception as exc:  # noqa: BLE001 - one odd file must not stop the other patches
-            folder = str(patch.s2.folder) if patch.s2 is not None else patch.patch_id
+            source = patch.s2 or patch.reference_map or patch.s1
+            folder = str(source.folder) if source is not None else patch.patch_id
             skipped.append({"item": patch.patch_id, "path": folder,
                             "reason": f"unexpected {type(exc).__name__} while reading the patch: {exc}"})
         else:
+            skipped.extend(partial)
             items.extend(patch_items)
-            row["shard"] = job.name
-            rows.append(row)
             for key, _ in patch_items:
                 values[codec.kind_of_key(key)] += 1
-            if row["split"] == "train":
+            if row is not None:  # S1-only jobs write a value, no patch row
+                row["shard"] = job.name
+                rows.append(row)
+            if row is not None and row["split"] == "train":
                 for kind_arrays in arrays.values():
                     for band, array in kind_arrays.items():
                         moments.add(band, array)
