@@ -44,7 +44,8 @@ from reben_tools.format.bands import resolve_bands
 from reben_tools.format.labels import ALPHABETICAL_ORDER, labels_from_reference_map, multi_hot
 from reben_tools.learn.augment import TrainMixer, random_flips
 from reben_tools.learn.config import TrainConfig
-from reben_tools.learn.dataset import ReBENDataset, collate
+from reben_tools.learn.batches import collate
+from reben_tools.learn.dataset import ReBENDataset
 from reben_tools.learn.loop import train
 from reben_tools.learn.mixing import LabelNoiseCounts, cutmix, label_noise_counts
 from reben_tools.learn.models import build_model

@@ -172,7 +172,8 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.configilm_site:
         sys.path.append(str(args.configilm_site))
-    from reben_tools.learn.dataset import ReBENDataset, collate
+    from reben_tools.learn.batches import collate
+from reben_tools.learn.dataset import ReBENDataset
     from reben_tools.learn.transforms import upsample_and_normalise
 
     try:

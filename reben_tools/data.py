@@ -10,7 +10,8 @@ May import: reben_tools.format, reben_tools.learn.
 """
 
 from reben_tools.format.labels import MASK_IGNORE_INDEX
-from reben_tools.learn.dataset import ReBENDataset, SampleBatch, collate
+from reben_tools.learn.batches import SampleBatch, collate
+from reben_tools.learn.dataset import ReBENDataset
 from reben_tools.learn.transforms import (
     NATIVE_GROUPS,
     UPSAMPLING_MODES,

@@ -28,7 +28,8 @@ from reben_tools.format.manifest import build_manifest, write_manifest
 from reben_tools.format.metadata import write_metadata
 from reben_tools.format.shards import write_shard
 from reben_tools.format.codec import ValueDecodeError
-from reben_tools.learn.dataset import ReBENDataset, SampleBatch, collate
+from reben_tools.learn.batches import SampleBatch, collate
+from reben_tools.learn.dataset import ReBENDataset
 from reben_tools.learn.transforms import NativeLayout, NativeToImage, upsample_and_normalise
 
 # ---- independent facts ------------------------------------------------------------------

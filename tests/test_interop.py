@@ -169,7 +169,7 @@ def test_bare_lmdb_faults_name_the_keys(patches, tmp_path):
 
 
 def test_batches_reuse_buffers_only_once_nothing_holds_them(archive_dir):
-    from reben_tools.learn.dataset import collate
+    from reben_tools.learn.batches import collate
 
     ds = ReBENDataset(archive_dir, bands="ALL")
     first = collate(ds.__getitems__([0, 1]))["image"]

@@ -14,7 +14,8 @@ from reben_tools.format.codec import decode_value
 from reben_tools.format.labels import labels_from_reference_map, multi_hot
 from reben_tools.learn.checkpoints import load_checkpoint
 from reben_tools.learn.config import TrainConfig, TrainingError
-from reben_tools.learn.dataset import ReBENDataset, collate
+from reben_tools.learn.batches import collate
+from reben_tools.learn.dataset import ReBENDataset
 from reben_tools.learn.loaders import open_dataset, split_indices, training_dataset
 from reben_tools.learn.loop import train
 from reben_tools.learn.mixing import cutmix

@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader
 
 from reben_tools.format.envcheck import TruncatedEnvironmentError, check_data_file, lmdb_required_bytes
 from reben_tools.format.layout import ArchiveError
-from reben_tools.learn.dataset import ReBENDataset, collate
+from reben_tools.learn.batches import collate
+from reben_tools.learn.dataset import ReBENDataset
 from reben_tools.release.archive_tools import merge_archive, verify_archive
 from reben_tools.release.lmdb_verify import verify_lmdb
 

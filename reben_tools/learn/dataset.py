@@ -20,11 +20,11 @@ values with byte-identical headers and the same length reuse that checked layout
 fault raises :class:`reben_tools.format.codec.ValueDecodeError` naming the key. Environments are opened
 lazily, read-only and without locks in each process (fork-safe for DataLoader workers).
 
-Owns: ReBENDataset, SampleBatch, collate (the batch protocol), multi-hot labels, masks and reference maps of samples,
+Owns: ReBENDataset, multi-hot labels, masks and reference maps of samples,
 ReBENDataset.plot (drawn by learn.plotting).
-Does not own: native layouts and upsampling/normalisation (transforms.py), value layout validation (values.py),
+Does not own: the batch protocol and batch memory (batches.py), native layouts and upsampling/normalisation (transforms.py), value layout validation (values.py),
 the archive format and LMDB access (reben_tools.format), DataLoaders for training (loaders.py).
-May import: numpy, pyarrow, torch; reben_tools.format; reben_tools.splits.subsets; reben_tools.learn.buffers,
+May import: numpy, pyarrow, torch; reben_tools.format; reben_tools.splits.subsets; reben_tools.learn.batches,
 .transforms, .values, .plotting.
 """
 
@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
 from reben_tools.format import codec
 from reben_tools.format.layout import ArchiveError, PATCHES_FILE, SPLITS
@@ -48,7 +48,7 @@ from reben_tools.format.metadata import read_metadata
 from reben_tools.format.reader import Archive, BatchReader
 from reben_tools.format.bands import ALL_BANDS, OUTPUT_SIZE, PUBLISHED_STATISTICS
 from reben_tools.format.labels import NUM_CLASSES, class_names, code_to_class_index_table
-from reben_tools.learn.buffers import BufferPool
+from reben_tools.learn.batches import SampleBatch, collate, empty_batch
 from reben_tools.learn.transforms import (
     UPSAMPLING_MODES,
     NativeLayout,
@@ -62,79 +62,8 @@ from reben_tools.splits.subsets import SubsetError, subset_table
 
 
 # --------------------------------------------------------------------------------------
-# Batches
-# --------------------------------------------------------------------------------------
-
-
-class SampleBatch(Sequence):
-    """What :meth:`ReBENDataset.__getitems__` returns: B samples backed by one contiguous batch.
-
-    It behaves as the list of B sample dicts PyTorch's ``__getitems__`` protocol expects
-    (so ``default_collate`` still works), but :func:`collate` returns :attr:`collated`
-    -- the batch already stacked -- without copying.
-
-    Attributes:
-        collated: ``{"image": float32 (B, C, 120, 120), "label": float32 (B, 19),
-            "patch_id": list[str], "mask"?: (B, 120, 120)}`` (native mode: the native
-            group tensors ``(B, k, size, size)`` instead of ``"image"``).
-    """
-
-    def __init__(self, collated: dict, size: int) -> None:
-        self.collated = collated
-        self._size = size
-
-    def __len__(self) -> int:
-        return self._size
-
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._size))]
-        if not -self._size <= index < self._size:
-            raise IndexError(f"sample {index} out of range for a batch of {self._size}")
-        return {key: value[index] for key, value in self.collated.items()}
-
-
-def collate(samples: SampleBatch | Sequence[Mapping]) -> dict:
-    """DataLoader ``collate_fn`` for :class:`ReBENDataset`.
-
-    A :class:`SampleBatch` (what ``__getitems__`` returns) is handed over as is; a list of
-    sample dicts (``dataset[i]`` results) is stacked with ``default_collate``. Either way
-    the result is ``{"image" or native groups: tensors with a leading batch axis,
-    "label": (B, 19), "patch_id": list[str], "mask"?: (B, 120, 120)}``.
-    """
-    if isinstance(samples, SampleBatch):
-        return samples.collated
-    return default_collate(list(samples))
-
-
-# --------------------------------------------------------------------------------------
 # The dataset
 # --------------------------------------------------------------------------------------
-
-
-_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.uint16): torch.uint16, np.dtype(np.uint8): torch.uint8}
-
-
-_POOL = BufferPool()
-"""This process's reused batch buffers (main process only; see ``learn.buffers``)."""
-
-
-def _empty_batch(shape: tuple[int, ...], dtype: np.dtype | str) -> tuple[np.ndarray, torch.Tensor]:
-    """An uninitialised batch array and the tensor sharing its memory.
-
-    In a DataLoader worker the memory is shared memory from the start (as
-    ``default_collate`` does), so handing the batch to the main process copies nothing.
-    In the main process it comes from a small pool of reused buffers (:class:`BufferPool`):
-    a buffer is reused only once no tensor or view of an earlier batch holds it, so no
-    page faults for fresh memory on every batch.
-    """
-    dtype = np.dtype(dtype)
-    if torch.utils.data.get_worker_info() is not None:
-        numel = int(np.prod(shape))
-        template = torch.empty(0, dtype=_TORCH_DTYPES[dtype])
-        tensor = template.new(template._typed_storage()._new_shared(numel)).resize_(shape)
-        return tensor.numpy(), tensor
-    return _POOL.take(shape, dtype)
 
 
 def _key_array(values: list[str], column: str, ids: list[str]) -> np.ndarray:
@@ -461,17 +390,17 @@ class ReBENDataset(Dataset):
         collated: dict = {}
         mask = None
         if self.return_mask:
-            mask, mask_tensor = _empty_batch((batch, OUTPUT_SIZE, OUTPUT_SIZE), np.uint8)
+            mask, mask_tensor = empty_batch((batch, OUTPUT_SIZE, OUTPUT_SIZE), np.uint8)
         reference = None
         if self.return_reference_map:
-            reference, reference_tensor = _empty_batch((batch, OUTPUT_SIZE, OUTPUT_SIZE), np.uint16)
+            reference, reference_tensor = empty_batch((batch, OUTPUT_SIZE, OUTPUT_SIZE), np.uint16)
         nearest_image = not self.native and self.upsampling == "nearest"
         if nearest_image:
-            image, image_tensor = _empty_batch((batch, self.num_channels, OUTPUT_SIZE, OUTPUT_SIZE), np.float32)
+            image, image_tensor = empty_batch((batch, self.num_channels, OUTPUT_SIZE, OUTPUT_SIZE), np.float32)
             writer = self._writer
         else:
             allocated = {
-                g.name: _empty_batch((batch, len(g.bands), g.size, g.size), g.dtype) for g in self.layout.groups
+                g.name: empty_batch((batch, len(g.bands), g.size, g.size), g.dtype) for g in self.layout.groups
             }
             groups = {name: array for name, (array, _) in allocated.items()}
         with self.archive.batch_reader() as reader:

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Sampler
 from reben_tools.format.layout import MANIFEST_FILE, ArchiveError, SPLITS
 from reben_tools.format.codec import ValueDecodeError
 from reben_tools.learn.config import TrainingError
-from reben_tools.learn.dataset import ReBENDataset, collate
+from reben_tools.learn.batches import collate
+from reben_tools.learn.dataset import ReBENDataset
 
 
 def default_workers(local_processes: int = 1) -> int:
