@@ -48,7 +48,8 @@ def test_readme_split_example_works_on_the_archive_metadata():
     assert "reben split my-archive/metadata.parquet --strategy reben --out with_split.parquet" in text
 
 
-@pytest.mark.parametrize("path", ["my-archive/manifest.json", "reben-lmdb/data.mdb", "release/BigEarthNet-S2/x.tif",
+@pytest.mark.parametrize("path", ["my-archive/manifest.json", "reben-lmdb/data.mdb", "release/BigEarthNet-S2/x.tif", "s1-archive/manifest.json",
+                                  "emb.parquet", "metadata-10%.parquet",
                                   "audit/report.md", "with_split.parquet", "reben-demo/archive/manifest.json"])
 def test_readme_example_outputs_are_ignored_by_git(path):
     result = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
