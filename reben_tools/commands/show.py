@@ -1,7 +1,7 @@
 """``reben show``: draw one patch of an archive to a PNG, for people who are not in Python.
 
 Owns: the ``show`` command.
-Does not own: the drawing (``learn.plotting`` through ``ReBENDataset.plot``), reading samples
+Does not own: the drawing (``learn.sample_figure`` through ``ReBENDataset.plot``), reading samples
 (``learn.dataset``).
 May import: ``reben_tools.learn``, ``reben_tools.format``, ``reben_tools.commands.outputs``, typer.
 """

@@ -21,11 +21,11 @@ fault raises :class:`reben_tools.format.codec.ValueDecodeError` naming the key. 
 lazily, read-only and without locks in each process (fork-safe for DataLoader workers).
 
 Owns: ReBENDataset, multi-hot labels, masks and reference maps of samples,
-ReBENDataset.plot (drawn by learn.plotting).
+ReBENDataset.plot (drawn by learn.sample_figure).
 Does not own: the batch protocol and batch memory (batches.py), native layouts and upsampling/normalisation (transforms.py), value layout validation (values.py),
 the archive format and LMDB access (reben_tools.format), DataLoaders for training (loaders.py).
 May import: numpy, pyarrow, torch; reben_tools.format; reben_tools.splits.subsets; reben_tools.learn.batches,
-.transforms, .values, .plotting.
+.transforms, .values, .sample_figure.
 """
 
 from __future__ import annotations
@@ -474,7 +474,7 @@ class ReBENDataset(Dataset):
         Returns:
             a matplotlib Figure (save it with ``figure.savefig(path)``).
         """
-        from reben_tools.learn.plotting import plot_sample
+        from reben_tools.learn.sample_figure import plot_sample
 
         if "image" not in sample:
             raise ValueError("plot needs a sample with 'image' (native=False)")
