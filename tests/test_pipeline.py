@@ -254,12 +254,21 @@ def test_resume_after_killed_run(config_path, built, tmp_path):
     assert _archive_files(out) == _archive_files(built)
 
 
-def test_external_scheduler_processes(config_path, built, tmp_path):
+def test_external_scheduler_processes_in_other_folders_with_a_relative_out(config_path, built, tmp_path):
+    """Scheduler, worker and client each started in its own folder; ``--out`` relative to the client's.
+
+    Before output paths were made absolute, the worker wrote its shards under its own
+    folder and the client silently dropped them (a partial archive with exit 0).
+    """
     scheduler_file = tmp_path / "scheduler.json"
     env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    folders = {name: tmp_path / name for name in ("sched", "work", "client")}
+    for folder in folders.values():
+        folder.mkdir()
     scheduler = subprocess.Popen(
         ["dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-         "--scheduler-file", str(scheduler_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+         "--scheduler-file", str(scheduler_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        cwd=folders["sched"])
     worker = None
     try:
         deadline = time.time() + 60
@@ -269,12 +278,14 @@ def test_external_scheduler_processes(config_path, built, tmp_path):
         assert address.startswith("tcp://127.0.0.1:")
         worker = subprocess.Popen(
             ["dask", "worker", address, "--nthreads", "2", "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        out = tmp_path / "external"
-        proc = _reben("build", str(config_path), "--out", str(out), "--scheduler", address, "--no-progress")
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=folders["work"])
+        repo = str(Path(__file__).resolve().parents[1])
+        proc = _reben("build", str(config_path), "--out", "external", "--scheduler", address, "--no-progress",
+                      cwd=folders["client"], env={**os.environ, "PYTHONPATH": repo})
         output, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, output
-        assert _archive_files(out) == _archive_files(built)
+        assert not (folders["work"] / "external").exists()
+        assert _archive_files(folders["client"] / "external") == _archive_files(built)
     finally:
         for p in (worker, scheduler):
             if p is not None:
@@ -352,8 +363,22 @@ def test_nothing_buildable_exits_non_zero(region, tmp_path):
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1
     assert "not_a_product" in output and "no usable Sentinel-2 product" in output
-    report = json.loads((tmp_path / "archive" / REPORT_FILE).read_text())
-    assert any(s["item"] == "not_a_product" and s["kind"] == "s2_product" for s in report["skipped"])
+    assert not (tmp_path / "archive").exists()  # a run that built nothing leaves no output behind
+
+
+def test_report_lists_every_dropped_patch_with_its_reason(built):
+    report = json.loads((built / REPORT_FILE).read_text())
+    expected = [
+        {"patch_id": _pid(fx.P1_PREFIX, 1, 0), "reason": "no_data"},
+        {"patch_id": _pid(fx.P1_PREFIX, 2, 1), "reason": "unlabeled_25pct"},
+        {"patch_id": _pid(fx.P1_PREFIX, 2, 2), "reason": "no_s1_partner"},
+        {"patch_id": _pid(fx.P2_PREFIX, 2, 1), "reason": "unlabeled_25pct"},
+        {"patch_id": _pid(fx.P2_PREFIX, 2, 2), "reason": "no_s1_partner"},
+    ]
+    assert [{"patch_id": d["patch_id"], "reason": d["reason"]} for d in report["dropped"]] == sorted(
+        expected, key=lambda d: d["patch_id"])
+    assert all(d["shard"].endswith("_rows00-01" if d["patch_id"][-2:] in ("00", "01") else "_rows02-02")
+               for d in report["dropped"])
 
 
 def test_missing_clc_is_a_clear_error(region, tmp_path):

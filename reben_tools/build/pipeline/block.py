@@ -72,6 +72,7 @@ def _run_block(task: BlockTask) -> dict:
         task.clc, product.crs, grid.block_transform(block, 10), (block.nrows * 120, block.ncols * 120)
     )
     dropped: Counter = Counter()
+    dropped_ids: dict[str, list[str]] = {k: [] for k in DROP_REASONS}
     moments = BandMoments()
     items: list[tuple[str, bytes]] = []
     rows: list[dict] = []
@@ -84,11 +85,13 @@ def _run_block(task: BlockTask) -> dict:
         bands = {b: _slice(pixels[b], r, x, PATCH_SIZE_M // S2_BANDS[b].resolution_m) for b in S2_BANDS}
         if any(not arr.all() for arr in bands.values()):
             dropped["no_data"] += 1
+            dropped_ids["no_data"].append(naming.patch_id(product.prefix, x, y))
             continue
         reference_map = np.ascontiguousarray(_slice(ref_block, r, x, 120))
         unlabeled = unlabeled_fraction(reference_map)
         if unlabeled >= MAX_UNLABELED_FRACTION:
             dropped["unlabeled_25pct"] += 1
+            dropped_ids["unlabeled_25pct"].append(naming.patch_id(product.prefix, x, y))
             continue
         candidates.append((x, y, bands, reference_map, unlabeled))
 
@@ -115,6 +118,7 @@ def _run_block(task: BlockTask) -> dict:
         partner = partners.get((x, y))
         if partner is None:
             dropped["no_s1_partner"] += 1
+            dropped_ids["no_s1_partner"].append(naming.patch_id(product.prefix, x, y))
             continue
         scene, (vv, vh) = partner
         pid = naming.patch_id(product.prefix, x, y)
@@ -154,6 +158,7 @@ def _run_block(task: BlockTask) -> dict:
         "candidates": block.nrows * block.ncols,
         "kept": len(rows),
         "dropped": {k: dropped[k] for k in DROP_REASONS},
+        "dropped_ids": {k: sorted(dropped_ids[k]) for k in DROP_REASONS},
         "moments": moments.to_dict(),
         "clc_issues": [[i.fid, i.code, i.reason] for i in issues],
     }

@@ -24,6 +24,10 @@ class BuildError(RuntimeError):
     """The build cannot start or produced nothing; the message says why."""
 
 
+class BuildInterrupted(BuildError):
+    """Ctrl-C stopped the build; the message says how many shards are complete and how to resume."""
+
+
 class PipelineConfig(BaseModel):
     """Settings of a scene-to-archive build (``pipelines/*.toml``; schema in ``schemas/pipeline_config.schema.json``).
 
