@@ -362,7 +362,9 @@ def test_nothing_buildable_exits_non_zero(region, tmp_path):
                   "--out", str(tmp_path / "archive"), "--no-progress")
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1
-    assert "not_a_product" in output and "no usable Sentinel-2 product" in output
+    assert output.strip().splitlines()[-1] == (
+        f"error: {s2}: holds no Sentinel-2 product (a .SAFE folder or a folder of GeoTIFFs named like an S2 L2A "
+        "product); not named like one: not_a_product")
     assert not (tmp_path / "archive").exists()  # a run that built nothing leaves no output behind
 
 

@@ -27,6 +27,9 @@ from reben_tools.build.quality import QualityRule, read_id_list
 from reben_tools.format.layout import REPORT_FILE, SHARDS_DIR
 from reben_tools.format.shards import remove_stale_temporaries
 
+NOT_S2_NAME = "not a Sentinel-2 L2A product name"
+"""How discovery's reason for an item not named like a product starts (format.naming)."""
+
 
 def build_archive(
     config: PipelineConfig, out: str | Path | None = None, scheduler: str | None = None,
@@ -99,9 +102,13 @@ def _build_locked(config: PipelineConfig, out: Path, scheduler: str | None, work
         raise BuildError(str(exc)) from None
 
     inputs = discover(config)
-    if not inputs.products and not any(s["kind"] == "s2_product" for s in inputs.skipped):
+    s2_skipped = [s for s in inputs.skipped if s["kind"] == "s2_product"]
+    if not inputs.products and all(s["reason"].startswith(NOT_S2_NAME) for s in s2_skipped):
+        others = sorted(s["item"] for s in s2_skipped)
         raise BuildError(f"{', '.join(config.s2)}: holds no Sentinel-2 product "
-                         "(a .SAFE folder or a folder of GeoTIFFs named like an S2 L2A product)")
+                         "(a .SAFE folder or a folder of GeoTIFFs named like an S2 L2A product)"
+                         + (f"; not named like one: {', '.join(others[:5])}" + (", ..." if len(others) > 5 else "")
+                            if others else ""))
     for scene in inputs.scenes:
         if not _scene_overlaps_any(scene, inputs.products):
             inputs.skipped.append({"item": scene.path.name, "kind": "s1_scene", "path": str(scene.path),
