@@ -23,7 +23,7 @@ import pytest
 
 import pipeline_fixtures as fx
 from reben_tools.build.pipeline.config import BuildError, PipelineConfig
-from reben_tools.build.pipeline.run import _check_visible, build_archive
+from reben_tools.build.pipeline.run import build_archive
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,6 +183,7 @@ def test_a_shard_reported_written_but_not_visible_is_an_error(region, tmp_path):
     from reben_tools.build.corine import open_clc
     from reben_tools.build.pipeline.discovery import discover
     from reben_tools.build.pipeline.planning import plan_tasks
+    from reben_tools.build.pipeline.run import _check_visible
 
     config = PipelineConfig(s2=[str(region.s2_dir)], s1=[str(region.s1_dir)], clc=str(region.clc), rows_per_block=3)
     tasks = plan_tasks(config, discover(config), open_clc(region.clc), tmp_path / "shards")
@@ -192,3 +193,37 @@ def test_a_shard_reported_written_but_not_visible_is_an_error(region, tmp_path):
                                          r"worker shares"):
         _check_visible([result], tasks)
     _check_visible([{**result, "status": "failed"}], tasks)  # a failed block is reported, not an error
+
+
+def test_each_worker_thread_keeps_its_own_product_open(region):
+    """Two threads of one worker build two products block by block, in step.
+
+    A product needs 13 rasters (12 bands and SCL); each must be opened once per thread
+    (26 in all), not reopened because the other thread's product pushed it out.
+    """
+    import threading
+
+    from reben_tools.build.scenes import OPEN_RASTERS, open_s2_product, read_block
+
+    products = [open_s2_product(region.product1), open_s2_product(region.product2)]
+    OPEN_RASTERS.close_all()
+    before = OPEN_RASTERS.opened
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def build(product) -> None:
+        try:
+            for block in product.grid.blocks(1):
+                read_block(product, block, keep_open=True)
+                barrier.wait(timeout=60)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build, args=(p,)) for p in products]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    OPEN_RASTERS.close_all()
+    assert not errors
+    assert OPEN_RASTERS.opened - before == 26

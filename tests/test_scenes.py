@@ -41,7 +41,8 @@ def test_geotiff_product_and_offset_default(products):
     product = open_s2_product(tif)
     assert product.layout == "GeoTIFF"
     assert product.band_paths["B02"].name.endswith("_B02_10m.tif") and product.band_paths["B05"].name.endswith("_B05.tif")
-    assert product.boa_add_offset == 0  # N0208 without MTD_MSIL2A.xml
+    assert product.boa_add_offset is None  # no MTD_MSIL2A.xml: unknown, whatever the baseline
+    assert open_s2_product(product.path, boa_add_offset=0).boa_add_offset == 0  # set by the config
     pixels = read_block(product, product.grid.blocks(1)[0], bands=("B12",))
     np.testing.assert_array_equal(pixels["B12"], arrays["B12"][0:60, 0:180])
 

@@ -43,8 +43,6 @@ from reben_tools.build.tiling import Block, PatchGrid
 PRODUCT_BANDS: dict[str, int] = {**{b.name: b.resolution_m for b in S2_BANDS.values()}, "SCL": SCL_BAND.resolution_m}
 """Every raster read from a product (12 bands + SCL) and its native resolution in metres."""
 
-DEFAULT_BOA_ADD_OFFSET = -1000
-"""ESA's BOA_ADD_OFFSET for processing baseline N0400 and later, used when a product has no metadata file."""
 
 _GEOTIFF_BAND_RE = re.compile(r"_(B0[1-9]|B1[0-2]|B8A|SCL)(?:_(10|20|60)m)?\.tiff?$", re.IGNORECASE)
 _ALIGN_TOL_M = 1e-3
@@ -70,7 +68,10 @@ class S2Product:
         band_paths: raster file of each of the 12 bands and ``SCL``.
         crs: the rasters' CRS as an EPSG string (``"EPSG:32633"``) or WKT when it has no EPSG code.
         grid: the 1,200 m patch grid cut from the rasters' extent.
-        boa_add_offset: radiometric offset to add to DNs (``-1000`` from N0400 on, else 0).
+        boa_add_offset: radiometric offset to add to DNs, from ``MTD_MSIL2A.xml``; None (unknown)
+            when the product has no metadata file (a GeoTIFF folder): the baseline number does
+            not tell it (reBEN's own N9999 reprocessing carries no offset). The pipeline config's
+            ``boa_add_offset`` sets it for such products.
     """
 
     path: Path
@@ -79,7 +80,7 @@ class S2Product:
     band_paths: dict[str, Path]
     crs: str
     grid: PatchGrid
-    boa_add_offset: int
+    boa_add_offset: int | None
 
     @property
     def prefix(self) -> str:
@@ -188,8 +189,13 @@ def read_boa_add_offset(mtd_path: Path) -> int:
     return values.pop() if values else 0
 
 
-def open_s2_product(path: str | Path) -> S2Product:
+def open_s2_product(path: str | Path, boa_add_offset: int | None = None) -> S2Product:
     """Find, parse and check a Sentinel-2 L2A product (headers only; no pixels are decoded).
+
+    Args:
+        path: a ``.SAFE`` folder or a folder of band GeoTIFFs.
+        boa_add_offset: the offset to record when the product has no ``MTD_MSIL2A.xml``
+            (None: unknown). A metadata file always wins.
 
     Raises:
         SceneError: the folder is named unlike a Sentinel-2 L2A product, a band is
@@ -246,7 +252,7 @@ def open_s2_product(path: str | Path) -> S2Product:
     if mtd.is_file():
         offset = read_boa_add_offset(mtd)
     else:
-        offset = DEFAULT_BOA_ADD_OFFSET if name.baseline_number >= 400 else 0
+        offset = boa_add_offset
     return S2Product(path, name, layout, band_paths, crs, grid, offset)
 
 
@@ -261,38 +267,50 @@ _LAST_TILE_ROW: dict[tuple[int, str], tuple[int, np.ndarray]] = {}
 
 
 class _OpenRasters:
-    """Rasters kept open per thread between blocks (least recently used closed beyond
-    ``capacity``, about one product), together with their last decoded tile row."""
+    """Rasters kept open between blocks, per thread: each thread keeps its own ``capacity``
+    most recently used rasters (about one product: 12 bands and SCL), together with their
+    last decoded tile row. A worker with several threads building several products keeps
+    each thread's product open instead of the threads evicting each other's rasters.
+
+    Attributes:
+        opened: how many times a raster was opened (all threads; for tests and benchmarks).
+    """
 
     def __init__(self, capacity: int = 16):
         self.capacity = capacity
-        self._open: OrderedDict[tuple[int, str], rasterio.io.DatasetReader] = OrderedDict()
+        self._open: dict[int, OrderedDict[str, rasterio.io.DatasetReader]] = {}
         self._lock = threading.Lock()
+        self.opened = 0
 
     def get(self, path: Path) -> rasterio.io.DatasetReader:
-        key = (threading.get_ident(), str(path))
+        thread = threading.get_ident()
         with self._lock:
-            ds = self._open.pop(key, None)
+            mine = self._open.setdefault(thread, OrderedDict())
+            ds = mine.pop(str(path), None)
             if ds is None:
                 ds = rasterio.open(path)
-            self._open[key] = ds
-            while len(self._open) > self.capacity:
-                (thread, old_path), old = self._open.popitem(last=False)
+                self.opened += 1
+            mine[str(path)] = ds
+            while len(mine) > self.capacity:
+                _, old = mine.popitem(last=False)
                 _LAST_TILE_ROW.pop((thread, old.name), None)
                 old.close()
             return ds
 
     def discard(self, path: Path) -> None:
+        thread = threading.get_ident()
         with self._lock:
-            ds = self._open.pop((threading.get_ident(), str(path)), None)
+            ds = self._open.get(thread, OrderedDict()).pop(str(path), None)
             if ds is not None:
-                _LAST_TILE_ROW.pop((threading.get_ident(), ds.name), None)
+                _LAST_TILE_ROW.pop((thread, ds.name), None)
                 ds.close()
 
     def close_all(self) -> None:
         with self._lock:
-            while self._open:
-                self._open.popitem()[1].close()
+            for mine in self._open.values():
+                while mine:
+                    mine.popitem()[1].close()
+            self._open.clear()
             _LAST_TILE_ROW.clear()
 
 

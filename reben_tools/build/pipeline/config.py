@@ -57,6 +57,9 @@ class PipelineConfig(BaseModel):
     cloud_threshold: float = Field(DEFAULT_CLOUD_THRESHOLD, ge=0, le=1, description="flag cloud/shadow when that SCL fraction exceeds this")
     snow_ids_file: str | None = Field(None, description="text file of patch ids to flag as snow, one per line")
     cloud_ids_file: str | None = Field(None, description="text file of patch ids to flag as cloud/shadow, one per line")
+    boa_add_offset: int | None = Field(
+        None, description="BOA_ADD_OFFSET recorded for products without MTD_MSIL2A.xml (GeoTIFF folders); "
+                          "unset: unknown (null). A product's metadata file always wins")
     out: str | None = Field(None, description="archive folder to write")
     workers: int = Field(2, ge=1, description="LocalCluster worker processes")
     threads_per_worker: int = Field(1, ge=1)

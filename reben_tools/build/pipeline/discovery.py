@@ -67,7 +67,7 @@ def discover(config: PipelineConfig) -> Inputs:
     """Open every S2 product and S1 scene named by the config; record what cannot be used."""
     inputs = Inputs()
     inputs.products = _open_unique(
-        config.s2, looks_like_s2_product, open_s2_product, "s2_product",
+        config.s2, looks_like_s2_product, lambda path: open_s2_product(path, config.boa_add_offset), "s2_product",
         lambda prefix, first: f"same patch ids as {first} (differs only in generation time)", inputs.skipped)
     inputs.scenes = _open_unique(
         config.s1, looks_like_s1_scene, open_s1_scene, "s1_scene",
