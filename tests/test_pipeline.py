@@ -419,3 +419,33 @@ def test_manifest_and_report_follow_their_schemas(built):
     jsonschema.validate(json.loads((built / REPORT_FILE).read_text()),
                         json.loads((schemas / "report.schema.json").read_text()))
     assert manifest["counts"]["split_train"] == 9 and manifest["counts"]["dropped_no_data"] == 1
+
+
+def test_s1_no_data_written_as_untagged_zero_is_no_data(region, built, tmp_path):
+    """Scene 2 rewritten the way SNAP and Earth Engine export it: NaN -> 0, no nodata tag.
+
+    The archive must equal the reference build's: the zeros are no-data, so no patch
+    pairs with a scene that does not cover it and no S1 value holds a 0.
+    """
+    import rasterio
+
+    s1 = shutil.copytree(region.s1_dir, tmp_path / "s1")
+    for path in sorted((s1 / fx.S1_SCENES[2][0]).glob("*.tif")):
+        with rasterio.open(path) as ds:
+            profile, data = ds.profile, ds.read(1)
+        assert profile["nodata"] is None and np.isnan(data).any()
+        data[np.isnan(data)] = 0.0
+        with rasterio.open(path, "w", **profile) as ds:
+            ds.write(data, 1)
+    config = PipelineConfig.from_file(config_path_for(region, tmp_path, s1))
+    out = tmp_path / "archive"
+    build_archive(config, out=out, workers=1, progress=False, echo=_quiet)
+    expected = pq.read_table(built / PATCHES_FILE, columns=["patch_id", "s1_name"]).to_pylist()
+    assert pq.read_table(out / PATCHES_FILE, columns=["patch_id", "s1_name"]).to_pylist() == expected
+    with Archive(out) as archive, Archive(built) as reference:
+        for row in expected:
+            assert bytes(archive.get(row["s1_name"])) == bytes(reference.get(row["s1_name"]))
+
+
+def config_path_for(region: fx.Region, tmp_path: Path, s1: Path) -> Path:
+    return fx.write_config(tmp_path / "zero.toml", fx.Region(**{**region.__dict__, "s1_dir": s1}))

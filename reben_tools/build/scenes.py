@@ -99,7 +99,12 @@ class S1Scene:
         vv, vh: the two rasters.
         crs: the rasters' CRS (EPSG string or WKT).
         bounds: ``(left, bottom, right, top)`` in ``crs``.
-        nodata: the rasters' no-data value (None: only NaN counts as no-data).
+        nodata: the value read as no-data besides NaN (None: only NaN). Without a
+            configured value this is the rasters' nodata tag, or exact 0 when they have none
+            (SNAP and Earth Engine exports write no-data as an untagged 0; 0 dB, a
+            backscatter of exactly 1, does not occur in real scenes).
+        linear: the rasters hold linear sigma0 (converted to dB when read); the file is
+            refused unless the config says to convert.
     """
 
     path: Path
@@ -110,6 +115,7 @@ class S1Scene:
     crs: str
     bounds: tuple[float, float, float, float]
     nodata: float | None = field(default=None)
+    linear: bool = False
 
 
 def crs_string(crs: rasterio.crs.CRS) -> str:
@@ -397,12 +403,22 @@ def looks_like_s1_scene(path: Path) -> bool:
     return any(path.glob("*_VV.tif*")) or any(path.glob("*_VH.tif*"))
 
 
-def open_s1_scene(path: str | Path) -> S1Scene:
-    """Parse and check a Sentinel-1 scene folder (headers only).
+S1_LINEAR_MAX = 2.0
+"""Largest 99th-percentile value of a scene taken as linear sigma0 (dB scenes reach below 0)."""
+
+
+def open_s1_scene(path: str | Path, nodata: str | float = "auto", values: str = "db") -> S1Scene:
+    """Parse and check a Sentinel-1 scene folder (headers and a decimated overview of VV).
+
+    Args:
+        path: the scene folder.
+        nodata: ``"auto"`` (the nodata tag, else exact 0), ``"nan"`` (only NaN), or a number.
+        values: ``"db"`` (refuse a scene that looks linear: no negative value and the 99th
+            percentile at most :data:`S1_LINEAR_MAX`) or ``"linear"`` (convert with 10 log10).
 
     Raises:
         SceneError: the name is not a Sentinel-1 product name, a polarisation is missing,
-            or VV and VH are not on the same grid.
+            VV and VH are not on the same grid, or dB values were expected and the scene is linear.
     """
     path = Path(path)
     try:
@@ -427,8 +443,23 @@ def open_s1_scene(path: str | Path) -> S1Scene:
             raise SceneError(file, "raster has no CRS")
     if headers["VV"][:4] != headers["VH"][:4]:
         raise SceneError(files["VH"], f"VH grid differs from VV ({files['VV'].name})")
-    crs, _, _, _, nodata, bounds = headers["VV"]
-    return S1Scene(path, prefix, acquired, files["VV"], files["VH"], crs_string(crs), tuple(bounds), nodata)
+    crs, _, width, height, tag, bounds = headers["VV"]
+    if nodata == "auto":
+        value = tag if tag is not None else 0.0
+    elif nodata == "nan":
+        value = None
+    else:
+        value = float(nodata)
+    linear = values == "linear"
+    if not linear:
+        with rasterio.open(files["VV"]) as ds:
+            step = max(1, max(width, height) // 512)
+            sample = ds.read(1, out_shape=(max(1, height // step), max(1, width // step))).astype(np.float64)
+        sample = sample[np.isfinite(sample) & ((sample != value) if value is not None and not np.isnan(value) else True)]
+        if sample.size and sample.min() >= 0 and np.percentile(sample, 99) <= S1_LINEAR_MAX:
+            raise SceneError(files["VV"], "values look like linear sigma0 (none negative, 99% at most "
+                                          f"{S1_LINEAR_MAX}), not dB; convert them, or set s1_values = 'linear'")
+    return S1Scene(path, prefix, acquired, files["VV"], files["VH"], crs_string(crs), tuple(bounds), value, linear)
 
 
 class S1Warper:
@@ -519,6 +550,9 @@ class S1Warper:
         nodata = self.scene.nodata
         if nodata is not None and not np.isnan(nodata):
             src[src == np.float32(nodata)] = np.nan
+        if self.scene.linear:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                src = np.where(src > 0, np.float32(10.0) * np.log10(src), np.float32(np.nan)).astype(np.float32)
         return src
 
     def warp(self, crs: str, transform, size: int = 120, window: Window | None = None) -> tuple[np.ndarray, np.ndarray] | None:

@@ -70,7 +70,7 @@ def discover(config: PipelineConfig) -> Inputs:
         config.s2, looks_like_s2_product, lambda path: open_s2_product(path, config.boa_add_offset), "s2_product",
         lambda prefix, first: f"same patch ids as {first} (differs only in generation time)", inputs.skipped)
     inputs.scenes = _open_unique(
-        config.s1, looks_like_s1_scene, open_s1_scene, "s1_scene",
+        config.s1, looks_like_s1_scene, lambda path: open_s1_scene(path, config.s1_nodata, config.s1_values), "s1_scene",
         lambda prefix, first: f"second scene with prefix {prefix}", inputs.skipped)
     return inputs
 

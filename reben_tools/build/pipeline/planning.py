@@ -95,7 +95,7 @@ def _fingerprint(product: S2Product, block: Block, clc: ClcSource, candidates: l
         "product": product.path.name, "block": [block.row_start, block.row_stop, block.ncols],
         "bands": {b: [p.name, _size(p)] for b, p in sorted(product.band_paths.items())},
         "clc": [clc.path.name, _size(clc.path), clc.layer, clc.code_column, clc.raster_values],
-        "s1": [[s.prefix, s.vv.name, _size(s.vv), s.vh.name, _size(s.vh), s.nodata] for s in candidates],
+        "s1": [[s.prefix, s.vv.name, _size(s.vv), s.vh.name, _size(s.vh), s.nodata, s.linear] for s in candidates],
         "tile_side": tile_side, "offset": product.boa_add_offset, "version": FORMAT_VERSION,
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
