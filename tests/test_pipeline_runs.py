@@ -227,3 +227,39 @@ def test_each_worker_thread_keeps_its_own_product_open(region):
     OPEN_RASTERS.close_all()
     assert not errors
     assert OPEN_RASTERS.opened - before == 26
+
+
+def test_duplicate_products_keep_the_one_covering_most_and_say_so(region, tmp_path):
+    """Two generations of one acquisition; the later one is cut to its first 1,800 m of rows.
+
+    Before, the first listed was kept whole and the other skipped whatever it held; now
+    the one with more pixels holding data is kept and the report says which and why.
+    """
+    import shutil
+
+    import numpy as np
+    import rasterio
+
+    from reben_tools.build.pipeline.discovery import discover
+
+    s2 = tmp_path / "s2"
+    full = shutil.copytree(region.product2, s2 / fx.P2_NAME)
+    later = fx.P2_NAME.replace("20170614T120000", "20230101T000000")
+    cut = shutil.copytree(region.product2, s2 / later)
+    for path in sorted(cut.glob("*.tif")):
+        with rasterio.open(path) as ds:
+            profile, data = ds.profile, ds.read(1)
+        data[(1800 // int(profile["transform"].a)):, :] = 0  # no data below 1,800 m from the top
+        with rasterio.open(path, "w", **profile) as ds:
+            ds.write(data, 1)
+    inputs = discover(PipelineConfig(s2=[str(s2)], s1=[str(region.s1_dir)], clc=str(region.clc)))
+    assert [p.path for p in inputs.products] == [full]
+    (entry,) = [s for s in inputs.skipped if s["kind"] == "s2_product"]
+    assert entry["item"] == later and entry["path"] == str(cut)
+    b02 = rasterio.open(next(full.glob("*_B02*.tif")))
+    kept = np.count_nonzero(b02.read(1, out_shape=(b02.height // 8, b02.width // 8))) / ((b02.height // 8) * (b02.width // 8))
+    b02.close()
+    head = f"duplicate of {fx.P2_NAME} (same {fx.P2_PREFIX}); kept {fx.P2_NAME}: it covers {kept:.2%} of the extent"
+    assert entry["reason"].startswith(head + " with data, this one ")
+    share = float(entry["reason"].rsplit(" ", 1)[1].rstrip("%")) / 100
+    assert abs(share - 1800 / 4200 * kept) < 0.01  # read at 1/8 resolution: within a sampled row
