@@ -449,3 +449,58 @@ def test_s1_no_data_written_as_untagged_zero_is_no_data(region, built, tmp_path)
 
 def config_path_for(region: fx.Region, tmp_path: Path, s1: Path) -> Path:
     return fx.write_config(tmp_path / "zero.toml", fx.Region(**{**region.__dict__, "s1_dir": s1}))
+
+
+def _crop_product(source: Path, target: Path, west_m: int, north_m: int) -> Path:
+    """A copy of a GeoTIFF-folder product with ``west_m`` / ``north_m`` metres cut off."""
+    import rasterio
+    from rasterio.windows import Window
+
+    target.mkdir(parents=True)
+    for path in sorted(source.glob("*.tif")):
+        with rasterio.open(path) as ds:
+            res = int(ds.transform.a)
+            window = Window(west_m // res, north_m // res, ds.width - west_m // res, ds.height - north_m // res)
+            profile = {**ds.profile, "width": int(window.width), "height": int(window.height),
+                       "transform": ds.window_transform(window)}
+            data = ds.read(1, window=window)
+        with rasterio.open(target / path.name, "w", **profile) as out:
+            out.write(data, 1)
+    return target
+
+
+def test_a_cropped_product_keeps_its_tile_grid_ids_and_values(region, built, patches, tmp_path):
+    """Product 2 cut 600 m on the west and north: its patches are the tile's (1, 1) onwards."""
+    crop = _crop_product(region.product2, tmp_path / "s2" / fx.P2_NAME, 600, 600)
+    config = PipelineConfig(s2=[str(crop)], s1=[str(region.s1_dir)], clc=str(region.clc), rows_per_block=2,
+                            memory_limit="1GiB")
+    out = tmp_path / "archive"
+    build_archive(config, out=out, workers=1, progress=False, echo=_quiet)
+    import geopandas as gpd
+
+    cropped = gpd.read_parquet(out / PATCHES_FILE).set_index("patch_id")
+    # complete patches of the crop: tile indices 1..2 in x and y; P2 keeps (1, 1) and (1, 2) of them
+    expected = [_pid(fx.P2_PREFIX, x, y) for x, y in sorted(P2_KEPT) if x >= 1 and y >= 1]
+    assert sorted(cropped.index) == sorted(expected) == [_pid(fx.P2_PREFIX, 1, 1), _pid(fx.P2_PREFIX, 1, 2)]
+    for pid in expected:
+        for column in ("x", "y", "ulx", "uly", "split", "tile_side_m", "s1_name"):
+            assert cropped.loc[pid, column] == patches.loc[pid, column], (pid, column)
+        assert list(cropped.loc[pid, "labels"]) == list(patches.loc[pid, "labels"])
+    with Archive(out) as archive, Archive(built) as reference:
+        for pid in expected:
+            assert bytes(archive.get(pid)) == bytes(reference.get(pid))
+
+
+def test_a_product_off_the_tile_pixel_grid_is_refused(region, tmp_path):
+    from reben_tools.build.scenes import SceneError, open_s2_product
+
+    shifted = _crop_product(region.product2, tmp_path / fx.P2_NAME, 0, 0)
+    import rasterio
+
+    for path in shifted.glob("*.tif"):  # move every band 10 m east: on the 10 m grid, off the 20 and 60 m grids
+        with rasterio.open(path, "r+") as ds:
+            ds.transform = ds.transform * rasterio.Affine.translation(10 / ds.transform.a, 0)
+    with pytest.raises(SceneError) as err:
+        open_s2_product(shifted)
+    assert err.value.reason == ("upper-left corner (300010.0, 5400000.0) is not on tile 33UUP's 60 m pixel grid "
+                                "from its corner (300000.0, 5400000.0): offset 10.0 m east, 0.0 m south")

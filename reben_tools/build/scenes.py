@@ -250,7 +250,7 @@ def open_s2_product(path: str | Path, boa_add_offset: int | None = None) -> S2Pr
     assert reference is not None
     _, ref_crs, (ulx, uly, width_m, height_m) = reference
     crs = crs_string(ref_crs)
-    grid = PatchGrid.from_extent(crs, ulx, uly, width_m, height_m)
+    grid = _tile_grid_of(path, name, ref_crs, ulx, uly, width_m, height_m)
     if grid.num_patches == 0:
         raise SceneError(path, f"extent {width_m} x {height_m} m holds no complete {PATCH_SIZE_M} m patch")
 
@@ -262,10 +262,40 @@ def open_s2_product(path: str | Path, boa_add_offset: int | None = None) -> S2Pr
     return S2Product(path, name, layout, band_paths, crs, grid, offset)
 
 
-def block_window(block: Block, resolution_m: int) -> Window:
-    """The pixel window of a block in a raster of ``resolution_m`` anchored at the grid's corner."""
+def _tile_grid_of(path: Path, name: naming.S2ProductName, crs: rasterio.crs.CRS, ulx: float, uly: float,
+                  width_m: float, height_m: float) -> PatchGrid:
+    """The product's patch grid on its MGRS tile's grid; a product off the tile's pixel grid is refused.
+
+    Raises:
+        SceneError: the rasters are not in the tile's UTM CRS, start west or north of the
+            tile's corner, or are not aligned to the tile's 60 m grid (the coarsest band's).
+    """
+    from reben_tools.geo.mgrs_grid import UnknownTileError, tile_grid
+
+    try:
+        tile = tile_grid(name.tile)
+    except UnknownTileError as exc:
+        raise SceneError(path, str(exc)) from None
+    if crs.to_epsg() != tile.epsg:
+        raise SceneError(path, f"CRS {crs_string(crs)} is not tile {name.tile}'s EPSG:{tile.epsg}")
+    dx, dy = ulx - tile.ulx, tile.uly - uly
+    coarsest = max(PRODUCT_BANDS.values())
+    for offset in (dx, dy):
+        if abs(offset / coarsest - round(offset / coarsest)) > 1e-6:
+            raise SceneError(path, f"upper-left corner ({ulx}, {uly}) is not on tile {name.tile}'s {coarsest} m pixel "
+                                   f"grid from its corner ({tile.ulx}, {tile.uly}): offset {dx} m east, {dy} m south")
+    try:
+        return PatchGrid.from_extent(crs_string(crs), ulx, uly, width_m, height_m, origin=(tile.ulx, tile.uly))
+    except ValueError as exc:
+        raise SceneError(path, f"tile {name.tile}: {exc}") from None
+
+
+def block_window(block: Block, resolution_m: int, grid: PatchGrid | None = None) -> Window:
+    """The pixel window of a block in a raster of ``resolution_m`` (the grid's corner ``pad`` metres in)."""
     per_patch = PATCH_SIZE_M // resolution_m
-    return Window(0, block.row_start * per_patch, block.ncols * per_patch, block.nrows * per_patch)
+    col0 = int(round(grid.pad_x_m / resolution_m)) if grid is not None else 0
+    row0 = int(round(grid.pad_y_m / resolution_m)) if grid is not None else 0
+    return Window(col0, row0 + block.row_start * per_patch, block.ncols * per_patch, block.nrows * per_patch)
 
 
 _LAST_TILE_ROW: dict[tuple[int, str], tuple[int, np.ndarray]] = {}
@@ -382,7 +412,7 @@ def read_block(
     out = {}
     for band in bands or tuple(PRODUCT_BANDS):
         file = product.band_paths[band]
-        window = block_window(block, PRODUCT_BANDS[band])
+        window = block_window(block, PRODUCT_BANDS[band], product.grid)
         try:
             if keep_open:
                 data = _read_by_tile_rows(OPEN_RASTERS.get(file), window)
