@@ -46,6 +46,8 @@ PRODUCT_BANDS: dict[str, int] = {**{b.name: b.resolution_m for b in S2_BANDS.val
 
 _GEOTIFF_BAND_RE = re.compile(r"_(B0[1-9]|B1[0-2]|B8A|SCL)(?:_(10|20|60)m)?\.tiff?$", re.IGNORECASE)
 _ALIGN_TOL_M = 1e-3
+TILE_SIDE_M = 109_800.0
+"""Side of a Sentinel-2 L2A tile (MGRS 100 km square plus 9,800 m overlap)."""
 
 
 class SceneError(ValueError):
@@ -284,6 +286,9 @@ def _tile_grid_of(path: Path, name: naming.S2ProductName, crs: rasterio.crs.CRS,
         if abs(offset / coarsest - round(offset / coarsest)) > 1e-6:
             raise SceneError(path, f"upper-left corner ({ulx}, {uly}) is not on tile {name.tile}'s {coarsest} m pixel "
                                    f"grid from its corner ({tile.ulx}, {tile.uly}): offset {dx} m east, {dy} m south")
+    if dx < 0 or dy < 0 or dx + width_m > TILE_SIDE_M + 1e-6 or dy + height_m > TILE_SIDE_M + 1e-6:
+        raise SceneError(path, f"rasters ({ulx}, {uly}), {width_m} x {height_m} m, reach outside tile {name.tile} "
+                               f"({tile.ulx}, {tile.uly}), {TILE_SIDE_M:.0f} m square")
     try:
         return PatchGrid.from_extent(crs_string(crs), ulx, uly, width_m, height_m, origin=(tile.ulx, tile.uly))
     except ValueError as exc:
