@@ -68,8 +68,9 @@ def _run_block(task: BlockTask) -> dict:
     tile = product.name.tile
     s2_time = product.name.sensing_time
     pixels = read_block(product, block, keep_open=True)
-    ref_block, issues = reference_block(
-        task.clc, product.crs, grid.block_transform(block, 10), (block.nrows * 120, block.ncols * 120)
+    area = (grid.ulx, grid.uly - PATCH_SIZE_M * grid.nrows, grid.ulx + PATCH_SIZE_M * grid.ncols, grid.uly)
+    ref_block, issues = reference_block(  # the product's polygons, read once per worker and area
+        task.clc, product.crs, grid.block_transform(block, 10), (block.nrows * 120, block.ncols * 120), area=area
     )
     dropped: Counter = Counter()
     dropped_ids: dict[str, list[str]] = {k: [] for k in DROP_REASONS}
