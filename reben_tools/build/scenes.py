@@ -38,7 +38,7 @@ from rasterio.windows import Window
 
 from reben_tools.format import naming
 from reben_tools.format.bands import PATCH_SIZE_M, S2_BANDS, SCL_BAND
-from reben_tools.build.tiling import Block, PatchGrid
+from reben_tools.build.tiling import Block, PatchGrid, tile_patch_grid
 
 PRODUCT_BANDS: dict[str, int] = {**{b.name: b.resolution_m for b in S2_BANDS.values()}, "SCL": SCL_BAND.resolution_m}
 """Every raster read from a product (12 bands + SCL) and its native resolution in metres."""
@@ -46,8 +46,6 @@ PRODUCT_BANDS: dict[str, int] = {**{b.name: b.resolution_m for b in S2_BANDS.val
 
 _GEOTIFF_BAND_RE = re.compile(r"_(B0[1-9]|B1[0-2]|B8A|SCL)(?:_(10|20|60)m)?\.tiff?$", re.IGNORECASE)
 _ALIGN_TOL_M = 1e-3
-TILE_SIDE_M = 109_800.0
-"""Side of a Sentinel-2 L2A tile (MGRS 100 km square plus 9,800 m overlap)."""
 
 
 class SceneError(ValueError):
@@ -70,10 +68,8 @@ class S2Product:
         band_paths: raster file of each of the 12 bands and ``SCL``.
         crs: the rasters' CRS as an EPSG string (``"EPSG:32633"``) or WKT when it has no EPSG code.
         grid: the 1,200 m patch grid cut from the rasters' extent.
-        boa_add_offset: radiometric offset to add to DNs, from ``MTD_MSIL2A.xml``; None (unknown)
-            when the product has no metadata file (a GeoTIFF folder): the baseline number does
-            not tell it (reBEN's own N9999 reprocessing carries no offset). The pipeline config's
-            ``boa_add_offset`` sets it for such products.
+        boa_add_offset: offset to add to DNs, from ``MTD_MSIL2A.xml``; without that file None
+            (unknown: the baseline number does not tell it) unless the config sets it.
     """
 
     path: Path
@@ -101,12 +97,9 @@ class S1Scene:
         vv, vh: the two rasters.
         crs: the rasters' CRS (EPSG string or WKT).
         bounds: ``(left, bottom, right, top)`` in ``crs``.
-        nodata: the value read as no-data besides NaN (None: only NaN). Without a
-            configured value this is the rasters' nodata tag, or exact 0 when they have none
-            (SNAP and Earth Engine exports write no-data as an untagged 0; 0 dB, a
-            backscatter of exactly 1, does not occur in real scenes).
-        linear: the rasters hold linear sigma0 (converted to dB when read); the file is
-            refused unless the config says to convert.
+        nodata: no-data besides NaN (None: only NaN); by default the nodata tag, else exact 0
+            (SNAP / Earth Engine exports write an untagged 0; 0 dB does not occur in real scenes).
+        linear: the rasters hold linear sigma0, converted to dB when read.
     """
 
     path: Path
@@ -266,33 +259,12 @@ def open_s2_product(path: str | Path, boa_add_offset: int | None = None) -> S2Pr
 
 def _tile_grid_of(path: Path, name: naming.S2ProductName, crs: rasterio.crs.CRS, ulx: float, uly: float,
                   width_m: float, height_m: float) -> PatchGrid:
-    """The product's patch grid on its MGRS tile's grid; a product off the tile's pixel grid is refused.
-
-    Raises:
-        SceneError: the rasters are not in the tile's UTM CRS, start west or north of the
-            tile's corner, or are not aligned to the tile's 60 m grid (the coarsest band's).
-    """
-    from reben_tools.geo.mgrs_grid import UnknownTileError, tile_grid
-
+    """The product's patch grid on its MGRS tile's grid (:func:`tile_patch_grid`); SceneError if off it."""
     try:
-        tile = tile_grid(name.tile)
-    except UnknownTileError as exc:
-        raise SceneError(path, str(exc)) from None
-    if crs.to_epsg() != tile.epsg:
-        raise SceneError(path, f"CRS {crs_string(crs)} is not tile {name.tile}'s EPSG:{tile.epsg}")
-    dx, dy = ulx - tile.ulx, tile.uly - uly
-    coarsest = max(PRODUCT_BANDS.values())
-    for offset in (dx, dy):
-        if abs(offset / coarsest - round(offset / coarsest)) > 1e-6:
-            raise SceneError(path, f"upper-left corner ({ulx}, {uly}) is not on tile {name.tile}'s {coarsest} m pixel "
-                                   f"grid from its corner ({tile.ulx}, {tile.uly}): offset {dx} m east, {dy} m south")
-    if dx < 0 or dy < 0 or dx + width_m > TILE_SIDE_M + 1e-6 or dy + height_m > TILE_SIDE_M + 1e-6:
-        raise SceneError(path, f"rasters ({ulx}, {uly}), {width_m} x {height_m} m, reach outside tile {name.tile} "
-                               f"({tile.ulx}, {tile.uly}), {TILE_SIDE_M:.0f} m square")
-    try:
-        return PatchGrid.from_extent(crs_string(crs), ulx, uly, width_m, height_m, origin=(tile.ulx, tile.uly))
+        return tile_patch_grid(name.tile, crs.to_epsg(), crs_string(crs), ulx, uly, width_m, height_m,
+                               max(PRODUCT_BANDS.values()))
     except ValueError as exc:
-        raise SceneError(path, f"tile {name.tile}: {exc}") from None
+        raise SceneError(path, str(exc)) from None
 
 
 def block_window(block: Block, resolution_m: int, grid: PatchGrid | None = None) -> Window:
@@ -308,14 +280,9 @@ _LAST_TILE_ROW: dict[tuple[int, str], tuple[int, np.ndarray]] = {}
 
 
 class _OpenRasters:
-    """Rasters kept open between blocks, per thread: each thread keeps its own ``capacity``
-    most recently used rasters (about one product: 12 bands and SCL), together with their
-    last decoded tile row. A worker with several threads building several products keeps
-    each thread's product open instead of the threads evicting each other's rasters.
-
-    Attributes:
-        opened: how many times a raster was opened (all threads; for tests and benchmarks).
-    """
+    """Rasters kept open between blocks with their last decoded tile row: each thread keeps its
+    own ``capacity`` most recently used (about one product), so threads building different
+    products never evict each other's rasters. ``opened`` counts opens (tests, benchmarks)."""
 
     def __init__(self, capacity: int = 16):
         self.capacity = capacity

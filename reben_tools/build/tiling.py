@@ -12,8 +12,9 @@ dropped), and a crop loses the patches its edges cut.
 A *block* is a run of consecutive patch rows over all columns: the unit of work
 of the pipeline, so that no task ever holds a whole tile.
 
-Owns: :class:`PatchGrid` (a product's complete patches, their transforms and corners)
-and :class:`Block` (a run of patch rows).
+Owns: :class:`PatchGrid` (a product's complete patches, their transforms and corners),
+placing a product on its tile's grid (:func:`tile_patch_grid`) and :class:`Block` (a run
+of patch rows).
 Does not own: reading pixels (build.scenes), the MGRS tile corners (reben_tools.geo.mgrs_grid).
 May import: reben_tools.format, reben_tools.geo, affine.
 """
@@ -145,3 +146,37 @@ class PatchGrid:
     def tile_side_m(self) -> float:
         """The tile side the split uses: the shorter side of the rasters' extent (109,800 m for a full tile)."""
         return min(self.extent_x_m, self.extent_y_m)
+
+
+TILE_SIDE_M = 109_800.0
+"""Side of a Sentinel-2 L2A tile (MGRS 100 km square plus 9,800 m overlap)."""
+
+
+def tile_patch_grid(tile: str, epsg: int | None, crs: str, ulx: float, uly: float, width_m: float, height_m: float,
+                    pixel_m: int = 60) -> PatchGrid:
+    """The patch grid of rasters cut from MGRS ``tile``, anchored at the tile's corner.
+
+    Args:
+        tile: MGRS tile (``33UUP``).
+        epsg, crs: the rasters' EPSG code and CRS string.
+        ulx, uly, width_m, height_m: the rasters' upper-left corner and size, metres.
+        pixel_m: the coarsest band's pixel size: the corner must lie on that grid of the tile.
+
+    Raises:
+        ValueError: an unknown tile, another CRS than the tile's, rasters reaching outside the
+            tile's 109,800 m square, or a corner off the tile's ``pixel_m`` grid.
+    """
+    from reben_tools.geo.mgrs_grid import tile_grid
+
+    grid = tile_grid(tile)  # UnknownTileError is a ValueError
+    if epsg != grid.epsg:
+        raise ValueError(f"CRS {crs} is not tile {tile}'s EPSG:{grid.epsg}")
+    dx, dy = ulx - grid.ulx, grid.uly - uly
+    for offset in (dx, dy):
+        if abs(offset / pixel_m - round(offset / pixel_m)) > 1e-6:
+            raise ValueError(f"upper-left corner ({ulx}, {uly}) is not on tile {tile}'s {pixel_m} m pixel grid "
+                             f"from its corner ({grid.ulx}, {grid.uly}): offset {dx} m east, {dy} m south")
+    if dx < 0 or dy < 0 or dx + width_m > TILE_SIDE_M + 1e-6 or dy + height_m > TILE_SIDE_M + 1e-6:
+        raise ValueError(f"rasters ({ulx}, {uly}), {width_m} x {height_m} m, reach outside tile {tile} "
+                         f"({grid.ulx}, {grid.uly}), {TILE_SIDE_M:.0f} m square")
+    return PatchGrid.from_extent(crs, ulx, uly, width_m, height_m, origin=(grid.ulx, grid.uly))
