@@ -263,3 +263,21 @@ def test_duplicate_products_keep_the_one_covering_most_and_say_so(region, tmp_pa
     assert entry["reason"].startswith(head + " with data, this one ")
     share = float(entry["reason"].rsplit(" ", 1)[1].rstrip("%")) / 100
     assert abs(share - 1800 / 4200 * kept) < 0.01  # read at 1/8 resolution: within a sampled row
+
+
+def test_a_worker_that_cannot_open_an_input_stops_the_build_with_one_line(tmp_path):
+    from dask.distributed import Client, LocalCluster
+
+    from reben_tools.build.pipeline.execution import check_workers
+
+    missing = tmp_path / "inputs" / "S2_B02.jp2"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        (address,) = client.scheduler_info()["workers"]
+        check_workers(client, tmp_path / "out", [])  # writable, nothing to open: fine
+        with pytest.raises(BuildError) as err:
+            check_workers(client, tmp_path / "out", [str(missing)])
+    assert str(err.value).startswith(f"worker {address} on ")
+    assert str(err.value).endswith(f": {missing}: cannot open input (No such file or directory)")
+    assert "\n" not in str(err.value)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []  # probe files removed
