@@ -2,10 +2,11 @@
 
 A reference map is the CLC layer rasterised onto a patch's 10 m grid: uint16,
 the raw CLC code of the polygon that contains each pixel's centre, 999 where no
-polygon does. Maps are made a block at a time: only the polygons whose bounding
-box meets the block are read from the file (a bbox filter handed to OGR), which
-keeps the memory of a task small even with the 2.3 million polygons of the full
-CLC 2018 GeoPackage.
+polygon does. Maps are made a block at a time from the polygons of the block's
+product area, read once per worker process through the area's footprint in the
+file's CRS (an OGR spatial filter, not the footprint's bounding box), checked on
+arrays, reprojected once and queried per block with an STRtree: a task holds one
+product's polygons, never the 2.3 million of the full CLC 2018 GeoPackage.
 
 Vector sources: any OGR format (GeoPackage, shapefile, GeoJSON ...), any CRS; the
 code column (``Code_18`` by default) is found case-insensitively. Invalid
@@ -18,7 +19,7 @@ sampled at the 10 m pixel centres (nearest neighbour).
 Owns: opening a CORINE source (:func:`open_clc`, :class:`ClcSource`), geometry repair and
 code checks (reported as issues), rasterising reference maps of a block (:func:`reference_block`).
 Does not own: the CLC legend and label rules (reben_tools.format.labels), the 25 % rule (build.pipeline).
-May import: reben_tools.format, rasterio, pyogrio, shapely, numpy.
+May import: reben_tools.format, rasterio, pyogrio, geopandas, pandas, pyproj, shapely, numpy.
 """
 
 from __future__ import annotations
