@@ -1,8 +1,10 @@
 """Planning a build: one :class:`BlockTask` per (product, block), shard names and fingerprints.
 
 Owns: the task a worker receives, the deterministic shard name of a block, the
-fingerprint of every input that decides a shard's content, and reading back the
-fingerprint a finished shard recorded (what makes a build resumable).
+fingerprint of every input that decides a shard's content, reading back the
+fingerprint a finished shard recorded, and the input stamps (size and modification
+time of every file a block reads) kept beside the shards: what makes a build resumable
+and a changed input rebuild exactly the shards that read it.
 Does not own: discovery (discovery), running tasks (block, execution).
 May import: reben_tools.format, reben_tools.build.corine / scenes / tiling, .config, .discovery, .rows.
 """

@@ -1,7 +1,10 @@
 """The build as a whole: :func:`build_archive` (lock, discover, plan, resume, execute, finalise).
 
-Owns: the order of the steps, the output lock, removing stale temporaries and the
-shards of failed blocks, skipping shards whose fingerprint matches, and the timings
+Owns: the order of the steps, absolute paths, the output lock, removing stale
+temporaries and the shards of failed blocks, skipping shards whose fingerprint and
+input stamp match, the "holds no Sentinel-2 product" error, leaving no output behind a
+run that built nothing, the error for shards reported written but not visible, turning
+Ctrl-C into :class:`~reben_tools.build.pipeline.config.BuildInterrupted`, and the timings
 of :class:`~reben_tools.build.pipeline.finalise.BuildResult`.
 Does not own: any one step (config, discovery, planning, block, execution, finalise).
 May import: reben_tools.format, reben_tools.build.corine / countries / quality, every
