@@ -144,3 +144,32 @@ def test_errors_name_the_file(tmp_path):
     broken.write_bytes(b"not a geopackage")
     with pytest.raises(CorineError, match="broken.gpkg"):
         open_clc(broken)
+
+
+def test_raster_clc_is_sampled_exactly_at_the_pixel_centres(tmp_path):
+    """A 100 m EPSG:3035 raster of random codes sampled onto a rotated UTM 10 m grid.
+
+    The expected code of each pixel is that of the raster cell holding the pixel centre,
+    the centre taken to EPSG:3035 point by point with pyproj. GDAL's approximate warp
+    transformer (which rasterio's reproject used whatever its tolerance) put about 2% of
+    the pixels in a neighbouring cell.
+    """
+    from pyproj import Transformer
+
+    codes = np.array([c for c in (111, 112, 121, 211, 231, 311, 312, 313, 321, 512)], dtype=np.uint16)
+    rng = np.random.default_rng(7)
+    to_3035 = Transformer.from_crs("EPSG:32633", "EPSG:3035", always_xy=True)
+    x0, y0 = to_3035.transform(fx.ULX, fx.ULY)
+    left, top = np.floor(x0 / 100) * 100 - 2000, np.ceil(y0 / 100) * 100 + 2000
+    data = rng.choice(codes, size=(80, 80)).astype(np.uint16)
+    path = tmp_path / "clc3035.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=80, height=80, count=1, dtype="uint16", crs="EPSG:3035",
+                       transform=Affine(100, 0, left, 0, -100, top), nodata=0) as ds:
+        ds.write(data, 1)
+    source = open_clc(path)
+    assert source.raster_values == "codes"
+    ref, _ = reference_block(source, "EPSG:32633", Affine(10, 0, fx.ULX, 0, -10, fx.ULY), (240, 360))
+    cx, cy = np.meshgrid(fx.ULX + 10 * (np.arange(360) + 0.5), fx.ULY - 10 * (np.arange(240) + 0.5))
+    sx, sy = to_3035.transform(cx, cy)
+    expected = data[np.floor((top - sy) / 100).astype(int), np.floor((sx - left) / 100).astype(int)]
+    assert np.array_equal(ref, expected), f"{np.count_nonzero(ref != expected)} pixels in the wrong cell"

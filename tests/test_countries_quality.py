@@ -33,6 +33,21 @@ def test_nearest_country_with_custom_polygons(tmp_path):
         CountryIndex.load(path, countries=["FFX"])
 
 
+def test_a_border_patch_goes_to_the_country_it_overlaps_most():
+    import shapely
+
+    # two countries sharing the border x = 1,000,000 (EPSG:3035 metres); Switzerland listed first
+    index = CountryIndex(["CHE", "AUT"], ["Switzerland", "Austria"],
+                         [shapely.box(0, 0, 1_000_000, 1_000_000), shapely.box(1_000_000, 0, 2_000_000, 1_000_000)],
+                         "EPSG:3035")
+    # 1,200 m patches: 2% (24 m) in Switzerland; 98% in Switzerland; exactly half each (configured order)
+    feet = [shapely.box(999_976, 500_000, 1_001_176, 501_200), shapely.box(998_824, 500_000, 1_000_024, 501_200),
+            shapely.box(999_400, 500_000, 1_000_600, 501_200)]
+    names, distances = index.nearest(feet)
+    assert names == ["Austria", "Switzerland", "Switzerland"]
+    assert distances.tolist() == [0.0, 0.0, 0.0]
+
+
 def test_default_countries_include_kosovo_by_adm0_a3():
     index = CountryIndex.load()
     assert index.codes == list(BIGEARTHNET_COUNTRIES)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from pyproj import Transformer
@@ -172,7 +173,7 @@ def test_s2_values_are_raw_native_pixels(built, patches):
         n = 1200 // res
         np.testing.assert_array_equal(value[band], arrays[band][0:n, 2 * n:3 * n], err_msg=band)
     assert patches.loc[_pid(fx.P1_PREFIX, 0, 0), "boa_add_offset"] == -1000  # from MTD_MSIL2A.xml
-    assert patches.loc[_pid(fx.P2_PREFIX, 0, 0), "boa_add_offset"] == 0  # N0208, no metadata file
+    assert pd.isna(patches.loc[_pid(fx.P2_PREFIX, 0, 0), "boa_add_offset"])  # no metadata file: unknown
 
 
 def test_scl_fractions_and_flag_files(built, patches):
@@ -254,12 +255,21 @@ def test_resume_after_killed_run(config_path, built, tmp_path):
     assert _archive_files(out) == _archive_files(built)
 
 
-def test_external_scheduler_processes(config_path, built, tmp_path):
+def test_external_scheduler_processes_in_other_folders_with_a_relative_out(config_path, built, tmp_path):
+    """Scheduler, worker and client each started in its own folder; ``--out`` relative to the client's.
+
+    Before output paths were made absolute, the worker wrote its shards under its own
+    folder and the client silently dropped them (a partial archive with exit 0).
+    """
     scheduler_file = tmp_path / "scheduler.json"
     env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    folders = {name: tmp_path / name for name in ("sched", "work", "client")}
+    for folder in folders.values():
+        folder.mkdir()
     scheduler = subprocess.Popen(
         ["dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-         "--scheduler-file", str(scheduler_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+         "--scheduler-file", str(scheduler_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        cwd=folders["sched"])
     worker = None
     try:
         deadline = time.time() + 60
@@ -269,12 +279,14 @@ def test_external_scheduler_processes(config_path, built, tmp_path):
         assert address.startswith("tcp://127.0.0.1:")
         worker = subprocess.Popen(
             ["dask", "worker", address, "--nthreads", "2", "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        out = tmp_path / "external"
-        proc = _reben("build", str(config_path), "--out", str(out), "--scheduler", address, "--no-progress")
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=folders["work"])
+        repo = str(Path(__file__).resolve().parents[1])
+        proc = _reben("build", str(config_path), "--out", "external", "--scheduler", address, "--no-progress",
+                      cwd=folders["client"], env={**os.environ, "PYTHONPATH": repo})
         output, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, output
-        assert _archive_files(out) == _archive_files(built)
+        assert not (folders["work"] / "external").exists()
+        assert _archive_files(folders["client"] / "external") == _archive_files(built)
     finally:
         for p in (worker, scheduler):
             if p is not None:
@@ -335,8 +347,9 @@ def test_bad_inputs_are_reported_and_skipped(region, tmp_path):
     assert reasons[(far.name, "s1_scene")]["reason"] == "overlaps no Sentinel-2 product"
     blocks = [s for s in report["skipped"] if s["kind"] == "block"]
     assert blocks and all(s["path"] == str(b03) for s in blocks)
-    assert {s["item"] for s in blocks} == {
-        "S2A_MSIL2A_20170613T101031_N0500_R022_T33UUQ_rows00-01", "S2A_MSIL2A_20170613T101031_N0500_R022_T33UUQ_rows02-02"}
+    # the copy named T33UUQ lies 100,020 m south of that tile's corner: on the tile's grid
+    # it starts 780 m into patch row 84, so it holds two complete rows (84, 85): one block
+    assert {s["item"] for s in blocks} == {"S2A_MSIL2A_20170613T101031_N0500_R022_T33UUQ_rows00-01"}
     # the good product is complete
     assert result.kept + result.flagged == len(P1_KEPT)
     ids = pq.read_table(out / PATCHES_FILE, columns=["patch_id"]).column("patch_id").to_pylist()
@@ -351,9 +364,25 @@ def test_nothing_buildable_exits_non_zero(region, tmp_path):
                   "--out", str(tmp_path / "archive"), "--no-progress")
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1
-    assert "not_a_product" in output and "no usable Sentinel-2 product" in output
-    report = json.loads((tmp_path / "archive" / REPORT_FILE).read_text())
-    assert any(s["item"] == "not_a_product" and s["kind"] == "s2_product" for s in report["skipped"])
+    assert output.strip().splitlines()[-1] == (
+        f"error: {s2}: holds no Sentinel-2 product (a .SAFE folder or a folder of GeoTIFFs named like an S2 L2A "
+        "product); not named like one: not_a_product")
+    assert not (tmp_path / "archive").exists()  # a run that built nothing leaves no output behind
+
+
+def test_report_lists_every_dropped_patch_with_its_reason(built):
+    report = json.loads((built / REPORT_FILE).read_text())
+    expected = [
+        {"patch_id": _pid(fx.P1_PREFIX, 1, 0), "reason": "no_data"},
+        {"patch_id": _pid(fx.P1_PREFIX, 2, 1), "reason": "unlabeled_25pct"},
+        {"patch_id": _pid(fx.P1_PREFIX, 2, 2), "reason": "no_s1_partner"},
+        {"patch_id": _pid(fx.P2_PREFIX, 2, 1), "reason": "unlabeled_25pct"},
+        {"patch_id": _pid(fx.P2_PREFIX, 2, 2), "reason": "no_s1_partner"},
+    ]
+    assert [{"patch_id": d["patch_id"], "reason": d["reason"]} for d in report["dropped"]] == sorted(
+        expected, key=lambda d: d["patch_id"])
+    assert all(d["shard"].endswith("_rows00-01" if d["patch_id"][-2:] in ("00", "01") else "_rows02-02")
+               for d in report["dropped"])
 
 
 def test_missing_clc_is_a_clear_error(region, tmp_path):
@@ -391,3 +420,88 @@ def test_manifest_and_report_follow_their_schemas(built):
     jsonschema.validate(json.loads((built / REPORT_FILE).read_text()),
                         json.loads((schemas / "report.schema.json").read_text()))
     assert manifest["counts"]["split_train"] == 9 and manifest["counts"]["dropped_no_data"] == 1
+
+
+def test_s1_no_data_written_as_untagged_zero_is_no_data(region, built, tmp_path):
+    """Scene 2 rewritten the way SNAP and Earth Engine export it: NaN -> 0, no nodata tag.
+
+    The archive must equal the reference build's: the zeros are no-data, so no patch
+    pairs with a scene that does not cover it and no S1 value holds a 0.
+    """
+    import rasterio
+
+    s1 = shutil.copytree(region.s1_dir, tmp_path / "s1")
+    for path in sorted((s1 / fx.S1_SCENES[2][0]).glob("*.tif")):
+        with rasterio.open(path) as ds:
+            profile, data = ds.profile, ds.read(1)
+        assert profile["nodata"] is None and np.isnan(data).any()
+        data[np.isnan(data)] = 0.0
+        with rasterio.open(path, "w", **profile) as ds:
+            ds.write(data, 1)
+    config = PipelineConfig.from_file(config_path_for(region, tmp_path, s1))
+    out = tmp_path / "archive"
+    build_archive(config, out=out, workers=1, progress=False, echo=_quiet)
+    expected = pq.read_table(built / PATCHES_FILE, columns=["patch_id", "s1_name"]).to_pylist()
+    assert pq.read_table(out / PATCHES_FILE, columns=["patch_id", "s1_name"]).to_pylist() == expected
+    with Archive(out) as archive, Archive(built) as reference:
+        for row in expected:
+            assert bytes(archive.get(row["s1_name"])) == bytes(reference.get(row["s1_name"]))
+
+
+def config_path_for(region: fx.Region, tmp_path: Path, s1: Path) -> Path:
+    return fx.write_config(tmp_path / "zero.toml", fx.Region(**{**region.__dict__, "s1_dir": s1}))
+
+
+def _crop_product(source: Path, target: Path, west_m: int, north_m: int) -> Path:
+    """A copy of a GeoTIFF-folder product with ``west_m`` / ``north_m`` metres cut off."""
+    import rasterio
+    from rasterio.windows import Window
+
+    target.mkdir(parents=True)
+    for path in sorted(source.glob("*.tif")):
+        with rasterio.open(path) as ds:
+            res = int(ds.transform.a)
+            window = Window(west_m // res, north_m // res, ds.width - west_m // res, ds.height - north_m // res)
+            profile = {**ds.profile, "width": int(window.width), "height": int(window.height),
+                       "transform": ds.window_transform(window)}
+            data = ds.read(1, window=window)
+        with rasterio.open(target / path.name, "w", **profile) as out:
+            out.write(data, 1)
+    return target
+
+
+def test_a_cropped_product_keeps_its_tile_grid_ids_and_values(region, built, patches, tmp_path):
+    """Product 2 cut 600 m on the west and north: its patches are the tile's (1, 1) onwards."""
+    crop = _crop_product(region.product2, tmp_path / "s2" / fx.P2_NAME, 600, 600)
+    config = PipelineConfig(s2=[str(crop)], s1=[str(region.s1_dir)], clc=str(region.clc), rows_per_block=2,
+                            memory_limit="1GiB")
+    out = tmp_path / "archive"
+    build_archive(config, out=out, workers=1, progress=False, echo=_quiet)
+    import geopandas as gpd
+
+    cropped = gpd.read_parquet(out / PATCHES_FILE).set_index("patch_id")
+    # complete patches of the crop: tile indices 1..2 in x and y; P2 keeps (1, 1) and (1, 2) of them
+    expected = [_pid(fx.P2_PREFIX, x, y) for x, y in sorted(P2_KEPT) if x >= 1 and y >= 1]
+    assert sorted(cropped.index) == sorted(expected) == [_pid(fx.P2_PREFIX, 1, 1), _pid(fx.P2_PREFIX, 1, 2)]
+    for pid in expected:
+        for column in ("x", "y", "ulx", "uly", "split", "tile_side_m", "s1_name"):
+            assert cropped.loc[pid, column] == patches.loc[pid, column], (pid, column)
+        assert list(cropped.loc[pid, "labels"]) == list(patches.loc[pid, "labels"])
+    with Archive(out) as archive, Archive(built) as reference:
+        for pid in expected:
+            assert bytes(archive.get(pid)) == bytes(reference.get(pid))
+
+
+def test_a_product_off_the_tile_pixel_grid_is_refused(region, tmp_path):
+    from reben_tools.build.scenes import SceneError, open_s2_product
+
+    shifted = _crop_product(region.product2, tmp_path / fx.P2_NAME, 0, 0)
+    import rasterio
+
+    for path in shifted.glob("*.tif"):  # move every band 10 m east: on the 10 m grid, off the 20 and 60 m grids
+        with rasterio.open(path, "r+") as ds:
+            ds.transform = ds.transform * rasterio.Affine.translation(10 / ds.transform.a, 0)
+    with pytest.raises(SceneError) as err:
+        open_s2_product(shifted)
+    assert err.value.reason == ("upper-left corner (300010.0, 5400000.0) is not on tile 33UUP's 60 m pixel grid "
+                                "from its corner (300000.0, 5400000.0): offset 10.0 m east, 0.0 m south")

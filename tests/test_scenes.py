@@ -41,7 +41,8 @@ def test_geotiff_product_and_offset_default(products):
     product = open_s2_product(tif)
     assert product.layout == "GeoTIFF"
     assert product.band_paths["B02"].name.endswith("_B02_10m.tif") and product.band_paths["B05"].name.endswith("_B05.tif")
-    assert product.boa_add_offset == 0  # N0208 without MTD_MSIL2A.xml
+    assert product.boa_add_offset is None  # no MTD_MSIL2A.xml: unknown, whatever the baseline
+    assert open_s2_product(product.path, boa_add_offset=0).boa_add_offset == 0  # set by the config
     pixels = read_block(product, product.grid.blocks(1)[0], bands=("B12",))
     np.testing.assert_array_equal(pixels["B12"], arrays["B12"][0:60, 0:180])
 
@@ -138,3 +139,25 @@ def test_tiled_jp2_blocks_read_by_tile_rows_equal_direct_reads(tmp_path):
             kept_row, kept = next(iter(scenes._LAST_TILE_ROW.values()))
             assert kept_row == (row0 + 39) // 64 * 64 and kept.shape[1] == 200
     scenes.forget_tile_rows()
+
+
+def test_linear_sigma0_is_refused_or_converted(tmp_path):
+    import rasterio
+
+    scene = tmp_path / "S1A_IW_GRDH_1SDV_20170613T221031"
+    scene.mkdir()
+    linear = np.full((40, 40), 0.05, np.float32)  # -13.0103 dB
+    linear[:, :10] = 0.0  # untagged no-data
+    for pol in ("VV", "VH"):
+        with rasterio.open(scene / f"s_{pol}.tif", "w", driver="GTiff", width=40, height=40, count=1, dtype="float32",
+                           crs="EPSG:3035", transform=rasterio.Affine(20, 0, 4_000_000, 0, -20, 3_000_000)) as ds:
+            ds.write(linear, 1)
+    with pytest.raises(SceneError, match="linear sigma0") as err:
+        open_s1_scene(scene)
+    assert err.value.path == str(scene / "s_VV.tif")
+    opened = open_s1_scene(scene, values="linear")
+    assert opened.linear and opened.nodata == 0.0
+    with S1Warper(opened) as warper:
+        values = warper._read(rasterio.windows.Window(0, 0, 40, 40))
+    assert np.isnan(values[:, :, :10]).all()
+    np.testing.assert_allclose(values[:, :, 10:], 10 * np.log10(0.05), rtol=0, atol=1e-5)

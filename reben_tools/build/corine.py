@@ -2,10 +2,11 @@
 
 A reference map is the CLC layer rasterised onto a patch's 10 m grid: uint16,
 the raw CLC code of the polygon that contains each pixel's centre, 999 where no
-polygon does. Maps are made a block at a time: only the polygons whose bounding
-box meets the block are read from the file (a bbox filter handed to OGR), which
-keeps the memory of a task small even with the 2.3 million polygons of the full
-CLC 2018 GeoPackage.
+polygon does. Maps are made a block at a time from the polygons of the block's
+product area, read once per worker process through the area's footprint in the
+file's CRS (an OGR spatial filter, not the footprint's bounding box), checked on
+arrays, reprojected once and queried per block with an STRtree: a task holds one
+product's polygons, never the 2.3 million of the full CLC 2018 GeoPackage.
 
 Vector sources: any OGR format (GeoPackage, shapefile, GeoJSON ...), any CRS; the
 code column (``Code_18`` by default) is found case-insensitively. Invalid
@@ -18,7 +19,7 @@ sampled at the 10 m pixel centres (nearest neighbour).
 Owns: opening a CORINE source (:func:`open_clc`, :class:`ClcSource`), geometry repair and
 code checks (reported as issues), rasterising reference maps of a block (:func:`reference_block`).
 Does not own: the CLC legend and label rules (reben_tools.format.labels), the 25 % rule (build.pipeline).
-May import: reben_tools.format, rasterio, pyogrio, shapely, numpy.
+May import: reben_tools.format, rasterio, pyogrio, geopandas, pandas, pyproj, shapely, numpy.
 """
 
 from __future__ import annotations
@@ -173,10 +174,28 @@ def _polygonal(geometry):
     return None
 
 
+def _footprint(bounds: tuple[float, float, float, float], crs: str, target_crs: str, points: int = 21):
+    """The rectangle ``bounds`` (in ``crs``) as a polygon in ``target_crs``, each side densified with ``points``."""
+    import shapely
+    from pyproj import Transformer
+
+    left, bottom, right, top = bounds
+    t = np.linspace(0.0, 1.0, points)[:-1]
+    xs = np.concatenate([left + (right - left) * t, np.full_like(t, right), right - (right - left) * t, np.full_like(t, left)])
+    ys = np.concatenate([np.full_like(t, top), top - (top - bottom) * t, np.full_like(t, bottom), bottom + (top - bottom) * t])
+    tx, ty = Transformer.from_crs(crs, target_crs, always_xy=True).transform(xs, ys)
+    return shapely.Polygon(np.column_stack([tx, ty]))
+
+
 def read_polygons(
     source: ClcSource, bounds: tuple[float, float, float, float], crs: str
 ) -> tuple[list, np.ndarray, list[ClcIssue]]:
-    """The CORINE polygons whose bounding box meets ``bounds`` (given in ``crs``), in ``crs``.
+    """The CORINE polygons that meet the rectangle ``bounds`` (given in ``crs``), in ``crs``.
+
+    The rectangle's footprint in the file's CRS (sides densified) is the OGR spatial filter,
+    so a rectangle rotated against the file's CRS reads only the polygons that meet it, not
+    every polygon of its bounding box. Codes and validity are checked on whole arrays
+    (``shapely.is_valid``); only invalid polygons are repaired one by one.
 
     Returns:
         ``(geometries, codes, issues)``: shapely geometries in ``crs`` ordered by feature id,
@@ -184,52 +203,106 @@ def read_polygons(
         unknown codes, empty geometries).
     """
     import geopandas as gpd
+    import pandas as pd
     import shapely
-    from rasterio.warp import transform_bounds
 
     try:
-        src_bounds = transform_bounds(crs, source.crs, *bounds, densify_pts=21)
+        mask = _footprint(bounds, crs, source.crs)
         frame = gpd.read_file(
-            source.path, layer=source.layer, bbox=src_bounds, columns=[source.code_column],
+            source.path, layer=source.layer, mask=mask, columns=[source.code_column],
             fid_as_index=True, engine="pyogrio",
         )
     except Exception as exc:  # noqa: BLE001
         raise CorineError(source.path, f"cannot read polygons ({exc})") from None
     frame = frame.sort_index()
-    known = set(clc_codes())
+    fids = frame.index.to_numpy()
+    raw = frame[source.code_column]
+    code_text = raw.astype("string").str.strip().fillna("")
+    numeric = pd.to_numeric(code_text, errors="coerce").to_numpy(dtype=np.float64)
+    codes = np.where(np.isfinite(numeric), np.trunc(np.nan_to_num(numeric)), -1).astype(np.int64)
+    known = np.zeros(1000, dtype=bool)
+    known[list(clc_codes())] = True
+    is_known = (codes >= 0) & (codes < 1000) & known[np.clip(codes, 0, 999)]
+    geometries = frame.geometry.values.to_numpy() if hasattr(frame.geometry.values, "to_numpy") else np.asarray(frame.geometry.values)
+    geometries = np.asarray(geometries, dtype=object)
+    empty = shapely.is_missing(geometries) | shapely.is_empty(geometries)
+    valid = np.zeros(len(geometries), dtype=bool)
+    present = ~empty
+    valid[present] = shapely.is_valid(geometries[present])
     issues: list[ClcIssue] = []
-    kept_geometries, codes = [], []
+    keep = np.zeros(len(geometries), dtype=bool)
+    texts = code_text.tolist()
     # codes and validity are checked in the file's own CRS, before any reprojection
-    for fid, raw_code, geometry in zip(frame.index, frame[source.code_column], frame.geometry):
-        code_text = "" if raw_code is None else str(raw_code).strip()
-        try:
-            code = int(float(code_text))
-        except ValueError:
-            code = -1
-        if code not in known:
-            issues.append(ClcIssue(int(fid), code_text, "unknown CLC code; polygon left out (its pixels get 999)"))
-            continue
-        if geometry is None or geometry.is_empty:
-            issues.append(ClcIssue(int(fid), code_text, "empty geometry; polygon left out"))
-            continue
-        if not shapely.is_valid(geometry):
-            reason = shapely.is_valid_reason(geometry)
-            repaired = _polygonal(shapely.make_valid(geometry))
+    for i in range(len(geometries)):
+        if not is_known[i]:
+            issues.append(ClcIssue(int(fids[i]), texts[i], "unknown CLC code; polygon left out (its pixels get 999)"))
+        elif empty[i]:
+            issues.append(ClcIssue(int(fids[i]), texts[i], "empty geometry; polygon left out"))
+        elif valid[i]:
+            keep[i] = True
+        else:
+            reason = shapely.is_valid_reason(geometries[i])
+            repaired = _polygonal(shapely.make_valid(geometries[i]))
             if repaired is None or repaired.is_empty:
-                issues.append(ClcIssue(int(fid), code_text, f"invalid geometry ({reason}) could not be repaired; left out"))
+                issues.append(ClcIssue(int(fids[i]), texts[i], f"invalid geometry ({reason}) could not be repaired; left out"))
                 continue
-            issues.append(ClcIssue(int(fid), code_text, f"invalid geometry ({reason}) repaired with make_valid"))
-            geometry = repaired
-        kept_geometries.append(geometry)
-        codes.append(code)
-    geometries = np.asarray(kept_geometries, dtype=object)
-    if len(geometries) and not frame.crs.equals(crs):
+            issues.append(ClcIssue(int(fids[i]), texts[i], f"invalid geometry ({reason}) repaired with make_valid"))
+            geometries[i] = repaired
+            keep[i] = True
+    kept = geometries[keep]
+    if len(kept) and not frame.crs.equals(crs):
         # densify before reprojecting so that edges straight in the source CRS stay within
         # a fraction of a millimetre of their true course in the target CRS
         step = DENSIFY_DEGREES if frame.crs.is_geographic else DENSIFY_METRES
-        series = gpd.GeoSeries(shapely.segmentize(geometries, step), crs=frame.crs).to_crs(crs)
-        geometries = series.values
-    return list(geometries), np.asarray(codes, dtype=np.uint16), issues
+        kept = gpd.GeoSeries(shapely.segmentize(kept, step), crs=frame.crs).to_crs(crs).values
+    return list(kept), codes[keep].astype(np.uint16), issues
+
+
+class _ProductPolygons:
+    """The polygons of one product's area in one CRS, read once and queried per block.
+
+    A worker builds the blocks of a product one after the other, and the dates of one tile
+    cover the same area: the polygons (checked, densified, reprojected) and their issues
+    are kept per process for the last :data:`POLYGON_CACHE_AREAS` areas and each block
+    takes the ones that meet it (an STRtree query), so the file is read and every polygon
+    reprojected once per area instead of once per block.
+    """
+
+    def __init__(self, source: ClcSource, area: tuple[float, float, float, float], crs: str):
+        import shapely
+
+        self.geometries, self.codes, self.issues = read_polygons(source, area, crs)
+        self.tree = shapely.STRtree(np.asarray(self.geometries, dtype=object))
+        self.crs = crs
+
+    def block(self, bounds: tuple[float, float, float, float]) -> tuple[list, np.ndarray]:
+        import shapely
+
+        hits = np.sort(self.tree.query(shapely.box(*bounds), predicate="intersects"))
+        return [self.geometries[i] for i in hits], self.codes[hits]
+
+
+POLYGON_CACHE_AREAS = 2
+"""Product areas whose polygons a worker process keeps (about one product per worker thread)."""
+_POLYGON_CACHE: dict[tuple, _ProductPolygons] = {}
+_POLYGON_LOCK = None
+
+
+def _product_polygons(source: ClcSource, area: tuple[float, float, float, float], crs: str) -> _ProductPolygons:
+    import threading
+
+    global _POLYGON_LOCK
+    if _POLYGON_LOCK is None:
+        _POLYGON_LOCK = threading.Lock()
+    key = (str(source.path), source.layer, source.code_column, crs, tuple(round(v, 3) for v in area))
+    with _POLYGON_LOCK:
+        entry = _POLYGON_CACHE.pop(key, None)
+        if entry is None:
+            entry = _ProductPolygons(source, area, crs)
+        _POLYGON_CACHE[key] = entry
+        while len(_POLYGON_CACHE) > POLYGON_CACHE_AREAS:
+            _POLYGON_CACHE.pop(next(iter(_POLYGON_CACHE)))
+        return entry
 
 
 def rasterise(geometries: list, codes: np.ndarray, transform, shape: tuple[int, int]) -> np.ndarray:
@@ -255,7 +328,8 @@ def rasterise(geometries: list, codes: np.ndarray, transform, shape: tuple[int, 
     )
 
 
-def reference_block(source: ClcSource, crs: str, transform, shape: tuple[int, int]) -> tuple[np.ndarray, list[ClcIssue]]:
+def reference_block(source: ClcSource, crs: str, transform, shape: tuple[int, int],
+                    area: tuple[float, float, float, float] | None = None) -> tuple[np.ndarray, list[ClcIssue]]:
     """The reference map of a whole grid (a block of patches) at 10 m.
 
     Args:
@@ -263,15 +337,24 @@ def reference_block(source: ClcSource, crs: str, transform, shape: tuple[int, in
         crs: CRS of the grid.
         transform: affine transform of the grid (10 m pixels).
         shape: ``(rows, cols)`` of the grid.
+        area: ``(left, bottom, right, top)`` in ``crs`` of the whole product the block
+            belongs to: its polygons are read once per worker process and reused by every
+            block (and date) of that area. None reads the block's polygons only.
 
     Returns:
-        ``(codes, issues)``: uint16 array of ``shape`` and the feature problems met.
+        ``(codes, issues)``: uint16 array of ``shape`` and the feature problems met (those
+        of the whole ``area`` when given). The codes do not depend on ``area``.
     """
     left, top = transform.c, transform.f
     right, bottom = left + transform.a * shape[1], top + transform.e * shape[0]
     if source.kind == "raster":
         return _sample_raster(source, crs, transform, shape), []
-    geometries, codes, issues = read_polygons(source, (left, bottom, right, top), crs)
+    if area is not None:
+        cached = _product_polygons(source, area, crs)
+        geometries, codes = cached.block((min(left, right), min(bottom, top), max(left, right), max(bottom, top)))
+        issues = cached.issues
+    else:
+        geometries, codes, issues = read_polygons(source, (left, bottom, right, top), crs)
     if not geometries:
         return rasterise(geometries, codes, transform, shape), issues
     import shapely
@@ -296,17 +379,41 @@ def reference_block(source: ClcSource, crs: str, transform, shape: tuple[int, in
 
 
 def _sample_raster(source: ClcSource, crs: str, transform, shape: tuple[int, int]) -> np.ndarray:
-    import rasterio
-    from rasterio.warp import Resampling, reproject
+    """Raster CORINE sampled exactly at the grid's pixel centres (nearest neighbour).
 
-    destination = np.zeros(shape, dtype=np.int32)
+    Each 10 m pixel centre is transformed to the raster's CRS with pyproj (an exact
+    transformation per point, not GDAL's approximate warp transformer) and the raster
+    cell containing it is read; centres outside the raster or on no-data get 999.
+    Done in strips of :data:`RASTERISE_STRIP_ROWS` rows to bound memory.
+    """
+    import rasterio
+    from pyproj import Transformer
+    from rasterio.windows import Window
+
+    destination = np.full(shape, -1, dtype=np.int32)
     try:
         with rasterio.open(source.path) as ds:
-            nodata = ds.nodata
-            reproject(
-                rasterio.band(ds, 1), destination, dst_transform=transform, dst_crs=crs,
-                src_nodata=nodata, dst_nodata=-1, resampling=Resampling.nearest, init_dest_nodata=True,
-            )
+            to_src = Transformer.from_crs(crs, ds.crs, always_xy=True)
+            inverse = ~ds.transform
+            cols_x = transform.c + transform.a * (np.arange(shape[1]) + 0.5)
+            for row0 in range(0, shape[0], RASTERISE_STRIP_ROWS):
+                rows = min(RASTERISE_STRIP_ROWS, shape[0] - row0)
+                ys = transform.f + transform.e * (np.arange(row0, row0 + rows) + 0.5)
+                gx, gy = np.meshgrid(cols_x, ys)
+                sx, sy = to_src.transform(gx, gy)
+                fc, fr = inverse * (sx, sy)
+                c = np.floor(fc).astype(np.int64)
+                r = np.floor(fr).astype(np.int64)
+                inside = (c >= 0) & (c < ds.width) & (r >= 0) & (r < ds.height) & np.isfinite(fc) & np.isfinite(fr)
+                if not inside.any():
+                    continue
+                c0, c1, r0, r1 = c[inside].min(), c[inside].max(), r[inside].min(), r[inside].max()
+                window = ds.read(1, window=Window(int(c0), int(r0), int(c1 - c0 + 1), int(r1 - r0 + 1))).astype(np.int64)
+                values = np.full((rows, shape[1]), -1, dtype=np.int64)
+                values[inside] = window[r[inside] - r0, c[inside] - c0]
+                if ds.nodata is not None:
+                    values[values == int(ds.nodata)] = -1
+                destination[row0:row0 + rows] = np.clip(values, -1, np.iinfo(np.int32).max)
     except rasterio.errors.RasterioError as exc:
         raise CorineError(source.path, f"cannot read raster ({exc})") from None
     out = np.full(shape, NO_POLYGON_CODE, dtype=np.uint16)

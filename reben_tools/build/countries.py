@@ -3,7 +3,8 @@
 Distances are computed in a metric CRS (ETRS89-LAEA Europe, EPSG:3035, by
 default), 0 when footprint and country intersect. Countries are keyed on Natural
 Earth's ``ADM0_A3`` code (Kosovo has no ISO A2 code there: it is ``KOS``) and
-named by the ``NAME`` column. Ties are broken by the configured order.
+named by the ``NAME`` column. A footprint that meets several countries (distance 0
+to each) goes to the one it overlaps most; remaining ties go by the configured order.
 
 Owns: loading the country polygons (:class:`CountryIndex`, default: the packaged Natural
 Earth file in reben_tools.resources), patch footprints in any CRS (:func:`footprints_in`),
@@ -113,6 +114,12 @@ class CountryIndex:
         countries = np.asarray(self.geometries, dtype=object)
         distances = shapely.distance(feet[:, None], countries[None, :])
         best = np.argmin(distances, axis=1)
+        touching = distances == 0
+        border = np.flatnonzero(touching.sum(axis=1) > 1)
+        if border.size:  # on a border: the largest shared area wins (argmax keeps the configured order on ties)
+            areas = shapely.area(shapely.intersection(feet[border, None], countries[None, :]))
+            areas = np.where(touching[border], areas, -1.0)
+            best[border] = np.argmax(areas, axis=1)
         return [self.names[i] for i in best], distances[np.arange(len(feet)), best]
 
 

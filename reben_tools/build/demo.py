@@ -65,6 +65,7 @@ def run_demo(out: str | Path, workers: int = 2, seed: int = 0, progress: bool = 
     config = PipelineConfig(
         s2=s2, s1=s1, clc=str(clc), countries_file=str(countries_file), out=str(archive_dir),
         workers=workers, rows_per_block=5, memory_limit="2GiB",
+        boa_add_offset=0,  # the region's one GeoTIFF folder is baseline N0205: no offset, as generated
         snow_ids_file=str(snow_ids) if snow_ids.is_file() else None,
         cloud_ids_file=str(cloud_ids) if cloud_ids.is_file() else None,
     )

@@ -38,13 +38,11 @@ from rasterio.windows import Window
 
 from reben_tools.format import naming
 from reben_tools.format.bands import PATCH_SIZE_M, S2_BANDS, SCL_BAND
-from reben_tools.build.tiling import Block, PatchGrid
+from reben_tools.build.tiling import Block, PatchGrid, tile_patch_grid
 
 PRODUCT_BANDS: dict[str, int] = {**{b.name: b.resolution_m for b in S2_BANDS.values()}, "SCL": SCL_BAND.resolution_m}
 """Every raster read from a product (12 bands + SCL) and its native resolution in metres."""
 
-DEFAULT_BOA_ADD_OFFSET = -1000
-"""ESA's BOA_ADD_OFFSET for processing baseline N0400 and later, used when a product has no metadata file."""
 
 _GEOTIFF_BAND_RE = re.compile(r"_(B0[1-9]|B1[0-2]|B8A|SCL)(?:_(10|20|60)m)?\.tiff?$", re.IGNORECASE)
 _ALIGN_TOL_M = 1e-3
@@ -70,7 +68,8 @@ class S2Product:
         band_paths: raster file of each of the 12 bands and ``SCL``.
         crs: the rasters' CRS as an EPSG string (``"EPSG:32633"``) or WKT when it has no EPSG code.
         grid: the 1,200 m patch grid cut from the rasters' extent.
-        boa_add_offset: radiometric offset to add to DNs (``-1000`` from N0400 on, else 0).
+        boa_add_offset: offset to add to DNs, from ``MTD_MSIL2A.xml``; without that file None
+            (unknown: the baseline number does not tell it) unless the config sets it.
     """
 
     path: Path
@@ -79,7 +78,7 @@ class S2Product:
     band_paths: dict[str, Path]
     crs: str
     grid: PatchGrid
-    boa_add_offset: int
+    boa_add_offset: int | None
 
     @property
     def prefix(self) -> str:
@@ -98,7 +97,9 @@ class S1Scene:
         vv, vh: the two rasters.
         crs: the rasters' CRS (EPSG string or WKT).
         bounds: ``(left, bottom, right, top)`` in ``crs``.
-        nodata: the rasters' no-data value (None: only NaN counts as no-data).
+        nodata: no-data besides NaN (None: only NaN); by default the nodata tag, else exact 0
+            (SNAP / Earth Engine exports write an untagged 0; 0 dB does not occur in real scenes).
+        linear: the rasters hold linear sigma0, converted to dB when read.
     """
 
     path: Path
@@ -109,6 +110,7 @@ class S1Scene:
     crs: str
     bounds: tuple[float, float, float, float]
     nodata: float | None = field(default=None)
+    linear: bool = False
 
 
 def crs_string(crs: rasterio.crs.CRS) -> str:
@@ -188,8 +190,13 @@ def read_boa_add_offset(mtd_path: Path) -> int:
     return values.pop() if values else 0
 
 
-def open_s2_product(path: str | Path) -> S2Product:
+def open_s2_product(path: str | Path, boa_add_offset: int | None = None) -> S2Product:
     """Find, parse and check a Sentinel-2 L2A product (headers only; no pixels are decoded).
+
+    Args:
+        path: a ``.SAFE`` folder or a folder of band GeoTIFFs.
+        boa_add_offset: the offset to record when the product has no ``MTD_MSIL2A.xml``
+            (None: unknown). A metadata file always wins.
 
     Raises:
         SceneError: the folder is named unlike a Sentinel-2 L2A product, a band is
@@ -238,7 +245,7 @@ def open_s2_product(path: str | Path) -> S2Product:
     assert reference is not None
     _, ref_crs, (ulx, uly, width_m, height_m) = reference
     crs = crs_string(ref_crs)
-    grid = PatchGrid.from_extent(crs, ulx, uly, width_m, height_m)
+    grid = _tile_grid_of(path, name, ref_crs, ulx, uly, width_m, height_m)
     if grid.num_patches == 0:
         raise SceneError(path, f"extent {width_m} x {height_m} m holds no complete {PATCH_SIZE_M} m patch")
 
@@ -246,14 +253,26 @@ def open_s2_product(path: str | Path) -> S2Product:
     if mtd.is_file():
         offset = read_boa_add_offset(mtd)
     else:
-        offset = DEFAULT_BOA_ADD_OFFSET if name.baseline_number >= 400 else 0
+        offset = boa_add_offset
     return S2Product(path, name, layout, band_paths, crs, grid, offset)
 
 
-def block_window(block: Block, resolution_m: int) -> Window:
-    """The pixel window of a block in a raster of ``resolution_m`` anchored at the grid's corner."""
+def _tile_grid_of(path: Path, name: naming.S2ProductName, crs: rasterio.crs.CRS, ulx: float, uly: float,
+                  width_m: float, height_m: float) -> PatchGrid:
+    """The product's patch grid on its MGRS tile's grid (:func:`tile_patch_grid`); SceneError if off it."""
+    try:
+        return tile_patch_grid(name.tile, crs.to_epsg(), crs_string(crs), ulx, uly, width_m, height_m,
+                               max(PRODUCT_BANDS.values()))
+    except ValueError as exc:
+        raise SceneError(path, str(exc)) from None
+
+
+def block_window(block: Block, resolution_m: int, grid: PatchGrid | None = None) -> Window:
+    """The pixel window of a block in a raster of ``resolution_m`` (the grid's corner ``pad`` metres in)."""
     per_patch = PATCH_SIZE_M // resolution_m
-    return Window(0, block.row_start * per_patch, block.ncols * per_patch, block.nrows * per_patch)
+    col0 = int(round(grid.pad_x_m / resolution_m)) if grid is not None else 0
+    row0 = int(round(grid.pad_y_m / resolution_m)) if grid is not None else 0
+    return Window(col0, row0 + block.row_start * per_patch, block.ncols * per_patch, block.nrows * per_patch)
 
 
 _LAST_TILE_ROW: dict[tuple[int, str], tuple[int, np.ndarray]] = {}
@@ -261,38 +280,45 @@ _LAST_TILE_ROW: dict[tuple[int, str], tuple[int, np.ndarray]] = {}
 
 
 class _OpenRasters:
-    """Rasters kept open per thread between blocks (least recently used closed beyond
-    ``capacity``, about one product), together with their last decoded tile row."""
+    """Rasters kept open between blocks with their last decoded tile row: each thread keeps its
+    own ``capacity`` most recently used (about one product), so threads building different
+    products never evict each other's rasters. ``opened`` counts opens (tests, benchmarks)."""
 
     def __init__(self, capacity: int = 16):
         self.capacity = capacity
-        self._open: OrderedDict[tuple[int, str], rasterio.io.DatasetReader] = OrderedDict()
+        self._open: dict[int, OrderedDict[str, rasterio.io.DatasetReader]] = {}
         self._lock = threading.Lock()
+        self.opened = 0
 
     def get(self, path: Path) -> rasterio.io.DatasetReader:
-        key = (threading.get_ident(), str(path))
+        thread = threading.get_ident()
         with self._lock:
-            ds = self._open.pop(key, None)
+            mine = self._open.setdefault(thread, OrderedDict())
+            ds = mine.pop(str(path), None)
             if ds is None:
                 ds = rasterio.open(path)
-            self._open[key] = ds
-            while len(self._open) > self.capacity:
-                (thread, old_path), old = self._open.popitem(last=False)
+                self.opened += 1
+            mine[str(path)] = ds
+            while len(mine) > self.capacity:
+                _, old = mine.popitem(last=False)
                 _LAST_TILE_ROW.pop((thread, old.name), None)
                 old.close()
             return ds
 
     def discard(self, path: Path) -> None:
+        thread = threading.get_ident()
         with self._lock:
-            ds = self._open.pop((threading.get_ident(), str(path)), None)
+            ds = self._open.get(thread, OrderedDict()).pop(str(path), None)
             if ds is not None:
-                _LAST_TILE_ROW.pop((threading.get_ident(), ds.name), None)
+                _LAST_TILE_ROW.pop((thread, ds.name), None)
                 ds.close()
 
     def close_all(self) -> None:
         with self._lock:
-            while self._open:
-                self._open.popitem()[1].close()
+            for mine in self._open.values():
+                while mine:
+                    mine.popitem()[1].close()
+            self._open.clear()
             _LAST_TILE_ROW.clear()
 
 
@@ -358,7 +384,7 @@ def read_block(
     out = {}
     for band in bands or tuple(PRODUCT_BANDS):
         file = product.band_paths[band]
-        window = block_window(block, PRODUCT_BANDS[band])
+        window = block_window(block, PRODUCT_BANDS[band], product.grid)
         try:
             if keep_open:
                 data = _read_by_tile_rows(OPEN_RASTERS.get(file), window)
@@ -379,12 +405,22 @@ def looks_like_s1_scene(path: Path) -> bool:
     return any(path.glob("*_VV.tif*")) or any(path.glob("*_VH.tif*"))
 
 
-def open_s1_scene(path: str | Path) -> S1Scene:
-    """Parse and check a Sentinel-1 scene folder (headers only).
+S1_LINEAR_MAX = 2.0
+"""Largest 99th-percentile value of a scene taken as linear sigma0 (dB scenes reach below 0)."""
+
+
+def open_s1_scene(path: str | Path, nodata: str | float = "auto", values: str = "db") -> S1Scene:
+    """Parse and check a Sentinel-1 scene folder (headers and a decimated overview of VV).
+
+    Args:
+        path: the scene folder.
+        nodata: ``"auto"`` (the nodata tag, else exact 0), ``"nan"`` (only NaN), or a number.
+        values: ``"db"`` (refuse a scene that looks linear: no negative value and the 99th
+            percentile at most :data:`S1_LINEAR_MAX`) or ``"linear"`` (convert with 10 log10).
 
     Raises:
         SceneError: the name is not a Sentinel-1 product name, a polarisation is missing,
-            or VV and VH are not on the same grid.
+            VV and VH are not on the same grid, or dB values were expected and the scene is linear.
     """
     path = Path(path)
     try:
@@ -409,8 +445,23 @@ def open_s1_scene(path: str | Path) -> S1Scene:
             raise SceneError(file, "raster has no CRS")
     if headers["VV"][:4] != headers["VH"][:4]:
         raise SceneError(files["VH"], f"VH grid differs from VV ({files['VV'].name})")
-    crs, _, _, _, nodata, bounds = headers["VV"]
-    return S1Scene(path, prefix, acquired, files["VV"], files["VH"], crs_string(crs), tuple(bounds), nodata)
+    crs, _, width, height, tag, bounds = headers["VV"]
+    if nodata == "auto":
+        value = tag if tag is not None else 0.0
+    elif nodata == "nan":
+        value = None
+    else:
+        value = float(nodata)
+    linear = values == "linear"
+    if not linear:
+        with rasterio.open(files["VV"]) as ds:
+            step = max(1, max(width, height) // 512)
+            sample = ds.read(1, out_shape=(max(1, height // step), max(1, width // step))).astype(np.float64)
+        sample = sample[np.isfinite(sample) & ((sample != value) if value is not None and not np.isnan(value) else True)]
+        if sample.size and sample.min() >= 0 and np.percentile(sample, 99) <= S1_LINEAR_MAX:
+            raise SceneError(files["VV"], "values look like linear sigma0 (none negative, 99% at most "
+                                          f"{S1_LINEAR_MAX}), not dB; convert them, or set s1_values = 'linear'")
+    return S1Scene(path, prefix, acquired, files["VV"], files["VH"], crs_string(crs), tuple(bounds), value, linear)
 
 
 class S1Warper:
@@ -501,6 +552,9 @@ class S1Warper:
         nodata = self.scene.nodata
         if nodata is not None and not np.isnan(nodata):
             src[src == np.float32(nodata)] = np.nan
+        if self.scene.linear:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                src = np.where(src > 0, np.float32(10.0) * np.log10(src), np.float32(np.nan)).astype(np.float32)
         return src
 
     def warp(self, crs: str, transform, size: int = 120, window: Window | None = None) -> tuple[np.ndarray, np.ndarray] | None:

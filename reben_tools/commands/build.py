@@ -32,7 +32,7 @@ def build(
     Rerunning on the same --out resumes: finished blocks are kept. Exits 1 only if
     nothing could be built (skipped inputs are listed in ARCHIVE/report.json).
     """
-    from reben_tools.build.pipeline.config import BuildError, PipelineConfig
+    from reben_tools.build.pipeline.config import BuildError, BuildInterrupted, PipelineConfig
     from reben_tools.build.pipeline.run import build_archive
     from reben_tools.build.pipeline.summary import format_summary
 
@@ -54,6 +54,12 @@ def build(
         if not cfg.s2:
             raise BuildError("no Sentinel-2 input given (--s2 or 's2' in the config)")
         result = build_archive(cfg, progress=not (quiet or no_progress), echo=typer.echo)
+    except BuildInterrupted as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted before any block ran; rerun the same command to resume", err=True)
+        raise typer.Exit(130) from None
     except BuildError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

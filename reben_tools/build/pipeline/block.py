@@ -68,10 +68,12 @@ def _run_block(task: BlockTask) -> dict:
     tile = product.name.tile
     s2_time = product.name.sensing_time
     pixels = read_block(product, block, keep_open=True)
-    ref_block, issues = reference_block(
-        task.clc, product.crs, grid.block_transform(block, 10), (block.nrows * 120, block.ncols * 120)
+    area = (grid.ulx, grid.uly - PATCH_SIZE_M * grid.nrows, grid.ulx + PATCH_SIZE_M * grid.ncols, grid.uly)
+    ref_block, issues = reference_block(  # the product's polygons, read once per worker and area
+        task.clc, product.crs, grid.block_transform(block, 10), (block.nrows * 120, block.ncols * 120), area=area
     )
     dropped: Counter = Counter()
+    dropped_ids: dict[str, list[str]] = {k: [] for k in DROP_REASONS}
     moments = BandMoments()
     items: list[tuple[str, bytes]] = []
     rows: list[dict] = []
@@ -84,11 +86,13 @@ def _run_block(task: BlockTask) -> dict:
         bands = {b: _slice(pixels[b], r, x, PATCH_SIZE_M // S2_BANDS[b].resolution_m) for b in S2_BANDS}
         if any(not arr.all() for arr in bands.values()):
             dropped["no_data"] += 1
+            dropped_ids["no_data"].append(naming.patch_id(product.prefix, *grid.tile_index(x, y)))
             continue
         reference_map = np.ascontiguousarray(_slice(ref_block, r, x, 120))
         unlabeled = unlabeled_fraction(reference_map)
         if unlabeled >= MAX_UNLABELED_FRACTION:
             dropped["unlabeled_25pct"] += 1
+            dropped_ids["unlabeled_25pct"].append(naming.patch_id(product.prefix, *grid.tile_index(x, y)))
             continue
         candidates.append((x, y, bands, reference_map, unlabeled))
 
@@ -115,13 +119,15 @@ def _run_block(task: BlockTask) -> dict:
         partner = partners.get((x, y))
         if partner is None:
             dropped["no_s1_partner"] += 1
+            dropped_ids["no_s1_partner"].append(naming.patch_id(product.prefix, *grid.tile_index(x, y)))
             continue
         scene, (vv, vh) = partner
-        pid = naming.patch_id(product.prefix, x, y)
-        s1_name = naming.s1_patch_name(scene.prefix, tile, x, y)
+        pid = naming.patch_id(product.prefix, *grid.tile_index(x, y))
+        tx, ty = grid.tile_index(x, y)  # indices on the tile's grid, as in reBEN's ids
+        s1_name = naming.s1_patch_name(scene.prefix, tile, tx, ty)
         scl = _slice(pixels["SCL"], r, x, 60)
         snow, cloud = scl_fractions(scl)
-        split = str(reben_split(np.array([x]), np.array([y]), task.tile_side_m)[0])
+        split = str(reben_split(np.array([tx]), np.array([ty]), task.tile_side_m)[0])
         s2_arrays = {b: np.ascontiguousarray(a) for b, a in bands.items()}
         items.append((pid, codec.encode_s2(s2_arrays)))
         items.append((s1_name, codec.encode_s1({"VV": vv, "VH": vh})))
@@ -136,7 +142,7 @@ def _run_block(task: BlockTask) -> dict:
         rows.append({
             "patch_id": pid, "s1_name": s1_name, "s2v1_name": naming.s2v1_name(pid),
             "labels": labels_from_reference_map(reference_map), "split": split, "shard": task.shard_name,
-            "product": product.path.name.removesuffix(".SAFE"), "tile": tile, "x": x, "y": y,
+            "product": product.path.name.removesuffix(".SAFE"), "tile": tile, "x": tx, "y": ty,
             "crs": product.crs, "ulx": ulx, "uly": uly, "s2_acquisition_time": s2_time,
             "s1_product": scene.prefix, "s1_acquisition_time": scene.acquired,
             "s1_gap_days": abs((scene.acquired - s2_time).total_seconds()) / 86400.0,
@@ -154,6 +160,7 @@ def _run_block(task: BlockTask) -> dict:
         "candidates": block.nrows * block.ncols,
         "kept": len(rows),
         "dropped": {k: dropped[k] for k in DROP_REASONS},
+        "dropped_ids": {k: sorted(dropped_ids[k]) for k in DROP_REASONS},
         "moments": moments.to_dict(),
         "clc_issues": [[i.fid, i.code, i.reason] for i in issues],
     }

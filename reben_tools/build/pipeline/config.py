@@ -24,6 +24,10 @@ class BuildError(RuntimeError):
     """The build cannot start or produced nothing; the message says why."""
 
 
+class BuildInterrupted(BuildError):
+    """Ctrl-C stopped the build; the message says how many shards are complete and how to resume."""
+
+
 class PipelineConfig(BaseModel):
     """Settings of a scene-to-archive build (``pipelines/*.toml``; schema in ``schemas/pipeline_config.schema.json``).
 
@@ -53,6 +57,15 @@ class PipelineConfig(BaseModel):
     cloud_threshold: float = Field(DEFAULT_CLOUD_THRESHOLD, ge=0, le=1, description="flag cloud/shadow when that SCL fraction exceeds this")
     snow_ids_file: str | None = Field(None, description="text file of patch ids to flag as snow, one per line")
     cloud_ids_file: str | None = Field(None, description="text file of patch ids to flag as cloud/shadow, one per line")
+    s1_nodata: Literal["auto", "nan"] | float = Field(
+        "auto", description="S1 no-data besides NaN: 'auto' = the rasters' nodata tag, else exact 0 "
+                            "(untagged 0 from SNAP / Earth Engine exports); 'nan' = only NaN; or a number")
+    s1_values: Literal["db", "linear"] = Field(
+        "db", description="S1 values: 'db' (a scene that looks linear is refused) or 'linear' (sigma0, "
+                          "converted to dB with 10 log10; 0 and below become no-data)")
+    boa_add_offset: int | None = Field(
+        None, description="BOA_ADD_OFFSET recorded for products without MTD_MSIL2A.xml (GeoTIFF folders); "
+                          "unset: unknown (null). A product's metadata file always wins")
     out: str | None = Field(None, description="archive folder to write")
     workers: int = Field(2, ge=1, description="LocalCluster worker processes")
     threads_per_worker: int = Field(1, ge=1)

@@ -1,7 +1,8 @@
 """Input discovery: the S2 products and S1 scenes a config names, and the S1 candidates of a product.
 
-Owns: expanding folders of items, opening each product / scene once (first of each
-prefix), recording what cannot be used (``Inputs.skipped``), and matching S1 scenes to a
+Owns: expanding folders of items, opening each product / scene once, choosing among
+duplicate products (same patch ids, different generation time: the one covering most
+pixels), recording what cannot be used (``Inputs.skipped``), and matching S1 scenes to a
 product by time gap and footprint.
 Does not own: reading pixels (build.scenes), planning blocks (planning).
 May import: reben_tools.build.scenes, .config, rasterio.
@@ -41,37 +42,67 @@ def _expand(paths: list[str], is_item: Callable[[Path], bool]) -> list[Path]:
 
 
 def _open_unique(paths: list[str], is_item: Callable[[Path], bool], opener: Callable[[Path], S2Product | S1Scene],
-                 kind: str, duplicate_reason: Callable[[str, Path], str], skipped: list[dict]) -> list:
-    """Open every item ``paths`` name (folders of items expanded), the first of each prefix only; sorted by prefix.
+                 kind: str, skipped: list[dict]) -> list:
+    """Open every item ``paths`` name (folders of items expanded), one per prefix; sorted by prefix.
 
-    Items that cannot be opened, and later items repeating a prefix, are recorded in ``skipped``.
+    Among items sharing a prefix the one with the largest :func:`coverage` is kept (ties:
+    the latest name, i.e. the newest generation); the others, and items that cannot be
+    opened, are recorded in ``skipped`` with the reason.
     """
-    seen: dict[str, Path] = {}
-    opened = []
+    groups: dict[str, list] = {}
     for path in _expand(paths, is_item):
         try:
             item = opener(path)
         except SceneError as exc:
             skipped.append({"item": path.name, "kind": kind, "path": exc.path, "reason": exc.reason})
             continue
-        if item.prefix in seen:
-            skipped.append({"item": path.name, "kind": kind, "path": str(path),
-                            "reason": duplicate_reason(item.prefix, seen[item.prefix])})
+        groups.setdefault(item.prefix, []).append(item)
+    opened = []
+    for prefix, items in groups.items():
+        if len(items) == 1:
+            opened.append(items[0])
             continue
-        seen[item.prefix] = path
-        opened.append(item)
+        scored = sorted(((coverage(i), i.path.name, i) for i in items), key=lambda t: (t[0], t[1]), reverse=True)
+        best_cover, best_name, best = scored[0]
+        opened.append(best)
+        for cover, name, item in scored[1:]:
+            skipped.append({"item": name, "kind": kind, "path": str(item.path),
+                            "reason": f"duplicate of {best_name} (same {prefix}); kept {best_name}: it covers "
+                                      f"{best_cover:.2%} of the extent with data, this one {cover:.2%}"})
     return sorted(opened, key=lambda i: i.prefix)
+
+
+def coverage(item: S2Product | S1Scene) -> float:
+    """Share of the item's pixels holding data: B02 non-zero for a product, VV finite and not no-data for a scene.
+
+    Read at about 1/8 resolution (GDAL overview or decimated read), enough to rank duplicates.
+    """
+    import numpy as np
+    import rasterio
+
+    path = item.band_paths["B02"] if isinstance(item, S2Product) else item.vv
+    try:
+        with rasterio.open(path) as ds:
+            data = ds.read(1, out_shape=(max(1, ds.height // 8), max(1, ds.width // 8)))
+    except rasterio.errors.RasterioError:
+        return 0.0
+    if isinstance(item, S2Product):
+        return float(np.count_nonzero(data)) / data.size
+    valid = np.isfinite(data)
+    if item.nodata is not None and not np.isnan(item.nodata):
+        valid &= data != np.float32(item.nodata)
+    return float(np.count_nonzero(valid)) / data.size
 
 
 def discover(config: PipelineConfig) -> Inputs:
     """Open every S2 product and S1 scene named by the config; record what cannot be used."""
     inputs = Inputs()
     inputs.products = _open_unique(
-        config.s2, looks_like_s2_product, open_s2_product, "s2_product",
-        lambda prefix, first: f"same patch ids as {first} (differs only in generation time)", inputs.skipped)
+        config.s2, looks_like_s2_product, lambda path: open_s2_product(path, config.boa_add_offset), "s2_product",
+        inputs.skipped)
     inputs.scenes = _open_unique(
-        config.s1, looks_like_s1_scene, open_s1_scene, "s1_scene",
-        lambda prefix, first: f"second scene with prefix {prefix}", inputs.skipped)
+        config.s1, looks_like_s1_scene, lambda path: open_s1_scene(path, config.s1_nodata, config.s1_values), "s1_scene",
+        inputs.skipped)
     return inputs
 
 

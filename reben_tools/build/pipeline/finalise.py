@@ -74,6 +74,7 @@ def finalise(out: Path, config: PipelineConfig, inputs: Inputs, done: list[Block
     tables, infos = [], []
     moments = BandMoments()
     dropped: Counter = Counter()
+    dropped_patches: list[dict] = []
     candidates = 0
     clc_issues: dict[int, tuple[str, str]] = {}
     for task in done:
@@ -82,6 +83,8 @@ def finalise(out: Path, config: PipelineConfig, inputs: Inputs, done: list[Block
         infos.append(read_shard_info(shards_dir / task.shard_name))
         moments = moments.merge(BandMoments.from_dict(meta["moments"]))
         dropped.update(meta["dropped"])
+        for reason, ids in meta.get("dropped_ids", {}).items():
+            dropped_patches.extend({"patch_id": pid, "reason": reason, "shard": task.shard_name} for pid in ids)
         candidates += meta["candidates"]
         for fid, code, reason in meta["clc_issues"]:
             clc_issues[int(fid)] = (code, reason)
@@ -110,7 +113,7 @@ def finalise(out: Path, config: PipelineConfig, inputs: Inputs, done: list[Block
     report = _write_report(out, inputs.skipped, [
         {"item": f"fid {fid}", "kind": "clc_polygon", "path": str(clc.path), "key": f"fid {fid}", "code": code, "reason": reason}
         for fid, (code, reason) in sorted(clc_issues.items())
-    ], summary, {"s1_max_gap_days": config.s1_max_gap_days})
+    ], summary, {"s1_max_gap_days": config.s1_max_gap_days}, dropped_patches)
     counts = {"patches": n, "metadata": clean, "flagged": flagged,
               **{f"split_{k}": v for k, v in summary["per_split"].items()},
               **{f"dropped_{k}": v for k, v in summary["dropped"].items()}}
@@ -134,10 +137,13 @@ def _write_empty_metadata(out: Path) -> tuple[int, int]:
     return 0, 0
 
 
-def _write_report(out: Path, skipped: list[dict], issues: list[dict], summary: dict, settings: dict) -> dict:
+def _write_report(out: Path, skipped: list[dict], issues: list[dict], summary: dict, settings: dict,
+                  dropped: list[dict] | None = None) -> dict:
+    """``report.json``: skipped inputs, the id and reason of every dropped patch, CORINE issues, counts."""
     counts = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
     report = {"tool": TOOL_NAME,
               "skipped": sorted(skipped, key=lambda s: (s["item"], str(s.get("path")), str(s.get("key")))),
+              "dropped": sorted(dropped or [], key=lambda d: d["patch_id"]),
               "counts": counts, "clc_issues": issues, "summary": summary, "settings": settings}
     write_json_atomic(out / REPORT_FILE, report)
     return report
