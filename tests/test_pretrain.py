@@ -31,12 +31,7 @@ from reben_tools.learn.pretrain import PretrainConfig, pretrain, read_init
 COUNTS = {"train": 16, "validation": 8, "test": 8}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,7 @@ from reben_tools.splits.subsets import fraction_indices
 DIM = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine's 2 cores are shared: OpenMP/BLAS thread pools then spin (t-SNE 20x slower)."""
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic(n: int = 240, dim: int = DIM, seed: int = 0, noise: float = 0.5):

@@ -34,13 +34,7 @@ SMALL = dict(stem_width=4, widths=(4, 8, 8, 16))
 """resnet_micro narrowed further: a step of 16 samples takes ~30 ms on one core."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The test machine's 2 cores are shared; torch's 2 intra-op threads then slow down tenfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -36,12 +36,7 @@ COUNTS = {"train": 32, "validation": 16, "test": 16}
 SMALL = dict(stem_width=4, widths=(4, 8, 8, 16))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
