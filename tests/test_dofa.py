@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from reben_tools.learn.dofa import DOFA_CONFIGS, DOFAEncoder, layer_index, load_dofa, load_dofa_state
-from reben_tools.learn.wavelengths import CENTRAL_WAVELENGTH_UM, wavelengths_for
+from reben_tools.format.bands import CENTRAL_WAVELENGTH_UM, wavelengths_for
 
 S2_UM = [0.443, 0.490, 0.560, 0.665, 0.705, 0.740, 0.783, 0.842, 0.865, 0.945, 1.610, 2.190]
 

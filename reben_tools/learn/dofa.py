@@ -9,9 +9,13 @@ convolution), the ViT after it, the configurations ``dofa_base_patch16``,
 interpolation or resizing to 224), loading checkpoints in DOFA's published
 layout, and the layer index used for layer-wise lr decay.
 
-Does not own: the wavelength table (:mod:`reben_tools.learn.wavelengths`), data
-loading, normalisation statistics, training, the ``load_encoder`` registry or CLI
-commands. Imports torch and :mod:`.wavelengths` only.
+Does not own: the wavelength table (``reben_tools.format.bands``), data loading,
+normalisation statistics, training, the ``load_encoder`` registry (``learn.encoders``)
+or CLI commands.
+
+May import: torch; reben_tools.format.bands; reben_tools.learn.blocks (the shared
+attention and stochastic depth; the block itself is DOFA's own, since the published
+MLP names are ``mlp.fc1`` / ``mlp.fc2``).
 
 Parameter names and shapes follow the published checkpoints
 (``DOFA_ViT_base_e100.pth`` / ``DOFA_ViT_large_e100.pth`` of github.com/zhu-xlab/DOFA,
@@ -31,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .wavelengths import wavelengths_for
+from reben_tools.format.bands import wavelengths_for
+from reben_tools.learn.blocks import Attention, DropPath, drop_path_rates
 
 INPUT_MODES = ("interpolate", "resize")
 """How a side other than the configured ``img_size`` is handled: interpolate the
@@ -268,20 +273,6 @@ class DynamicPatchEmbed(nn.Module):
 # --------------------------------------------------------------------------- ViT
 
 
-class _Attention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
-
-
 class _Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -298,20 +289,14 @@ class _Block(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=VIT_LN_EPS)
-        self.attn = _Attention(dim, heads)
+        self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, eps=VIT_LN_EPS)
         self.mlp = _Mlp(dim, int(dim * mlp_ratio))
-        self.drop_path = drop_path
-
-    def _branch(self, y: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.drop_path == 0.0:
-            return y
-        keep = 1.0 - self.drop_path
-        return y * y.new_empty((y.shape[0], 1, 1)).bernoulli_(keep) / keep
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self._branch(self.attn(self.norm1(x)))
-        return x + self._branch(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class DOFAEncoder(nn.Module):
@@ -341,7 +326,7 @@ class DOFAEncoder(nn.Module):
         grid = cfg.img_size // cfg.patch_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.pos_embed = nn.Parameter(sincos_2d_grid(cfg.embed_dim, grid)[None], requires_grad=False)
-        rates = [drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        rates = drop_path_rates(drop_path, cfg.depth)
         self.blocks = nn.ModuleList([_Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, r) for r in rates])
         self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=VIT_LN_EPS)
         nn.init.normal_(self.cls_token, std=0.02)
