@@ -6,8 +6,8 @@ wavelength, a residual MLP, a one-layer transformer weight generator with
 learnable weight and bias tokens, per-band kernels applied as a strided
 convolution), the ViT after it, the configurations ``dofa_base_patch16``,
 ``dofa_large_patch16`` and ``dofa_micro``, 120x120 support (position-embedding
-interpolation or resizing to 224), loading checkpoints in DOFA's published
-layout, and the layer index used for layer-wise lr decay.
+interpolation or resizing to 224), and loading checkpoints in DOFA's published
+layout.
 
 Does not own: the wavelength table (``reben_tools.format.bands``), data loading,
 normalisation statistics, training, the ``load_encoder`` registry (``learn.encoders``)
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reben_tools.format.bands import wavelengths_for
-from reben_tools.learn.blocks import Attention, DropPath, drop_path_rates
+from reben_tools.learn.blocks import Attention, DropPath, Encoder, drop_path_rates
 
 INPUT_MODES = ("interpolate", "resize")
 """How a side other than the configured ``img_size`` is handled: interpolate the
@@ -383,7 +383,7 @@ class DOFAEncoder(nn.Module):
         return self(x, wavelengths_for(bands))
 
 
-class DOFABandEncoder(nn.Module):
+class DOFABandEncoder(Encoder):
     """A DOFA encoder bound to one band list, so it fits the ``(B, C, H, W) -> (B, D)`` encoder API.
 
     The wavelengths (µm) are a non-persistent buffer; parameters live under ``dofa.`` so a
@@ -395,6 +395,7 @@ class DOFABandEncoder(nn.Module):
         self.dofa = encoder
         self.bands = tuple(bands)
         self.num_features = encoder.num_features
+        self.in_channels = len(self.bands)
         self.register_buffer("wavelengths_um", torch.tensor(wavelengths_for(self.bands)), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -409,6 +410,13 @@ def _unwrap(state: Mapping[str, object], source: str) -> Mapping[str, torch.Tens
         inner = state.get(key)
         if isinstance(inner, Mapping) and "cls_token" not in state:
             state = inner
+    if "cls_token" not in state:
+        # a reben train checkpoint of a DOFA classifier: take its one encoder's ``...dofa.`` sub-dict
+        prefixes = sorted({k[: -len("cls_token")] for k in state if k.endswith("dofa.cls_token")})
+        if len(prefixes) > 1:
+            raise ValueError(f"{source}: holds {len(prefixes)} DOFA encoders ({prefixes}); pass a single-encoder model")
+        if prefixes:
+            state = {k[len(prefixes[0]):]: v for k, v in state.items() if k.startswith(prefixes[0])}
     bad = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
     if bad is not None:
         raise ValueError(f"{source}: key {bad!r} is not a tensor; not a DOFA state dict")
@@ -418,7 +426,8 @@ def _unwrap(state: Mapping[str, object], source: str) -> Mapping[str, torch.Tens
 def load_dofa_state(model: DOFAEncoder, state: Mapping[str, object], source: str = "checkpoint") -> dict[str, list[str]]:
     """Load a state dict in DOFA's published layout into ``model``, strictly.
 
-    Every key of the model must be present except :data:`OPTIONAL_CHECKPOINT_KEYS`; every key of
+    Also accepted: the ``model`` state of a ``reben train`` checkpoint of a DOFA classifier
+    (its ``encoders.<group>.dofa.`` keys; the head is left out). Every key of the model must be present except :data:`OPTIONAL_CHECKPOINT_KEYS`; every key of
     the checkpoint must be a model key of the same shape or one of :data:`IGNORED_CHECKPOINT_KEYS`.
     A ``{"model": ...}`` / ``{"state_dict": ...}`` wrapper is unwrapped.
 
@@ -473,12 +482,47 @@ def load_dofa(name: str, path: str | Path, input_mode: str = "interpolate") -> D
     return model.eval()
 
 
-def layer_index(param_name: str, depth: int) -> int:
-    """Layer of a parameter for layer-wise lr decay: embeddings 0, block ``i`` is ``i + 1``,
-    everything after the blocks (``fc_norm``, a head) ``depth + 1``. Names may carry a prefix."""
-    parts = param_name.split(".")
-    if "blocks" in parts:
-        return int(parts[parts.index("blocks") + 1]) + 1
-    if any(p in ("patch_embed", "cls_token", "pos_embed") for p in parts):
-        return 0
-    return depth + 1
+SPEC_NAMES: dict[str, str] = {
+    "dofa_base": "dofa_base_patch16", "dofa_large": "dofa_large_patch16", "dofa_micro": "dofa_micro",
+    **{name: name for name in DOFA_CONFIGS},
+}
+"""Spec prefixes (``dofa_base:PATH``) and the configuration each loads into."""
+
+
+def parse_dofa_spec(spec: str) -> tuple[str, Path] | None:
+    """``"dofa_base:PATH"`` -> (``"dofa_base_patch16"``, PATH); ``None`` when ``spec`` is not a DOFA spec."""
+    kind, sep, path = spec.partition(":")
+    if not sep or kind not in SPEC_NAMES or not path:
+        return None
+    return SPEC_NAMES[kind], Path(path)
+
+
+def init_encoders(model: nn.Module, spec: str) -> int:
+    """Load the weights named by ``spec`` (``dofa_base:PATH`` ...) into every DOFA encoder of ``model``.
+
+    Returns:
+        the number of DOFA encoders initialised (one, or one per modality under late fusion).
+
+    Raises:
+        ValueError: ``spec`` is not a DOFA spec, the model has no DOFA encoder or one of another size,
+            or the checkpoint does not fit (the message names the key).
+        FileNotFoundError: the checkpoint file does not exist.
+    """
+    parsed = parse_dofa_spec(spec)
+    if parsed is None:
+        raise ValueError(f"{spec!r} is not a DOFA weight spec; expected dofa_base:PATH, dofa_large:PATH or dofa_micro:PATH")
+    name, path = parsed
+    targets = [m for m in model.modules() if isinstance(m, DOFAEncoder)]
+    if not targets:
+        raise ValueError(f"{spec}: the model has no DOFA encoder to start from these weights (use --model {name})")
+    other = next((m.name for m in targets if m.name != name), None)
+    if other is not None:
+        raise ValueError(f"{spec}: weights for {name}, but the model is {other}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such DOFA checkpoint")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    for target in targets:
+        load_dofa_state(target, state, source=str(path))
+    return len(targets)
