@@ -145,6 +145,13 @@ def stage_speed(archive: Path, work: Path, batch: int, repeats: int) -> dict:
     return out
 
 
+def band_robustness(probes: dict) -> dict:
+    """Test AP macro side by side: ``{model: {probe: {band group: AP}}}``."""
+    return {label: {kind: {group: probes[label][group][kind]["average_precision_macro"] for group in GROUPS}
+                    for kind in probes[label][GROUPS[0]]}
+            for label in ("fine_tuned", "random_init")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--archive", type=Path, required=True)
@@ -165,6 +172,7 @@ def main() -> None:
     runs = stage_train(args.archive, args.work, args.epochs)
     if "probe" in args.stages:
         record["probes"] = stage_probe(args.archive, args.work, runs)
+        record["band_robustness_ap_macro"] = band_robustness(record["probes"])
     if "speed" in args.stages:
         record["embed_throughput_dofa_base_cpu"] = stage_speed(args.archive, args.work, args.speed_batch,
                                                                args.speed_repeats)
