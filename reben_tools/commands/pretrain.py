@@ -75,10 +75,11 @@ def pretrain(
 
 def embed(
     archive: Path = typer.Option(..., "--archive", help="Archive directory."),
-    encoder: str = typer.Option(..., "--encoder", help="croma_base:PATH, croma_large:PATH (published-layout CROMA weights), or a reben pretrain / reben train run directory."),
+    encoder: str = typer.Option(..., "--encoder", help="croma_base:PATH, croma_large:PATH (published-layout CROMA weights), dofa_base:PATH, dofa_large:PATH (published-layout DOFA weights, or a DOFA reben train checkpoint), or a reben pretrain / reben train run directory."),
     out: Path = typer.Option(..., "--out", callback=guarded_output, help="Parquet file: patch_id, split, labels, s1, s2, joint."),
     split: Optional[str] = typer.Option(None, "--split", help="train, validation or test (default: all patches)."),
-    bands: Optional[str] = typer.Option(None, "--bands", help="Modalities to embed: S1, S2 or ALL (default: all the encoder reads)."),
+    bands: Optional[str] = typer.Option(None, "--bands", help="Modalities to embed: S1, S2 or ALL (default: all the encoder reads); DOFA encoders take any band group or comma-separated list."),
+    input_mode: Optional[str] = typer.Option(None, "--input-mode", help="DOFA encoders: interpolate (position embeddings resized to the 120x120 patch grid; default) or resize (inputs resized to 224)."),
     batch_size: int = typer.Option(64, "--batch-size"),
     device: str = typer.Option("auto", "--device", help="cuda, cpu or auto (GPU when there is one)."),
     precision: str = typer.Option("auto", "--precision", help="bf16 or fp32 (auto: bf16 on GPU)."),
@@ -93,6 +94,12 @@ def embed(
     band_arg = [b.strip() for b in bands.split(",")] if bands and "," in bands else bands
     try:
         module = load_encoder(encoder)
+        if input_mode is not None:
+            if not hasattr(module, "use_bands"):
+                raise EncoderError(f"{encoder}: --input-mode applies to DOFA encoders only")
+            if input_mode not in ("interpolate", "resize"):
+                raise EncoderError(f"unknown --input-mode {input_mode!r}; expected interpolate or resize")
+            module.model.input_mode = input_mode
         summary = embed_archive(archive, module, out, split=split, bands=band_arg, batch_size=batch_size,
                                 device=device, precision=precision, workers=workers, progress=not quiet)
     except (TrainingError, EncoderError) as exc:

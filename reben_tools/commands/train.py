@@ -18,7 +18,10 @@ def train(
     archive: Optional[Path] = typer.Option(None, "--archive", help="Archive directory (manifest.json, shards/, metadata); with --resume, default: the run's."),
     out: Path = typer.Option(..., "--out", callback=guarded_output, help="Run directory: checkpoints/, metrics.json, curves.png, test/."),
     bands: Optional[str] = typer.Option(None, "--bands", help="Band group (S1, 10m_20m, S1_10m_20m, ALL ...) or comma-separated bands."),
-    model: Optional[str] = typer.Option(None, "--model", help="resnet50, resnet18, resnet_micro, vit_base_patch8, convnextv2_base, mixer_base_patch16, ... or timm:NAME."),
+    model: Optional[str] = typer.Option(None, "--model", help="resnet50, resnet18, resnet_micro, vit_base_patch8, convnextv2_base, mixer_base_patch16, dofa_base_patch16, dofa_micro ... or timm:NAME."),
+    init: Optional[str] = typer.Option(None, "--init", help="Start the encoder from published weights: dofa_base:PATH, dofa_large:PATH, dofa_micro:PATH (a DOFA-layout checkpoint or a reben train checkpoint of a DOFA model)."),
+    layer_decay: Optional[float] = typer.Option(None, "--layer-decay", help="Layer-wise lr decay for transformers (e.g. 0.75): block i of L gets lr * decay^(L - i); off by default."),
+    input_mode: Optional[str] = typer.Option(None, "--input-mode", help="DOFA models: interpolate (default: position embeddings resized to the 120x120 patch grid) or resize (inputs resized to 224)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs (default 100)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch, split over torchrun processes (default 512)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 1e-3)."),
@@ -65,9 +68,11 @@ def train(
         "weight_decay": weight_decay, "dropout": dropout, "drop_path": drop_path, "warmup_steps": warmup_steps,
         "patience": patience, "fusion": fusion, "seed": seed, "class_order": class_order,
         "flips": False if no_flips else None, "include_snow_cloud": True if include_snow_cloud else None,
-        "model_kwargs": {"patch_size": patch_size} if patch_size is not None else None,
         "mix": mix, "mix_prob": mix_prob, "mix_area": area,
         "train_fraction": train_fraction, "subset_seed": subset_seed,
+        "model_kwargs": ({"patch_size": patch_size} if patch_size is not None else {})
+        | ({"input_mode": input_mode} if input_mode is not None else {}) or None,
+        "init": init, "layer_decay": layer_decay,
     }
     if train_fraction is not None and not 0.0 < train_fraction <= 1.0:
         typer.echo(f"error: --train-fraction must be in (0, 1], got {train_fraction}", err=True)

@@ -4,14 +4,16 @@ Facts from reBEN: its 12 Sentinel-2 bands at 10/20/60 m, Sentinel-1 VV/VH at 10 
 band groups its users name and the train-split statistics it published. Everything here is a constant
 table or a pure function over one: no I/O.
 
-Owns: the band table (:data:`ALL_BANDS`, S1/S2 bands, patch size), band groups and the
-published normalisation statistics.
+Owns: the band table (:data:`ALL_BANDS`, S1/S2 bands, patch size), band groups, the
+published normalisation statistics, and each band's central wavelength with its source
+(:data:`CENTRAL_WAVELENGTH_UM`, used by every wavelength-conditioned model such as DOFA).
 Does not own: reading or encoding band values (``format.codec``, ``release``, ``build``).
 May import: numpy and the standard library only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,3 +150,65 @@ def normalisation_arrays(
     mean = np.array([stats[b][0] for b in bands], dtype=np.float32)
     std = np.array([stats[b][1] for b in bands], dtype=np.float32)
     return mean, std
+
+
+# --------------------------------------------------------------------------- central wavelengths
+#
+# Sentinel-2 L2A: the nominal central wavelengths of the MSI bands in ESA's Sentinel-2 User
+# Handbook (Sentinel-2A, rounded to 1 nm: B02 490 nm, B8A 865 nm, B12 2190 nm ...). They are
+# also, digit for digit, the values DOFA's published code feeds its Sentinel-2 inputs
+# (0.443 ... 2.19 um), so published DOFA weights see the wavelengths they were trained with.
+#
+# Sentinel-1 VV and VH: DOFA's published code (README demo of github.com/zhu-xlab/DOFA and its
+# pretraining wavelength lists) passes 5.405 for both polarisations. That number is the C-band
+# centre *frequency* in GHz, not the physical wavelength (about 5.55 cm); it is a convention,
+# kept so published weights receive the value they were trained on. VV and VH share it, so a
+# DOFA patch embedding generates the same kernel for both.
+
+S2_CENTRAL_WAVELENGTH_UM: dict[str, float] = {
+    "B01": 0.443, "B02": 0.490, "B03": 0.560, "B04": 0.665, "B05": 0.705,
+    "B06": 0.740, "B07": 0.783, "B08": 0.842, "B8A": 0.865, "B09": 0.945,
+    "B11": 1.610, "B12": 2.190,
+}
+"""Sentinel-2 L2A bands, micrometres (ESA Sentinel-2 User Handbook, S2A nominal)."""
+
+S1_DOFA_WAVELENGTH_UM: dict[str, float] = {"VV": 5.405, "VH": 5.405}
+"""Sentinel-1 polarisations in DOFA's SAR convention (the C-band centre frequency, GHz)."""
+
+CENTRAL_WAVELENGTH_UM: dict[str, float] = {**S1_DOFA_WAVELENGTH_UM, **S2_CENTRAL_WAVELENGTH_UM}
+"""Every archive band's central wavelength, micrometres, in :data:`ALL_BANDS` order."""
+
+WAVELENGTH_SOURCE: dict[str, str] = {
+    **{b: "ESA Sentinel-2 User Handbook, S2A nominal central wavelength" for b in S2_CENTRAL_WAVELENGTH_UM},
+    **{b: "DOFA published code: Sentinel-1 SAR passed as 5.405 (C-band GHz)" for b in S1_DOFA_WAVELENGTH_UM},
+}
+"""Where each value of :data:`CENTRAL_WAVELENGTH_UM` comes from."""
+
+BANDS_WITHOUT_WAVELENGTH: dict[str, str] = {
+    SCL_BAND.name: "the L2A scene classification layer is a class map, not a spectral band",
+}
+"""Band names the tooling knows that have no central wavelength, and why."""
+
+
+def wavelengths_for(bands: Sequence[str]) -> tuple[float, ...]:
+    """The central wavelengths, micrometres, of ``bands`` in their order.
+
+    Args:
+        bands: band names as the archive stores them (``"B04"``, ``"VV"``).
+
+    Returns:
+        one float per band (DOFA's 5.405 convention for VV/VH).
+
+    Raises:
+        ValueError: the list is empty, or a band is unknown or has no wavelength (``SCL``);
+            the message names the band.
+    """
+    names = list(bands)
+    if not names:
+        raise ValueError("band list is empty: a wavelength-conditioned encoder needs at least one band")
+    for band in names:
+        if band in BANDS_WITHOUT_WAVELENGTH:
+            raise ValueError(f"band {band!r} has no central wavelength ({BANDS_WITHOUT_WAVELENGTH[band]})")
+        if band not in CENTRAL_WAVELENGTH_UM:
+            raise ValueError(f"unknown band {band!r}: no central wavelength; known bands: {list(CENTRAL_WAVELENGTH_UM)}")
+    return tuple(CENTRAL_WAVELENGTH_UM[b] for b in names)

@@ -35,6 +35,10 @@ class StoppedByPeer(TrainingError):
 class TrainConfig:
     """Everything that defines a training run.
 
+    ``init`` names published encoder weights the model starts from (``dofa_base:PATH``);
+    ``layer_decay`` turns on layer-wise lr decay (each block below the head gets ``lr`` times
+    ``layer_decay`` per layer, see :func:`reben_tools.learn.schedule.layer_decay_multipliers`).
+
     Fields in :data:`TRAJECTORY_FIELDS` determine the sequence of weights; a resumed run
     keeps them from its checkpoint (passing a different value is an error). The others
     (``max_steps``, ``workers``, ``device`` ...) may change between a run and its resumption.
@@ -65,6 +69,8 @@ class TrainConfig:
     mix: str = "none"
     mix_prob: float = 0.5
     mix_area: tuple[float, float] = (0.1, 0.5)
+    init: str | None = None
+    layer_decay: float | None = None
     # free to change between a run and its resumption
     device: str = "auto"
     precision: str = "auto"
@@ -85,6 +91,7 @@ TRAJECTORY_FIELDS = (
     "min_lr_factor", "patience", "fusion", "seed", "flips", "class_order", "include_snow_cloud", "model_kwargs",
     "mix", "mix_prob", "mix_area",
     "train_fraction", "subset_seed",
+    "init", "layer_decay",
 )
 DEFAULTS = {
     f.name: f.default if f.default is not MISSING else f.default_factory()

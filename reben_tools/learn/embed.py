@@ -51,8 +51,13 @@ def modalities_for(encoder, bands: str | list[str] | None) -> tuple[bool, bool]:
     Raises:
         TrainingError: the bands name a modality only partly, or one the encoder does not read.
     """
+    if bands is not None and hasattr(encoder, "use_bands"):  # any-band encoders (DOFA) take any band list
+        try:
+            encoder.use_bands(bands)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
     spec = encoder.input
-    if bands is None:
+    if bands is None or hasattr(encoder, "use_bands"):
         return bool(spec.s1_bands), bool(spec.s2_bands)
     try:
         names = set(resolve_bands(bands))

@@ -3,7 +3,9 @@
 A spec is ``PREFIX:PATH`` for a registered prefix (``croma_base``, ``croma_large``,
 ``croma_micro``: a checkpoint in CROMA's published layout, or a ``reben pretrain``
 checkpoint), or a run directory (``reben pretrain`` or ``reben train``) or checkpoint file.
-Other encoder families (e.g. DOFA) add prefixes with :func:`register_encoder`.
+``dofa_base``, ``dofa_large``, ``dofa_micro``: a checkpoint in DOFA's published layout or a
+``reben train`` checkpoint of a DOFA classifier; it embeds any band list
+(:meth:`DofaEncoder.use_bands`). Other families add prefixes with :func:`register_encoder`.
 
 Every encoder is a torch module with
 
@@ -16,24 +18,26 @@ Every encoder is a torch module with
   deliver) into exactly that;
 * ``name``, ``dim``, ``spec`` and ``describe()`` (what the embeddings file records).
 
-Owns: InputSpec, CromaEncoder, ClassifierEncoder, register_encoder, load_encoder.
-Does not own: the networks (croma.py, models.py), reading archives or writing embeddings (embed.py).
-May import: torch; reben_tools.format; reben_tools.learn.croma, .checkpoints.
+Owns: InputSpec, CromaEncoder, DofaEncoder, ClassifierEncoder, register_encoder, load_encoder.
+Does not own: the networks (croma.py, dofa.py, models.py), reading archives or writing embeddings (embed.py).
+May import: torch; reben_tools.format; reben_tools.learn.croma, .dofa, .checkpoints.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from reben_tools.format.bands import ALL_BANDS, BAND_GROUPS, PUBLISHED_STATISTICS
-from reben_tools.learn.checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint
+from reben_tools.format.bands import ALL_BANDS, BAND_GROUPS, PUBLISHED_STATISTICS, resolve_bands, wavelengths_for
+from reben_tools.learn.checkpoints import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, model_from_checkpoint
 from reben_tools.learn.croma import CONFIGS, CROMA, CheckpointLayoutError, config_from_dict, croma_scale, load_published
+from reben_tools.learn.dofa import SPEC_NAMES as DOFA_SPEC_NAMES
+from reben_tools.learn.dofa import DOFAEncoder, load_dofa_state
 
 S1 = BAND_GROUPS["S1"]
 S2 = BAND_GROUPS["S2"]
@@ -186,7 +190,95 @@ def _croma_loader(name: str) -> Callable[[str, str], CromaEncoder]:
     return load
 
 
+class DofaEncoder(nn.Module):
+    """A frozen DOFA model: one pooled embedding for whatever bands it is given.
+
+    :meth:`use_bands` picks the bands (any of the 14 with a wavelength, in any order; default
+    ``ALL``). :meth:`embed` returns ``"s1"`` (the chosen S1 bands alone), ``"s2"`` (the chosen S2
+    bands alone) and ``"joint"`` (all chosen bands of the modalities passed, in one pass), each
+    float32 (B, D); a key is absent when its modality has no chosen band or was not passed. With
+    one modality's bands only, ``"joint"`` is that modality's embedding. Inputs are bands z-scored
+    with reBEN's published statistics, as ``reben train`` feeds them (see docs/dofa.md).
+    """
+
+    def __init__(self, model: DOFAEncoder, spec: str, source: str, bands: str | Sequence[str] = "ALL") -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.spec = spec
+        self.source = source
+        self.name = model.name
+        self.dim = model.num_features
+        self.use_bands(bands)
+
+    def use_bands(self, bands: str | Sequence[str]) -> None:
+        """Embed ``bands`` from now on: a band group (``S2``, ``RGB``, ``ALL`` ...), a band name or a list.
+
+        Raises:
+            EncoderError: an unknown band, one without a central wavelength (named), or a repeat.
+        """
+        names = BAND_GROUPS[bands] if isinstance(bands, str) and bands in BAND_GROUPS else (
+            (bands,) if isinstance(bands, str) else tuple(bands))
+        try:
+            wavelengths_for(names)
+            names = resolve_bands(list(names))
+        except ValueError as exc:
+            raise EncoderError(f"{self.spec}: {exc}") from None
+        self.bands = names
+        self._groups = {"s1": tuple(b for b in names if ALL_BANDS[b].modality == "S1"),
+                        "s2": tuple(b for b in names if ALL_BANDS[b].modality == "S2")}
+        self.input = InputSpec(S1 if self._groups["s1"] else (), S2 if self._groups["s2"] else (), scaling="zscore")
+
+    def embed(self, s1: Tensor | None = None, s2: Tensor | None = None) -> dict[str, Tensor]:
+        """Pooled DOFA embeddings of the chosen bands (see the class docstring).
+
+        Args:
+            s1: float32 (B, 2, H, W) VV, VH, or None; s2: float32 (B, 12, H, W) in ESA order, or None.
+        """
+        channels: dict[str, Tensor] = {}
+        if s1 is not None:
+            channels.update({b: s1[:, S1.index(b)] for b in self._groups["s1"]})
+        if s2 is not None:
+            channels.update({b: s2[:, S2.index(b)] for b in self._groups["s2"]})
+        if not channels:
+            raise ValueError(f"{self.spec}: pass s1 and/or s2 holding the chosen bands {list(self.bands)}")
+        out = {key: self._run(group, channels) for key, group in self._groups.items()
+               if group and all(b in channels for b in group)}
+        given = [b for b in self.bands if b in channels]
+        same = [key for key, group in self._groups.items() if key in out and set(group) == set(given)]
+        out["joint"] = out[same[0]] if same else self._run(given, channels)
+        return out
+
+    def _run(self, bands: Sequence[str], channels: dict[str, Tensor]) -> Tensor:
+        return self.model(torch.stack([channels[b] for b in bands], dim=1), wavelengths_for(bands))
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "family": "dofa", "model": self.name, "dim": self.dim, "checkpoint": self.source,
+                "input_mode": self.model.input_mode, "bands": {"model": list(self.bands)},
+                "wavelengths_um": dict(zip(self.bands, wavelengths_for(self.bands))), "input": self.input.to_dict()}
+
+
+def _dofa_loader(prefix: str) -> Callable[[str, str], DofaEncoder]:
+    def load(path: str, spec: str) -> DofaEncoder:
+        state = _torch_load(path)
+        name = DOFA_SPEC_NAMES[prefix]
+        input_mode = "interpolate"
+        if state.get("format") == CHECKPOINT_FORMAT:  # a reben train checkpoint of a DOFA classifier
+            config = state.get("model_config") or {}
+            if config.get("name") != name:
+                raise EncoderError(f"{path}: checkpoint holds a {config.get('name')} classifier, not the {name} "
+                                   f"the spec names")
+            input_mode = (config.get("kwargs") or {}).get("input_mode", input_mode)
+        model = DOFAEncoder(name, input_mode=input_mode)
+        try:
+            load_dofa_state(model, state, path)
+        except ValueError as exc:
+            raise EncoderError(str(exc)) from None
+        return DofaEncoder(model, spec, path)
+    return load
+
+
 _LOADERS: dict[str, Callable[[str, str], nn.Module]] = {name: _croma_loader(name) for name in CONFIGS}
+_LOADERS.update({prefix: _dofa_loader(prefix) for prefix in DOFA_SPEC_NAMES})
 
 
 def register_encoder(prefix: str, loader: Callable[[str, str], nn.Module]) -> None:

@@ -79,10 +79,27 @@ from reben_tools.learn.loaders import (
 )
 from reben_tools.learn.mixing import MIX_MODES, parse_area_range
 from reben_tools.learn.metrics import HEADLINE_METRICS, multilabel_metrics, plot_per_class
+from reben_tools.learn.dofa import init_encoders
 from reben_tools.learn.models import build_model
 from reben_tools.learn.plots import plot_curves
 from reben_tools.learn.rundir import BEST_CHECKPOINT, LAST_CHECKPOINT, write_run_metrics
-from reben_tools.learn.schedule import effective_warmup, lr_factor
+from reben_tools.learn.schedule import effective_warmup, layer_decay_multipliers, lr_factor
+
+
+def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """Trainable parameters as AdamW groups: one group, or one per lr multiplier under layer-wise decay
+    (largest first, so the logged lr is the head's)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if config.layer_decay is None:
+        return [{"params": [p for _, p in named]}]
+    try:
+        multiplier = layer_decay_multipliers([n for n, _ in named], config.layer_decay)
+    except ValueError as exc:
+        raise TrainingError(f"--layer-decay: {exc}") from None
+    groups: dict[float, list] = {}
+    for n, p in named:
+        groups.setdefault(multiplier[n], []).append(p)
+    return [{"params": ps, "lr": config.lr * m} for m, ps in sorted(groups.items(), reverse=True)]
 
 SYNC_EVERY = 50
 """On GPUs, steps between reading the losses back to the host (checks, progress bar)."""
@@ -260,7 +277,12 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
     batchnorm = "sync" if any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()) else "per_process"
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if state is None and config.init:
+        try:
+            init_encoders(model, config.init)
+        except (ValueError, FileNotFoundError) as exc:
+            raise TrainingError(f"--init: {exc}") from None
+    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup, total_steps, config.min_lr_factor)
     )

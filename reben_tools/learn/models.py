@@ -12,7 +12,7 @@ Fusion of modalities (:func:`build_model`, ``fusion=``):
 
 Owns: FUSIONS, ReBENClassifier, build_model, build_model_from_config.
 Does not own: encoders and their names (backbones.py), building blocks (blocks.py), checkpoints (checkpoints.py).
-May import: torch; reben_tools.format; reben_tools.learn.blocks, .encoders.
+May import: torch; reben_tools.format; reben_tools.learn.blocks, .backbones, .dofa.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from reben_tools.format.bands import ALL_BANDS, resolve_bands
 from reben_tools.format.labels import NUM_CLASSES
 from reben_tools.learn.blocks import Encoder
 from reben_tools.learn.backbones import build_encoder
+from reben_tools.learn.dofa import DOFA_CONFIGS, DOFABandEncoder, DOFAEncoder
 
 FUSIONS = ("early", "late")
 
@@ -87,7 +88,10 @@ def build_model(
     """A classifier for ``bands`` (a band group such as ``"S1_10m_20m"`` or a band list).
 
     Args:
-        name: model name (see :func:`model_names`) or ``timm:NAME``.
+        name: model name (see :func:`model_names`), ``timm:NAME``, or a DOFA configuration
+            (``dofa_base_patch16``, ``dofa_large_patch16``, ``dofa_micro``), which takes any band
+            list and generates its patch kernels from the bands' wavelengths (bands required;
+            ``input_mode=`` in ``kwargs`` picks position-embedding interpolation or resize-to-224).
         bands: band group or band names; their order is the input channel order. Required for
             late fusion; for early fusion ``in_channels`` may be given instead.
         num_classes: number of outputs (19 for reBEN).
@@ -113,8 +117,16 @@ def build_model(
         name=name, bands=list(band_names) if band_names else None, in_channels=channels,
         num_classes=num_classes, fusion=fusion, dropout=dropout, drop_path=drop_path, kwargs=dict(kwargs),
     )
+    if name in DOFA_CONFIGS and band_names is None:
+        raise ValueError(f"{name} needs band names, not a channel count: its patch kernels come from the wavelengths")
+
+    def encoder_for(subset: Sequence[str] | None, count: int) -> Encoder:
+        if name in DOFA_CONFIGS:
+            return DOFABandEncoder(DOFAEncoder(name, drop_path=drop_path, **kwargs), subset)
+        return build_encoder(name, count, drop_path=drop_path, **kwargs)
+
     if fusion == "early":
-        encoders = {"all": build_encoder(name, channels, drop_path=drop_path, **kwargs)}
+        encoders = {"all": encoder_for(band_names, channels)}
         return ReBENClassifier(encoders, None, num_classes, dropout, config)
     if band_names is None:
         raise ValueError("late fusion needs band names (to know which channels are S1 and which S2)")
@@ -126,7 +138,7 @@ def build_model(
             f"late fusion needs bands of both S1 and S2, but {list(band_names)} are all "
             f"{next(iter(groups))}; use fusion='early' or a band group such as S1_10m_20m"
         )
-    encoders = {mod: build_encoder(name, len(idx), drop_path=drop_path, **kwargs) for mod, idx in groups.items()}
+    encoders = {mod: encoder_for([band_names[i] for i in idx], len(idx)) for mod, idx in groups.items()}
     return ReBENClassifier(encoders, groups, num_classes, dropout, config)
 
 
