@@ -147,3 +147,19 @@ def test_per_class_figure_keeps_every_class_name_whole():
     shown = [t.get_text().replace("\n", " ") for t in figure.axes[0].get_yticklabels()]
     names = list(metrics["per_class"])
     assert shown == [n + (" (no positives)" if i == 5 else "") for i, n in enumerate(names)]
+
+
+def test_embedding_map_names_every_class_in_full_and_its_text_is_readable():
+    """Each panel title holds the whole class name (the longest has 85 characters), wrapped, not cut."""
+    from reben_tools.learn.embedding_map import embedding_map_figure
+
+    rng = np.random.default_rng(0)
+    names = class_names("alphabetical")
+    labels = (rng.random((60, len(names))) < 0.3).astype(np.uint8)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    figure, summary = embedding_map_figure(x, labels, [f"p{i:03d}" for i in range(60)], method="tsne")
+    titles = [" ".join(ax.get_title().split()) for ax in figure.axes if ax.get_title()]
+    assert len(titles) == len(names) == len(summary["classes"])
+    for name, title in zip(names, titles):
+        assert title.startswith(name), (name, title)
+    assert_readable(figure)

@@ -73,14 +73,31 @@ def knn_purity(xy: np.ndarray, positive: np.ndarray, k: int = NEIGHBOURS) -> flo
 
 def draw_embedding_map(x: np.ndarray, labels: np.ndarray, patch_ids: list[str], path: Path, max_points: int = 3000,
                        seed: int = 0, title: str = "", method: str = "auto") -> dict:
-    """Project ``x`` and draw the one-vs-rest panels to ``path`` (PNG).
-
-    Args:
-        x: (N, D) embeddings; labels: (N, 19) 0/1 in alphabetical class order; patch_ids: N ids
-            (the subsample draw depends on them).
+    """Project ``x`` and draw the one-vs-rest panels to ``path`` (PNG); see :func:`embedding_map_figure`.
 
     Returns:
         ``{"method", "points", "classes": {name: {"positives", "knn", "base"}}}``.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, summary = embedding_map_figure(x, labels, patch_ids, max_points, seed, title, method)
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{uuid.uuid4().hex}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return summary
+
+
+def embedding_map_figure(x: np.ndarray, labels: np.ndarray, patch_ids: list[str], max_points: int = 3000,
+                         seed: int = 0, title: str = "", method: str = "auto"):
+    """The embedding map as a Figure: a 2-D projection of ``x``, one panel per class, one-vs-rest.
+
+    Args:
+        x: (N, D) embeddings; labels: (N, 19) 0/1 in alphabetical class order; patch_ids: N ids
+            (the subsample draw of at most ``max_points`` depends on them).
+
+    Returns:
+        (matplotlib Figure, ``{"method", "points", "classes": {name: {"positives", "knn", "base"}}}``).
     """
     import matplotlib
 
@@ -96,7 +113,7 @@ def draw_embedding_map(x: np.ndarray, labels: np.ndarray, patch_ids: list[str], 
     summary: dict = {"method": used, "points": int(len(xy)), "classes": {}}
     cols = 5
     rows_n = int(np.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 3.3 * rows_n + 0.6))
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 3.5 * rows_n + 0.6))
     size = float(np.clip(3000.0 / max(1, len(xy)), 1.0, 12.0))
     for j, ax in enumerate(axes.ravel()):
         ax.set_xticks([])
@@ -110,7 +127,7 @@ def draw_embedding_map(x: np.ndarray, labels: np.ndarray, patch_ids: list[str], 
         purity = knn_purity(xy, pos)
         base = float(pos.mean()) if len(pos) else 0.0
         summary["classes"][names[j]] = {"positives": int(pos.sum()), "knn": purity, "base": base}
-        wrapped = "\n".join(textwrap.wrap(names[j], 30)[:2])
+        wrapped = "\n".join(textwrap.wrap(names[j], 36))
         stats = (f"n={int(pos.sum())}, kNN {purity:.2f} vs base {base:.2f}" if purity is not None
                  else "no positives among these points")
         ax.set_title(f"{wrapped}\n{stats}", fontsize=7.5)
@@ -118,8 +135,4 @@ def draw_embedding_map(x: np.ndarray, labels: np.ndarray, patch_ids: list[str], 
     fig.suptitle(f"{title or 'embedding map'}: {method_name} of {len(xy):,} points; red = class, grey = rest",
                  fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{uuid.uuid4().hex}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return summary
+    return fig, summary
