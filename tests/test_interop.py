@@ -4,6 +4,7 @@ sharing environments, empty metadata files, include_snowy / include_cloudy, and
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import lmdb
@@ -191,3 +192,19 @@ def test_batches_reuse_buffers_only_once_nothing_holds_them(archive_dir):
     out2 = native(nds.__getitems__([2, 3]).collated)
     assert out1.data_ptr() != out2.data_ptr()
     torch.testing.assert_close(out1, kept, rtol=0, atol=0)
+
+
+def test_training_takes_include_snowy_and_include_cloudy(archive_dir, patches, tmp_path):
+    """``reben train --include-snowy`` reads the snowy patch and not the cloudy one, and the run records both flags."""
+    from reben_tools.learn.loaders import open_dataset
+
+    snowy, cloudy = patches[SNOWY]["id"], patches[CLOUDY]["id"]
+    with open_dataset(archive_dir, ("VV", "VH"), include_snowy=True) as ds:
+        assert snowy in ds.patch_ids and cloudy not in ds.patch_ids
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--archive", str(archive_dir), "--bands", "S1", "--model", "resnet_micro",
+                                      "--out", str(out), "--epochs", "1", "--batch-size", "4", "--max-steps", "1",
+                                      "--workers", "0", "--device", "cpu", "--no-test", "--include-snowy", "-q"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["include_snowy"] is True and config["include_cloudy"] is None

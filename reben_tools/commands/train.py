@@ -39,6 +39,8 @@ def train(
     mix_area: Optional[str] = typer.Option(None, "--mix-area", help="Box area range as shares of the patch, low,high (default 0.1,0.5)."),
     class_order: Optional[str] = typer.Option(None, "--class-order", help="alphabetical (default) or original."),
     include_snow_cloud: bool = typer.Option(False, "--include-snow-cloud", help="Also use patches flagged for snow/cloud/shadow."),
+    include_snowy: bool = typer.Option(False, "--include-snowy", help="Also use patches flagged for seasonal snow (alone: not cloudy ones)."),
+    include_cloudy: bool = typer.Option(False, "--include-cloudy", help="Also use patches flagged for cloud/shadow (alone: not snowy ones)."),
     train_fraction: Optional[float] = typer.Option(None, "--train-fraction", help="Train on this stratified share of the train split, in (0, 1] (the rows of `reben subset --fraction F`)."),
     subset_seed: Optional[int] = typer.Option(None, "--subset-seed", help="Seed of the --train-fraction draw (default 0)."),
     device: str = typer.Option("auto", "--device", help="cuda, cpu or auto."),
@@ -68,6 +70,7 @@ def train(
         "weight_decay": weight_decay, "dropout": dropout, "drop_path": drop_path, "warmup_steps": warmup_steps,
         "patience": patience, "fusion": fusion, "seed": seed, "class_order": class_order,
         "flips": False if no_flips else None, "include_snow_cloud": True if include_snow_cloud else None,
+        "include_snowy": True if include_snowy else None, "include_cloudy": True if include_cloudy else None,
         "mix": mix, "mix_prob": mix_prob, "mix_area": area,
         "train_fraction": train_fraction, "subset_seed": subset_seed,
         "model_kwargs": ({"patch_size": patch_size} if patch_size is not None else {})

@@ -152,6 +152,8 @@ def checked_model(checkpoint: str | os.PathLike, model: str | None, bands,
 def split_config(archive: str, state: dict) -> TrainConfig:
     """A :class:`TrainConfig` describing how to read ``archive`` for the checkpoint ``state`` (bands, classes)."""
     cfg = state["model_config"]
+    stored = state.get("train_config", {})
     return TrainConfig(archive=str(archive), bands=cfg["bands"], model=cfg["name"], out="",
                        class_order=state["class_order"],
-                       include_snow_cloud=state.get("train_config", {}).get("include_snow_cloud", False))
+                       include_snow_cloud=stored.get("include_snow_cloud", False),
+                       include_snowy=stored.get("include_snowy"), include_cloudy=stored.get("include_cloudy"))

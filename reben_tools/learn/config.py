@@ -62,6 +62,10 @@ class TrainConfig:
     flips: bool = True
     class_order: str = "alphabetical"
     include_snow_cloud: bool = False
+    include_snowy: bool | None = None
+    """Keep patches flagged for seasonal snow (ConfigILM's flag); None = ``include_snow_cloud``."""
+    include_cloudy: bool | None = None
+    """Keep patches flagged for cloud or shadow (ConfigILM's flag); None = ``include_snow_cloud``."""
     train_fraction: float | None = None
     """Fit on this stratified share of the train split (``splits.subsets``); None = all of it."""
     subset_seed: int = 0
@@ -89,6 +93,7 @@ class TrainConfig:
 TRAJECTORY_FIELDS = (
     "bands", "model", "epochs", "batch_size", "lr", "weight_decay", "dropout", "drop_path", "warmup_steps",
     "min_lr_factor", "patience", "fusion", "seed", "flips", "class_order", "include_snow_cloud", "model_kwargs",
+    "include_snowy", "include_cloudy",
     "mix", "mix_prob", "mix_area",
     "train_fraction", "subset_seed",
     "init", "layer_decay",

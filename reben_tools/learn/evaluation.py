@@ -126,7 +126,8 @@ def evaluate(archive: str | os.PathLike, checkpoint: str | os.PathLike, split: s
         net = net.to(memory_format=torch.channels_last)
     config = split_config(str(archive), state)
     dataset = open_dataset(archive, tuple(state["model_config"]["bands"]), state["class_order"],
-                           config.include_snow_cloud)
+                           config.include_snow_cloud, include_snowy=config.include_snowy,
+                           include_cloudy=config.include_cloudy)
     try:
         indices = split_indices(dataset, split)
         workers = default_workers() if workers is None else workers

@@ -56,12 +56,14 @@ def archive_identity(archive: str | os.PathLike) -> str | None:
 
 def open_dataset(archive: str | os.PathLike, bands: tuple[str, ...], class_order: str = "alphabetical",
                  include_snow_cloud: bool = False, train_fraction: float | None = None,
-                 subset_seed: int = 0) -> ReBENDataset:
+                 subset_seed: int = 0, include_snowy: bool | None = None,
+                 include_cloudy: bool | None = None) -> ReBENDataset:
     """The native-resolution :class:`ReBENDataset` of all splits, checked to hold ``bands``.
 
     One dataset per process serves every split (through :func:`split_indices`): an LMDB
     environment can be open only once per process. ``train_fraction`` keeps that stratified
-    share of the train split (:class:`ReBENDataset`'s ``train_fraction``/``subset_seed``).
+    share of the train split (:class:`ReBENDataset`'s ``train_fraction``/``subset_seed``);
+    ``include_snowy`` / ``include_cloudy`` keep flagged patches as the dataset's flags do.
 
     Raises:
         TrainingError: the archive cannot be opened or lacks values for some of the bands
@@ -70,7 +72,8 @@ def open_dataset(archive: str | os.PathLike, bands: tuple[str, ...], class_order
     try:
         dataset = ReBENDataset(archive, split=None, bands=bands, include_snow_cloud=include_snow_cloud,
                                class_order=class_order, native=True, train_fraction=train_fraction,
-                               subset_seed=subset_seed)
+                               subset_seed=subset_seed, include_snowy=include_snowy,
+                               include_cloudy=include_cloudy)
     except (ArchiveError, ValueError, OSError) as exc:
         raise TrainingError(f"cannot read archive {archive}: {exc}") from None
     try:

@@ -254,7 +254,8 @@ def _train(config: TrainConfig, ctx: Distributed, resume: bool, given: set[str],
     random.seed(config.seed + ctx.rank)
 
     dataset = open_dataset(config.archive, bands, config.class_order, config.include_snow_cloud,
-                           train_fraction=config.train_fraction, subset_seed=config.subset_seed)
+                           train_fraction=config.train_fraction, subset_seed=config.subset_seed,
+                           include_snowy=config.include_snowy, include_cloudy=config.include_cloudy)
     cleanup.callback(dataset.archive.close)
     train_indices = split_indices(dataset, "train")
     mixer = None

@@ -196,7 +196,8 @@ def probe(archive: str | os.PathLike, checkpoint: str | os.PathLike | None = Non
     band_list = tuple(net.config["bands"])
     workers = default_workers() if workers is None else workers
     feats = {}
-    dataset = open_dataset(archive, band_list, config.class_order, config.include_snow_cloud)
+    dataset = open_dataset(archive, band_list, config.class_order, config.include_snow_cloud,
+                           include_snowy=config.include_snowy, include_cloudy=config.include_cloudy)
     try:
         ids = dataset.patch_ids
         for split in (train_split, test_split):
