@@ -8,7 +8,9 @@ On the demo archive (``reben demo``), in one process:
 
 For each encoder: linear-probe test macro AP (scikit-learn one-vs-rest LogisticRegression
 on the standardised frozen ``joint`` embeddings of the train split, scored on the test
-split with the project's ``multilabel_metrics``) and S1->S2 retrieval recall@1 on the test
+split with the project's ``multilabel_metrics``; the headline protocol, fixed before any run)
+and the same probe on ``s1``, ``s2`` and their concatenation with ``joint`` (``concat``),
+reported alongside, and S1->S2 retrieval recall@1 on the test
 split (cosine similarity of the pooled ``s1`` and ``s2`` embeddings; chance is 1/N).
 The pretraining throughput (samples/s, median over epochs) and data-wait share come from the
 run's own per-epoch records (``metrics.json``), as ``reben train`` reports them; the baseline,
@@ -59,19 +61,28 @@ def read_embeddings(path: Path) -> dict:
     return out
 
 
-def linear_probe_ap(emb: dict, seed: int = 0) -> float:
+PROBE_FEATURES = ("joint", "s1", "s2", "concat")
+"""Frozen features the linear probe is run on; ``joint`` is the headline, the rest are reported alongside."""
+
+
+def features(emb: dict, name: str) -> np.ndarray:
+    return np.concatenate([emb["s1"], emb["s2"], emb["joint"]], axis=1) if name == "concat" else emb[name]
+
+
+def linear_probe_ap(emb: dict, seed: int = 0, feature: str = "joint") -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.preprocessing import StandardScaler
 
     train, test = emb["split"] == "train", emb["split"] == "test"
-    scaler = StandardScaler().fit(emb["joint"][train])
+    x = features(emb, feature)
+    scaler = StandardScaler().fit(x[train])
     y = emb["labels"][train]
     keep = (y.sum(0) > 0) & (y.sum(0) < len(y))  # a class with one value in train cannot be fitted
     clf = OneVsRestClassifier(LogisticRegression(max_iter=2000, random_state=seed))
-    clf.fit(scaler.transform(emb["joint"][train]), y[:, keep])
+    clf.fit(scaler.transform(x[train]), y[:, keep])
     scores = np.full((int(test.sum()), y.shape[1]), -1e4, np.float64)
-    scores[:, keep] = clf.decision_function(scaler.transform(emb["joint"][test]))
+    scores[:, keep] = clf.decision_function(scaler.transform(x[test]))
     return float(multilabel_metrics(scores, emb["labels"][test])["average_precision_macro"])
 
 
@@ -108,7 +119,9 @@ def evaluate(archive: str, encoder, path: Path) -> dict:
     embed_archive(archive, encoder, path, workers=0, progress=False)
     emb = read_embeddings(path)
     r1, n = recall_at_1(emb)
-    return {"linear_probe_test_ap_macro": linear_probe_ap(emb), "s1_to_s2_recall_at_1": r1, "test_patches": n}
+    probes = {f"linear_probe_test_ap_macro_{f}": linear_probe_ap(emb, feature=f) for f in PROBE_FEATURES[1:]}
+    return {"linear_probe_test_ap_macro": linear_probe_ap(emb), **probes, "s1_to_s2_recall_at_1": r1,
+            "test_patches": n}
 
 
 def main() -> None:
@@ -117,6 +130,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup-steps", type=int, default=1000,
+                        help="linear warm-up steps (capped by the pretraining loop's effective_warmup)")
+    parser.add_argument("--keep-runs", default=None, help="keep the pretraining run directories here")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--random-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="benchmarks/pretrain.json")
@@ -127,7 +143,8 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "reben_tools.cli", "demo", "--out", demo, "--workers", "1",
                         "--no-progress"], check=True)
     results: dict = {"archive": args.archive, "budget": {"model": "croma_micro", "epochs": args.epochs,
-                                                           "batch_size": args.batch_size, "lr": args.lr},
+                                                           "batch_size": args.batch_size, "lr": args.lr,
+                                                           "warmup_steps": args.warmup_steps},
                      "random": [], "pretrained": []}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.random_seeds:
@@ -137,11 +154,11 @@ def main() -> None:
             results["random"].append({"seed": seed, **evaluate(args.archive, encoder, Path(tmp, f"r{seed}.parquet"))})
             print("random", results["random"][-1], flush=True)
         for seed in args.seeds:
-            run = Path(tmp, f"run{seed}")
+            run = Path(args.keep_runs or tmp, f"run{seed}")
             start = time.perf_counter()
             pretrain(PretrainConfig(archive=args.archive, model="croma_micro", out=str(run), epochs=args.epochs,
-                                    batch_size=args.batch_size, lr=args.lr, seed=seed, workers=0, progress=False,
-                                    device="cpu"))
+                                    batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, seed=seed,
+                                    workers=0, progress=False, device="cpu"))
             seconds = time.perf_counter() - start
             resident = resident_throughput(args.archive, args.batch_size, args.lr)
             history = json.loads((run / "metrics.json").read_text())["epochs"]
@@ -154,12 +171,18 @@ def main() -> None:
                 **evaluate(args.archive, load_encoder(str(run)), Path(tmp, f"p{seed}.parquet")),
             }
             results["pretrained"].append(record)
+            record["warmup_steps_used"] = json.loads((run / "config.json").read_text())["warmup_steps_used"]
             print("pretrained", {k: v for k, v in record.items() if not k.startswith("final")}, flush=True)
-    for key in ("linear_probe_test_ap_macro", "s1_to_s2_recall_at_1"):
+            Path(args.out).write_text(json.dumps(results, indent=2))  # partial results survive an interrupted run
+    keys = ["linear_probe_test_ap_macro", *(f"linear_probe_test_ap_macro_{f}" for f in PROBE_FEATURES[1:]),
+            "s1_to_s2_recall_at_1"]
+    for key in keys:
         rnd = [r[key] for r in results["random"]]
         pre = [r[key] for r in results["pretrained"]]
         results[f"margin_{key}"] = {"random_mean": statistics.mean(rnd), "random_max": max(rnd),
+                                    "random_stdev": statistics.pstdev(rnd),
                                     "pretrained_mean": statistics.mean(pre), "pretrained_min": min(pre),
+                                    "pretrained_stdev": statistics.pstdev(pre),
                                     "min_pretrained_minus_max_random": min(pre) - max(rnd)}
     results["chance_recall_at_1"] = 1 / results["random"][0]["test_patches"]
     results["torch_threads"] = torch.get_num_threads()
