@@ -4,7 +4,7 @@ A reader never sees a half-written file; an interrupted write leaves at most a
 ``.<name>.tmp-<uuid>`` file (see :func:`reben_tools.format.shards.remove_stale_temporaries`).
 
 Owns: :func:`replaced_atomically`, :func:`write_json_atomic`, :func:`write_parquet_atomic`,
-:func:`fsync_dir`.
+:func:`save_figure_atomic`, :func:`fsync_dir`.
 Does not own: what is written (archive layout, schemas: the other ``format`` modules).
 May import: the standard library and pyarrow.
 """
@@ -53,3 +53,14 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     """Write a parquet file through a temporary file and a rename."""
     with replaced_atomically(path) as tmp:
         pq.write_table(table, tmp)
+
+
+def save_figure_atomic(figure, path: Path, **savefig_options) -> None:
+    """Save a matplotlib Figure to ``path`` through a temporary file and a rename.
+
+    The image format follows ``path``'s suffix (PNG when it has none); ``savefig_options`` go
+    to ``Figure.savefig`` (e.g. ``dpi``). The caller still owns (and closes) the figure.
+    """
+    path = Path(path)
+    with replaced_atomically(path) as tmp:
+        figure.savefig(tmp, format=path.suffix.lstrip(".") or "png", **savefig_options)

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 import random
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from reben_tools.format.atomic import replaced_atomically
 from reben_tools.format.bands import resolve_bands
 from reben_tools.learn.config import TrainConfig, TrainingError
 from reben_tools.learn.models import ReBENClassifier, build_model_from_config
@@ -78,16 +78,10 @@ def save_checkpoint(path: Path, state: dict) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with replaced_atomically(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -19,13 +19,12 @@ reben_tools.splits.subsets.
 from __future__ import annotations
 
 import importlib.util
-import os
 import textwrap
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from reben_tools.format.atomic import save_figure_atomic
 from reben_tools.format.labels import class_names
 from reben_tools.splits.subsets import fraction_indices
 
@@ -81,10 +80,8 @@ def draw_embedding_map(x: np.ndarray, labels: np.ndarray, patch_ids: list[str], 
     import matplotlib.pyplot as plt
 
     fig, summary = embedding_map_figure(x, labels, patch_ids, max_points, seed, title, method)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{uuid.uuid4().hex}.png")
-    fig.savefig(tmp, dpi=100)
+    save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return summary
 
 

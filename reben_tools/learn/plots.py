@@ -2,16 +2,16 @@
 
 Owns: plot_curves, plot_probes (matplotlib, Agg backend, imported lazily).
 Does not own: the per-class metric chart (metrics.py), the numbers plotted (loop.py, probes.py).
-May import: numpy, matplotlib (lazily).
+May import: numpy, matplotlib (lazily); reben_tools.format.atomic.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
+
+from reben_tools.format.atomic import save_figure_atomic
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -35,10 +35,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
     axes[2].plot(epochs, [h["lr"] for h in history], "o-")
     axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{uuid.uuid4().hex}.png")
-    fig.savefig(tmp, dpi=100)
+    save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def plot_probes(results: dict, path: Path) -> None:

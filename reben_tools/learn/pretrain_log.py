@@ -3,15 +3,15 @@
 Owns: StepLog (append-only JSON-lines log of step figures, cut back to a checkpoint's step on
 resume), plot_pretrain_curves.
 Does not own: what the figures are (pretrain.py, croma_losses.py), the run directory's other files.
-May import: matplotlib (lazily), the standard library.
+May import: matplotlib (lazily), the standard library; reben_tools.format.atomic.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
+
+from reben_tools.format.atomic import replaced_atomically, save_figure_atomic
 
 
 class StepLog:
@@ -37,9 +37,8 @@ class StepLog:
                     kept.append(line)
             except (ValueError, KeyError, TypeError):
                 continue
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex}")
-        tmp.write_text("".join(f"{line}\n" for line in kept), "utf-8")
-        os.replace(tmp, self.path)
+        with replaced_atomically(self.path) as tmp:
+            tmp.write_text("".join(f"{line}\n" for line in kept), "utf-8")
 
     def append(self, record: dict) -> None:
         self._pending.append(json.dumps(record))
@@ -95,7 +94,5 @@ def plot_pretrain_curves(steps_path: Path, history: list[dict], path: Path) -> N
             ax.set_ylim(*ylim)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{uuid.uuid4().hex}.png")
-    fig.savefig(tmp, dpi=90)
+    save_figure_atomic(fig, path, dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)

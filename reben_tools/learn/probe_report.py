@@ -13,11 +13,11 @@ May import: numpy, matplotlib (lazily); reben_tools.format.atomic.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
+
+from reben_tools.format.atomic import save_figure_atomic
 
 TABLE_ROWS = (("random_forest", "RF"), ("linear", "linear"), ("mlp", "MLP"))
 """(probe kind, row name), in the study's order."""
@@ -120,7 +120,5 @@ def plot_per_class_f2(results: dict, path: Path) -> None:
     axes[0][0].invert_yaxis()
     fig.suptitle("per-class F2 of the probes (test support in brackets)", fontsize=11)
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{uuid.uuid4().hex}.png")
-    fig.savefig(tmp, dpi=100)
+    save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)

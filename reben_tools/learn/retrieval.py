@@ -16,12 +16,12 @@ May import: numpy, torch, matplotlib (lazily); reben_tools.format.atomic; reben_
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from reben_tools.format.atomic import save_figure_atomic
 from reben_tools.format.atomic import write_json_atomic
 from reben_tools.learn.embeddings import EmbeddingsError, read_embeddings
 
@@ -126,7 +126,5 @@ def plot_retrieval(ranks: dict[str, np.ndarray], n: int, path: Path) -> None:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{uuid.uuid4().hex}.png")
-    fig.savefig(tmp, dpi=100)
+    save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)

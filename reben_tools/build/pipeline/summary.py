@@ -10,13 +10,13 @@ May import: reben_tools.format, reben_tools.build.countries, .discovery, .rows, 
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from reben_tools.format.atomic import save_figure_atomic
 from reben_tools.build.countries import CountryIndex
 from reben_tools.build.pipeline.discovery import Inputs
 from reben_tools.build.pipeline.rows import DROP_REASONS
@@ -68,10 +68,8 @@ def plot_map(splits: list[str], footprints: list, countries: CountryIndex, path:
     import matplotlib.pyplot as plt
 
     fig = map_figure(splits, footprints, countries)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def map_figure(splits: list[str], footprints: list, countries: CountryIndex):
