@@ -11,12 +11,15 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import fbeta_score, hamming_loss, precision_score
 from sklearn.multiclass import OneVsRestClassifier
+import matplotlib.pyplot as plt
+from figure_layout import assert_readable
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
 from reben_tools.cli import app
 from reben_tools.format.labels import ALPHABETICAL_ORDER
 from reben_tools.learn.embeddings import EmbeddingsError, read_embeddings, write_embeddings
+from reben_tools.learn.probe_report import per_class_f2_figure
 from reben_tools.learn.retrieval import rank_summary, retrieval_ranks
 from reben_tools.splits.subsets import fraction_indices
 
@@ -168,6 +171,11 @@ def test_probe_embeddings_protocol(embeddings, tmp_path):
     assert "## Train fraction 10% (12 train patches)" in table
     for name in ("per_class_f2.png", "embedding_map.png"):
         assert (out / name).stat().st_size > 10_000
+    figure = per_class_f2_figure(results)
+    shown = [" ".join(tick.get_text().split()) for tick in figure.axes[0].get_yticklabels()]
+    assert [s.rsplit(" (", 1)[0] for s in shown] == list(ALPHABETICAL_ORDER)  # full names, never cut
+    assert_readable(figure)
+    plt.close(figure)
     emap = results["embedding_map"]
     assert emap["method"] in ("umap", "tsne") and emap["points"] == 50 and set(emap["classes"]) == set(ALPHABETICAL_ORDER)
     # the same file, s1 only, no map

@@ -5,7 +5,7 @@ forest / linear probe / MLP, columns F2 macro, F2 micro, Hamming loss, precision
 precision micro and AP (macro average precision). Scores are in percent with one decimal, as
 in the study; the Hamming loss is the share of wrong (patch, class) decisions, as a fraction.
 
-Owns: TABLE_ROWS, TABLE_COLUMNS, markdown_table, write_table, plot_per_class_f2.
+Owns: TABLE_ROWS, TABLE_COLUMNS, markdown_table, write_table, plot_per_class_f2, per_class_f2_figure.
 Does not own: the figures themselves (probes.py computes them with metrics.py), the
 embedding map (embedding_map.py).
 May import: numpy, matplotlib (lazily); reben_tools.format.atomic.
@@ -78,16 +78,22 @@ def write_table(results: dict, path: Path) -> None:
         tmp.write_text(markdown_table(results), encoding="utf-8")
 
 
-def _short(name: str, width: int = 44) -> str:
-    return name if len(name) <= width else name[: width - 3] + "..."
-
-
 def plot_per_class_f2(results: dict, path: Path) -> None:
-    """Per-class test F2 of every probe, one panel per train fraction (PNG at ``path``).
+    """Per-class test F2 of every probe, one panel per train fraction (PNG at ``path``); see
+    :func:`per_class_f2_figure`."""
+    import matplotlib.pyplot as plt
 
-    Classes are rows (with their test support); bars are the probes. Classes without a
-    positive test patch are marked.
-    """
+    fig = per_class_f2_figure(results)
+    save_figure_atomic(fig, path, dpi=100)
+    plt.close(fig)
+
+
+def per_class_f2_figure(results: dict):
+    """The per-class F2 Figure: classes are rows (full names, wrapped, with their test support);
+    bars are the probes; one panel per train fraction. Classes without a positive test patch
+    are marked."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,10 +121,9 @@ def plot_per_class_f2(results: dict, path: Path) -> None:
                      fontsize=10)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), fontsize=8, ncol=1, frameon=False)
         ax.grid(axis="x", alpha=0.3)
-    axes[0][0].set_yticks(y, [f"{_short(n)} ({s:,})" if s else f"{_short(n)} (no positives)"
+    axes[0][0].set_yticks(y, [textwrap.fill(f"{n} ({s:,})" if s else f"{n} (no positives)", 48)
                               for n, s in zip(names, support)], fontsize=8)
     axes[0][0].invert_yaxis()
     fig.suptitle("per-class F2 of the probes (test support in brackets)", fontsize=11)
     fig.tight_layout()
-    save_figure_atomic(fig, path, dpi=100)
-    plt.close(fig)
+    return fig
