@@ -13,7 +13,7 @@ Two methods, interleaved in one process, per block:
   :func:`_read_polygons_before`): every polygon of the block's EPSG:3035 *bounding box*
   read from the file, a Python loop over every polygon checking its code and validity,
   then densified, reprojected and rasterised; nothing reused between blocks.
-- ``after``: :func:`reben_tools.build.corine.reference_block` with ``area``: the
+- ``after``: :func:`reben_tools.builder.corine.reference_block` with ``area``: the
   product's polygons read once through its *footprint*, codes and validity checked on
   arrays, reprojected once, and each block taking its polygons from an STRtree. The cache
   is emptied before each product so the first block pays the read.
@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 from affine import Affine
 
-from reben_tools.build import corine
-from reben_tools.build.corine import ClcIssue, _polygonal, clc_codes, open_clc, rasterise, reference_block
+from reben_tools.builder import corine
+from reben_tools.builder.corine import ClcIssue, _polygonal, clc_codes, open_clc, rasterise, reference_block
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRACT = ROOT / "tests" / "data" / "clc_sample_lanjaron_es.gpkg"
@@ -60,7 +60,9 @@ def make_dense_clc(out: Path, copies: tuple[int, int]) -> tuple[Path, int, int]:
     for i in range(copies[0]):
         for j in range(copies[1]):
             part = frame.copy()
-            part["geometry"] = shapely.transform(frame.geometry.values, lambda c, i=i, j=j: c + [i * (right - left), j * (top - bottom)])
+            part["geometry"] = shapely.transform(
+                frame.geometry.values, lambda c, i=i, j=j: c + [i * (right - left), j * (top - bottom)]
+            )
             parts.append(part)
     dense = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=frame.crs).to_crs("EPSG:3035")
     dense[["CODE_18", "geometry"]].to_file(out, driver="GPKG", engine="pyogrio")
@@ -75,8 +77,14 @@ def _read_polygons_before(source, bounds, crs):
     from rasterio.warp import transform_bounds
 
     src_bounds = transform_bounds(crs, source.crs, *bounds, densify_pts=21)
-    frame = gpd.read_file(source.path, layer=source.layer, bbox=src_bounds, columns=[source.code_column],
-                          fid_as_index=True, engine="pyogrio")
+    frame = gpd.read_file(
+        source.path,
+        layer=source.layer,
+        bbox=src_bounds,
+        columns=[source.code_column],
+        fid_as_index=True,
+        engine="pyogrio",
+    )
     frame = frame.sort_index()
     known = set(clc_codes())
     issues, kept_geometries, codes = [], [], []
@@ -118,10 +126,15 @@ def _reference_before(source, crs, transform, shape):
     for row0 in range(0, shape[0], corine.RASTERISE_STRIP_ROWS):
         rows = min(corine.RASTERISE_STRIP_ROWS, shape[0] - row0)
         st = transform * transform.translation(0, row0)
-        clipped = shapely.clip_by_rect(polygons, st.c - margin, st.f + transform.e * rows - margin,
-                                       st.c + transform.a * shape[1] + margin, st.f + margin)
+        clipped = shapely.clip_by_rect(
+            polygons,
+            st.c - margin,
+            st.f + transform.e * rows - margin,
+            st.c + transform.a * shape[1] + margin,
+            st.f + margin,
+        )
         keep = ~shapely.is_empty(clipped)
-        out[row0:row0 + rows] = rasterise(list(clipped[keep]), codes[keep], st, (rows, shape[1]))
+        out[row0 : row0 + rows] = rasterise(list(clipped[keep]), codes[keep], st, (rows, shape[1]))
     return out, read
 
 
@@ -165,10 +178,19 @@ def run(copies: tuple[int, int], patches: int, rows_per_block: int, repeats: int
     block_km2 = rows_per_block * 1.2 * patches * 1.2
     return {
         "machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}",
-        "dense_clc": {"polygons": n_polygons, "vertices": n_vertices, "copies_of_extract": list(copies),
-                      "polygons_per_km2": round(n_polygons / (copies[0] * copies[1] * (right - left) * (top - bottom) / 1e6), 3)},
-        "product": {"crs": crs, "patches_per_side": patches, "rows_per_block": rows_per_block, "blocks": len(blocks),
-                    "block_km2": round(block_km2, 2)},
+        "dense_clc": {
+            "polygons": n_polygons,
+            "vertices": n_vertices,
+            "copies_of_extract": list(copies),
+            "polygons_per_km2": round(n_polygons / (copies[0] * copies[1] * (right - left) * (top - bottom) / 1e6), 3),
+        },
+        "product": {
+            "crs": crs,
+            "patches_per_side": patches,
+            "rows_per_block": rows_per_block,
+            "blocks": len(blocks),
+            "block_km2": round(block_km2, 2),
+        },
         "polygons_read_per_block_before": statistics.mean(read_counts),
         "seconds_per_block": {"before": statistics.mean(before_s), "after": statistics.mean(after_s)},
         "peak_traced_mb_per_block": {"before": max(before_mb), "after": max(after_mb)},

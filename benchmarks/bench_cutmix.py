@@ -42,18 +42,17 @@ import torch
 
 from reben_tools.format.bands import resolve_bands
 from reben_tools.format.labels import ALPHABETICAL_ORDER, labels_from_reference_map, multi_hot
-from reben_tools.learn.augment import TrainMixer, random_flips
-from reben_tools.learn.config import TrainConfig
-from reben_tools.learn.batches import collate
-from reben_tools.learn.dataset import ReBENDataset
-from reben_tools.learn.loop import train
-from reben_tools.learn.mixing import LabelNoiseCounts, cutmix, label_noise_counts
-from reben_tools.learn.models import build_model
+from reben_tools.learn.data.augment import TrainMixer, random_flips
+from reben_tools.learn.data.batches import collate
+from reben_tools.learn.data.dataset import ReBENDataset
+from reben_tools.learn.data.mixing import LabelNoiseCounts, cutmix, label_noise_counts
+from reben_tools.learn.models.classifier import build_model
+from reben_tools.learn.runtime.config import TrainConfig
+from reben_tools.learn.training.loop import train
 
 MODES = ("none", "cutmix", "cutmix-lp")
 SHORT_NAMES = {
-    "Land principally occupied by agriculture, with significant areas of natural vegetation":
-        "Agriculture with natural vegetation",
+    "Land principally occupied by agriculture, with significant areas of natural vegetation": "Agriculture with natural vegetation",
     "Moors, heathland and sclerophyllous vegetation": "Moors, heathland, sclerophyllous",
     "Natural grassland and sparsely vegetated areas": "Natural grassland, sparse vegetation",
     "Industrial or commercial units": "Industrial or commercial",
@@ -68,8 +67,9 @@ def _train_split(archive: Path, bands) -> tuple[dict, ReBENDataset]:
 # --------------------------------------------------------------------------- noise
 
 
-def label_noise(archive: Path, rounds: int, area_range: tuple[float, float], seed: int = 0,
-                check_exact: bool = True) -> tuple[LabelNoiseCounts, int]:
+def label_noise(
+    archive: Path, rounds: int, area_range: tuple[float, float], seed: int = 0, check_exact: bool = True
+) -> tuple[LabelNoiseCounts, int]:
     """Label-noise counts of naive CutMix over the train split; returns (counts, samples checked exactly)."""
     batch, dataset = _train_split(archive, ("B02",))
     dataset.archive.close()
@@ -79,17 +79,26 @@ def label_noise(archive: Path, rounds: int, area_range: tuple[float, float], see
     total = LabelNoiseCounts.zeros()
     checked = 0
     for r in range(rounds):
-        out = cutmix(torch.zeros(len(labels), 1, 120, 120), labels, maps, mode="cutmix-lp", area_range=area_range,
-                     prob=1.0, generator=generator)
+        out = cutmix(
+            torch.zeros(len(labels), 1, 120, 120),
+            labels,
+            maps,
+            mode="cutmix-lp",
+            area_range=area_range,
+            prob=1.0,
+            generator=generator,
+        )
         total += label_noise_counts(labels, out)
         if check_exact and r == 0:
             bx = out.boxes
             for b in range(len(labels)):
                 mixed = np_maps[b].copy()
                 h, w = int(bx.height[b]), int(bx.width[b])
-                mixed[int(bx.dst_top[b]):int(bx.dst_top[b]) + h, int(bx.dst_left[b]):int(bx.dst_left[b]) + w] = \
-                    np_maps[int(bx.source[b])][int(bx.src_top[b]):int(bx.src_top[b]) + h,
-                                               int(bx.src_left[b]):int(bx.src_left[b]) + w]
+                mixed[int(bx.dst_top[b]) : int(bx.dst_top[b]) + h, int(bx.dst_left[b]) : int(bx.dst_left[b]) + w] = (
+                    np_maps[int(bx.source[b])][
+                        int(bx.src_top[b]) : int(bx.src_top[b]) + h, int(bx.src_left[b]) : int(bx.src_left[b]) + w
+                    ]
+                )
                 expected = multi_hot(labels_from_reference_map(mixed))
                 if not np.array_equal(out.labels[b].numpy(), expected):
                     raise AssertionError(f"sample {b}: recomputed labels differ from the pipeline's labelling")
@@ -102,13 +111,16 @@ def noise_table(counts: LabelNoiseCounts) -> list[dict]:
     for c, name in enumerate(ALPHABETICAL_ORDER):
         if counts.in_union[c] == 0 and counts.added_to_target[c] == 0:
             continue
-        rows.append({
-            "class": name, "in_union": int(counts.in_union[c]),
-            "erased_share": counts.erased[c] / counts.samples,
-            "erased_given_in_union": counts.erased[c] / counts.in_union[c] if counts.in_union[c] else None,
-            "added_share": counts.added[c] / counts.samples,
-            "added_to_target_share": counts.added_to_target[c] / counts.samples,
-        })
+        rows.append(
+            {
+                "class": name,
+                "in_union": int(counts.in_union[c]),
+                "erased_share": counts.erased[c] / counts.samples,
+                "erased_given_in_union": counts.erased[c] / counts.in_union[c] if counts.in_union[c] else None,
+                "added_share": counts.added[c] / counts.samples,
+                "added_to_target_share": counts.added_to_target[c] / counts.samples,
+            }
+        )
     return rows
 
 
@@ -122,15 +134,28 @@ def plot_noise(rows: list[dict], counts: LabelNoiseCounts, area_range, path: Pat
     names = [SHORT_NAMES.get(r["class"], r["class"]) for r in rows]
     y = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) + 1.8))
-    ax.barh(y + 0.2, [100 * r["erased_share"] for r in rows], height=0.4, color="#c0392b",
-            label="erased: in the naive label (union), no pixel in the mixed map")
-    ax.barh(y - 0.2, [100 * r["added_to_target_share"] for r in rows], height=0.4, color="#2471a3",
-            label="added: in the mixed map, not in the target's own label")
+    ax.barh(
+        y + 0.2,
+        [100 * r["erased_share"] for r in rows],
+        height=0.4,
+        color="#c0392b",
+        label="erased: in the naive label (union), no pixel in the mixed map",
+    )
+    ax.barh(
+        y - 0.2,
+        [100 * r["added_to_target_share"] for r in rows],
+        height=0.4,
+        color="#2471a3",
+        label="added: in the mixed map, not in the target's own label",
+    )
     ax.set_yticks(y, names, fontsize=9)
     ax.set_xlabel("share of mixed samples (%)")
-    ax.set_title(f"Naive CutMix label noise, demo archive train split, box area {area_range[0]:g}-{area_range[1]:g}\n"
-                 f"{100 * counts.noisy_share:.1f}% of {counts.samples:,} mixed samples have a wrong union label; "
-                 f"added vs the union: {int(counts.added.sum())}", fontsize=10)
+    ax.set_title(
+        f"Naive CutMix label noise, demo archive train split, box area {area_range[0]:g}-{area_range[1]:g}\n"
+        f"{100 * counts.noisy_share:.1f}% of {counts.samples:,} mixed samples have a wrong union label; "
+        f"added vs the union: {int(counts.added.sum())}",
+        fontsize=10,
+    )
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -141,8 +166,9 @@ def plot_noise(rows: list[dict], counts: LabelNoiseCounts, area_range, path: Pat
 # --------------------------------------------------------------------------- throughput
 
 
-def throughput(archive: Path, model_name: str, bands: str, batch_size: int, steps: int, rounds: int,
-               device: str = "cpu") -> dict:
+def throughput(
+    archive: Path, model_name: str, bands: str, batch_size: int, steps: int, rounds: int, device: str = "cpu"
+) -> dict:
     torch.manual_seed(0)
     dev = torch.device(device)
     band_list = resolve_bands(bands)
@@ -201,12 +227,18 @@ def throughput(archive: Path, model_name: str, bands: str, batch_size: int, step
     dataset.archive.close()
     med = {m: statistics.median(v) for m, v in rates.items()}
     return {
-        "model": model_name, "bands": bands, "device": device, "batch_size": batch_size, "steps_per_round": steps, "rounds": rounds,
+        "model": model_name,
+        "bands": bands,
+        "device": device,
+        "batch_size": batch_size,
+        "steps_per_round": steps,
+        "rounds": rounds,
         "train_step_samples_per_s": med,
         "train_step_ratio_vs_none": {m: med[m] / med["none"] for m in MODES},
         "mix_call_ms_per_batch": {m: statistics.median(v) for m, v in mix_ms.items()},
         "read_samples_per_s": {k: statistics.median(v) for k, v in read.items()},
-        "read_ratio_with_maps_vs_without": statistics.median(read["with_maps"]) / statistics.median(read["without_maps"]),
+        "read_ratio_with_maps_vs_without": statistics.median(read["with_maps"])
+        / statistics.median(read["without_maps"]),
         "raw_rounds": {"train_step": rates, "read": read},
     }
 
@@ -214,39 +246,75 @@ def throughput(archive: Path, model_name: str, bands: str, batch_size: int, step
 # --------------------------------------------------------------------------- accuracy
 
 
-def accuracy(archive: Path, out: Path, model_name: str, bands: str, seeds: list[int], epochs: int,
-             batch_size: int, lr: float) -> dict:
+def accuracy(
+    archive: Path, out: Path, model_name: str, bands: str, seeds: list[int], epochs: int, batch_size: int, lr: float
+) -> dict:
     runs = []
     for seed in seeds:
         for mode in MODES:
             run_dir = out / f"{mode}-seed{seed}"
             shutil.rmtree(run_dir, ignore_errors=True)
             t0 = time.perf_counter()
-            metrics = train(TrainConfig(archive=str(archive), bands=bands, model=model_name, out=str(run_dir),
-                                        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, mix=mode,
-                                        device="cpu", workers=0, progress=False))
-            runs.append({"mode": mode, "seed": seed, "seconds": time.perf_counter() - t0,
-                         "best_epoch": metrics["best_epoch"],
-                         "test_ap_macro": metrics["test"]["average_precision_macro"],
-                         "test_ap_micro": metrics["test"]["average_precision_micro"]})
+            metrics = train(
+                TrainConfig(
+                    archive=str(archive),
+                    bands=bands,
+                    model=model_name,
+                    out=str(run_dir),
+                    epochs=epochs,
+                    batch_size=batch_size,
+                    lr=lr,
+                    seed=seed,
+                    mix=mode,
+                    device="cpu",
+                    workers=0,
+                    progress=False,
+                )
+            )
+            runs.append(
+                {
+                    "mode": mode,
+                    "seed": seed,
+                    "seconds": time.perf_counter() - t0,
+                    "best_epoch": metrics["best_epoch"],
+                    "test_ap_macro": metrics["test"]["average_precision_macro"],
+                    "test_ap_micro": metrics["test"]["average_precision_micro"],
+                }
+            )
             print(json.dumps(runs[-1]), flush=True)
     summary = {}
     for mode in MODES:
         mine = [r for r in runs if r["mode"] == mode]
         summary[mode] = {
-            key: {"mean": statistics.mean(r[key] for r in mine), "std": statistics.stdev(r[key] for r in mine),
-                  "min": min(r[key] for r in mine), "max": max(r[key] for r in mine)}
+            key: {
+                "mean": statistics.mean(r[key] for r in mine),
+                "std": statistics.stdev(r[key] for r in mine),
+                "min": min(r[key] for r in mine),
+                "max": max(r[key] for r in mine),
+            }
             for key in ("test_ap_macro", "test_ap_micro")
         }
-    return {"model": model_name, "bands": bands, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-            "seeds": seeds, "runs": runs, "summary": summary}
+    return {
+        "model": model_name,
+        "bands": bands,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seeds": seeds,
+        "runs": runs,
+        "summary": summary,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--archive", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "reben-bench-cutmix",
-                        help="results.json, label_noise.png and the training runs (checkpoints: keep it out of the repo)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "reben-bench-cutmix",
+        help="results.json, label_noise.png and the training runs (checkpoints: keep it out of the repo)",
+    )
     parser.add_argument("--parts", nargs="+", default=["noise", "throughput", "accuracy"])
     parser.add_argument("--noise-rounds", type=int, default=200)
     parser.add_argument("--model", default="resnet18")
@@ -271,22 +339,34 @@ def main() -> None:
             counts, checked = label_noise(args.archive, args.noise_rounds, area, check_exact=area == (0.1, 0.5))
             rows = noise_table(counts)
             results["noise"][f"{area[0]:g}-{area[1]:g}"] = {
-                "mixed_samples": counts.samples, "noisy_share": counts.noisy_share,
-                "erased_total": int(counts.erased.sum()), "added_total": int(counts.added.sum()),
-                "added_to_target_total": int(counts.added_to_target.sum()), "exactly_checked": checked,
+                "mixed_samples": counts.samples,
+                "noisy_share": counts.noisy_share,
+                "erased_total": int(counts.erased.sum()),
+                "added_total": int(counts.added.sum()),
+                "added_to_target_total": int(counts.added_to_target.sum()),
+                "exactly_checked": checked,
                 "per_class": rows,
             }
             if area == (0.1, 0.5):
                 plot_noise(rows, counts, area, args.out / "label_noise.png")
             print(f"noise {area}: {counts.noisy_share:.3f} of {counts.samples} (checked {checked})", flush=True)
     if "throughput" in args.parts:
-        results["throughput"] = throughput(args.archive, args.model, args.bands, args.batch_size, args.steps, args.rounds,
-                                           args.device)
-        print(json.dumps({k: results["throughput"][k] for k in ("train_step_ratio_vs_none", "mix_call_ms_per_batch",
-                                                                 "read_ratio_with_maps_vs_without")}), flush=True)
+        results["throughput"] = throughput(
+            args.archive, args.model, args.bands, args.batch_size, args.steps, args.rounds, args.device
+        )
+        print(
+            json.dumps(
+                {
+                    k: results["throughput"][k]
+                    for k in ("train_step_ratio_vs_none", "mix_call_ms_per_batch", "read_ratio_with_maps_vs_without")
+                }
+            ),
+            flush=True,
+        )
     if "accuracy" in args.parts:
-        results["accuracy"] = accuracy(args.archive, args.out / "runs", args.model, args.bands, args.seeds,
-                                       args.epochs, args.batch_size, args.lr)
+        results["accuracy"] = accuracy(
+            args.archive, args.out / "runs", args.model, args.bands, args.seeds, args.epochs, args.batch_size, args.lr
+        )
         print(json.dumps(results["accuracy"]["summary"], indent=1), flush=True)
     result_path.write_text(json.dumps(results, indent=1))
 

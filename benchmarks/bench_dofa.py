@@ -9,7 +9,7 @@ Stages (each cached under ``--work``; rerun skips what exists):
           ``dofa_micro:<run>/checkpoints/best.pt`` (fine-tuned by this project) and with the
           same architecture at random initialisation (saved in DOFA's published layout), for the
           band groups S2, S1, RGB and ALL (14 bands);
-  probe   linear / MLP / random-forest probes (``reben_tools.learn.probes``' estimators) fitted on
+  probe   linear / MLP / random-forest probes (``reben_tools.learn.evaluation.probes``' estimators) fitted on
           the train embeddings, scored on test with ``multilabel_metrics``: F2 macro and micro,
           Hamming loss, precision macro and micro, AP macro and micro -> ``probe.json``;
   speed   ``reben embed`` of the test split with dofa_base (random weights in the published layout)
@@ -31,14 +31,21 @@ from pathlib import Path
 
 import torch
 
-from reben_tools.learn.config import TrainConfig
-from reben_tools.learn.dofa import DOFAEncoder
-from reben_tools.learn.loop import train
+from reben_tools.learn.models.dofa import DOFAEncoder
+from reben_tools.learn.runtime.config import TrainConfig
+from reben_tools.learn.training.loop import train
 
 GROUPS = ("S2", "S1", "RGB", "ALL")
 MODES = ("interpolate", "resize")
-TABLE_KEYS = ("f2_macro", "f2_micro", "hamming_loss", "precision_macro", "precision_micro",
-              "average_precision_macro", "average_precision_micro")
+TABLE_KEYS = (
+    "f2_macro",
+    "f2_micro",
+    "hamming_loss",
+    "precision_macro",
+    "precision_micro",
+    "average_precision_macro",
+    "average_precision_micro",
+)
 
 
 def stage_train(archive: Path, work: Path, epochs: int) -> dict[str, Path]:
@@ -49,12 +56,28 @@ def stage_train(archive: Path, work: Path, epochs: int) -> dict[str, Path]:
         if (out / "checkpoints" / "best.pt").exists():
             continue
         t0 = time.perf_counter()
-        metrics = train(TrainConfig(
-            archive=str(archive), bands="ALL", model="dofa_micro", out=str(out), epochs=epochs, batch_size=32,
-            lr=1e-3, patience=epochs, seed=0, workers=0, device="cpu", progress=False,
-            model_kwargs={"input_mode": mode}))
-        print(f"trained dofa_micro ({mode}) in {time.perf_counter() - t0:.0f} s: best validation AP macro "
-              f"{metrics['best_validation_average_precision_macro']:.3f}", flush=True)
+        metrics = train(
+            TrainConfig(
+                archive=str(archive),
+                bands="ALL",
+                model="dofa_micro",
+                out=str(out),
+                epochs=epochs,
+                batch_size=32,
+                lr=1e-3,
+                patience=epochs,
+                seed=0,
+                workers=0,
+                device="cpu",
+                progress=False,
+                model_kwargs={"input_mode": mode},
+            )
+        )
+        print(
+            f"trained dofa_micro ({mode}) in {time.perf_counter() - t0:.0f} s: best validation AP macro "
+            f"{metrics['best_validation_average_precision_macro']:.3f}",
+            flush=True,
+        )
     return runs
 
 
@@ -68,23 +91,23 @@ def random_init_weights(work: Path, name: str, seed: int = 0) -> Path:
 
 def _embed(archive: Path, encoder, bands: str, out: Path, split: str | None = None, batch: int = 32) -> dict:
     """``reben embed``'s code path (``embed_archive``) for one band group; returns its summary."""
-    from reben_tools.learn.embed import embed_archive
+    from reben_tools.learn.evaluation.embed import embed_archive
 
-    return embed_archive(archive, encoder, out, split=split, bands=bands, batch_size=batch, device="cpu",
-                         workers=0, progress=False)
+    return embed_archive(
+        archive, encoder, out, split=split, bands=bands, batch_size=batch, device="cpu", workers=0, progress=False
+    )
 
 
 def _probe(embeddings: Path, out: Path) -> dict:
     """``reben probe --embeddings FILE --modality joint --train-fraction 1.0 --no-map``: the table's metrics."""
-    from reben_tools.learn.probes import probe_embeddings
+    from reben_tools.learn.evaluation.probes import probe_embeddings
 
-    results = probe_embeddings(embeddings, out, modality="joint", fractions=(1.0,), embedding_map=False,
-                               progress=False)
+    results = probe_embeddings(embeddings, out, modality="joint", fractions=(1.0,), embedding_map=False, progress=False)
     return {kind: {k: m[k] for k in TABLE_KEYS} for kind, m in results["probes"].items()}
 
 
 def _encoder(spec: str, input_mode: str | None = None):
-    from reben_tools.learn.encoders import load_encoder
+    from reben_tools.learn.models.encoders import load_encoder
 
     encoder = load_encoder(spec)
     if input_mode is not None:
@@ -106,8 +129,12 @@ def stage_probe(archive: Path, work: Path, runs: dict[str, Path]) -> dict:
             if not target.exists():
                 _embed(archive, encoder, group, target)
             results[label][group] = _probe(target, work / "probe" / label / group)
-            print(label, group, {k: round(v["average_precision_macro"], 3) for k, v in results[label][group].items()},
-                  flush=True)
+            print(
+                label,
+                group,
+                {k: round(v["average_precision_macro"], 3) for k, v in results[label][group].items()},
+                flush=True,
+            )
     # 120-interpolated vs resize-224: the model fine-tuned in each mode, ALL bands, probed the same way
     results["input_mode"] = {}
     for mode in MODES:
@@ -115,9 +142,11 @@ def stage_probe(archive: Path, work: Path, runs: dict[str, Path]) -> dict:
         if not target.exists():
             _embed(archive, _encoder(f"dofa_micro:{runs[mode] / 'checkpoints' / 'best.pt'}"), "ALL", target)
         test = json.loads((runs[mode] / "metrics.json").read_text()).get("test", {})
-        results["input_mode"][mode] = {"probes": _probe(target, work / "probe" / f"mode_{mode}"),
-                                       "fine_tuned_test_ap_macro": test.get("average_precision_macro"),
-                                       "fine_tuned_test_ap_micro": test.get("average_precision_micro")}
+        results["input_mode"][mode] = {
+            "probes": _probe(target, work / "probe" / f"mode_{mode}"),
+            "fine_tuned_test_ap_macro": test.get("average_precision_macro"),
+            "fine_tuned_test_ap_micro": test.get("average_precision_micro"),
+        }
     return results
 
 
@@ -138,18 +167,27 @@ def stage_speed(archive: Path, work: Path, batch: int, repeats: int) -> dict:
             for _ in range(repeats):
                 encoder.model(images, waves)
             forward = batch * repeats / (time.perf_counter() - t0)
-        out[mode] = {"embed_samples_per_s": summary["samples_per_s"], "embed_seconds": summary["seconds"],
-                     "samples": summary["rows"], "batch": batch, "passes_per_sample": 3,
-                     "forward_only_samples_per_s_one_pass": round(forward, 2)}
+        out[mode] = {
+            "embed_samples_per_s": summary["samples_per_s"],
+            "embed_seconds": summary["seconds"],
+            "samples": summary["rows"],
+            "batch": batch,
+            "passes_per_sample": 3,
+            "forward_only_samples_per_s_one_pass": round(forward, 2),
+        }
         print(mode, out[mode], flush=True)
     return out
 
 
 def band_robustness(probes: dict) -> dict:
     """Test AP macro side by side: ``{model: {probe: {band group: AP}}}``."""
-    return {label: {kind: {group: probes[label][group][kind]["average_precision_macro"] for group in GROUPS}
-                    for kind in probes[label][GROUPS[0]]}
-            for label in ("fine_tuned", "random_init")}
+    return {
+        label: {
+            kind: {group: probes[label][group][kind]["average_precision_macro"] for group in GROUPS}
+            for kind in probes[label][GROUPS[0]]
+        }
+        for label in ("fine_tuned", "random_init")
+    }
 
 
 def main() -> None:
@@ -166,16 +204,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     record = json.loads(args.json.read_text()) if args.json.exists() else {}
-    record["machine"] = {"cpu_threads": args.threads, "torch": torch.__version__, "device": "cpu",
-                         "gpu": "not measured (no device lent)"}
+    record["machine"] = {
+        "cpu_threads": args.threads,
+        "torch": torch.__version__,
+        "device": "cpu",
+        "gpu": "not measured (no device lent)",
+    }
     record["archive"] = str(args.archive)
     runs = stage_train(args.archive, args.work, args.epochs)
     if "probe" in args.stages:
         record["probes"] = stage_probe(args.archive, args.work, runs)
         record["band_robustness_ap_macro"] = band_robustness(record["probes"])
     if "speed" in args.stages:
-        record["embed_throughput_dofa_base_cpu"] = stage_speed(args.archive, args.work, args.speed_batch,
-                                                               args.speed_repeats)
+        record["embed_throughput_dofa_base_cpu"] = stage_speed(
+            args.archive, args.work, args.speed_batch, args.speed_repeats
+        )
     args.json.write_text(json.dumps(record, indent=2) + "\n")
 
 

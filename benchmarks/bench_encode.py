@@ -114,8 +114,13 @@ def main() -> None:
                 out = workdir / f"encoder-w{w}-{repeat}"
                 started, cpu_started = time.perf_counter(), cpu_seconds()
                 summary = encode_release(
-                    release.s2_dir, out, s1_dir=release.s1_dir, reference_maps_dir=release.reference_maps_dir,
-                    metadata_files=release.metadata_files, workers=w, patches_per_shard=args.patches_per_shard,
+                    release.s2_dir,
+                    out,
+                    s1_dir=release.s1_dir,
+                    reference_maps_dir=release.reference_maps_dir,
+                    metadata_files=release.metadata_files,
+                    workers=w,
+                    patches_per_shard=args.patches_per_shard,
                     progress=False,
                 )
                 timings[f"encoder_w{w}"].append(time.perf_counter() - started)
@@ -126,8 +131,10 @@ def main() -> None:
                 content = lmdb_content(sorted((out / "shards").iterdir()))
                 assert content == reference, "encoder values differ from the baseline's"
                 shutil.rmtree(out)
-            print(f"repeat {repeat + 1}: " + ", ".join(
-                f"{k} {v[-1]:.2f} s wall / {cpu[k][-1]:.2f} s CPU" for k, v in timings.items()))
+            print(
+                f"repeat {repeat + 1}: "
+                + ", ".join(f"{k} {v[-1]:.2f} s wall / {cpu[k][-1]:.2f} s CPU" for k, v in timings.items())
+            )
         base_pps = args.patches / statistics.median(timings["baseline"])
         base_cpu_pps = args.patches / statistics.median(cpu["baseline"])
         results = {
@@ -157,9 +164,11 @@ def main() -> None:
                 "patches_per_cpu_second": cpu_pps,
                 "cpu_efficiency_vs_baseline": cpu_pps / base_cpu_pps,
             }
-            print(f"encoder, {w} worker(s): {pps:.1f} patches/s = {pps / base_pps:.2f}x baseline, "
-                  f"{pps / w / base_pps:.2f}x per core (wall); {cpu_pps:.1f} patches per CPU-second = "
-                  f"{cpu_pps / base_cpu_pps:.2f}x baseline")
+            print(
+                f"encoder, {w} worker(s): {pps:.1f} patches/s = {pps / base_pps:.2f}x baseline, "
+                f"{pps / w / base_pps:.2f}x per core (wall); {cpu_pps:.1f} patches per CPU-second = "
+                f"{cpu_pps / base_cpu_pps:.2f}x baseline"
+            )
         if args.out:
             args.out.write_text(json.dumps(results, indent=2) + "\n")
         if args.plot:
@@ -170,17 +179,26 @@ def main() -> None:
 
             labels = ["baseline\n(1 process)"] + [f"reben encode\n{w} worker(s)" for w in args.workers]
             panels = [
-                ("patches / second (wall clock)",
-                 [base_pps] + [results["encoder"][str(w)]["patches_per_second"] for w in args.workers]),
-                ("patches / CPU-second (per core)",
-                 [base_cpu_pps] + [results["encoder"][str(w)]["patches_per_cpu_second"] for w in args.workers]),
+                (
+                    "patches / second (wall clock)",
+                    [base_pps] + [results["encoder"][str(w)]["patches_per_second"] for w in args.workers],
+                ),
+                (
+                    "patches / CPU-second (per core)",
+                    [base_cpu_pps] + [results["encoder"][str(w)]["patches_per_cpu_second"] for w in args.workers],
+                ),
             ]
             fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
             for ax, (title, values) in zip(axes, panels):
                 bars = ax.bar(labels, values, color=["#999999"] + ["#1f77b4"] * len(args.workers))
                 for bar, value in zip(bars, values):
-                    ax.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.0f} ({value / values[0]:.1f}x)",
-                            ha="center", va="bottom")
+                    ax.text(
+                        bar.get_x() + bar.get_width() / 2,
+                        value,
+                        f"{value:.0f} ({value / values[0]:.1f}x)",
+                        ha="center",
+                        va="bottom",
+                    )
                 ax.set_title(title)
                 ax.set_ylim(0, max(values) * 1.15)
             fig.suptitle(f"GeoTIFF release -> archive, {args.patches} patches x 15 GeoTIFFs, median of {args.repeats}")

@@ -46,11 +46,11 @@ import torch
 from torch.utils.data import default_collate
 
 from reben_tools.format import codec, labels
+from reben_tools.format.bands import BAND_GROUPS, PUBLISHED_STATISTICS, S1_BANDS, S2_BANDS
 from reben_tools.format.layout import FLAGGED_METADATA_FILE, METADATA_FILE, PATCHES_FILE, SHARDS_DIR
 from reben_tools.format.manifest import build_manifest, write_manifest
 from reben_tools.format.metadata import read_metadata, write_metadata
 from reben_tools.format.shards import write_lmdb, write_shard
-from reben_tools.format.bands import BAND_GROUPS, PUBLISHED_STATISTICS, S1_BANDS, S2_BANDS
 
 CONFIGILM_14: list[str] = list(BAND_GROUPS["ALL"])
 """Channel order of ConfigILM's 14-channel configuration; replaced at run time by the order the
@@ -92,10 +92,23 @@ def build(work: Path, n: int, shards: int, tiffs: bool) -> dict:
     tiff_dir = work / "tiff"
     for i, (pid, s1, s2, s1v, ref, labs, split) in enumerate(tqdm(make_patches(n), total=n, desc="generate")):
         k = i * shards // n
-        shard_items[k] += [(pid, codec.encode_s2(s2)), (s1, codec.encode_s1(s1v)),
-                           (pid + "_reference_map", codec.encode_reference_map(ref))]
-        rows.append({"patch_id": pid, "labels": labs, "split": split, "country": "Austria", "s1_name": s1,
-                     "s2v1_name": None, "contains_seasonal_snow": False, "contains_cloud_or_shadow": i % 10 == 9})
+        shard_items[k] += [
+            (pid, codec.encode_s2(s2)),
+            (s1, codec.encode_s1(s1v)),
+            (pid + "_reference_map", codec.encode_reference_map(ref)),
+        ]
+        rows.append(
+            {
+                "patch_id": pid,
+                "labels": labs,
+                "split": split,
+                "country": "Austria",
+                "s1_name": s1,
+                "s2v1_name": None,
+                "contains_seasonal_snow": False,
+                "contains_cloud_or_shadow": i % 10 == 9,
+            }
+        )
         patch_rows.append({"patch_id": pid, "s1_name": s1, "shard": f"shard-{k:02d}", "geometry": box(0, 0, 1, 1)})
         if tiffs:
             product = pid.rsplit("_", 2)[0]
@@ -104,9 +117,17 @@ def build(work: Path, n: int, shards: int, tiffs: bool) -> dict:
                 folder.mkdir(parents=True, exist_ok=True)
                 for band, array in bands.items():
                     size = array.shape[0]
-                    with rasterio.open(folder / f"{name}_{band}.tif", "w", driver="GTiff", width=size, height=size,
-                                       count=1, dtype=array.dtype.name, crs="EPSG:32633",
-                                       transform=from_origin(300000, 5400000, 1200 / size, 1200 / size)) as dst:
+                    with rasterio.open(
+                        folder / f"{name}_{band}.tif",
+                        "w",
+                        driver="GTiff",
+                        width=size,
+                        height=size,
+                        count=1,
+                        dtype=array.dtype.name,
+                        crs="EPSG:32633",
+                        transform=from_origin(300000, 5400000, 1200 / size, 1200 / size),
+                    ) as dst:
                         dst.write(array, 1)
     infos = [write_shard(root / SHARDS_DIR, f"shard-{k:02d}", items) for k, items in enumerate(shard_items)]
     write_metadata(root, rows)
@@ -135,8 +156,9 @@ class TiffReader:
             pid, s1 = row["patch_id"], row["s1_name"]
             s2_dir = tiff_dir / "BigEarthNet-S2" / pid.rsplit("_", 2)[0] / pid
             s1_dir = tiff_dir / "BigEarthNet-S1" / s1.rsplit("_", 3)[0] / s1
-            self.paths.append([(s1_dir / f"{s1}_{b}.tif") if b in S1_BANDS else (s2_dir / f"{pid}_{b}.tif")
-                               for b in CONFIGILM_14])
+            self.paths.append(
+                [(s1_dir / f"{s1}_{b}.tif") if b in S1_BANDS else (s2_dir / f"{pid}_{b}.tif") for b in CONFIGILM_14]
+            )
         self.mean = np.array([stats[b][0] for b in CONFIGILM_14], np.float32)[:, None, None]
         self.std = np.array([stats[b][1] for b in CONFIGILM_14], np.float32)[:, None, None]
 
@@ -172,9 +194,9 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.configilm_site:
         sys.path.append(str(args.configilm_site))
-    from reben_tools.learn.batches import collate
-from reben_tools.learn.dataset import ReBENDataset
-    from reben_tools.learn.transforms import upsample_and_normalise
+    from reben_tools.learn.data.batches import collate
+    from reben_tools.learn.data.dataset import ReBENDataset
+    from reben_tools.learn.data.transforms import upsample_and_normalise
 
     try:
         from configilm.extra import BENv2_utils
@@ -191,10 +213,18 @@ from reben_tools.learn.dataset import ReBENDataset
         work = Path(tmp.name)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    data = build(work, args.patches, args.shards, tiffs=True) if not (work / "archive" / "manifest.json").is_file() else None
+    data = (
+        build(work, args.patches, args.shards, tiffs=True)
+        if not (work / "archive" / "manifest.json").is_file()
+        else None
+    )
     if data is None:
-        data = {"archive": work / "archive", "merged": work / "merged", "tiff": work / "tiff",
-                "rows": read_metadata([work / METADATA_FILE, work / FLAGGED_METADATA_FILE]).to_pylist()}
+        data = {
+            "archive": work / "archive",
+            "merged": work / "merged",
+            "tiff": work / "tiff",
+            "rows": read_metadata([work / METADATA_FILE, work / FLAGGED_METADATA_FILE]).to_pylist(),
+        }
     setup_s = time.perf_counter() - t0
 
     stats = configilm_stats(BENv2_utils)
@@ -213,8 +243,16 @@ from reben_tools.learn.dataset import ReBENDataset
         return img.clone().sub_(mean).div_(std)
 
     cilm = BENv2DataSet(
-        {"images_lmdb": work / "merged-configilm", "metadata_parquet": metadata[0], "metadata_snow_cloud_parquet": metadata[1]},
-        split=None, transform=normalize, img_size=(14, 120, 120), include_cloudy=True, include_snowy=True,
+        {
+            "images_lmdb": work / "merged-configilm",
+            "metadata_parquet": metadata[0],
+            "metadata_snow_cloud_parquet": metadata[1],
+        },
+        split=None,
+        transform=normalize,
+        img_size=(14, 120, 120),
+        include_cloudy=True,
+        include_snowy=True,
     )
     patch_ids = ds_archive.patch_ids
     assert list(cilm.patches) == patch_ids, "ConfigILM and ReBENDataset index different patches"
@@ -245,12 +283,14 @@ from reben_tools.learn.dataset import ReBENDataset
         def run(order):
             for i in order:
                 get(int(i))
+
         return run
 
     def batched(fetch):
         def run(order):
             for s in range(0, len(order), bs):
                 fetch(order[s : s + bs].tolist())
+
         return run
 
     def bound(order):
@@ -302,14 +342,22 @@ from reben_tools.learn.dataset import ReBENDataset
 
         def through_loader(dataset, collate_fn):
             sampler = Order()
-            loader = DataLoader(dataset, batch_size=bs, sampler=sampler, num_workers=args.workers,
-                                collate_fn=collate_fn, persistent_workers=True, multiprocessing_context="fork",
-                                prefetch_factor=2)
+            loader = DataLoader(
+                dataset,
+                batch_size=bs,
+                sampler=sampler,
+                num_workers=args.workers,
+                collate_fn=collate_fn,
+                persistent_workers=True,
+                multiprocessing_context="fork",
+                prefetch_factor=2,
+            )
 
             def run(order):
                 sampler.order = order.tolist()
                 for _ in loader:
                     pass
+
             return run
 
         readers["g_loader_workers_batched"] = through_loader(ds_archive, collate)
@@ -330,23 +378,39 @@ from reben_tools.learn.dataset import ReBENDataset
     def ratio(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(rates[a], rates[b]))
 
-    best_bound = "f_bound_batch_numpy" if statistics.median(rates["f_bound_batch_numpy"]) >= statistics.median(
-        rates["f_bound_batch_torch_empty"]) else "f_bound_batch_torch_empty"
+    best_bound = (
+        "f_bound_batch_numpy"
+        if statistics.median(rates["f_bound_batch_numpy"]) >= statistics.median(rates["f_bound_batch_torch_empty"])
+        else "f_bound_batch_torch_empty"
+    )
     result = {
         "machine": f"{os.cpu_count()} CPUs (shared VM), torch threads 1, DataLoader workers {args.workers}",
-        "patches": n, "batch_size": bs, "samples_per_round": args.samples, "rounds": args.rounds,
+        "patches": n,
+        "batch_size": bs,
+        "samples_per_round": args.samples,
+        "rounds": args.rounds,
         "setup_seconds": round(setup_s, 1),
         "samples_per_second_median": {k: round(statistics.median(v), 1) for k, v in rates.items()},
         "ratios_median_per_round": {
             f"{k}/d_configilm": round(ratio(k, "d_configilm"), 2) for k in readers if k != "d_configilm"
-        } | {
+        }
+        | {
             f"{k}/d_configilm_collated": round(ratio(k, "d_configilm_collated"), 2)
-            for k in ("b_batched", "b_batched_merged", "a_per_sample_collated", "c_native_fetch", "c_native_cpu_transform")
-        } | {
+            for k in (
+                "b_batched",
+                "b_batched_merged",
+                "a_per_sample_collated",
+                "c_native_fetch",
+                "c_native_cpu_transform",
+            )
+        }
+        | {
             "b_batched/a_per_sample": round(ratio("b_batched", "a_per_sample"), 2),
             "c_native_cpu_transform/a_per_sample": round(ratio("c_native_cpu_transform", "a_per_sample"), 2),
             f"{best_bound}/b_batched (time ratio b/bound)": round(ratio(best_bound, "b_batched"), 2),
-            "f_bound_per_sample/a_per_sample (time ratio a/bound)": round(ratio("f_bound_per_sample", "a_per_sample"), 2),
+            "f_bound_per_sample/a_per_sample (time ratio a/bound)": round(
+                ratio("f_bound_per_sample", "a_per_sample"), 2
+            ),
         },
         "max_abs_difference_vs_configilm": max_abs,
     }
@@ -367,6 +431,7 @@ from reben_tools.learn.dataset import ReBENDataset
         names = list(rates)
         med = [statistics.median(rates[k]) for k in names]
         fig, ax = plt.subplots(figsize=(9, 4.5))
+
         def colour(k: str) -> str:  # grey: bounds; green: reben-tools; orange: ConfigILM and GeoTIFFs
             if k.startswith("f_"):
                 return "#888"

@@ -19,7 +19,7 @@ Usage::
     python benchmarks/bench_pipeline.py --demo-dir /tmp/bench/demo --full-dir /tmp/bench/full \\
         --work-dir /tmp/bench/work --json benchmarks/pipeline_results.json
 
-The demo region (``reben_tools.build.demo_region.region.generate_region``) and the full-size product
+The demo region (``reben_tools.builder.demo_region.region.generate_region``) and the full-size product
 (``write_full_size_product``) are generated into the given folders when absent.
 """
 
@@ -37,12 +37,12 @@ from pathlib import Path
 
 import rasterio
 
-from reben_tools.build.corine import open_clc
-from reben_tools.build.pipeline.block import run_block
-from reben_tools.build.pipeline.config import PipelineConfig
-from reben_tools.build.pipeline.discovery import discover
-from reben_tools.build.pipeline.planning import plan_tasks
-from reben_tools.build.pipeline.run import build_archive
+from reben_tools.builder.corine import open_clc
+from reben_tools.builder.pipeline.block import run_block
+from reben_tools.builder.pipeline.config import PipelineConfig
+from reben_tools.builder.pipeline.discovery import discover
+from reben_tools.builder.pipeline.planning import plan_tasks
+from reben_tools.builder.pipeline.run import build_archive
 
 REBEN_PRODUCTS = 115
 CLUSTER_CORES = 32
@@ -54,7 +54,7 @@ def _quiet(_: str) -> None:
 
 def ensure_demo(path: Path) -> Path:
     if not (path / "expected.json").is_file():
-        from reben_tools.build.demo_region.region import generate_region
+        from reben_tools.builder.demo_region.region import generate_region
 
         print(f"generating demo region in {path} ...", flush=True)
         generate_region(path, seed=0, overwrite=True)
@@ -64,7 +64,7 @@ def ensure_demo(path: Path) -> Path:
 def ensure_full(path: Path) -> tuple[Path, Path, Path]:
     s2 = path / "S2"
     if not s2.is_dir() or not any(s2.iterdir()):
-        from reben_tools.build.demo_region.full_size import write_full_size_product
+        from reben_tools.builder.demo_region.full_size import write_full_size_product
 
         print(f"generating the full-size product in {path} (a few minutes) ...", flush=True)
         write_full_size_product(path, progress=True)
@@ -74,8 +74,11 @@ def ensure_full(path: Path) -> tuple[Path, Path, Path]:
 
 def demo_config(demo: Path, rows_per_block: int) -> PipelineConfig:
     return PipelineConfig(
-        s2=[str(demo / "S2")], s1=[str(demo / "S1")], clc=str(next((demo / "corine").glob("*.gpkg"))),
-        countries_file=str(next((demo / "countries").glob("*.geojson"))), rows_per_block=rows_per_block,
+        s2=[str(demo / "S2")],
+        s1=[str(demo / "S1")],
+        clc=str(next((demo / "corine").glob("*.gpkg"))),
+        countries_file=str(next((demo / "countries").glob("*.geojson"))),
+        rows_per_block=rows_per_block,
         memory_limit="4GiB",
     )
 
@@ -123,9 +126,14 @@ def bench_decode(config: PipelineConfig, work: Path, repeats: int, label: str) -
             seconds, kept = pipeline_product(config, index, work)
             pipe.append(seconds)
         row = {
-            "set": label, "product": product.path.name, "patches": product.grid.num_patches, "kept": kept,
-            "decode_s": statistics.median(decode), "pipeline_s": statistics.median(pipe),
-            "ratio": statistics.median(pipe) / statistics.median(decode), "repeats": repeats,
+            "set": label,
+            "product": product.path.name,
+            "patches": product.grid.num_patches,
+            "kept": kept,
+            "decode_s": statistics.median(decode),
+            "pipeline_s": statistics.median(pipe),
+            "ratio": statistics.median(pipe) / statistics.median(decode),
+            "repeats": repeats,
         }
         print(json.dumps(row), flush=True)
         out.append(row)
@@ -144,8 +152,9 @@ def _worker_peak_rss_mib() -> float:
 def bench_memory(config: PipelineConfig, work: Path, workers: int) -> dict:
     from dask.distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit="6GiB",
-                           dashboard_address=":0")
+    cluster = LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, memory_limit="6GiB", dashboard_address=":0"
+    )
     client = Client(cluster)
     try:
         baseline = client.run(_worker_peak_rss_mib)
@@ -159,9 +168,15 @@ def bench_memory(config: PipelineConfig, work: Path, workers: int) -> dict:
         client.close()
         cluster.close()
     shutil.rmtree(out, ignore_errors=True)
-    row = {"workers": workers, "rows_per_block": config.rows_per_block, "build_s": elapsed,
-           "kept": result.kept + result.flagged, "idle_rss_mib": sorted(baseline.values()),
-           "peak_rss_mib": sorted(peaks.values()), "max_peak_gib": max(peaks.values()) / 1024.0}
+    row = {
+        "workers": workers,
+        "rows_per_block": config.rows_per_block,
+        "build_s": elapsed,
+        "kept": result.kept + result.flagged,
+        "idle_rss_mib": sorted(baseline.values()),
+        "peak_rss_mib": sorted(peaks.values()),
+        "max_peak_gib": max(peaks.values()) / 1024.0,
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -173,19 +188,22 @@ def bench_scaling(config: PipelineConfig, work: Path, repeats: int) -> dict:
     execute: dict[int, list[float]] = {1: [], 2: []}
     busy: dict[int, list[float]] = {1: [], 2: []}
     cpu: dict[int, list[float]] = {1: [], 2: []}
-    clusters = {n: LocalCluster(n_workers=n, threads_per_worker=1, processes=True, memory_limit="4GiB",
-                                dashboard_address=":0") for n in (1, 2)}
+    clusters = {
+        n: LocalCluster(n_workers=n, threads_per_worker=1, processes=True, memory_limit="4GiB", dashboard_address=":0")
+        for n in (1, 2)
+    }
     clients = {n: Client(c) for n, c in clusters.items()}
     try:
         for n, client in clients.items():  # warm-up: imports in the worker processes
-            client.run(lambda: __import__("reben_tools.build.pipeline.block"))
+            client.run(lambda: __import__("reben_tools.builder.pipeline.block"))
         for _ in range(repeats):
             for n in (1, 2):
                 out = work / f"scaling-{n}"
                 shutil.rmtree(out, ignore_errors=True)
                 start = time.perf_counter()
-                result = build_archive(config, out=out, scheduler=clusters[n].scheduler_address, progress=False,
-                                       echo=_quiet)
+                result = build_archive(
+                    config, out=out, scheduler=clusters[n].scheduler_address, progress=False, echo=_quiet
+                )
                 times[n].append(time.perf_counter() - start)
                 execute[n].append(result.execute_seconds)
                 busy[n].append(result.task_seconds)
@@ -198,10 +216,19 @@ def bench_scaling(config: PipelineConfig, work: Path, repeats: int) -> dict:
             cluster.close()
     t1, t2 = statistics.median(times[1]), statistics.median(times[2])
     e1, e2 = statistics.median(execute[1]), statistics.median(execute[2])
-    row = {"rows_per_block": config.rows_per_block, "t1_s": times[1], "t2_s": times[2], "speedup": t1 / t2,
-           "efficiency": t1 / t2 / 2, "execute_1_s": execute[1], "execute_2_s": execute[2],
-           "execute_speedup": e1 / e2, "task_wall_s": busy, "task_cpu_s": cpu,
-           "cpu_share_in_tasks_2_workers": statistics.median(cpu[2]) / statistics.median(busy[2])}
+    row = {
+        "rows_per_block": config.rows_per_block,
+        "t1_s": times[1],
+        "t2_s": times[2],
+        "speedup": t1 / t2,
+        "efficiency": t1 / t2 / 2,
+        "execute_1_s": execute[1],
+        "execute_2_s": execute[2],
+        "execute_speedup": e1 / e2,
+        "task_wall_s": busy,
+        "task_cpu_s": cpu,
+        "cpu_share_in_tasks_2_workers": statistics.median(cpu[2]) / statistics.median(busy[2]),
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -218,14 +245,20 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    results: dict = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                                "2 vCPU shared with other sessions", "python": platform.python_version()}
+    results: dict = {
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, 2 vCPU shared with other sessions",
+        "python": platform.python_version(),
+    }
 
     demo = ensure_demo(args.demo_dir)
     if "decode" not in args.skip:
         results["decode_demo"] = bench_decode(demo_config(demo, 5), args.work_dir, args.repeats, "demo")
     if "scaling" not in args.skip:
-        config = demo_config(demo, args.scaling_rows) if args.scaling_set == "demo" else full_config(args.full_dir, args.scaling_rows)
+        config = (
+            demo_config(demo, args.scaling_rows)
+            if args.scaling_set == "demo"
+            else full_config(args.full_dir, args.scaling_rows)
+        )
         results["scaling_demo"] = bench_scaling(config, args.work_dir, args.repeats)
         results["scaling_demo"]["set"] = args.scaling_set
     full = None
@@ -244,8 +277,13 @@ def main() -> None:
     if per_product is not None:
         efficiency = min(results.get("scaling_demo", {}).get("efficiency", 0.85), 1.0)
         hours = REBEN_PRODUCTS * per_product / (CLUSTER_CORES * efficiency) / 3600
-        results["projection"] = {"per_product_core_s": per_product, "products": REBEN_PRODUCTS,
-                                 "cores": CLUSTER_CORES, "parallel_efficiency": efficiency, "hours": hours}
+        results["projection"] = {
+            "per_product_core_s": per_product,
+            "products": REBEN_PRODUCTS,
+            "cores": CLUSTER_CORES,
+            "parallel_efficiency": efficiency,
+            "hours": hours,
+        }
         print(json.dumps(results["projection"]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

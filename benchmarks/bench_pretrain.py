@@ -41,11 +41,11 @@ import torch
 
 from reben_tools.format.bands import PUBLISHED_STATISTICS
 from reben_tools.format.labels import class_names
-from reben_tools.learn.croma import CONFIGS, CROMA
-from reben_tools.learn.embed import embed_archive
-from reben_tools.learn.encoders import S1, S2, CromaEncoder, InputSpec, load_encoder
-from reben_tools.learn.metrics import multilabel_metrics
-from reben_tools.learn.pretrain import PretrainConfig, pretrain
+from reben_tools.learn.evaluation.embed import embed_archive
+from reben_tools.learn.evaluation.metrics import multilabel_metrics
+from reben_tools.learn.models.croma import CONFIGS, CROMA
+from reben_tools.learn.models.encoders import S1, S2, CromaEncoder, InputSpec, load_encoder
+from reben_tools.learn.training.pretrain import PretrainConfig, pretrain
 
 
 def read_embeddings(path: Path) -> dict:
@@ -91,14 +91,14 @@ def recall_at_1(emb: dict) -> tuple[float, int]:
     a = emb["s1"][test] / np.linalg.norm(emb["s1"][test], axis=1, keepdims=True)
     b = emb["s2"][test] / np.linalg.norm(emb["s2"][test], axis=1, keepdims=True)
     hits = (a @ b.T).argmax(axis=1) == np.arange(len(a))
-    return float(hits.mean()), int(len(a))
+    return float(hits.mean()), len(a)
 
 
 def resident_throughput(archive: str, batch_size: int, lr: float, steps: int = 20) -> float:
     """Samples/s of the pretraining step alone (masking, both losses, backward, AdamW) on one resident batch."""
-    from reben_tools.learn.croma import croma_scale
-    from reben_tools.learn.croma_losses import croma_losses
-    from reben_tools.learn.dataset import ReBENDataset
+    from reben_tools.learn.data.dataset import ReBENDataset
+    from reben_tools.learn.models.croma import croma_scale
+    from reben_tools.learn.models.croma_losses import croma_losses
 
     ds = ReBENDataset(archive, split="train", bands="ALL")
     x = croma_scale(torch.stack([ds[i]["image"] for i in range(batch_size)]))
@@ -120,8 +120,7 @@ def evaluate(archive: str, encoder, path: Path) -> dict:
     emb = read_embeddings(path)
     r1, n = recall_at_1(emb)
     probes = {f"linear_probe_test_ap_macro_{f}": linear_probe_ap(emb, feature=f) for f in PROBE_FEATURES[1:]}
-    return {"linear_probe_test_ap_macro": linear_probe_ap(emb), **probes, "s1_to_s2_recall_at_1": r1,
-            "test_patches": n}
+    return {"linear_probe_test_ap_macro": linear_probe_ap(emb), **probes, "s1_to_s2_recall_at_1": r1, "test_patches": n}
 
 
 def main() -> None:
@@ -130,8 +129,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup-steps", type=int, default=1000,
-                        help="linear warm-up steps (capped by the pretraining loop's effective_warmup)")
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=1000,
+        help="linear warm-up steps (capped by the pretraining loop's effective_warmup)",
+    )
     parser.add_argument("--keep-runs", default=None, help="keep the pretraining run directories here")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--random-seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -140,50 +143,85 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if not Path(args.archive, "manifest.json").is_file():
         demo = str(Path(args.archive).parent)
-        subprocess.run([sys.executable, "-m", "reben_tools.cli", "demo", "--out", demo, "--workers", "1",
-                        "--no-progress"], check=True)
-    results: dict = {"archive": args.archive, "budget": {"model": "croma_micro", "epochs": args.epochs,
-                                                           "batch_size": args.batch_size, "lr": args.lr,
-                                                           "warmup_steps": args.warmup_steps},
-                     "random": [], "pretrained": []}
+        subprocess.run(
+            [sys.executable, "-m", "reben_tools.cli", "demo", "--out", demo, "--workers", "1", "--no-progress"],
+            check=True,
+        )
+    results: dict = {
+        "archive": args.archive,
+        "budget": {
+            "model": "croma_micro",
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "warmup_steps": args.warmup_steps,
+        },
+        "random": [],
+        "pretrained": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.random_seeds:
             torch.manual_seed(seed)
-            encoder = CromaEncoder(CROMA(CONFIGS["croma_micro"]), InputSpec(S1, S2, dict(PUBLISHED_STATISTICS)),
-                                   f"random_init_seed{seed}", "none")
+            encoder = CromaEncoder(
+                CROMA(CONFIGS["croma_micro"]),
+                InputSpec(S1, S2, dict(PUBLISHED_STATISTICS)),
+                f"random_init_seed{seed}",
+                "none",
+            )
             results["random"].append({"seed": seed, **evaluate(args.archive, encoder, Path(tmp, f"r{seed}.parquet"))})
             print("random", results["random"][-1], flush=True)
         for seed in args.seeds:
             run = Path(args.keep_runs or tmp, f"run{seed}")
             start = time.perf_counter()
-            pretrain(PretrainConfig(archive=args.archive, model="croma_micro", out=str(run), epochs=args.epochs,
-                                    batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, seed=seed,
-                                    workers=0, progress=False, device="cpu"))
+            pretrain(
+                PretrainConfig(
+                    archive=args.archive,
+                    model="croma_micro",
+                    out=str(run),
+                    epochs=args.epochs,
+                    batch_size=args.batch_size,
+                    lr=args.lr,
+                    warmup_steps=args.warmup_steps,
+                    seed=seed,
+                    workers=0,
+                    progress=False,
+                    device="cpu",
+                )
+            )
             seconds = time.perf_counter() - start
             resident = resident_throughput(args.archive, args.batch_size, args.lr)
             history = json.loads((run / "metrics.json").read_text())["epochs"]
             record = {
-                "seed": seed, "pretrain_seconds": round(seconds, 1),
+                "seed": seed,
+                "pretrain_seconds": round(seconds, 1),
                 "train_samples_per_s": statistics.median(h["train_samples_per_s"] for h in history),
                 "data_wait_fraction": statistics.median(h["data_wait_fraction"] for h in history),
                 "resident_batch_samples_per_s": resident,
-                "final_train": history[-1]["train"], "final_validation": history[-1].get("validation"),
+                "final_train": history[-1]["train"],
+                "final_validation": history[-1].get("validation"),
                 **evaluate(args.archive, load_encoder(str(run)), Path(tmp, f"p{seed}.parquet")),
             }
             results["pretrained"].append(record)
             record["warmup_steps_used"] = json.loads((run / "config.json").read_text())["warmup_steps_used"]
             print("pretrained", {k: v for k, v in record.items() if not k.startswith("final")}, flush=True)
             Path(args.out).write_text(json.dumps(results, indent=2))  # partial results survive an interrupted run
-    keys = ["linear_probe_test_ap_macro", *(f"linear_probe_test_ap_macro_{f}" for f in PROBE_FEATURES[1:]),
-            "s1_to_s2_recall_at_1"]
+    keys = [
+        "linear_probe_test_ap_macro",
+        *(f"linear_probe_test_ap_macro_{f}" for f in PROBE_FEATURES[1:]),
+        "s1_to_s2_recall_at_1",
+    ]
     for key in keys:
         rnd = [r[key] for r in results["random"]]
         pre = [r[key] for r in results["pretrained"]]
-        results[f"margin_{key}"] = {"random_mean": statistics.mean(rnd), "random_max": max(rnd),
-                                    "random_stdev": statistics.pstdev(rnd),
-                                    "pretrained_mean": statistics.mean(pre), "pretrained_min": min(pre),
-                                    "pretrained_stdev": statistics.pstdev(pre),
-                                    "min_pretrained_minus_max_random": min(pre) - max(rnd)}
+        results[f"margin_{key}"] = {
+            "random_mean": statistics.mean(rnd),
+            "random_max": max(rnd),
+            "random_stdev": statistics.pstdev(rnd),
+            "pretrained_mean": statistics.mean(pre),
+            "pretrained_min": min(pre),
+            "pretrained_stdev": statistics.pstdev(pre),
+            "min_pretrained_minus_max_random": min(pre) - max(rnd),
+        }
     results["chance_recall_at_1"] = 1 / results["random"][0]["test_patches"]
     results["torch_threads"] = torch.get_num_threads()
     Path(args.out).write_text(json.dumps(results, indent=2))

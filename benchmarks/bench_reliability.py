@@ -42,11 +42,11 @@ import torch
 from safetensors.numpy import load as safetensors_load
 
 from reben_tools.format import codec, labels
+from reben_tools.format.bands import S1_BANDS, S2_BANDS
 from reben_tools.format.layout import MANIFEST_FILE, PATCHES_FILE, SHARDS_DIR
 from reben_tools.format.manifest import build_manifest, write_manifest
 from reben_tools.format.metadata import write_metadata
 from reben_tools.format.shards import write_shard
-from reben_tools.format.bands import S1_BANDS, S2_BANDS
 
 SPLITS = ("train", "validation", "test")
 PRODUCTS = [
@@ -73,14 +73,25 @@ def build_archive(root: Path, n: int, shards: int, seed: int = 0) -> None:
         s1v = {b: rng.uniform(-30, 0, (120, 120)).astype(np.float32) for b in S1_BANDS}
         ref = np.repeat(np.repeat(rng.choice(codes, (4, 4)), 30, 0), 30, 1).astype(np.uint16)
         k = i * shards // n
-        shard_items[k] += [(pid, codec.encode_s2(s2)), (s1, codec.encode_s1(s1v)),
-                           (pid + "_reference_map", codec.encode_reference_map(ref))]
-        rows.append({"patch_id": pid, "labels": labels.labels_from_reference_map(ref), "split": SPLITS[i % 3],
-                     "country": "Austria", "s1_name": s1, "s2v1_name": None,
-                     "contains_seasonal_snow": False, "contains_cloud_or_shadow": False})
+        shard_items[k] += [
+            (pid, codec.encode_s2(s2)),
+            (s1, codec.encode_s1(s1v)),
+            (pid + "_reference_map", codec.encode_reference_map(ref)),
+        ]
+        rows.append(
+            {
+                "patch_id": pid,
+                "labels": labels.labels_from_reference_map(ref),
+                "split": SPLITS[i % 3],
+                "country": "Austria",
+                "s1_name": s1,
+                "s2v1_name": None,
+                "contains_seasonal_snow": False,
+                "contains_cloud_or_shadow": False,
+            }
+        )
         patch_rows.append({"patch_id": pid, "s1_name": s1, "shard": f"shard-{k:02d}", "geometry": box(0, 0, 1, 1)})
-    infos = [write_shard(root / SHARDS_DIR, f"shard-{k:02d}", items)
-             for k, items in enumerate(shard_items)]
+    infos = [write_shard(root / SHARDS_DIR, f"shard-{k:02d}", items) for k, items in enumerate(shard_items)]
     write_metadata(root, rows)
     gpd.GeoDataFrame(patch_rows, crs="EPSG:4326").to_parquet(root / PATCHES_FILE)
     write_manifest(root, build_manifest(infos, {"patches": n}, {}, [], {}, "bench_reliability"))
@@ -127,7 +138,7 @@ def memory_sample(main: psutil.Process) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from reben_tools.learn.dataset import ReBENDataset
+    from reben_tools.learn.data.dataset import ReBENDataset
 
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-reliability-"))
     root = work / "archive"
@@ -140,14 +151,24 @@ def run(args: argparse.Namespace) -> dict:
     s1_of = dict(zip(dataset.metadata.column("patch_id").to_pylist(), dataset.metadata.column("s1_name").to_pylist()))
     label_of = {pid: dataset.labels[i] for i, pid in enumerate(ids)}
     rng = np.random.default_rng(1)
-    probe = {ids[i]: independent_image(root, ids[i], s1_of[ids[i]], list(dataset.bands))
-             for i in rng.choice(n, size=min(args.probes, n), replace=False)}
+    probe = {
+        ids[i]: independent_image(root, ids[i], s1_of[ids[i]], list(dataset.bands))
+        for i in rng.choice(n, size=min(args.probes, n), replace=False)
+    }
 
-    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=args.batches * args.batch_size,
-                                             generator=torch.Generator().manual_seed(0))
+    sampler = torch.utils.data.RandomSampler(
+        dataset,
+        replacement=True,
+        num_samples=args.batches * args.batch_size,
+        generator=torch.Generator().manual_seed(0),
+    )
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-        persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None,
+        dataset,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
+        prefetch_factor=4 if args.workers else None,
         multiprocessing_context="fork" if args.workers else None,
     )
     main = psutil.Process()
@@ -170,7 +191,7 @@ def run(args: argparse.Namespace) -> dict:
             seen += len(batch["patch_id"])
             if b % args.sample_every == 0 or b == args.batches - 1:
                 samples.append({"batch": b, "seconds": time.perf_counter() - started, **memory_sample(main)})
-    except Exception as exc:  # noqa: BLE001 - the run's outcome is the figure
+    except Exception as exc:
         errors.append(f"{type(exc).__name__}: {exc}")
     seconds = time.perf_counter() - started
 
@@ -189,17 +210,28 @@ def run(args: argparse.Namespace) -> dict:
     result = {
         "machine": "2-core shared VM (other engineers' jobs running), 24 GiB",
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-        "patches": n, "shards": args.shards, "workers": args.workers, "batch_size": args.batch_size,
-        "batches": args.batches, "samples_read": seen, "probe_samples_compared": probed,
-        "errors": errors[:20], "error_count": len(errors),
-        "seconds": seconds, "samples_per_second": seen / seconds if seconds else float("nan"),
-        "pss_total_mib_after_warmup": {"first": warm[0]["total_pss"] / mib if warm else None,
-                                       "max": max(s["total_pss"] for s in warm) / mib if warm else None,
-                                       "last": warm[-1]["total_pss"] / mib if warm else None},
+        "patches": n,
+        "shards": args.shards,
+        "workers": args.workers,
+        "batch_size": args.batch_size,
+        "batches": args.batches,
+        "samples_read": seen,
+        "probe_samples_compared": probed,
+        "errors": errors[:20],
+        "error_count": len(errors),
+        "seconds": seconds,
+        "samples_per_second": seen / seconds if seconds else float("nan"),
+        "pss_total_mib_after_warmup": {
+            "first": warm[0]["total_pss"] / mib if warm else None,
+            "max": max(s["total_pss"] for s in warm) / mib if warm else None,
+            "last": warm[-1]["total_pss"] / mib if warm else None,
+        },
         "pss_peak_growth_second_vs_first_half_mib": growth,
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "pss_slope_mib_per_1000_batches": slope,
-        "rss_main_mib": {"first": samples[0]["main"]["rss"] / mib, "last": samples[-1]["main"]["rss"] / mib} if samples else None,
+        "rss_main_mib": {"first": samples[0]["main"]["rss"] / mib, "last": samples[-1]["main"]["rss"] / mib}
+        if samples
+        else None,
         "rss_workers_mib_last": [w["rss"] / mib for w in samples[-1]["workers"]] if samples else None,
         "flat": bool(growth < args.max_growth_mib),
         "samples": samples,
@@ -221,23 +253,36 @@ def plot(result: dict, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     left.plot(batches, [s["main"]["rss"] / mib for s in samples], label="main RSS", color="black")
     for w in range(result["workers"]):
-        left.plot(batches, [s["workers"][w]["rss"] / mib if w < len(s["workers"]) else np.nan for s in samples],
-                  label=f"worker {w} RSS")
+        left.plot(
+            batches,
+            [s["workers"][w]["rss"] / mib if w < len(s["workers"]) else np.nan for s in samples],
+            label=f"worker {w} RSS",
+        )
     left.set_xlabel("batch")
     left.set_ylabel("MiB")
     left.set_title("resident set size per process")
     left.legend(fontsize=8)
     right.plot(batches, [s["total_pss"] / mib for s in samples], label="total PSS (all processes)", color="tab:red")
-    right.plot(batches, [s["total_rss"] / mib for s in samples], label="total RSS (shared pages counted twice)",
-               color="tab:gray", linestyle="--")
+    right.plot(
+        batches,
+        [s["total_rss"] / mib for s in samples],
+        label="total RSS (shared pages counted twice)",
+        color="tab:gray",
+        linestyle="--",
+    )
     right.axvline(result["batches"] // 10, color="0.6", linewidth=0.8, linestyle=":")
     right.set_xlabel("batch")
     right.set_ylabel("MiB")
-    right.set_title(f"{result['samples_read']:,} random samples, {result['error_count']} errors, "
-                    f"PSS peak growth (2nd vs 1st half) {result['pss_peak_growth_second_vs_first_half_mib']:+.1f} MiB", fontsize=9)
+    right.set_title(
+        f"{result['samples_read']:,} random samples, {result['error_count']} errors, "
+        f"PSS peak growth (2nd vs 1st half) {result['pss_peak_growth_second_vs_first_half_mib']:+.1f} MiB",
+        fontsize=9,
+    )
     right.legend(fontsize=8)
-    fig.suptitle(f"Long read: {result['workers']} DataLoader workers x {result['batches']} batches of "
-                 f"{result['batch_size']} ({result['patches']} patches, {result['shards']} shards)")
+    fig.suptitle(
+        f"Long read: {result['workers']} DataLoader workers x {result['batches']} batches of "
+        f"{result['batch_size']} ({result['patches']} patches, {result['shards']} shards)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -94,8 +94,8 @@ def generate(n_tiles: int = 100, n_repeat_tiles: int = 25, keep: float = 0.53, s
 
 def per_patch_loop_split(ids: list[str]) -> list[str]:
     """Baseline: the straightforward per-row Python split."""
-    from reben_tools.geo.mgrs_grid import tile_grid
     from reben_tools.format.naming import parse_patch_id
+    from reben_tools.geo.mgrs_grid import tile_grid
     from reben_tools.geo.split_rule import reben_split
 
     out = []
@@ -123,8 +123,10 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-split-audit-"))
     source = workdir / "metadata.parquet"
     pq.write_table(table, source)
-    print(f"generated {table.num_rows:,} patches, {args.tiles} tiles, "
-          f"{args.tiles + args.repeat_tiles} acquisitions in {time.perf_counter() - started:.1f} s")
+    print(
+        f"generated {table.num_rows:,} patches, {args.tiles} tiles, "
+        f"{args.tiles + args.repeat_tiles} acquisitions in {time.perf_counter() - started:.1f} s"
+    )
     ids = table.column("patch_id").to_pylist()
 
     timings: dict[str, list[float]] = {}
@@ -146,8 +148,10 @@ def main() -> None:
             strategy = get_strategy(name)
             timed(f"load + split {name}", lambda: strategy.assign(load_patches(source)))
         timed("audit: split column + 3 strategies, with figures", lambda: run_audit(source, out_dir))
-        timed("audit: split column only, no figures",
-              lambda: run_audit(source, workdir / "report-nofig", split_columns=["split"], figures=False))
+        timed(
+            "audit: split column only, no figures",
+            lambda: run_audit(source, workdir / "report-nofig", split_columns=["split"], figures=False),
+        )
         print(f"round {round_ + 1}/{args.repeats} done")
 
     baseline = statistics.median(timings["baseline: per-patch Python loop split (reben)"])
@@ -155,8 +159,10 @@ def main() -> None:
     print(f"\n{'step':55s} {'median s':>9s} {'min s':>7s} {'cpu s':>7s} {'x read':>8s} {'loop/step':>10s}")
     for name, values in timings.items():
         median = statistics.median(values)
-        print(f"{name:55s} {median:9.2f} {min(values):7.2f} {statistics.median(cpu[name]):7.2f} "
-              f"{median / read:8.1f} {baseline / median:10.2f}")
+        print(
+            f"{name:55s} {median:9.2f} {min(values):7.2f} {statistics.median(cpu[name]):7.2f} "
+            f"{median / read:8.1f} {baseline / median:10.2f}"
+        )
     print(f"load average after: {os.getloadavg()}")
     print(f"\nreport: {out_dir}")
 

@@ -16,8 +16,9 @@ import numpy as np
 
 from reben_tools.splits.subsets import fraction_indices
 
-PREVALENCE = np.array([0.002, 0.2, 0.005, 0.2, 0.05, 0.1, 0.12, 0.03, 0.08, 0.01, 0.05, 0.02, 0.1, 0.2, 0.03,
-                       0.15, 0.03, 0.05, 0.17])
+PREVALENCE = np.array(
+    [0.002, 0.2, 0.005, 0.2, 0.05, 0.1, 0.12, 0.03, 0.08, 0.01, 0.05, 0.02, 0.1, 0.2, 0.03, 0.15, 0.03, 0.05, 0.17]
+)
 
 
 def main() -> None:
@@ -34,8 +35,10 @@ def main() -> None:
         gap = np.abs(y[rows].mean(0) - y.mean(0)).max()
         uniform = rng.choice(n, len(rows), replace=False)
         uniform_gap = np.abs(y[uniform].mean(0) - y.mean(0)).max()
-        print(f"| {fraction:g} | {len(rows):,} | {seconds:.2f} | {100 * gap:.3f} | {100 * uniform_gap:.3f} "
-              f"| {uniform_gap / gap:.0f}x smaller |")
+        print(
+            f"| {fraction:g} | {len(rows):,} | {seconds:.2f} | {100 * gap:.3f} | {100 * uniform_gap:.3f} "
+            f"| {uniform_gap / gap:.0f}x smaller |"
+        )
 
 
 if __name__ == "__main__":

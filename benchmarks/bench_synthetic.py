@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from reben_tools.build.demo_region.region import generate_region
+from reben_tools.builder.demo_region.region import generate_region
 
 
 def _cpu() -> float:
@@ -43,8 +43,14 @@ def snapshot(region_root: Path) -> list[tuple[str, dict, np.ndarray]]:
             continue
         with rasterio.open(path) as ds:
             profile = dict(
-                driver=ds.driver, width=ds.width, height=ds.height, count=1, dtype=ds.dtypes[0], crs=ds.crs,
-                transform=ds.transform, nodata=ds.nodata,
+                driver=ds.driver,
+                width=ds.width,
+                height=ds.height,
+                count=1,
+                dtype=ds.dtypes[0],
+                crs=ds.crs,
+                transform=ds.transform,
+                nodata=ds.nodata,
             )
             out.append((path.relative_to(region_root).as_posix(), profile, ds.read(1)))
     return out
@@ -60,8 +66,13 @@ def baseline_write(rasters: list[tuple[str, dict, np.ndarray]], out_dir: Path) -
             options.pop("nodata")
             options.update(QUALITY="100", REVERSIBLE="YES", YCBCR420="NO")
         else:
-            options.update(tiled=True, blockxsize=256, blockysize=256, compress="deflate",
-                           predictor=3 if array.dtype == np.float32 else 2)
+            options.update(
+                tiled=True,
+                blockxsize=256,
+                blockysize=256,
+                compress="deflate",
+                predictor=3 if array.dtype == np.float32 else 2,
+            )
         with rasterio.open(path, "w", **options) as ds:
             ds.write(array, 1)
 

@@ -6,7 +6,7 @@ machine load (the 2 cores of the development VM are shared):
 
   (a) compute bound: the training step (flips, forward, BCE, backward, AdamW) on one batch
       already in memory, repeated -- no data loading at all;
-  (b) the loop of ``reben_tools.learn.loop.train`` for one epoch over a generated archive, with
+  (b) the loop of ``reben_tools.learn.training.loop.train`` for one epoch over a generated archive, with
       ``--workers W`` DataLoader workers (native-resolution batches, upsampling and
       normalisation in the loop's device step), read from the loop's own per-epoch record:
       ``train_samples_per_s``, ``data_wait_fraction`` (time blocked in ``next(loader)`` / total
@@ -33,13 +33,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from training_archive import build_learnable_archive  # noqa: E402
+from training_archive import build_learnable_archive
 
-from reben_tools.format.bands import resolve_bands  # noqa: E402
-from reben_tools.learn.models import build_model  # noqa: E402
-from reben_tools.learn.augment import random_flips  # noqa: E402
-from reben_tools.learn.config import TrainConfig  # noqa: E402
-from reben_tools.learn.loop import train  # noqa: E402
+from reben_tools.format.bands import resolve_bands
+from reben_tools.learn.data.augment import random_flips
+from reben_tools.learn.models.classifier import build_model
+from reben_tools.learn.runtime.config import TrainConfig
+from reben_tools.learn.training.loop import train
 
 
 def compute_bound(model_name: str, bands: str, batch: int, steps: int, seed: int = 0) -> float:
@@ -67,8 +67,18 @@ def compute_bound(model_name: str, bands: str, batch: int, steps: int, seed: int
 def loop_epoch(archive_dir: Path, out: Path, model_name: str, bands: str, batch: int, workers: int) -> dict:
     """One epoch of the real loop; returns its record (samples/s, data-wait share)."""
     shutil.rmtree(out, ignore_errors=True)
-    config = TrainConfig(archive=str(archive_dir), bands=bands, model=model_name, out=str(out), epochs=2,
-                         batch_size=batch, workers=workers, device="cpu", progress=False, evaluate_test=False)
+    config = TrainConfig(
+        archive=str(archive_dir),
+        bands=bands,
+        model=model_name,
+        out=str(out),
+        epochs=2,
+        batch_size=batch,
+        workers=workers,
+        device="cpu",
+        progress=False,
+        evaluate_test=False,
+    )
     metrics = train(config)
     return metrics["epochs"][-1]  # the second epoch: persistent workers already started
 
@@ -98,27 +108,47 @@ def main() -> None:
             rows["compute"].append(compute_bound(args.model, args.bands, args.batch_size, steps, seed=r))
             for w in args.workers:
                 record = loop_epoch(tmp / "archive", tmp / f"run-{w}", args.model, args.bands, args.batch_size, w)
-                rows[f"loop_w{w}"].append((record["train_samples_per_s"], record["data_wait_fraction"],
-                                           record["preprocess_fraction"]))
-            print(f"round {r + 1}: compute {rows['compute'][-1]:.1f} samples/s; "
-                  + "; ".join(f"workers={w}: {rows[f'loop_w{w}'][-1][0]:.1f} samples/s, "
-                              f"wait {100 * rows[f'loop_w{w}'][-1][1]:.1f}%, "
-                              f"upsample+normalise {100 * rows[f'loop_w{w}'][-1][2]:.1f}%" for w in args.workers),
-                  flush=True)
+                rows[f"loop_w{w}"].append(
+                    (record["train_samples_per_s"], record["data_wait_fraction"], record["preprocess_fraction"])
+                )
+            print(
+                f"round {r + 1}: compute {rows['compute'][-1]:.1f} samples/s; "
+                + "; ".join(
+                    f"workers={w}: {rows[f'loop_w{w}'][-1][0]:.1f} samples/s, "
+                    f"wait {100 * rows[f'loop_w{w}'][-1][1]:.1f}%, "
+                    f"upsample+normalise {100 * rows[f'loop_w{w}'][-1][2]:.1f}%"
+                    for w in args.workers
+                ),
+                flush=True,
+            )
         compute = statistics.median(rows["compute"])
-        summary = {"machine": f"{os.cpu_count()} CPUs (shared)", "torch_threads": args.threads, "model": args.model,
-                   "bands": args.bands, "batch_size": args.batch_size, "patches": args.patches,
-                   "rounds": args.rounds, "compute_bound_samples_per_s": compute, "loop": {}}
+        summary = {
+            "machine": f"{os.cpu_count()} CPUs (shared)",
+            "torch_threads": args.threads,
+            "model": args.model,
+            "bands": args.bands,
+            "batch_size": args.batch_size,
+            "patches": args.patches,
+            "rounds": args.rounds,
+            "compute_bound_samples_per_s": compute,
+            "loop": {},
+        }
         print(f"\nmedian of {args.rounds} rounds, {args.model} on {args.bands}, batch {args.batch_size}:")
         print(f"  (a) compute bound (resident batch): {compute:8.1f} samples/s   1.00")
         for w in args.workers:
             sps = statistics.median(v[0] for v in rows[f"loop_w{w}"])
             wait = statistics.median(v[1] for v in rows[f"loop_w{w}"])
             prep = statistics.median(v[2] for v in rows[f"loop_w{w}"])
-            summary["loop"][w] = {"samples_per_s": sps, "data_wait_fraction": wait, "preprocess_fraction": prep,
-                                  "ratio_to_compute": sps / compute}
-            print(f"  (b) training loop, {w} worker(s):    {sps:8.1f} samples/s   {sps / compute:.2f}   "
-                  f"waiting for data {100 * wait:.1f}% of the step, upsample+normalise in the loop {100 * prep:.1f}%")
+            summary["loop"][w] = {
+                "samples_per_s": sps,
+                "data_wait_fraction": wait,
+                "preprocess_fraction": prep,
+                "ratio_to_compute": sps / compute,
+            }
+            print(
+                f"  (b) training loop, {w} worker(s):    {sps:8.1f} samples/s   {sps / compute:.2f}   "
+                f"waiting for data {100 * wait:.1f}% of the step, upsample+normalise in the loop {100 * prep:.1f}%"
+            )
         if args.json:
             args.json.write_text(json.dumps(summary, indent=2))
     finally:

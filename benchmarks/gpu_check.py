@@ -6,7 +6,7 @@ Generates its own archive (4,608 patches; 96 with ``--quick``), then measures, w
 ``--out`` after every part so a run cut short keeps what it measured:
 
 1. ``train``: ResNet-50 on S1_10m_20m (12 bands) at global batch 512 through the real loop
-   (``reben_tools.learn.loop.train``), bf16 and fp32, ``--compile`` off and on: samples/s and
+   (``reben_tools.learn.training.loop.train``), bf16 and fp32, ``--compile`` off and on: samples/s and
    data-wait share of the steady-state epochs (the first epoch, with compilation and worker
    start-up, is left out), peak GPU memory, wall time.
 2. ``loader``: the native loader's headroom: batches/s it delivers onto the device (read,
@@ -49,23 +49,46 @@ sys.path.insert(0, str(REPO / "tests"))
 from training_archive import build_learnable_archive  # noqa: E402
 
 from reben_tools.format.bands import resolve_bands  # noqa: E402
-from reben_tools.learn.augment import random_flips  # noqa: E402
-from reben_tools.learn.checkpoints import load_checkpoint, model_from_checkpoint  # noqa: E402
-from reben_tools.learn.config import TrainConfig  # noqa: E402
-from reben_tools.learn.devices import autocast  # noqa: E402
-from reben_tools.learn.distributed import EpochSampler  # noqa: E402
-from reben_tools.learn.evaluation import predict  # noqa: E402
-from reben_tools.learn.loaders import DevicePreprocess, default_workers, make_loader, open_dataset, split_indices  # noqa: E402
-from reben_tools.learn.loop import train  # noqa: E402
-from reben_tools.learn.metrics import multilabel_metrics  # noqa: E402
-from reben_tools.learn.models import build_model  # noqa: E402
+from reben_tools.learn.data.augment import random_flips  # noqa: E402
+from reben_tools.learn.data.loaders import DevicePreprocess, default_workers, make_loader, open_dataset, split_indices  # noqa: E402
+from reben_tools.learn.evaluation.metrics import multilabel_metrics  # noqa: E402
+from reben_tools.learn.evaluation.predict import predict  # noqa: E402
+from reben_tools.learn.models.classifier import build_model  # noqa: E402
+from reben_tools.learn.models.restore import model_from_checkpoint  # noqa: E402
+from reben_tools.learn.runtime.checkpoints import load_checkpoint  # noqa: E402
+from reben_tools.learn.runtime.config import TrainConfig  # noqa: E402
+from reben_tools.learn.runtime.devices import autocast  # noqa: E402
+from reben_tools.learn.runtime.distributed import EpochSampler  # noqa: E402
+from reben_tools.learn.training.loop import train  # noqa: E402
 
-FULL = dict(model="resnet50", model_kwargs={}, bands="S1_10m_20m", batch=512, counts={"train": 4096, "validation": 512},
-            epochs=4, precisions=("bf16", "fp32"), compile=(False, True), pretrain_model="croma_base",
-            pretrain_batch=256, pretrain_steps=12, loader_batches=24)
-QUICK = dict(model="resnet_micro", model_kwargs=dict(stem_width=8, widths=(8, 16, 16, 32)), bands="S1_10m_20m",
-             batch=16, counts={"train": 64, "validation": 32}, epochs=2, precisions=("bf16", "fp32"),
-             compile=(False,), pretrain_model="croma_micro", pretrain_batch=16, pretrain_steps=4, loader_batches=4)
+FULL = dict(
+    model="resnet50",
+    model_kwargs={},
+    bands="S1_10m_20m",
+    batch=512,
+    counts={"train": 4096, "validation": 512},
+    epochs=4,
+    precisions=("bf16", "fp32"),
+    compile=(False, True),
+    pretrain_model="croma_base",
+    pretrain_batch=256,
+    pretrain_steps=12,
+    loader_batches=24,
+)
+QUICK = dict(
+    model="resnet_micro",
+    model_kwargs=dict(stem_width=8, widths=(8, 16, 16, 32)),
+    bands="S1_10m_20m",
+    batch=16,
+    counts={"train": 64, "validation": 32},
+    epochs=2,
+    precisions=("bf16", "fp32"),
+    compile=(False,),
+    pretrain_model="croma_micro",
+    pretrain_batch=16,
+    pretrain_steps=4,
+    loader_batches=4,
+)
 
 
 def sync(device: torch.device) -> None:
@@ -84,13 +107,22 @@ def reset_peak(device: torch.device) -> None:
 
 
 def machine(device: torch.device) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-            "device": str(device)}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "device": str(device),
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(gpu=props.name, gpus=torch.cuda.device_count(), capability=list(torch.cuda.get_device_capability(device)),
-                    gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version())
+        info.update(
+            gpu=props.name,
+            gpus=torch.cuda.device_count(),
+            capability=list(torch.cuda.get_device_capability(device)),
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
     return info
 
 
@@ -103,20 +135,39 @@ def part_train(spec, archive: Path, work: Path, device: torch.device, precision:
     shutil.rmtree(out, ignore_errors=True)
     reset_peak(device)
     t0 = time.perf_counter()
-    metrics = train(TrainConfig(archive=str(archive), bands=spec["bands"], model=spec["model"], out=str(out),
-                                epochs=spec["epochs"], batch_size=spec["batch"], patience=spec["epochs"],
-                                model_kwargs=spec["model_kwargs"], device=str(device), precision=precision,
-                                compile=compiled, evaluate_test=False, progress=False))
+    metrics = train(
+        TrainConfig(
+            archive=str(archive),
+            bands=spec["bands"],
+            model=spec["model"],
+            out=str(out),
+            epochs=spec["epochs"],
+            batch_size=spec["batch"],
+            patience=spec["epochs"],
+            model_kwargs=spec["model_kwargs"],
+            device=str(device),
+            precision=precision,
+            compile=compiled,
+            evaluate_test=False,
+            progress=False,
+        )
+    )
     wall = time.perf_counter() - t0
     steady = metrics["epochs"][1:] or metrics["epochs"]
     samples = sum(e["train_samples"] for e in steady)
     seconds = sum(e["train_samples"] / e["train_samples_per_s"] for e in steady)
     wait = float(np.average([e["data_wait_fraction"] for e in steady], weights=[e["train_samples"] for e in steady]))
-    return {"precision": precision, "compile": compiled, "samples_per_s": samples / seconds,
-            "data_wait_fraction": wait, "peak_gpu_memory_gib": peak_memory_gib(device), "wall_s": wall,
-            "first_epoch_samples_per_s": metrics["epochs"][0]["train_samples_per_s"],
-            "validation_average_precision_macro": metrics["epochs"][-1]["validation"]["average_precision_macro"],
-            "run": str(out)}
+    return {
+        "precision": precision,
+        "compile": compiled,
+        "samples_per_s": samples / seconds,
+        "data_wait_fraction": wait,
+        "peak_gpu_memory_gib": peak_memory_gib(device),
+        "wall_s": wall,
+        "first_epoch_samples_per_s": metrics["epochs"][0]["train_samples_per_s"],
+        "validation_average_precision_macro": metrics["epochs"][-1]["validation"]["average_precision_macro"],
+        "run": str(out),
+    }
 
 
 def resident_step_rate(spec, device: torch.device, precision: str, steps: int) -> float:
@@ -177,8 +228,13 @@ def loader_rate(spec, archive: Path, device: torch.device, batches: int) -> tupl
 def part_loader(spec, archive: Path, device: torch.device, precision: str) -> dict:
     delivered, workers = loader_rate(spec, archive, device, spec["loader_batches"])
     consumed = resident_step_rate(spec, device, precision, max(4, spec["loader_batches"] // 2))
-    return {"workers": workers, "loader_batches_per_s": delivered, "model_batches_per_s": consumed,
-            "precision": precision, "headroom": delivered / consumed}
+    return {
+        "workers": workers,
+        "loader_batches_per_s": delivered,
+        "model_batches_per_s": consumed,
+        "precision": precision,
+        "headroom": delivered / consumed,
+    }
 
 
 def part_evaluation(spec, archive: Path, checkpoint: Path, device: torch.device) -> dict:
@@ -195,9 +251,11 @@ def part_evaluation(spec, archive: Path, checkpoint: Path, device: torch.device)
         for precision in ("fp32", "bf16"):
             logits, targets, _ = predict(model, loader, preprocess, precision)
             m = multilabel_metrics(logits, targets)
-            out[precision] = {"average_precision_macro": m["average_precision_macro"],
-                              "average_precision_micro": m["average_precision_micro"],
-                              "distinct_logits_per_class": float(np.mean([len(np.unique(c)) for c in logits.T]))}
+            out[precision] = {
+                "average_precision_macro": m["average_precision_macro"],
+                "average_precision_micro": m["average_precision_micro"],
+                "distinct_logits_per_class": float(np.mean([len(np.unique(c)) for c in logits.T])),
+            }
         # the old behaviour: the head inside bf16 autocast, bf16 logits
         old = []
         model.eval()
@@ -208,20 +266,22 @@ def part_evaluation(spec, archive: Path, checkpoint: Path, device: torch.device)
                     old.append(model(images).float().cpu())
         old_logits = torch.cat(old).numpy()
         m = multilabel_metrics(old_logits, targets)
-        out["bf16_head"] = {"average_precision_macro": m["average_precision_macro"],
-                            "average_precision_micro": m["average_precision_micro"],
-                            "distinct_logits_per_class": float(np.mean([len(np.unique(c)) for c in old_logits.T]))}
+        out["bf16_head"] = {
+            "average_precision_macro": m["average_precision_macro"],
+            "average_precision_micro": m["average_precision_micro"],
+            "distinct_logits_per_class": float(np.mean([len(np.unique(c)) for c in old_logits.T])),
+        }
     finally:
         dataset.archive.close()
-    out["samples"] = int(len(targets))
+    out["samples"] = len(targets)
     out["macro_ap_bf16_minus_fp32"] = out["bf16"]["average_precision_macro"] - out["fp32"]["average_precision_macro"]
     return out
 
 
 def part_pretrain(spec, archive: Path, work: Path, device: torch.device) -> dict:
-    if importlib.util.find_spec("reben_tools.learn.pretrain") is None:
+    if importlib.util.find_spec("reben_tools.learn.training.pretrain") is None:
         return {"skipped": "reben_tools.learn has no pretrain module yet (CROMA pretraining not merged)"}
-    from reben_tools.learn.pretrain import PretrainConfig, pretrain
+    from reben_tools.learn.training.pretrain import PretrainConfig, pretrain
 
     stamps: list[float] = []
 
@@ -232,13 +292,28 @@ def part_pretrain(spec, archive: Path, work: Path, device: torch.device) -> dict
     reset_peak(device)
     out = work / "pretrain"
     shutil.rmtree(out, ignore_errors=True)
-    pretrain(PretrainConfig(archive=str(archive), model=spec["pretrain_model"], out=str(out), epochs=1,
-                            batch_size=spec["pretrain_batch"], device=str(device), max_steps=spec["pretrain_steps"],
-                            progress=False), on_step=on_step)
+    pretrain(
+        PretrainConfig(
+            archive=str(archive),
+            model=spec["pretrain_model"],
+            out=str(out),
+            epochs=1,
+            batch_size=spec["pretrain_batch"],
+            device=str(device),
+            max_steps=spec["pretrain_steps"],
+            progress=False,
+        ),
+        on_step=on_step,
+    )
     steady = stamps[2:]  # the first steps warm up
     rate = (len(steady) - 1) * spec["pretrain_batch"] / (steady[-1] - steady[0]) if len(steady) > 1 else None
-    return {"model": spec["pretrain_model"], "batch_size": spec["pretrain_batch"], "steps": len(stamps),
-            "samples_per_s": rate, "peak_gpu_memory_gib": peak_memory_gib(device)}
+    return {
+        "model": spec["pretrain_model"],
+        "batch_size": spec["pretrain_batch"],
+        "steps": len(stamps),
+        "samples_per_s": rate,
+        "peak_gpu_memory_gib": peak_memory_gib(device),
+    }
 
 
 def part_ddp(spec, archive: Path, work: Path, device: torch.device, single: dict | None) -> dict:
@@ -249,17 +324,48 @@ def part_ddp(spec, archive: Path, work: Path, device: torch.device, single: dict
         return {"skipped": "no single-GPU bf16 figure to compare with"}
     out = work / "ddp"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus), "-m",
-           "reben_tools.cli", "train", "--archive", str(archive), "--bands", spec["bands"], "--model", spec["model"],
-           "--epochs", str(spec["epochs"]), "--patience", str(spec["epochs"]), "--batch-size", str(spec["batch"]),
-           "--device", "cuda", "--precision", "bf16", "--out", str(out), "--no-test", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(gpus),
+        "-m",
+        "reben_tools.cli",
+        "train",
+        "--archive",
+        str(archive),
+        "--bands",
+        spec["bands"],
+        "--model",
+        spec["model"],
+        "--epochs",
+        str(spec["epochs"]),
+        "--patience",
+        str(spec["epochs"]),
+        "--batch-size",
+        str(spec["batch"]),
+        "--device",
+        "cuda",
+        "--precision",
+        "bf16",
+        "--out",
+        str(out),
+        "--no-test",
+        "-q",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode:
         return {"error": proc.stderr[-2000:]}
     epochs = json.loads((out / "metrics.json").read_text())["epochs"][1:]
     rate = sum(e["train_samples"] for e in epochs) / sum(e["train_samples"] / e["train_samples_per_s"] for e in epochs)
-    return {"gpus": gpus, "samples_per_s": rate, "single_gpu_samples_per_s": single["samples_per_s"],
-            "scaling_efficiency": rate / (gpus * single["samples_per_s"])}
+    return {
+        "gpus": gpus,
+        "samples_per_s": rate,
+        "single_gpu_samples_per_s": single["samples_per_s"],
+        "scaling_efficiency": rate / (gpus * single["samples_per_s"]),
+    }
 
 
 # --------------------------------------------------------------------------- driver
@@ -282,9 +388,13 @@ def main(argv: list[str] | None = None) -> dict:
     spec = QUICK if args.quick else FULL
     start = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    report: dict = {"command": " ".join(["python", "benchmarks/gpu_check.py", *(argv or sys.argv[1:])]),
-                    "machine": machine(device), "quick": args.quick,
-                    "settings": {k: v for k, v in spec.items() if k != "model_kwargs"}, "parts": {}}
+    report: dict = {
+        "command": " ".join(["python", "benchmarks/gpu_check.py", *(argv or sys.argv[1:])]),
+        "machine": machine(device),
+        "quick": args.quick,
+        "settings": {k: v for k, v in spec.items() if k != "model_kwargs"},
+        "parts": {},
+    }
 
     def save() -> None:
         report["total_s"] = time.perf_counter() - start
@@ -298,7 +408,10 @@ def main(argv: list[str] | None = None) -> dict:
             try:
                 report["parts"][name] = fn()
             except Exception as exc:  # one failing part must not lose the others' figures
-                report["parts"][name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+                report["parts"][name] = {
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc()[-3000:],
+                }
             if isinstance(report["parts"][name], dict):
                 report["parts"][name]["part_s"] = time.perf_counter() - t0
         save()
@@ -342,24 +455,34 @@ def _archive(root: Path, spec) -> dict:
 
 def markdown(report: dict) -> str:
     """The figures as Markdown rows for BENCHMARKS.md."""
-    lines = [f"machine: {report['machine'].get('gpu', report['machine']['device'])}, torch {report['machine']['torch']}",
-             "", "| run | samples/s | data wait | peak GPU memory (GiB) | wall (s) |", "|---|---|---|---|---|"]
+    lines = [
+        f"machine: {report['machine'].get('gpu', report['machine']['device'])}, torch {report['machine']['torch']}",
+        "",
+        "| run | samples/s | data wait | peak GPU memory (GiB) | wall (s) |",
+        "|---|---|---|---|---|",
+    ]
     for name, part in report["parts"].items():
         if name.startswith("train_") and "samples_per_s" in part:
             mem = part["peak_gpu_memory_gib"]
-            lines.append(f"| {name[6:]} | {part['samples_per_s']:.0f} | {100 * part['data_wait_fraction']:.1f}% | "
-                         f"{'-' if mem is None else f'{mem:.1f}'} | {part['wall_s']:.0f} |")
+            lines.append(
+                f"| {name[6:]} | {part['samples_per_s']:.0f} | {100 * part['data_wait_fraction']:.1f}% | "
+                f"{'-' if mem is None else f'{mem:.1f}'} | {part['wall_s']:.0f} |"
+            )
     loader = report["parts"].get("loader", {})
     if "headroom" in loader:
-        lines.append(f"\nloader headroom: {loader['loader_batches_per_s']:.2f} batches/s delivered / "
-                     f"{loader['model_batches_per_s']:.2f} consumed = {loader['headroom']:.2f}x ({loader['workers']} workers)")
+        lines.append(
+            f"\nloader headroom: {loader['loader_batches_per_s']:.2f} batches/s delivered / "
+            f"{loader['model_batches_per_s']:.2f} consumed = {loader['headroom']:.2f}x ({loader['workers']} workers)"
+        )
     ev = report["parts"].get("evaluation", {})
     if "fp32" in ev:
-        lines.append(f"evaluation macro AP fp32 {ev['fp32']['average_precision_macro']:.5f}, bf16 encoder "
-                     f"{ev['bf16']['average_precision_macro']:.5f}, bf16 head {ev['bf16_head']['average_precision_macro']:.5f}; "
-                     f"distinct logits/class {ev['fp32']['distinct_logits_per_class']:.0f} / "
-                     f"{ev['bf16']['distinct_logits_per_class']:.0f} / {ev['bf16_head']['distinct_logits_per_class']:.0f}"
-                     f" of {ev['samples']}")
+        lines.append(
+            f"evaluation macro AP fp32 {ev['fp32']['average_precision_macro']:.5f}, bf16 encoder "
+            f"{ev['bf16']['average_precision_macro']:.5f}, bf16 head {ev['bf16_head']['average_precision_macro']:.5f}; "
+            f"distinct logits/class {ev['fp32']['distinct_logits_per_class']:.0f} / "
+            f"{ev['bf16']['distinct_logits_per_class']:.0f} / {ev['bf16_head']['distinct_logits_per_class']:.0f}"
+            f" of {ev['samples']}"
+        )
     for name in ("pretrain", "ddp"):
         part = report["parts"].get(name, {})
         lines.append(f"{name}: " + json.dumps({k: v for k, v in part.items() if k != "traceback"}))

@@ -36,7 +36,10 @@ def _register_all() -> None:
 @app.callback(invoke_without_command=False)
 def _root(
     version: bool = typer.Option(
-        False, "--version", is_eager=True, help="Print the reben-tools version and exit.",
+        False,
+        "--version",
+        is_eager=True,
+        help="Print the reben-tools version and exit.",
         callback=lambda value: _print_version(value),
     ),
 ) -> None:

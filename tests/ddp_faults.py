@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-from reben_tools.learn import distributed, loop
+from reben_tools.learn.runtime import distributed
+from reben_tools.learn.training import loop
 
 mode, record_dir = sys.argv[1], Path(sys.argv[2])
-args = sys.argv[sys.argv.index("--") + 1:]
+args = sys.argv[sys.argv.index("--") + 1 :]
 rank = int(os.environ["RANK"])
 record: dict = {"rank": rank, "validations": [], "before_broadcast": [], "flips": 0}
 

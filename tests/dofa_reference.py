@@ -53,14 +53,22 @@ def published_layout(embed: int, depth: int, patch: int = 16, grid: int = 14) ->
     }
     for i in range(depth):
         b = f"blocks.{i}."
-        shapes.update({
-            b + "norm1.weight": (embed,), b + "norm1.bias": (embed,),
-            b + "attn.qkv.weight": (3 * embed, embed), b + "attn.qkv.bias": (3 * embed,),
-            b + "attn.proj.weight": (embed, embed), b + "attn.proj.bias": (embed,),
-            b + "norm2.weight": (embed,), b + "norm2.bias": (embed,),
-            b + "mlp.fc1.weight": (4 * embed, embed), b + "mlp.fc1.bias": (4 * embed,),
-            b + "mlp.fc2.weight": (embed, 4 * embed), b + "mlp.fc2.bias": (embed,),
-        })
+        shapes.update(
+            {
+                b + "norm1.weight": (embed,),
+                b + "norm1.bias": (embed,),
+                b + "attn.qkv.weight": (3 * embed, embed),
+                b + "attn.qkv.bias": (3 * embed,),
+                b + "attn.proj.weight": (embed, embed),
+                b + "attn.proj.bias": (embed,),
+                b + "norm2.weight": (embed,),
+                b + "norm2.bias": (embed,),
+                b + "mlp.fc1.weight": (4 * embed, embed),
+                b + "mlp.fc1.bias": (4 * embed,),
+                b + "mlp.fc2.weight": (embed, 4 * embed),
+                b + "mlp.fc2.bias": (embed,),
+            }
+        )
     return shapes
 
 
@@ -98,12 +106,14 @@ def _gelu(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
-def _mha(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor, heads: int) -> torch.Tensor:
+def _mha(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor, heads: int
+) -> torch.Tensor:
     """x (..., N, W) -> (..., N, W) softmax attention with packed qkv weights (3W, W)."""
     width = x.shape[-1]
     hd = width // heads
     qkv = x @ w.T + b
-    q, k, v = qkv[..., :width], qkv[..., width:2 * width], qkv[..., 2 * width:]
+    q, k, v = qkv[..., :width], qkv[..., width : 2 * width], qkv[..., 2 * width :]
 
     def split(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(*t.shape[:-1], heads, hd).transpose(-3, -2)
@@ -114,7 +124,9 @@ def _mha(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, wo: torch.Tensor, bo
     return out @ wo.T + bo
 
 
-def reference_features(sd: dict[str, torch.Tensor], x: torch.Tensor, waves: list[float], heads: int, patch: int = 16) -> torch.Tensor:
+def reference_features(
+    sd: dict[str, torch.Tensor], x: torch.Tensor, waves: list[float], heads: int, patch: int = 16
+) -> torch.Tensor:
     """DOFA's published ``forward_features`` (global pool) on a published-layout state dict."""
     embed = sd["cls_token"].shape[-1]
     bands = len(waves)
@@ -130,10 +142,19 @@ def reference_features(sd: dict[str, torch.Tensor], x: torch.Tensor, waves: list
     g = "patch_embed.weight_generator."
     t = g + "transformer_encoder.layers.0."
     seq = torch.cat([sd[g + "weight_tokens"], emb, sd[g + "bias_token"]], 0)
-    a = _mha(seq, sd[t + "self_attn.in_proj_weight"], sd[t + "self_attn.in_proj_bias"],
-             sd[t + "self_attn.out_proj.weight"], sd[t + "self_attn.out_proj.bias"], 4)
+    a = _mha(
+        seq,
+        sd[t + "self_attn.in_proj_weight"],
+        sd[t + "self_attn.in_proj_bias"],
+        sd[t + "self_attn.out_proj.weight"],
+        sd[t + "self_attn.out_proj.bias"],
+        4,
+    )
     h = _ln(seq + a, sd[t + "norm1.weight"], sd[t + "norm1.bias"], 1e-5)
-    ff = _gelu(h @ sd[t + "linear1.weight"].T + sd[t + "linear1.bias"]) @ sd[t + "linear2.weight"].T + sd[t + "linear2.bias"]
+    ff = (
+        _gelu(h @ sd[t + "linear1.weight"].T + sd[t + "linear1.bias"]) @ sd[t + "linear2.weight"].T
+        + sd[t + "linear2.bias"]
+    )
     h = _ln(h + ff, sd[t + "norm2.weight"], sd[t + "norm2.bias"], 1e-5)
     flat = (h[128:-1] + emb) @ sd[g + "fc_weight.weight"].T + sd[g + "fc_weight.bias"]  # (C, p*p*E)
     bias = (h[-1] @ sd[g + "fc_bias.weight"].T + sd[g + "fc_bias.bias"]) * 0.01
@@ -158,9 +179,20 @@ def reference_features(sd: dict[str, torch.Tensor], x: torch.Tensor, waves: list
     for i in range(depth):
         b = f"blocks.{i}."
         y = _ln(z, sd[b + "norm1.weight"], sd[b + "norm1.bias"], 1e-6)
-        z = z + _mha(y, sd[b + "attn.qkv.weight"], sd[b + "attn.qkv.bias"], sd[b + "attn.proj.weight"], sd[b + "attn.proj.bias"], heads)
+        z = z + _mha(
+            y,
+            sd[b + "attn.qkv.weight"],
+            sd[b + "attn.qkv.bias"],
+            sd[b + "attn.proj.weight"],
+            sd[b + "attn.proj.bias"],
+            heads,
+        )
         y = _ln(z, sd[b + "norm2.weight"], sd[b + "norm2.bias"], 1e-6)
-        z = z + _gelu(y @ sd[b + "mlp.fc1.weight"].T + sd[b + "mlp.fc1.bias"]) @ sd[b + "mlp.fc2.weight"].T + sd[b + "mlp.fc2.bias"]
+        z = (
+            z
+            + _gelu(y @ sd[b + "mlp.fc1.weight"].T + sd[b + "mlp.fc1.bias"]) @ sd[b + "mlp.fc2.weight"].T
+            + sd[b + "mlp.fc2.bias"]
+        )
     pooled = z[:, 1:].mean(1)
     w = sd.get("fc_norm.weight", torch.ones(embed))
     bn = sd.get("fc_norm.bias", torch.zeros(embed))

@@ -50,8 +50,11 @@ def overlapping_texts(figure, slack_px: float = 0.5) -> list[tuple[str, str]]:
 def texts_outside(figure, slack_px: float = 1.0) -> list[str]:
     """Texts that reach beyond the figure's canvas (cut off in the saved PNG)."""
     width, height = figure.canvas.get_width_height()
-    return [text for text, box in text_boxes(figure)
-            if box.x0 < -slack_px or box.y0 < -slack_px or box.x1 > width + slack_px or box.y1 > height + slack_px]
+    return [
+        text
+        for text, box in text_boxes(figure)
+        if box.x0 < -slack_px or box.y0 < -slack_px or box.x1 > width + slack_px or box.y1 > height + slack_px
+    ]
 
 
 def assert_readable(figure) -> None:

@@ -44,15 +44,33 @@ P1_PREFIX = "S2A_MSIL2A_20170613T101031_N0500_R022_T33UUP"
 P2_NAME = "S2B_MSIL2A_20170614T101031_N0208_R022_T33UUP_20170614T120000"
 P2_PREFIX = "S2B_MSIL2A_20170614T101031_N0208_R022_T33UUP"
 S1_SCENES = {
-    1: ("S1A_IW_GRDH_1SDV_20170613T221031_20170613T221056_017000_01C5A1_AAAA", T0 + timedelta(hours=12), -9999.0, 4900.0),
+    1: (
+        "S1A_IW_GRDH_1SDV_20170613T221031_20170613T221056_017000_01C5A1_AAAA",
+        T0 + timedelta(hours=12),
+        -9999.0,
+        4900.0,
+    ),
     2: ("S1B_IW_GRDH_1SDV_20170615T101031", T0 + timedelta(days=2), None, 6100.0),
     3: ("S1A_IW_GRDH_1SDV_20170623T101031", T0 + timedelta(days=10), -9999.0, None),
 }
 S1_X0, S1_Y0 = 4488000.0, 2848000.0
 VV_COEF = (-12.0, 1.0e-3, -0.5e-3)
 VH_COEF = (-19.0, -0.4e-3, 0.8e-3)
-RES = {"B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20, "B08": 10,
-       "B8A": 20, "B09": 60, "B11": 20, "B12": 20, "SCL": 20}
+RES = {
+    "B01": 60,
+    "B02": 10,
+    "B03": 10,
+    "B04": 10,
+    "B05": 20,
+    "B06": 20,
+    "B07": 20,
+    "B08": 10,
+    "B8A": 20,
+    "B09": 60,
+    "B11": 20,
+    "B12": 20,
+    "SCL": 20,
+}
 
 TO_3035 = Transformer.from_crs(CRS, "EPSG:3035", always_xy=True)
 
@@ -79,7 +97,9 @@ def clc_polygons_utm() -> list[tuple[object, str]]:
     arable = uv_polygon([(0, 0), (1803, 0), (1203, 2400), (0, 2400)]).difference(hole)
     unknown = uv_box(100, 2500, 300, 2700)
     bowtie = uv_polygon([(603, 2600), (1003, 3000), (1003, 2600), (603, 3000)])
-    conifer = uv_box(0, 0, EXTENT, EXTENT).difference(shapely.union_all([hole, road, arable, unknown, uv_box(603, 2600, 1003, 3000)]))
+    conifer = uv_box(0, 0, EXTENT, EXTENT).difference(
+        shapely.union_all([hole, road, arable, unknown, uv_box(603, 2600, 1003, 3000)])
+    )
     return [(arable, "211"), (road, "122"), (conifer, "312"), (unknown, "777"), (bowtie, "311")]
 
 
@@ -103,7 +123,9 @@ def expected_reference_map(x: int, y: int) -> np.ndarray:
 
 
 def _densify_to_3035(geometry):
-    return shapely.transform(shapely.segmentize(geometry, 20.0), lambda x, y: TO_3035.transform(x, y), interleaved=False)
+    return shapely.transform(
+        shapely.segmentize(geometry, 20.0), lambda x, y: TO_3035.transform(x, y), interleaved=False
+    )
 
 
 def write_clc(path: Path, column: str = "CODE_18", crs: str = "EPSG:3035") -> Path:
@@ -147,8 +169,15 @@ def band_arrays(seed: int, with_defects: bool) -> dict[str, np.ndarray]:
 
 
 def _profile(res: int, n: int, dtype: str, driver: str) -> dict:
-    profile = {"driver": driver, "width": n, "height": n, "count": 1, "dtype": dtype, "crs": CRS,
-               "transform": Affine(res, 0, ULX, 0, -res, ULY)}
+    profile = {
+        "driver": driver,
+        "width": n,
+        "height": n,
+        "count": 1,
+        "dtype": dtype,
+        "crs": CRS,
+        "transform": Affine(res, 0, ULX, 0, -res, ULY),
+    }
     if driver == "JP2OpenJPEG":
         profile.update(QUALITY="100", REVERSIBLE="YES")
     return profile
@@ -183,7 +212,9 @@ def write_geotiff_product(root: Path, name: str, arrays: dict[str, np.ndarray]) 
     for band, array in arrays.items():
         res = RES[band]
         suffix = f"_{band}_10m.tif" if res == 10 else f"_{band}.tif"
-        with rasterio.open(product / f"{name}{suffix}", "w", **_profile(res, array.shape[0], str(array.dtype), "GTiff")) as ds:
+        with rasterio.open(
+            product / f"{name}{suffix}", "w", **_profile(res, array.shape[0], str(array.dtype), "GTiff")
+        ) as ds:
             ds.write(array, 1)
     return product
 
@@ -215,9 +246,19 @@ def write_s1_scene(root: Path, which: int) -> Path:
     for pol, coef in (("VV", VV_COEF), ("VH", VH_COEF)):
         values = s1_value(coef, x, y).astype(np.float32)
         values[invalid] = np.nan if nodata is None else nodata
-        profile = {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "float32",
-                   "crs": "EPSG:3035", "transform": transform, "nodata": nodata, "tiled": True,
-                   "blockxsize": 256, "blockysize": 256}
+        profile = {
+            "driver": "GTiff",
+            "width": width,
+            "height": height,
+            "count": 1,
+            "dtype": "float32",
+            "crs": "EPSG:3035",
+            "transform": transform,
+            "nodata": nodata,
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+        }
         with rasterio.open(folder / f"{name[:32]}_{pol}.tif", "w", **profile) as ds:
             ds.write(values, 1)
     return folder
@@ -250,8 +291,15 @@ def make_region(root: Path) -> Region:
 
 def write_config(path: Path, region: Region, **overrides) -> Path:
     """A TOML pipeline config for the region (2 rows per block)."""
-    settings = {"s2": [str(region.s2_dir)], "s1": [str(region.s1_dir)], "clc": str(region.clc),
-                "rows_per_block": 2, "s1_max_gap_days": 6.0, "memory_limit": "1GiB", **overrides}
+    settings = {
+        "s2": [str(region.s2_dir)],
+        "s1": [str(region.s1_dir)],
+        "clc": str(region.clc),
+        "rows_per_block": 2,
+        "s1_max_gap_days": 6.0,
+        "memory_limit": "1GiB",
+        **overrides,
+    }
     lines = []
     for key, value in settings.items():
         if isinstance(value, list):

@@ -45,10 +45,24 @@ def lmdb_items(env_dir: Path, errors: str = "surrogateescape") -> dict[str, byte
 
 def encode_args(release, out: Path, per_shard: int = 2, workers: int = 1) -> list[str]:
     return [
-        "encode", "--s2-dir", str(release.s2_dir), "--s1-dir", str(release.s1_dir),
-        "--reference-maps-dir", str(release.reference_maps_dir),
-        "--metadata", str(release.metadata_files[0]), "--metadata", str(release.metadata_files[1]),
-        "--out", str(out), "--patches-per-shard", str(per_shard), "--workers", str(workers), "--quiet",
+        "encode",
+        "--s2-dir",
+        str(release.s2_dir),
+        "--s1-dir",
+        str(release.s1_dir),
+        "--reference-maps-dir",
+        str(release.reference_maps_dir),
+        "--metadata",
+        str(release.metadata_files[0]),
+        "--metadata",
+        str(release.metadata_files[1]),
+        "--out",
+        str(out),
+        "--patches-per-shard",
+        str(per_shard),
+        "--workers",
+        str(workers),
+        "--quiet",
     ]
 
 
@@ -77,21 +91,39 @@ temporary file is written and before the rename into ``manifest.json``."""
 
 def _fault_command(args: list[str], fault: str, new_session: bool) -> list[str]:
     """The ``python -c`` command line that runs ``fault``, then ``reben <args>``."""
-    code = PRELUDE.format(args=args, group=new_session) + textwrap.dedent(fault) + "\nfrom reben_tools.cli import main\nmain()\n"
+    code = (
+        PRELUDE.format(args=args, group=new_session)
+        + textwrap.dedent(fault)
+        + "\nfrom reben_tools.cli import main\nmain()\n"
+    )
     return [sys.executable, "-c", code]
 
 
-def run_cli_with_fault(args: list[str], fault: str = "", timeout: float = 120,
-                       new_session: bool = False) -> subprocess.CompletedProcess:
+def run_cli_with_fault(
+    args: list[str], fault: str = "", timeout: float = 120, new_session: bool = False
+) -> subprocess.CompletedProcess:
     """Run ``reben <args>`` in a fresh Python process after executing ``fault`` (code that
     wraps a function so the process dies or fails at a chosen point; ``die()`` SIGKILLs it,
     and with ``new_session`` its whole process group: e.g. a build's LocalCluster workers)."""
-    return subprocess.run(_fault_command(args, fault, new_session), capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=new_session)
+    return subprocess.run(
+        _fault_command(args, fault, new_session),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=new_session,
+    )
 
 
 def start_cli_with_fault(args: list[str], fault: str = "", new_session: bool = False) -> subprocess.Popen:
     """:func:`run_cli_with_fault` without waiting: the running process, stdout/stderr piped."""
-    return subprocess.Popen(_fault_command(args, fault, new_session), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            start_new_session=new_session)
+    return subprocess.Popen(
+        _fault_command(args, fault, new_session),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=new_session,
+    )

@@ -31,21 +31,20 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reliability_helpers import REPO, lmdb_items
 
 from reben_tools.format import naming
-from reben_tools.format.layout import ArchiveError, METADATA_FILE, PATCHES_FILE, SHARDS_DIR, SHARD_KEYS_FILE
+from reben_tools.format.codec import ValueDecodeError, check_value, encode_reference_map, encode_s1, encode_s2
+from reben_tools.format.layout import METADATA_FILE, PATCHES_FILE, SHARD_KEYS_FILE, SHARDS_DIR, ArchiveError
 from reben_tools.format.manifest import build_manifest, write_manifest
 from reben_tools.format.metadata import METADATA_COLUMNS, METADATA_SCHEMA, write_metadata
 from reben_tools.format.shards import write_shard
+from reben_tools.learn.data.dataset import ReBENDataset
 from reben_tools.release.archive_tools import export_geotiffs, verify_archive
-from reben_tools.format.codec import ValueDecodeError, check_value, encode_reference_map, encode_s1, encode_s2
-from reben_tools.learn.dataset import ReBENDataset
 from reben_tools.release.encode import encode_release, write_patches_parquet
 from reben_tools.release.encode_plan import PATCH_ROWS_SCHEMA
 from reben_tools.release.geotiff_write import patch_folder
 from reben_tools.release.synthetic_release import synthetic_patch, write_synthetic_release
-
-from reliability_helpers import REPO, lmdb_items
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
@@ -82,14 +81,29 @@ def craft_archive(root: Path, patches: list[dict]) -> Path:
         items.update(patch["values"])
         pid, s1 = patch["patch_id"], patch.get("s1_name")
         ulx, uly = 300000 + 1200 * (26 + i), 5400000 - 1200 * 57
-        rows.append({
-            "patch_id": pid, "s1_name": s1, "shard": "shard-00000", "tile": "33UUP", "x": 26 + i, "y": 57,
-            "crs": "EPSG:32633", "ulx": float(ulx), "uly": float(uly), "lrx": float(ulx + 1200),
-            "lry": float(uly - 1200), "split": "train", "country": "Austria", "labels": ["Pastures"],
-            "s2v1_name": None, "contains_seasonal_snow": False, "contains_cloud_or_shadow": False,
-            "has_s1": s1 is not None and s1 in patch["values"],
-            "has_reference_map": naming.reference_map_key(pid) in patch["values"],
-        })
+        rows.append(
+            {
+                "patch_id": pid,
+                "s1_name": s1,
+                "shard": "shard-00000",
+                "tile": "33UUP",
+                "x": 26 + i,
+                "y": 57,
+                "crs": "EPSG:32633",
+                "ulx": float(ulx),
+                "uly": float(uly),
+                "lrx": float(ulx + 1200),
+                "lry": float(uly - 1200),
+                "split": "train",
+                "country": "Austria",
+                "labels": ["Pastures"],
+                "s2v1_name": None,
+                "contains_seasonal_snow": False,
+                "contains_cloud_or_shadow": False,
+                "has_s1": s1 is not None and s1 in patch["values"],
+                "has_reference_map": naming.reference_map_key(pid) in patch["values"],
+            }
+        )
         meta.append({k: rows[-1][k] for k in METADATA_COLUMNS})
     table = pa.Table.from_pylist(rows, schema=PATCH_ROWS_SCHEMA)
     root.mkdir(parents=True)
@@ -115,22 +129,39 @@ def files_under(root: Path) -> set[str]:
 @pytest.mark.parametrize("nested", [True, False], ids=["nested", "flat"])
 def test_export_tiff_never_writes_outside_its_output(tmp_path, nested):
     s2, s1, reference_map = real_values()
-    patches = [{"patch_id": GOOD_ID, "s1_name": GOOD_S1,
-                "values": {GOOD_ID: s2, GOOD_S1: s1, naming.reference_map_key(GOOD_ID): reference_map}}]
+    patches = [
+        {
+            "patch_id": GOOD_ID,
+            "s1_name": GOOD_S1,
+            "values": {GOOD_ID: s2, GOOD_S1: s1, naming.reference_map_key(GOOD_ID): reference_map},
+        }
+    ]
     # a well-formed patch whose S1 name (from metadata) climbs out of the output
     second = f"{PRODUCT}_27_57"
     evil_s1 = "../../../S1A_IW_GRDH_1SDV_20170612T165809_evil_1_2"
-    patches.append({"patch_id": second, "s1_name": evil_s1,
-                    "values": {second: s2, evil_s1: s1, naming.reference_map_key(second): reference_map}})
+    patches.append(
+        {
+            "patch_id": second,
+            "s1_name": evil_s1,
+            "values": {second: s2, evil_s1: s1, naming.reference_map_key(second): reference_map},
+        }
+    )
     for name in BAD_NAMES.values():
-        patches.append({"patch_id": name, "s1_name": None,
-                        "values": {name: s2, naming.reference_map_key(name): reference_map}})
+        patches.append(
+            {"patch_id": name, "s1_name": None, "values": {name: s2, naming.reference_map_key(name): reference_map}}
+        )
     source = craft_archive(tmp_path / "archive", patches)
     out = tmp_path / "deep" / "er" / "still" / "export"
     before = files_under(tmp_path)
 
-    proc = subprocess.run([sys.executable, "-m", "reben_tools.cli", "export-tiff", str(source), str(out), "--quiet"]
-                          + ([] if nested else ["--flat"]), capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "reben_tools.cli", "export-tiff", str(source), str(out), "--quiet"]
+        + ([] if nested else ["--flat"]),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     created = files_under(tmp_path) - before
     outside = sorted(p for p in created if not Path(p).is_relative_to(out))
     assert outside == []
@@ -142,12 +173,19 @@ def test_export_tiff_never_writes_outside_its_output(tmp_path, nested):
     for name in list(BAD_NAMES.values()) + [evil_s1]:
         keys = [name] if name == evil_s1 else [name, naming.reference_map_key(name)]
         for key in keys:
-            assert sum(line.startswith(f"ERROR key {shown(key)}: ") and "cannot be a folder name" in line
-                       for line in errors) == 1, key
+            assert (
+                sum(
+                    line.startswith(f"ERROR key {shown(key)}: ") and "cannot be a folder name" in line
+                    for line in errors
+                )
+                == 1
+            ), key
     # the two well-formed patches were written in full: 12 + 2 + 1 and 12 + 1 GeoTIFFs
     s2_dir = out / "BigEarthNet-S2" / (PRODUCT if nested else "")
     assert sorted(p.name for p in (s2_dir / GOOD_ID).iterdir()) == sorted(
-        f"{GOOD_ID}_{b}.tif" for b in ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"])
+        f"{GOOD_ID}_{b}.tif"
+        for b in ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
+    )
     assert len(created) == 15 + 13
     assert proc.stdout.strip().endswith("2 patch(es), 28 GeoTIFF(s)")
 
@@ -179,8 +217,17 @@ def test_encode_with_hostile_metadata_names_reports_them_and_stays_inside(tmp_pa
     out = tmp_path / "a" / "b" / "archive"
     before = files_under(tmp_path)
 
-    summary = encode_release(release.s2_dir, out, release.s1_dir, release.reference_maps_dir, [metadata],
-                             workers=1, patches_per_shard=4, progress=False, require_pairs=True)
+    summary = encode_release(
+        release.s2_dir,
+        out,
+        release.s1_dir,
+        release.reference_maps_dir,
+        [metadata],
+        workers=1,
+        patches_per_shard=4,
+        progress=False,
+        require_pairs=True,
+    )
     created = files_under(tmp_path) - before
     assert sorted(p for p in created if not Path(p).is_relative_to(out)) == []
     assert summary.patches == 1
@@ -220,8 +267,14 @@ def hostile_values(valid: bytes) -> dict[str, tuple[bytes, str]]:
         return out
 
     return {
-        "header longer than value": (struct.pack("<Q", 5000) + valid[8:2000], "header length 5000 exceeds the value's 2000"),
-        "header longer than the limit": (struct.pack("<Q", len(valid) + 1) + valid[8:], "exceeds the 100000-byte limit"),
+        "header longer than value": (
+            struct.pack("<Q", 5000) + valid[8:2000],
+            "header length 5000 exceeds the value's 2000",
+        ),
+        "header longer than the limit": (
+            struct.pack("<Q", len(valid) + 1) + valid[8:],
+            "exceeds the 100000-byte limit",
+        ),
         "header length 2**63": (struct.pack("<Q", 2**63) + valid[8:], "exceeds the 100000-byte limit"),
         "malformed JSON": (_value(b'{"B01": {"dtype": "U16", "shape": [20, 2' + b" " * 40, data), "not valid JSON"),
         "header not an object": (_value(b"[1, 2, 3]", data), "not a JSON object"),
@@ -286,8 +339,9 @@ def test_a_hostile_value_inside_dataloader_workers_is_an_error_naming_the_key(ho
     root, expected = hostile_archive
     dataset = ReBENDataset(root, bands="S2", normalisation=None)
     bad = next(iter(sorted(expected)))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=lambda b: b,
-                                         multiprocessing_context="fork")
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=4, num_workers=2, collate_fn=lambda b: b, multiprocessing_context="fork"
+    )
     # torch re-raises a worker's exception by its message (as RuntimeError when the type needs
     # more than one argument): either way the key and the reason reach the training loop
     with pytest.raises((ValueDecodeError, RuntimeError), match=f"ValueDecodeError: archive value {bad!r}: "):
@@ -298,8 +352,8 @@ def test_a_hostile_value_inside_dataloader_workers_is_an_error_naming_the_key(ho
 def test_decode_errors_survive_pickling_between_processes():
     import pickle
 
-    from reben_tools.release.geotiff_release import ReleaseError
     from reben_tools.format.locking import OutputLockedError
+    from reben_tools.release.geotiff_release import ReleaseError
 
     error = pickle.loads(pickle.dumps(ValueDecodeError("some-key", "truncated")))
     assert (error.key, error.reason, str(error)) == ("some-key", "truncated", "archive value 'some-key': truncated")
@@ -347,10 +401,14 @@ FUZZ_VALID = real_values(2)[0]
 MISSIONS = st.sampled_from(["S2A", "S2B", "S2C", "S2D"])
 TILES = st.builds(
     lambda zone, band, a, b: f"{zone:02d}{band}{a}{b}",
-    st.integers(1, 60), st.sampled_from("CDEFGHJKLMNPQRSTUVWX"),
-    st.sampled_from("ABCDEFGHJKLMNPQRSTUVWXYZ"), st.sampled_from("ABCDEFGHJKLMNPQRSTUV"),
+    st.integers(1, 60),
+    st.sampled_from("CDEFGHJKLMNPQRSTUVWX"),
+    st.sampled_from("ABCDEFGHJKLMNPQRSTUVWXYZ"),
+    st.sampled_from("ABCDEFGHJKLMNPQRSTUV"),
 )
-TIMES = st.datetimes(min_value=datetime(2015, 1, 1), max_value=datetime(2035, 1, 1)).map(lambda t: t.replace(microsecond=0))
+TIMES = st.datetimes(min_value=datetime(2015, 1, 1), max_value=datetime(2035, 1, 1)).map(
+    lambda t: t.replace(microsecond=0)
+)
 
 
 @given(MISSIONS, TIMES, st.integers(0, 9999), st.integers(0, 999), TILES, st.integers(0, 9999), st.integers(0, 9999))
@@ -364,8 +422,16 @@ def test_patch_ids_round_trip(mission, sensing, baseline, orbit, tile, x, y):
     assert naming.parse_s2_product_name(prefix + f"_{sensing + timedelta(days=1):%Y%m%dT%H%M%S}.SAFE").tile == tile
 
 
-@given(st.sampled_from(["S1A", "S1B"]), st.sampled_from(["IW", "EW"]), st.sampled_from(["GRDH", "GRDM"]),
-       st.sampled_from(["1SDV", "1SSH"]), TIMES, TILES, st.integers(0, 9999), st.integers(0, 9999))
+@given(
+    st.sampled_from(["S1A", "S1B"]),
+    st.sampled_from(["IW", "EW"]),
+    st.sampled_from(["GRDH", "GRDM"]),
+    st.sampled_from(["1SDV", "1SSH"]),
+    TIMES,
+    TILES,
+    st.integers(0, 9999),
+    st.integers(0, 9999),
+)
 @FUZZ
 def test_s1_names_round_trip(mission, mode, ptype, pol, start, tile, x, y):
     product = f"{mission}_{mode}_{ptype}_{pol}_{start:%Y%m%dT%H%M%S}"
@@ -378,7 +444,8 @@ def test_s1_names_round_trip(mission, mode, ptype, pol, start, tile, x, y):
 def _mutations(valid: str) -> st.SearchStrategy[str]:
     return st.builds(
         lambda i, j, insert: valid[:i] + insert + valid[j:],
-        st.integers(0, len(valid)), st.integers(0, len(valid)),
+        st.integers(0, len(valid)),
+        st.integers(0, len(valid)),
         st.text(max_size=8) | st.sampled_from(["/", "..", "\x00", "../", "\\", "_1", "_007", "A" * 300]),
     )
 
@@ -425,8 +492,16 @@ def test_parsers_reject_non_strings_with_a_message(value):
 def small_archive(tmp_path_factory):
     release = write_synthetic_release(tmp_path_factory.mktemp("release"), 6, seed=9, flagged_fraction=0.0)
     out = tmp_path_factory.mktemp("small") / "archive"
-    encode_release(release.s2_dir, out, release.s1_dir, release.reference_maps_dir, release.metadata_files,
-                   workers=1, patches_per_shard=3, progress=False)
+    encode_release(
+        release.s2_dir,
+        out,
+        release.s1_dir,
+        release.reference_maps_dir,
+        release.metadata_files,
+        workers=1,
+        patches_per_shard=3,
+        progress=False,
+    )
     return out
 
 
@@ -448,21 +523,27 @@ METADATA_PROBLEMS = {
     # integers cast to strings cleanly, then fail as split names
     "split stored as integers": (
         lambda t: t.set_column(t.schema.get_field_index("split"), "split", pa.array(range(t.num_rows))),
-        "metadata has unknown split value(s) ['0', '1', '2', '3', '4', '5']"),
+        "metadata has unknown split value(s) ['0', '1', '2', '3', '4', '5']",
+    ),
     "snow flag stored as yes/no": (
-        lambda t: t.set_column(t.schema.get_field_index("contains_seasonal_snow"), "contains_seasonal_snow",
-                               pa.array(["no"] * t.num_rows)),
-        "column types do not match the reBEN schema"),
+        lambda t: t.set_column(
+            t.schema.get_field_index("contains_seasonal_snow"), "contains_seasonal_snow", pa.array(["no"] * t.num_rows)
+        ),
+        "column types do not match the reBEN schema",
+    ),
     "labels stored as one string": (
         lambda t: t.set_column(t.schema.get_field_index("labels"), "labels", pa.array(["Pastures"] * t.num_rows)),
-        "column types do not match the reBEN schema"),
+        "column types do not match the reBEN schema",
+    ),
     "duplicated id": (lambda t: pa.concat_tables([t, t.slice(0, 1)]), "metadata repeats patch id(s) ['S2"),
     "null id": (
         lambda t: t.set_column(0, "patch_id", pa.array([None] + t.column("patch_id").to_pylist()[1:], pa.string())),
-        "metadata has 1 row(s) with a null or empty patch_id"),
+        "metadata has 1 row(s) with a null or empty patch_id",
+    ),
     "unknown split": (
         lambda t: t.set_column(t.schema.get_field_index("split"), "split", pa.array(["training"] * t.num_rows)),
-        "metadata has unknown split value(s) ['training']"),
+        "metadata has unknown split value(s) ['training']",
+    ),
 }
 
 
@@ -487,7 +568,8 @@ def test_metadata_patch_without_a_shard_row_is_named(small_copy):
     with pytest.raises(ArchiveError, match=f"patch '{PRODUCT}_90_90' of the metadata has no row"):
         ReBENDataset(small_copy)
     assert _faults(small_copy) == [
-        f"shard - key {PRODUCT}_90_90: the metadata lists this patch, but patches.parquet has no row for it"]
+        f"shard - key {PRODUCT}_90_90: the metadata lists this patch, but patches.parquet has no row for it"
+    ]
 
 
 def test_verify_names_a_patch_listed_twice_in_patches_parquet(small_copy):
@@ -510,11 +592,13 @@ def test_verify_says_exactly_how_the_manifest_disagrees_with_its_shards(small_co
     second["sha256"] = "0" * 64
     (small_copy / "manifest.json").write_text(json.dumps(manifest))
     shutil.copytree(small_copy / "shards" / "shard-00001", small_copy / "shards" / "shard-00007")
-    assert _faults(small_copy) == sorted([
-        f"shard shard-00000: {n0} entries, manifest says {n0 + 2} (no single key could be blamed)",
-        f"shard shard-00001: content sha256 {sha1}, manifest says {'0' * 64} (no single key could be blamed)",
-        "shard shard-00007: shard directory is not listed in the manifest",
-    ])
+    assert _faults(small_copy) == sorted(
+        [
+            f"shard shard-00000: {n0} entries, manifest says {n0 + 2} (no single key could be blamed)",
+            f"shard shard-00001: content sha256 {sha1}, manifest says {'0' * 64} (no single key could be blamed)",
+            "shard shard-00007: shard directory is not listed in the manifest",
+        ]
+    )
     assert n1 == 9  # 3 patches x (S2, S1, reference map)
 
 
@@ -523,9 +607,14 @@ def test_verify_names_a_key_patches_parquet_promises_but_the_shard_lacks(small_c
     pid = table.column("patch_id")[0].as_py()
     s1 = table.column("s1_name")[0].as_py()
     s1_index = table.schema.get_field_index("s1_name")
-    renamed = table.set_column(s1_index, table.schema.field(s1_index),
-                               pa.array(["S1A_IW_GRDH_1SDV_20170101T000000_33UUP_0_0"] + table.column("s1_name").to_pylist()[1:],
-                                        table.schema.field(s1_index).type))
+    renamed = table.set_column(
+        s1_index,
+        table.schema.field(s1_index),
+        pa.array(
+            ["S1A_IW_GRDH_1SDV_20170101T000000_33UUP_0_0"] + table.column("s1_name").to_pylist()[1:],
+            table.schema.field(s1_index).type,
+        ),
+    )
     pq.write_table(renamed, small_copy / PATCHES_FILE)
     assert s1 != "S1A_IW_GRDH_1SDV_20170101T000000_33UUP_0_0"
     assert _faults(small_copy) == [
@@ -534,11 +623,14 @@ def test_verify_names_a_key_patches_parquet_promises_but_the_shard_lacks(small_c
     ]
 
 
-@pytest.mark.parametrize("content, phrase", [
-    ("{not json", "cannot read manifest"),
-    ("[]", "not a reben-tools-archive manifest"),
-    (json.dumps({"format": "reben-tools-archive", "format_version": 99}), "format version 99 is not supported"),
-])
+@pytest.mark.parametrize(
+    "content, phrase",
+    [
+        ("{not json", "cannot read manifest"),
+        ("[]", "not a reben-tools-archive manifest"),
+        (json.dumps({"format": "reben-tools-archive", "format_version": 99}), "format version 99 is not supported"),
+    ],
+)
 def test_verify_and_dataset_reject_a_broken_manifest_naming_it(small_copy, content, phrase):
     (small_copy / "manifest.json").write_text(content)
     faults = verify_archive(small_copy).faults

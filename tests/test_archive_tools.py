@@ -8,18 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from reliability_helpers import lmdb_items as plain_lmdb_items
 from typer.testing import CliRunner
 
-from reben_tools.format.layout import ArchiveError, SHARD_KEYS_FILE
+from reben_tools.cli import app
+from reben_tools.format.codec import encode_reference_map
+from reben_tools.format.layout import SHARD_KEYS_FILE, ArchiveError
 from reben_tools.format.manifest import build_manifest, write_manifest
 from reben_tools.format.shards import write_lmdb, write_shard
 from reben_tools.release.archive_tools import export_geotiffs, merge_archive, verify_archive
-from reben_tools.cli import app
-from reben_tools.format.codec import encode_reference_map
 from reben_tools.release.encode import encode_release
 from reben_tools.release.synthetic_release import write_synthetic_release
-
-from reliability_helpers import lmdb_items as plain_lmdb_items
 
 V1_EXAMPLES = Path(__file__).resolve().parent / "data" / "ben_v1_examples"
 
@@ -37,8 +36,16 @@ def release(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pristine(release, tmp_path_factory):
     out = tmp_path_factory.mktemp("pristine") / "archive"
-    encode_release(release.s2_dir, out, s1_dir=release.s1_dir, reference_maps_dir=release.reference_maps_dir,
-                   metadata_files=release.metadata_files, workers=1, patches_per_shard=4, progress=False)
+    encode_release(
+        release.s2_dir,
+        out,
+        s1_dir=release.s1_dir,
+        reference_maps_dir=release.reference_maps_dir,
+        metadata_files=release.metadata_files,
+        workers=1,
+        patches_per_shard=4,
+        progress=False,
+    )
     return out
 
 

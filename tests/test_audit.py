@@ -14,10 +14,10 @@ import pytest
 from pyproj import Geod, Transformer
 from typer.testing import CliRunner
 
-from reben_tools.splits.audit import audit_patches, run_audit
-from reben_tools.splits.audit_measures import SplitUnderAudit, join_counts, js_divergence
 from reben_tools.cli import app
 from reben_tools.geo.split_rule import reben_split
+from reben_tools.splits.audit import audit_patches, run_audit
+from reben_tools.splits.audit_measures import SplitUnderAudit, join_counts, js_divergence
 from reben_tools.splits.patches import SplitInputError, patches_from_table
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "schemas" / "audit_report.schema.json").read_text())
@@ -83,16 +83,20 @@ def test_v1_blocks_put_every_test_patch_next_to_train():
 
 def test_join_counts_on_a_single_block_match_enumeration():
     # (0,0) train, (1,0) train, (0,1) validation, (1,1) test; rook pairs: T-T, T-V, T-Te, V-Te
-    table = pa.table({
-        "patch_id": ids_for(UUP, [0, 1, 0, 1], [0, 0, 1, 1]),
-        "split": ["train", "train", "validation", "test"],
-    })
+    table = pa.table(
+        {
+            "patch_id": ids_for(UUP, [0, 1, 0, 1], [0, 0, 1, 1]),
+            "split": ["train", "train", "validation", "test"],
+        }
+    )
     entry = audit_of(table, permutations=50)
     joins = entry["joins"]
     assert joins["adjacent_pairs"] == 4
     assert joins["cross_split"]["observed"] == 3
     assert {k: v["observed"] for k, v in joins["by_pair"].items()} == {
-        "train-validation": 1, "train-test": 1, "validation-test": 1
+        "train-validation": 1,
+        "train-test": 1,
+        "validation-test": 1,
     }
     # expectation by enumerating every assignment of the four labels to the four positions
     pairs = [(0, 1), (0, 2), (1, 3), (2, 3)]
@@ -117,10 +121,12 @@ def test_join_counts_function_ignores_excluded_patches():
 
 def test_other_acquisition_of_the_same_place_counts():
     # the same place imaged twice: train in one acquisition, test in the other
-    table = pa.table({
-        "patch_id": ids_for(UUP, [10, 40], [10, 40]) + ids_for(UUP_LATER, [10], [10]),
-        "split": ["train", "validation", "test"],
-    })
+    table = pa.table(
+        {
+            "patch_id": ids_for(UUP, [10, 40], [10, 40]) + ids_for(UUP_LATER, [10], [10]),
+            "split": ["train", "validation", "test"],
+        }
+    )
     entry = audit_of(table)
     test = entry["nearest"]["test_to_train"]
     assert test["quantiles_m"]["0"] == pytest.approx(0.0, abs=1e-6)
@@ -132,20 +138,24 @@ def test_other_acquisition_of_the_same_place_counts():
 def test_neighbour_in_the_next_tile_counts():
     # 33UUP patch (90, 45): x 408,000..409,200 -> centre 408,600; 33UVP (ulx 399,960) patch (7, 45):
     # centre 399,960 + 8,400 + 600 = 408,960; same row, same uly (5,400,000): 360 m apart
-    table = pa.table({
-        "patch_id": ids_for(UUP, [90], [45]) + ids_for(UVP, [7], [45]),
-        "split": ["train", "test"],
-    })
+    table = pa.table(
+        {
+            "patch_id": ids_for(UUP, [90], [45]) + ids_for(UVP, [7], [45]),
+            "split": ["train", "test"],
+        }
+    )
     test = audit_of(table)["nearest"]["test_to_train"]
     assert 360 / 1.001 < test["quantiles_m"]["0"] < 360 / 0.9996
     assert test["nearest_in"] == {"same_tile": 0.0, "other_tile": 1.0, "colocated_other_acquisition": 1.0}
 
 
 def test_distance_across_utm_zones_matches_geodesic():
-    table = pa.table({
-        "patch_id": ids_for(QUP, [70], [40]) + ids_for(UUP, [5], [30]),
-        "split": ["train", "test"],
-    })
+    table = pa.table(
+        {
+            "patch_id": ids_for(QUP, [70], [40]) + ids_for(UUP, [5], [30]),
+            "split": ["train", "test"],
+        }
+    )
     got = audit_of(table)["nearest"]["test_to_train"]["quantiles_m"]["0"]
     # independently: each centre to lon/lat in its own zone, then the WGS84 geodesic
     from reben_tools.geo.mgrs_grid import tile_grid
@@ -161,12 +171,14 @@ def test_distance_across_utm_zones_matches_geodesic():
 
 
 def test_label_and_country_distributions():
-    table = pa.table({
-        "patch_id": ids_for(UUP, [0, 1, 2, 3, 50, 60], [0, 0, 0, 0, 50, 60]),
-        "split": ["train", "train", "validation", "validation", "test", "test"],
-        "labels": [["A"], ["A", "B"], ["A"], ["B"], ["C"], ["C"]],
-        "country": ["Austria", "Austria", "Austria", None, "Serbia", "Serbia"],
-    })
+    table = pa.table(
+        {
+            "patch_id": ids_for(UUP, [0, 1, 2, 3, 50, 60], [0, 0, 0, 0, 50, 60]),
+            "split": ["train", "train", "validation", "validation", "test", "test"],
+            "labels": [["A"], ["A", "B"], ["A"], ["B"], ["C"], ["C"]],
+            "country": ["Austria", "Austria", "Austria", None, "Serbia", "Serbia"],
+        }
+    )
     entry = audit_of(table)
     labels = entry["labels"]
     assert labels["names"] == ["A", "B", "C"]
@@ -198,10 +210,12 @@ def test_js_divergence_edges():
 
 
 def test_counts_against_intended_ratios_with_excluded_patches():
-    table = pa.table({
-        "patch_id": ids_for(UUP, range(8), [0] * 8),
-        "split": ["train", "train", "train", "validation", "test", None, None, "train"],
-    })
+    table = pa.table(
+        {
+            "patch_id": ids_for(UUP, range(8), [0] * 8),
+            "split": ["train", "train", "train", "validation", "test", None, None, "train"],
+        }
+    )
     counts = audit_of(table)["counts"]
     assert counts["counts"] == {"train": 4, "validation": 1, "test": 1, "excluded": 2}
     assert counts["assigned"] == 6 and counts["excluded_share"] == 0.25
@@ -214,12 +228,14 @@ def test_run_audit_writes_report_figures_and_summary(tmp_path):
     x, y = grid(30)
     ids = ids_for(UUP, x, y) + ids_for(UVP, x, y)
     rng = np.random.default_rng(0)
-    table = pa.table({
-        "patch_id": ids,
-        "labels": [list(rng.choice(["A", "B", "C"], size=2, replace=False)) for _ in ids],
-        "country": ["Austria"] * len(ids),
-        "split": list(reben_split(np.tile(x, 2), np.tile(y, 2), 36_000.0)),
-    })
+    table = pa.table(
+        {
+            "patch_id": ids,
+            "labels": [list(rng.choice(["A", "B", "C"], size=2, replace=False)) for _ in ids],
+            "country": ["Austria"] * len(ids),
+            "split": list(reben_split(np.tile(x, 2), np.tile(y, 2), 36_000.0)),
+        }
+    )
     source = tmp_path / "patches.parquet"
     pq.write_table(table, source)
     out = tmp_path / "report"
@@ -230,7 +246,10 @@ def test_run_audit_writes_report_figures_and_summary(tmp_path):
     assert [s["name"] for s in report["splits"]] == ["split", "v1-blocks", "spatial-blocks"]
     assert report["input"]["patches"] == 1800 and report["input"]["tiles"] == 2
     assert report["figures"] == [
-        "label_distribution.png", "map_spatial-blocks.png", "map_split.png", "map_v1-blocks.png",
+        "label_distribution.png",
+        "map_spatial-blocks.png",
+        "map_split.png",
+        "map_v1-blocks.png",
         "nearest_train_distance.png",
     ]
     for name in report["figures"]:
@@ -260,8 +279,22 @@ def test_cli_audit(tmp_path):
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"patch_id": ids_for(UUP, x, y), "split": list(reben_split(x, y, 24_000.0))}), source)
     runner = CliRunner()
-    result = runner.invoke(app, ["audit", str(source), "--split-column", "split", "--strategy", "v1-blocks",
-                                 "--out", str(tmp_path / "r"), "--no-figures", "--permutations", "3"])
+    result = runner.invoke(
+        app,
+        [
+            "audit",
+            str(source),
+            "--split-column",
+            "split",
+            "--strategy",
+            "v1-blocks",
+            "--out",
+            str(tmp_path / "r"),
+            "--no-figures",
+            "--permutations",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert [s["name"] for s in report["splits"]] == ["split", "v1-blocks"] and report["figures"] == []

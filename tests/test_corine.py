@@ -6,13 +6,13 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pipeline_fixtures as fx
 import pytest
 import rasterio
 import shapely
 from affine import Affine
 
-import pipeline_fixtures as fx
-from reben_tools.build.corine import CorineError, grid_code_table, open_clc, read_polygons, reference_block
+from reben_tools.builder.corine import CorineError, grid_code_table, open_clc, read_polygons, reference_block
 
 LANJARON = Path(__file__).parent / "data" / "clc_sample_lanjaron_es.gpkg"
 
@@ -44,7 +44,9 @@ def test_fixture_polygons_in_3035_with_repairs_and_unknown_codes(tmp_path):
     ref, issues = reference_block(source, "EPSG:32633", transform, (360, 360))
     for x in range(3):
         for y in range(3):
-            np.testing.assert_array_equal(ref[y * 120:(y + 1) * 120, x * 120:(x + 1) * 120], fx.expected_reference_map(x, y))
+            np.testing.assert_array_equal(
+                ref[y * 120 : (y + 1) * 120, x * 120 : (x + 1) * 120], fx.expected_reference_map(x, y)
+            )
     reasons = {i.code: i.reason for i in issues}
     assert "unknown CLC code" in reasons["777"] and "repaired with make_valid" in reasons["311"]
 
@@ -89,7 +91,7 @@ def test_strip_rasterisation_gives_the_bytes_of_one_pass_over_unclipped_polygons
     # here on a 300-row grid (strips of 120, 120, 60 rows) in a CRS other than the file's
     from rasterio.features import rasterize
 
-    from reben_tools.build.corine import RASTERISE_STRIP_ROWS
+    from reben_tools.builder.corine import RASTERISE_STRIP_ROWS
 
     assert RASTERISE_STRIP_ROWS == 120
     source = open_clc(LANJARON)
@@ -101,8 +103,14 @@ def test_strip_rasterisation_gives_the_bytes_of_one_pass_over_unclipped_polygons
     shape = (300, 240)
     ref, _ = reference_block(source, "EPSG:32630", transform, shape)
     geometries, codes, _ = read_polygons(source, (left, top - 3000, left + 2400, top), "EPSG:32630")
-    one_pass = rasterize(zip(geometries, (int(c) for c in codes)), out_shape=shape, transform=transform,
-                         fill=999, all_touched=False, dtype="uint16")
+    one_pass = rasterize(
+        zip(geometries, (int(c) for c in codes)),
+        out_shape=shape,
+        transform=transform,
+        fill=999,
+        all_touched=False,
+        dtype="uint16",
+    )
     assert ref.dtype == np.uint16 and ref.shape == shape
     assert ref.tobytes() == one_pass.tobytes()
     # the polygons do cross the strip borders (rows 119/120 and 239/240 share codes)
@@ -116,8 +124,16 @@ def test_raster_clc_grid_codes_and_raw_codes(tmp_path):
     data[:, :6] = 12  # 12th code: 211
     data[:6, 6:] = 24  # 24th code: 312
     path = tmp_path / "clc.tif"
-    profile = {"driver": "GTiff", "width": 12, "height": 12, "count": 1, "dtype": "uint8", "crs": "EPSG:32633",
-               "transform": Affine(100, 0, fx.ULX, 0, -100, fx.ULY), "nodata": 48}
+    profile = {
+        "driver": "GTiff",
+        "width": 12,
+        "height": 12,
+        "count": 1,
+        "dtype": "uint8",
+        "crs": "EPSG:32633",
+        "transform": Affine(100, 0, fx.ULX, 0, -100, fx.ULY),
+        "nodata": 48,
+    }
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(data, 1)
     source = open_clc(path)
@@ -137,7 +153,9 @@ def test_raster_clc_grid_codes_and_raw_codes(tmp_path):
 
 def test_errors_name_the_file(tmp_path):
     path = tmp_path / "clc.gpkg"
-    gpd.GeoDataFrame({"code": ["211"]}, geometry=[shapely.box(0, 0, 1, 1)], crs="EPSG:3035").to_file(path, engine="pyogrio")
+    gpd.GeoDataFrame({"code": ["211"]}, geometry=[shapely.box(0, 0, 1, 1)], crs="EPSG:3035").to_file(
+        path, engine="pyogrio"
+    )
     with pytest.raises(CorineError, match=r"clc.gpkg: no column 'Code_18'"):
         open_clc(path)
     broken = tmp_path / "broken.gpkg"
@@ -163,8 +181,18 @@ def test_raster_clc_is_sampled_exactly_at_the_pixel_centres(tmp_path):
     left, top = np.floor(x0 / 100) * 100 - 2000, np.ceil(y0 / 100) * 100 + 2000
     data = rng.choice(codes, size=(80, 80)).astype(np.uint16)
     path = tmp_path / "clc3035.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=80, height=80, count=1, dtype="uint16", crs="EPSG:3035",
-                       transform=Affine(100, 0, left, 0, -100, top), nodata=0) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=80,
+        height=80,
+        count=1,
+        dtype="uint16",
+        crs="EPSG:3035",
+        transform=Affine(100, 0, left, 0, -100, top),
+        nodata=0,
+    ) as ds:
         ds.write(data, 1)
     source = open_clc(path)
     assert source.raster_values == "codes"

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from reben_tools.build.countries import BIGEARTHNET_COUNTRIES, CountryError, CountryIndex, footprints_in
-from reben_tools.build.quality import QualityRule, read_id_list, scl_fractions
+from reben_tools.builder.countries import BIGEARTHNET_COUNTRIES, CountryError, CountryIndex, footprints_in
+from reben_tools.builder.quality import QualityRule, read_id_list, scl_fractions
 
 
 def _box(lon0, lat0, lon1, lat1):
@@ -25,7 +25,9 @@ def test_nearest_country_with_custom_polygons(tmp_path):
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     index = CountryIndex.load(path, countries=["WWW", "EEE"])
     # footprints given in EPSG:4326 lon/lat corners through the helper
-    feet = footprints_in(["EPSG:4326"] * 3, np.array([10.5, 11.3, 11.8]), np.array([47.5, 47.5, 47.5]), 0.01, index.metric_crs)
+    feet = footprints_in(
+        ["EPSG:4326"] * 3, np.array([10.5, 11.3, 11.8]), np.array([47.5, 47.5, 47.5]), 0.01, index.metric_crs
+    )
     names, distances = index.nearest(feet)
     assert names == ["West", "West", "East"]  # inside West; 0.3 deg from West vs 0.69 from East; 0.19 from East
     assert distances[0] == 0 and distances[1] > 20_000 and distances[2] > 10_000
@@ -37,12 +39,18 @@ def test_a_border_patch_goes_to_the_country_it_overlaps_most():
     import shapely
 
     # two countries sharing the border x = 1,000,000 (EPSG:3035 metres); Switzerland listed first
-    index = CountryIndex(["CHE", "AUT"], ["Switzerland", "Austria"],
-                         [shapely.box(0, 0, 1_000_000, 1_000_000), shapely.box(1_000_000, 0, 2_000_000, 1_000_000)],
-                         "EPSG:3035")
+    index = CountryIndex(
+        ["CHE", "AUT"],
+        ["Switzerland", "Austria"],
+        [shapely.box(0, 0, 1_000_000, 1_000_000), shapely.box(1_000_000, 0, 2_000_000, 1_000_000)],
+        "EPSG:3035",
+    )
     # 1,200 m patches: 2% (24 m) in Switzerland; 98% in Switzerland; exactly half each (configured order)
-    feet = [shapely.box(999_976, 500_000, 1_001_176, 501_200), shapely.box(998_824, 500_000, 1_000_024, 501_200),
-            shapely.box(999_400, 500_000, 1_000_600, 501_200)]
+    feet = [
+        shapely.box(999_976, 500_000, 1_001_176, 501_200),
+        shapely.box(998_824, 500_000, 1_000_024, 501_200),
+        shapely.box(999_400, 500_000, 1_000_600, 501_200),
+    ]
     names, distances = index.nearest(feet)
     assert names == ["Austria", "Switzerland", "Switzerland"]
     assert distances.tolist() == [0.0, 0.0, 0.0]
@@ -53,7 +61,9 @@ def test_default_countries_include_kosovo_by_adm0_a3():
     assert index.codes == list(BIGEARTHNET_COUNTRIES)
     assert "Kosovo" in index.names and "Serbia" in index.names
     # Pristina lies in Kosovo; Vienna in Austria; Lisbon in Portugal
-    feet = footprints_in(["EPSG:4326"] * 3, np.array([21.16, 16.37, -9.14]), np.array([42.66, 48.21, 38.72]), 0.01, index.metric_crs)
+    feet = footprints_in(
+        ["EPSG:4326"] * 3, np.array([21.16, 16.37, -9.14]), np.array([42.66, 48.21, 38.72]), 0.01, index.metric_crs
+    )
     names, distances = index.nearest(feet)
     assert names == ["Kosovo", "Austria", "Portugal"] and (distances == 0).all()
 

@@ -18,20 +18,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reben_tools.learn.croma import (
+from reben_tools.learn.models.croma import (
     CONFIGS,
     CROMA,
-    CheckpointLayoutError,
     CromaConfig,
+    alibi_2d,
     alibi_slopes,
-    infer_config,
-    load_published,
-    published_state,
     random_masking,
     select_bias,
-    alibi_2d,
 )
-from reben_tools.learn.croma_losses import info_nce, masked_reconstruction
+from reben_tools.learn.models.croma_layout import CheckpointLayoutError, infer_config, load_published, published_state
+from reben_tools.learn.models.croma_losses import info_nce, masked_reconstruction
 
 SMALL = CromaConfig("test_small", dim=32, depth=2, heads=16, decoder_dim=32, decoder_heads=8)
 
@@ -43,27 +40,41 @@ SMALL = CromaConfig("test_small", dim=32, depth=2, heads=16, decoder_dim=32, dec
 
 def _block_keys(prefix: str, d: int, cross: bool) -> dict[str, tuple[int, ...]]:
     keys = {
-        f"{prefix}.0.input_norm.weight": (d,), f"{prefix}.0.input_norm.bias": (d,),
+        f"{prefix}.0.input_norm.weight": (d,),
+        f"{prefix}.0.input_norm.bias": (d,),
         f"{prefix}.0.to_qkv.weight": (3 * d, d),
-        f"{prefix}.0.to_out.weight": (d, d), f"{prefix}.0.to_out.bias": (d,),
+        f"{prefix}.0.to_out.weight": (d, d),
+        f"{prefix}.0.to_out.bias": (d,),
     }
     ffn = 2 if cross else 1
     if cross:
-        keys.update({
-            f"{prefix}.1.input_norm.weight": (d,), f"{prefix}.1.input_norm.bias": (d,),
-            f"{prefix}.1.to_q.weight": (d, d), f"{prefix}.1.to_k.weight": (d, d), f"{prefix}.1.to_v.weight": (d, d),
-            f"{prefix}.1.to_out.weight": (d, d), f"{prefix}.1.to_out.bias": (d,),
-        })
-    keys.update({
-        f"{prefix}.{ffn}.input_norm.weight": (d,), f"{prefix}.{ffn}.input_norm.bias": (d,),
-        f"{prefix}.{ffn}.net.0.weight": (4 * d, d), f"{prefix}.{ffn}.net.0.bias": (4 * d,),
-        f"{prefix}.{ffn}.net.3.weight": (d, 4 * d), f"{prefix}.{ffn}.net.3.bias": (d,),
-    })
+        keys.update(
+            {
+                f"{prefix}.1.input_norm.weight": (d,),
+                f"{prefix}.1.input_norm.bias": (d,),
+                f"{prefix}.1.to_q.weight": (d, d),
+                f"{prefix}.1.to_k.weight": (d, d),
+                f"{prefix}.1.to_v.weight": (d, d),
+                f"{prefix}.1.to_out.weight": (d, d),
+                f"{prefix}.1.to_out.bias": (d,),
+            }
+        )
+    keys.update(
+        {
+            f"{prefix}.{ffn}.input_norm.weight": (d,),
+            f"{prefix}.{ffn}.input_norm.bias": (d,),
+            f"{prefix}.{ffn}.net.0.weight": (4 * d, d),
+            f"{prefix}.{ffn}.net.0.bias": (4 * d,),
+            f"{prefix}.{ffn}.net.3.weight": (d, 4 * d),
+            f"{prefix}.{ffn}.net.3.bias": (d,),
+        }
+    )
     return keys
 
 
 def published_layout(d: int, depth: int) -> dict[str, dict[str, tuple[int, ...]]]:
     """Key -> shape of each part of CROMA's published checkpoint for width d, optical depth."""
+
     def vit(channels: int, layers: int) -> dict:
         keys = {"linear_input.weight": (d, channels * 64), "linear_input.bias": (d,)}
         for i in range(layers):
@@ -71,14 +82,25 @@ def published_layout(d: int, depth: int) -> dict[str, dict[str, tuple[int, ...]]
         keys.update({"transformer.norm_out.weight": (d,), "transformer.norm_out.bias": (d,)})
         return keys
 
-    gap = {"0.weight": (d,), "0.bias": (d,), "1.weight": (4 * d, d), "1.bias": (4 * d,),
-           "3.weight": (d, 4 * d), "3.bias": (d,)}
+    gap = {
+        "0.weight": (d,),
+        "0.bias": (d,),
+        "1.weight": (4 * d, d),
+        "1.bias": (4 * d,),
+        "3.weight": (d, 4 * d),
+        "3.bias": (d,),
+    }
     joint: dict = {}
     for i in range(depth // 2):
         joint.update(_block_keys(f"layers.{i}", d, cross=True))
     joint.update({"norm_out.weight": (d,), "norm_out.bias": (d,)})
-    return {"s1_encoder": vit(2, depth // 2), "s1_GAP_FFN": dict(gap), "s2_encoder": vit(12, depth),
-            "s2_GAP_FFN": dict(gap), "joint_encoder": joint}
+    return {
+        "s1_encoder": vit(2, depth // 2),
+        "s1_GAP_FFN": dict(gap),
+        "s2_encoder": vit(12, depth),
+        "s2_GAP_FFN": dict(gap),
+        "joint_encoder": joint,
+    }
 
 
 def hand_built_checkpoint(d: int, depth: int, seed: int = 0) -> dict:
@@ -159,7 +181,7 @@ def ref_vit(sd, imgs, bias, heads):
     patches = []
     for r in range(hh // 8):
         for col in range(ww // 8):
-            patches.append(imgs[:, :, r * 8:(r + 1) * 8, col * 8:(col + 1) * 8].reshape(bsz, -1))
+            patches.append(imgs[:, :, r * 8 : (r + 1) * 8, col * 8 : (col + 1) * 8].reshape(bsz, -1))
     x = torch.stack(patches, dim=1) @ sd["linear_input.weight"].t() + sd["linear_input.bias"]
     layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.layers.")})
     for i in range(layers):
@@ -184,9 +206,11 @@ def ref_forward(ckpt, s1, s2, heads=16):
         x = ref_cross_attn(sd, f"layers.{i}.1", x, s2_enc, bias, heads) + x
         x = ref_ffn(sd, f"layers.{i}.2", x) + x
     joint = ln(x, sd["norm_out.weight"], sd["norm_out.bias"])
-    return {"sar_GAP": ref_gap(ckpt["s1_GAP_FFN"], s1_enc.mean(1)),
-            "optical_GAP": ref_gap(ckpt["s2_GAP_FFN"], s2_enc.mean(1)),
-            "joint_GAP": joint.mean(1)}
+    return {
+        "sar_GAP": ref_gap(ckpt["s1_GAP_FFN"], s1_enc.mean(1)),
+        "optical_GAP": ref_gap(ckpt["s2_GAP_FFN"], s2_enc.mean(1)),
+        "joint_GAP": joint.mean(1),
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -235,7 +259,9 @@ def test_hand_built_checkpoint_loads_and_embeds_like_reference(tmp_path):
 
 def test_wrong_layout_names_the_key(tmp_path):
     ckpt = hand_built_checkpoint(SMALL.dim, SMALL.depth)
-    ckpt["s2_encoder"]["transformer.layers.0.0.create_qkv.weight"] = ckpt["s2_encoder"].pop("transformer.layers.0.0.to_qkv.weight")
+    ckpt["s2_encoder"]["transformer.layers.0.0.create_qkv.weight"] = ckpt["s2_encoder"].pop(
+        "transformer.layers.0.0.to_qkv.weight"
+    )
     with pytest.raises(CheckpointLayoutError) as err:
         load_published(CROMA(SMALL), ckpt, "ck.pt")
     msg = str(err.value)
@@ -291,7 +317,7 @@ def test_masked_alibi_selects_kept_rows_and_columns():
     sel = select_bias(bias, q, k)
     assert sel.shape == (1, 16, 3, 3)
     # patch 3 is (row 0, col 3), patch 100 is (row 6, col 10): distance sqrt(36 + 49)
-    assert sel[0, 0, 0, 2].item() == pytest.approx(-math.sqrt(85) * 2 ** -0.5, rel=1e-6)
+    assert sel[0, 0, 0, 2].item() == pytest.approx(-math.sqrt(85) * 2**-0.5, rel=1e-6)
 
 
 def test_pretraining_forward_masks_and_losses_are_finite():
@@ -360,7 +386,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         a, b = _global_batch()
         rows = a.shape[0] // world
         head, scale = _head()
-        out = _loss(head, scale, a[rank * rows:(rank + 1) * rows], b[rank * rows:(rank + 1) * rows])
+        out = _loss(head, scale, a[rank * rows : (rank + 1) * rows], b[rank * rows : (rank + 1) * rows])
         out["loss"].backward()
         grads = torch.cat([head.weight.grad.reshape(-1), head.bias.grad, scale.grad.reshape(1)])
         dist.all_reduce(grads)

@@ -23,43 +23,81 @@ from shapely.geometry import box
 from torch.utils.data import DataLoader, default_collate
 
 from reben_tools.format import codec
+from reben_tools.format.codec import ValueDecodeError
 from reben_tools.format.layout import ArchiveError
 from reben_tools.format.manifest import build_manifest, write_manifest
 from reben_tools.format.metadata import write_metadata
 from reben_tools.format.shards import write_shard
-from reben_tools.format.codec import ValueDecodeError
-from reben_tools.learn.batches import SampleBatch, collate
-from reben_tools.learn.dataset import ReBENDataset
-from reben_tools.learn.transforms import NativeLayout, NativeToImage, upsample_and_normalise
+from reben_tools.learn.data.batches import SampleBatch, collate
+from reben_tools.learn.data.dataset import ReBENDataset
+from reben_tools.learn.data.transforms import NativeLayout, NativeToImage, upsample_and_normalise
 
 # ---- independent facts ------------------------------------------------------------------
 
 SPEC_STATS = {  # SPEC section 9 / ConfigILM BENv2_utils "120_nearest", in full (issue 11)
-    "B01": (361.0767822265625, 575.0687255859375), "B02": (438.3720703125, 607.02685546875),
-    "B03": (614.0556640625, 603.2968139648438), "B04": (588.4096069335938, 684.56884765625),
-    "B05": (942.8433227539062, 738.4326782226562), "B06": (1769.931640625, 1100.4560546875),
-    "B07": (2049.551513671875, 1275.805419921875), "B08": (2193.2919921875, 1369.3717041015625),
-    "B8A": (2235.556640625, 1356.5440673828125), "B09": (2241.455322265625, 1316.393310546875),
-    "B11": (1568.226806640625, 1070.1612548828125), "B12": (997.7324829101562, 813.5276489257812),
-    "VV": (-12.643863677978516, 5.133493900299072), "VH": (-19.352558135986328, 5.590505599975586),
+    "B01": (361.0767822265625, 575.0687255859375),
+    "B02": (438.3720703125, 607.02685546875),
+    "B03": (614.0556640625, 603.2968139648438),
+    "B04": (588.4096069335938, 684.56884765625),
+    "B05": (942.8433227539062, 738.4326782226562),
+    "B06": (1769.931640625, 1100.4560546875),
+    "B07": (2049.551513671875, 1275.805419921875),
+    "B08": (2193.2919921875, 1369.3717041015625),
+    "B8A": (2235.556640625, 1356.5440673828125),
+    "B09": (2241.455322265625, 1316.393310546875),
+    "B11": (1568.226806640625, 1070.1612548828125),
+    "B12": (997.7324829101562, 813.5276489257812),
+    "VV": (-12.643863677978516, 5.133493900299072),
+    "VH": (-19.352558135986328, 5.590505599975586),
 }
 ALL = ["VV", "VH", "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
-NATIVE_SIZE = {"B01": 20, "B09": 20, "B02": 120, "B03": 120, "B04": 120, "B08": 120,
-               "B05": 60, "B06": 60, "B07": 60, "B8A": 60, "B11": 60, "B12": 60, "VV": 120, "VH": 120}
+NATIVE_SIZE = {
+    "B01": 20,
+    "B09": 20,
+    "B02": 120,
+    "B03": 120,
+    "B04": 120,
+    "B08": 120,
+    "B05": 60,
+    "B06": 60,
+    "B07": 60,
+    "B8A": 60,
+    "B11": 60,
+    "B12": 60,
+    "VV": 120,
+    "VH": 120,
+}
 ORIGINAL = [
-    "Urban fabric", "Industrial or commercial units", "Arable land", "Permanent crops", "Pastures",
+    "Urban fabric",
+    "Industrial or commercial units",
+    "Arable land",
+    "Permanent crops",
+    "Pastures",
     "Complex cultivation patterns",
     "Land principally occupied by agriculture, with significant areas of natural vegetation",
-    "Agro-forestry areas", "Broad-leaved forest", "Coniferous forest", "Mixed forest",
-    "Natural grassland and sparsely vegetated areas", "Moors, heathland and sclerophyllous vegetation",
-    "Transitional woodland, shrub", "Beaches, dunes, sands", "Inland wetlands", "Coastal wetlands",
-    "Inland waters", "Marine waters",
+    "Agro-forestry areas",
+    "Broad-leaved forest",
+    "Coniferous forest",
+    "Mixed forest",
+    "Natural grassland and sparsely vegetated areas",
+    "Moors, heathland and sclerophyllous vegetation",
+    "Transitional woodland, shrub",
+    "Beaches, dunes, sands",
+    "Inland wetlands",
+    "Coastal wetlands",
+    "Inland waters",
+    "Marine waters",
 ]
 ALPHABETICAL = sorted(ORIGINAL)
 CODE_CLASS = {  # CLC code -> 19-class name (None = UNLABELED)
-    111: "Urban fabric", 211: "Arable land", 312: "Coniferous forest", 523: "Marine waters",
-    231: "Pastures", 243: "Land principally occupied by agriculture, with significant areas of natural vegetation",
-    124: None, 999: None,
+    111: "Urban fabric",
+    211: "Arable land",
+    312: "Coniferous forest",
+    523: "Marine waters",
+    231: "Pastures",
+    243: "Land principally occupied by agriculture, with significant areas of natural vegetation",
+    124: None,
+    999: None,
 }
 SPLIT_CYCLE = ["train", "train", "validation", "test"]
 N_PATCHES = 12
@@ -117,17 +155,33 @@ def patches() -> list[dict]:
         quadrant_codes[0, 0] = 111 if i % 2 else 211  # at most 3 quadrants unlabelled
         reference_map = np.repeat(np.repeat(quadrant_codes, 60, 0), 60, 1).astype(np.uint16)
         names = sorted({CODE_CLASS[int(c)] for c in quadrant_codes.ravel()} - {None})
-        out.append({
-            "id": patch_id(i), "s1": s1_name(i), "bands": bands, "reference_map": reference_map, "labels": names,
-            "split": SPLIT_CYCLE[i % 4], "snow": i == SNOWY, "cloud": i == CLOUDY,
-        })
+        out.append(
+            {
+                "id": patch_id(i),
+                "s1": s1_name(i),
+                "bands": bands,
+                "reference_map": reference_map,
+                "labels": names,
+                "split": SPLIT_CYCLE[i % 4],
+                "snow": i == SNOWY,
+                "cloud": i == CLOUDY,
+            }
+        )
     return out
 
 
 def metadata_rows(patches: list[dict]) -> list[dict]:
     return [
-        {"patch_id": p["id"], "labels": p["labels"], "split": p["split"], "country": "Austria", "s1_name": p["s1"],
-         "s2v1_name": None, "contains_seasonal_snow": p["snow"], "contains_cloud_or_shadow": p["cloud"]}
+        {
+            "patch_id": p["id"],
+            "labels": p["labels"],
+            "split": p["split"],
+            "country": "Austria",
+            "s1_name": p["s1"],
+            "s2v1_name": None,
+            "contains_seasonal_snow": p["snow"],
+            "contains_cloud_or_shadow": p["cloud"],
+        }
         for p in patches
     ]
 
@@ -135,8 +189,11 @@ def metadata_rows(patches: list[dict]) -> list[dict]:
 def values_of(p: dict) -> list[tuple[str, bytes]]:
     s2 = {b: a for b, a in p["bands"].items() if b[0] == "B"}
     s1 = {b: p["bands"][b] for b in ("VV", "VH")}
-    return [(p["id"], codec.encode_s2(s2)), (p["s1"], codec.encode_s1(s1)),
-            (p["id"] + "_reference_map", codec.encode_reference_map(p["reference_map"]))]
+    return [
+        (p["id"], codec.encode_s2(s2)),
+        (p["s1"], codec.encode_s1(s1)),
+        (p["id"] + "_reference_map", codec.encode_reference_map(p["reference_map"])),
+    ]
 
 
 MANIFEST_STATS = {b: (1000.0 + 10 * k, 400.0 + k) for k, b in enumerate(ALL)}
@@ -152,8 +209,11 @@ def archive_dir(tmp_path_factory, patches) -> Path:
         infos.append(write_shard(root / "shards", name, items))
     write_metadata(root, metadata_rows(patches))
     gpd.GeoDataFrame(
-        {"patch_id": [p["id"] for p in patches], "s1_name": [p["s1"] for p in patches],
-         "shard": [shard_of[p["id"]] for p in patches]},
+        {
+            "patch_id": [p["id"] for p in patches],
+            "s1_name": [p["s1"] for p in patches],
+            "shard": [shard_of[p["id"]] for p in patches],
+        },
         geometry=[box(14.0 + i * 0.01, 48.0, 14.01 + i * 0.01, 48.01) for i in range(len(patches))],
         crs="EPSG:4326",
     ).to_parquet(root / "patches.parquet")
@@ -162,11 +222,18 @@ def archive_dir(tmp_path_factory, patches) -> Path:
     return root
 
 
-REBEN_SCHEMA = pa.schema([
-    ("patch_id", pa.string()), ("labels", pa.list_(pa.string())), ("split", pa.string()), ("country", pa.string()),
-    ("s1_name", pa.string()), ("s2v1_name", pa.string()), ("contains_seasonal_snow", pa.bool_()),
-    ("contains_cloud_or_shadow", pa.bool_()),
-])
+REBEN_SCHEMA = pa.schema(
+    [
+        ("patch_id", pa.string()),
+        ("labels", pa.list_(pa.string())),
+        ("split", pa.string()),
+        ("country", pa.string()),
+        ("s1_name", pa.string()),
+        ("s2v1_name", pa.string()),
+        ("contains_seasonal_snow", pa.bool_()),
+        ("contains_cloud_or_shadow", pa.bool_()),
+    ]
+)
 
 
 def write_plain(directory: Path, items: list[tuple[str, bytes]]) -> None:
@@ -378,8 +445,15 @@ def test_getitems_is_a_list_of_samples_backed_by_one_batch(archive_dir):
 def test_dataloader_with_two_forked_workers(archive_dir, patches):
     ds = ReBENDataset(archive_dir, include_snow_cloud=True, return_mask=True)
     first = ds[0]["image"]  # environments opened in the parent before the fork
-    loader = DataLoader(ds, batch_size=5, shuffle=True, num_workers=2, collate_fn=collate,
-                        multiprocessing_context="fork", generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        ds,
+        batch_size=5,
+        shuffle=True,
+        num_workers=2,
+        collate_fn=collate,
+        multiprocessing_context="fork",
+        generator=torch.Generator().manual_seed(0),
+    )
     seen = []
     for batch in loader:
         assert batch["image"].shape[1:] == (14, 120, 120)
@@ -413,7 +487,7 @@ def test_native_transform_checks_shapes(archive_dir):
 # ---- bad values -----------------------------------------------------------------------------
 
 
-@pytest.fixture()
+@pytest.fixture
 def broken(tmp_path, patches):
     """A plain LMDB where patch 0's S2 value is truncated, patch 1's S2 value holds float32
     tensors, patch 2's S1 value is not safetensors, patch 3's S1 partner is missing and

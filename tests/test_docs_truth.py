@@ -10,8 +10,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-USER_TEXTS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "reben_tools").rglob("*.py"),
-                     *(ROOT / "schemas").glob("*.json"), *(ROOT / "pipelines").glob("*")])
+USER_TEXTS = sorted(
+    [
+        ROOT / "README.md",
+        *(ROOT / "docs").glob("*.md"),
+        *(ROOT / "reben_tools").rglob("*.py"),
+        *(ROOT / "schemas").glob("*.json"),
+        *(ROOT / "pipelines").glob("*"),
+    ]
+)
 
 
 def _dependencies() -> set[str]:
@@ -21,8 +28,13 @@ def _dependencies() -> set[str]:
 
 def test_no_user_text_cites_the_internal_spec():
     """Users have no SPEC document: the docs, README and code state the facts themselves."""
-    citing = [f"{p.relative_to(ROOT)}:{i}" for p in USER_TEXTS if p.is_file()
-              for i, line in enumerate(p.read_text("utf-8").splitlines(), 1) if re.search(r"SPEC\.md|\bSPEC (section|§)|\(SPEC\)|\bthe SPEC\b", line)]
+    citing = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for p in USER_TEXTS
+        if p.is_file()
+        for i, line in enumerate(p.read_text("utf-8").splitlines(), 1)
+        if re.search(r"SPEC\.md|\bSPEC (section|§)|\(SPEC\)|\bthe SPEC\b", line)
+    ]
     assert not citing, citing
 
 
@@ -48,9 +60,20 @@ def test_readme_split_example_works_on_the_archive_metadata():
     assert "reben split my-archive/metadata.parquet --strategy reben --out with_split.parquet" in text
 
 
-@pytest.mark.parametrize("path", ["my-archive/manifest.json", "reben-lmdb/data.mdb", "release/BigEarthNet-S2/x.tif", "s1-archive/manifest.json",
-                                  "emb.parquet", "metadata-10%.parquet",
-                                  "audit/report.md", "with_split.parquet", "reben-demo/archive/manifest.json"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "my-archive/manifest.json",
+        "reben-lmdb/data.mdb",
+        "release/BigEarthNet-S2/x.tif",
+        "s1-archive/manifest.json",
+        "emb.parquet",
+        "metadata-10%.parquet",
+        "audit/report.md",
+        "with_split.parquet",
+        "reben-demo/archive/manifest.json",
+    ],
+)
 def test_readme_example_outputs_are_ignored_by_git(path):
     result = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
     assert result.returncode == 0, f"{path} is not in .gitignore"

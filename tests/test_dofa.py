@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from dofa_reference import hand_built_checkpoint, published_layout, reference_features
+
 from reben_tools.format.bands import CENTRAL_WAVELENGTH_UM, wavelengths_for
-from reben_tools.learn.dofa import DOFAEncoder, load_dofa, load_dofa_state
+from reben_tools.learn.models.dofa import DOFAEncoder, load_dofa, load_dofa_state
 
 S2_UM = [0.443, 0.490, 0.560, 0.665, 0.705, 0.740, 0.783, 0.842, 0.865, 0.945, 1.610, 2.190]
 
@@ -20,7 +20,9 @@ S2_UM = [0.443, 0.490, 0.560, 0.665, 0.705, 0.740, 0.783, 0.842, 0.865, 0.945, 1
 # --------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("name,embed,depth", [("dofa_base_patch16", 768, 12), ("dofa_large_patch16", 1024, 24), ("dofa_micro", 64, 2)])
+@pytest.mark.parametrize(
+    "name,embed,depth", [("dofa_base_patch16", 768, 12), ("dofa_large_patch16", 1024, 24), ("dofa_micro", 64, 2)]
+)
 def test_state_dict_matches_published_layout(name: str, embed: int, depth: int) -> None:
     with torch.device("meta"):
         model = DOFAEncoder(name)
@@ -97,11 +99,14 @@ def test_wavelength_table() -> None:
     assert len(CENTRAL_WAVELENGTH_UM) == 14
 
 
-@pytest.mark.parametrize("bands,pattern", [
-    (["B04", "B10"], "unknown band 'B10'"),
-    (["SCL"], "band 'SCL' has no central wavelength"),
-    ([], "band list is empty"),
-])
+@pytest.mark.parametrize(
+    "bands,pattern",
+    [
+        (["B04", "B10"], "unknown band 'B10'"),
+        (["SCL"], "band 'SCL' has no central wavelength"),
+        ([], "band list is empty"),
+    ],
+)
 def test_band_errors_name_the_band(bands: list[str], pattern: str) -> None:
     with pytest.raises(ValueError, match=pattern):
         wavelengths_for(bands)
@@ -112,7 +117,9 @@ def test_band_errors_name_the_band(bands: list[str], pattern: str) -> None:
 def test_checkpoint_errors_name_the_key(tmp_path) -> None:
     model = DOFAEncoder("dofa_micro")
     other_size = hand_built_checkpoint(32, 2)
-    with pytest.raises(ValueError, match=r"x\.pth: key 'cls_token' has shape \(1, 1, 32\) but dofa_micro expects \(1, 1, 64\)"):
+    with pytest.raises(
+        ValueError, match=r"x\.pth: key 'cls_token' has shape \(1, 1, 32\) but dofa_micro expects \(1, 1, 64\)"
+    ):
         load_dofa_state(model, other_size, source="x.pth")
     deeper = hand_built_checkpoint(64, 3)
     with pytest.raises(ValueError, match=r"unexpected key 'blocks\.2\.norm1\.weight'"):

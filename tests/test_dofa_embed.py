@@ -9,14 +9,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from dofa_reference import hand_built_checkpoint, reference_features
+from training_archive import build_learnable_archive
 from typer.testing import CliRunner
 
-from dofa_reference import hand_built_checkpoint, reference_features
 from reben_tools.cli import app
 from reben_tools.data import ReBENDataset
 from reben_tools.format.bands import BAND_GROUPS, PUBLISHED_STATISTICS
-from reben_tools.learn.encoders import EncoderError, load_encoder
-from training_archive import build_learnable_archive
+from reben_tools.learn.models.encoders import EncoderError, load_encoder
 
 COUNTS = {"train": 12, "validation": 4, "test": 6}
 S1_UM = [5.405, 5.405]
@@ -64,17 +64,40 @@ def test_load_encoder_embeds_s1_s2_joint_like_the_reference(weights) -> None:
     assert encoder.describe()["wavelengths_um"] == {"VH": 5.405, "B08": 0.842}
 
 
-@pytest.mark.parametrize("bands,column_set,channels", [
-    ("S1", ["s1", "joint"], ["VV", "VH"]),
-    ("B04,B03,B02", ["s2", "joint"], ["B04", "B03", "B02"]),
-    ("ALL", ["s1", "s2", "joint"], list(BAND_GROUPS["ALL"])),
-])
+@pytest.mark.parametrize(
+    "bands,column_set,channels",
+    [
+        ("S1", ["s1", "joint"], ["VV", "VH"]),
+        ("B04,B03,B02", ["s2", "joint"], ["B04", "B03", "B02"]),
+        ("ALL", ["s1", "s2", "joint"], list(BAND_GROUPS["ALL"])),
+    ],
+)
 def test_reben_embed_any_band_group(archive, weights, tmp_path, bands, column_set, channels) -> None:
     path, state = weights
     out = tmp_path / "emb.parquet"
-    result = CliRunner().invoke(app, ["embed", "--archive", str(archive["root"]), "--encoder", f"dofa_micro:{path}",
-                                      "--bands", bands, "--split", "test", "--out", str(out), "--device", "cpu",
-                                      "--workers", "0", "--batch-size", "4", "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "embed",
+            "--archive",
+            str(archive["root"]),
+            "--encoder",
+            f"dofa_micro:{path}",
+            "--bands",
+            bands,
+            "--split",
+            "test",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--batch-size",
+            "4",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     table = pq.read_table(out)
     assert table.column_names == ["patch_id", "split", "labels", *column_set]
@@ -97,11 +120,30 @@ def test_probe_on_dofa_embeddings(archive, weights, tmp_path) -> None:
     path, _ = weights
     emb = tmp_path / "all.parquet"
     runner = CliRunner()
-    result = runner.invoke(app, ["embed", "--archive", str(archive["root"]), "--encoder", f"dofa_micro:{path}",
-                                 "--bands", "S2", "--out", str(emb), "--device", "cpu", "--workers", "0", "-q"])
+    result = runner.invoke(
+        app,
+        [
+            "embed",
+            "--archive",
+            str(archive["root"]),
+            "--encoder",
+            f"dofa_micro:{path}",
+            "--bands",
+            "S2",
+            "--out",
+            str(emb),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["probe", "--embeddings", str(emb), "--out", str(tmp_path / "probe"), "--no-map",
-                                 "--probes", "linear", "-q"])
+    result = runner.invoke(
+        app,
+        ["probe", "--embeddings", str(emb), "--out", str(tmp_path / "probe"), "--no-map", "--probes", "linear", "-q"],
+    )
     assert result.exit_code == 0, result.output
     probe = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert probe["modality"] == "joint" and probe["features"] == 64 and probe["test_samples"] == COUNTS["test"]
@@ -117,6 +159,19 @@ def test_dofa_encoder_errors_name_band_and_key(archive, weights, tmp_path) -> No
         encoder.use_bands(["SCL"])
     with pytest.raises(EncoderError, match=r"key 'cls_token' has shape \(1, 1, 64\) but dofa_base_patch16 expects"):
         load_encoder(f"dofa_base:{path}")
-    result = CliRunner().invoke(app, ["embed", "--archive", str(archive["root"]), "--encoder", f"dofa_micro:{path}",
-                                      "--bands", "B04,B10", "--out", str(tmp_path / "x.parquet"), "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "embed",
+            "--archive",
+            str(archive["root"]),
+            "--encoder",
+            f"dofa_micro:{path}",
+            "--bands",
+            "B04,B10",
+            "--out",
+            str(tmp_path / "x.parquet"),
+            "-q",
+        ],
+    )
     assert result.exit_code == 1 and "unknown band 'B10'" in result.output

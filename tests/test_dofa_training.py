@@ -7,17 +7,17 @@ import json
 
 import pytest
 import torch
+from dofa_reference import hand_built_checkpoint
+from training_archive import build_learnable_archive
 from typer.testing import CliRunner
 
 from reben_tools.cli import app
-from reben_tools.learn.checkpoints import load_checkpoint
-from reben_tools.learn.config import TrainConfig, TrainingError
-from reben_tools.learn.dofa import DOFAEncoder, init_encoders
-from reben_tools.learn.loop import train
-from reben_tools.learn.models import build_model
-from reben_tools.learn.schedule import layer_decay_multipliers
-from dofa_reference import hand_built_checkpoint
-from training_archive import build_learnable_archive
+from reben_tools.learn.models.classifier import build_model
+from reben_tools.learn.models.dofa import DOFAEncoder, init_encoders
+from reben_tools.learn.runtime.checkpoints import load_checkpoint
+from reben_tools.learn.runtime.config import TrainConfig, TrainingError
+from reben_tools.learn.runtime.schedule import layer_decay_multipliers
+from reben_tools.learn.training.loop import train
 
 COUNTS = {"train": 16, "validation": 8, "test": 8}
 
@@ -51,11 +51,21 @@ def test_one_dofa_classifier_per_band_group() -> None:
 
 
 def test_layer_decay_multipliers_per_layer() -> None:
-    names = ["encoders.all.dofa.cls_token", "encoders.all.dofa.patch_embed.fclayer.w1.weight",
-             "encoders.all.dofa.blocks.0.attn.qkv.weight", "encoders.all.dofa.blocks.1.mlp.fc2.bias",
-             "encoders.all.dofa.fc_norm.weight", "head.weight"]
+    names = [
+        "encoders.all.dofa.cls_token",
+        "encoders.all.dofa.patch_embed.fclayer.w1.weight",
+        "encoders.all.dofa.blocks.0.attn.qkv.weight",
+        "encoders.all.dofa.blocks.1.mlp.fc2.bias",
+        "encoders.all.dofa.fc_norm.weight",
+        "head.weight",
+    ]
     assert layer_decay_multipliers(names, 0.5) == {
-        names[0]: 0.125, names[1]: 0.125, names[2]: 0.25, names[3]: 0.5, names[4]: 1.0, names[5]: 1.0,
+        names[0]: 0.125,
+        names[1]: 0.125,
+        names[2]: 0.25,
+        names[3]: 0.5,
+        names[4]: 1.0,
+        names[5]: 1.0,
     }
     with pytest.raises(ValueError, match="numbered blocks"):
         layer_decay_multipliers(["encoders.all.stem.weight", "head.weight"], 0.75)
@@ -84,9 +94,23 @@ def test_init_loads_published_weights_into_every_dofa_encoder(micro_weights) -> 
 def test_fine_tune_from_init_with_layer_decay(archive, micro_weights, tmp_path) -> None:
     path, state = micro_weights
     out = tmp_path / "run"
-    config = TrainConfig(archive=str(archive["root"]), bands="RGB", model="dofa_micro", out=str(out), epochs=1,
-                         batch_size=8, lr=1e-2, warmup_steps=0, workers=0, device="cpu", progress=False,
-                         evaluate_test=False, init=f"dofa_micro:{path}", layer_decay=0.5, max_steps=1)
+    config = TrainConfig(
+        archive=str(archive["root"]),
+        bands="RGB",
+        model="dofa_micro",
+        out=str(out),
+        epochs=1,
+        batch_size=8,
+        lr=1e-2,
+        warmup_steps=0,
+        workers=0,
+        device="cpu",
+        progress=False,
+        evaluate_test=False,
+        init=f"dofa_micro:{path}",
+        layer_decay=0.5,
+        max_steps=1,
+    )
     train(config)
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     groups = ckpt["optimizer"]["param_groups"]
@@ -106,11 +130,38 @@ def test_fine_tune_from_init_with_layer_decay(archive, micro_weights, tmp_path) 
 def test_cli_train_dofa_with_init_and_resize(archive, micro_weights, tmp_path) -> None:
     path, _ = micro_weights
     out = tmp_path / "cli"
-    result = CliRunner().invoke(app, [
-        "train", "--archive", str(archive["root"]), "--out", str(out), "--model", "dofa_micro", "--bands", "S1",
-        "--init", f"dofa_micro:{path}", "--layer-decay", "0.75", "--input-mode", "resize", "--epochs", "1",
-        "--batch-size", "8", "--max-steps", "1", "--workers", "0", "--device", "cpu", "--no-test", "-q",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--archive",
+            str(archive["root"]),
+            "--out",
+            str(out),
+            "--model",
+            "dofa_micro",
+            "--bands",
+            "S1",
+            "--init",
+            f"dofa_micro:{path}",
+            "--layer-decay",
+            "0.75",
+            "--input-mode",
+            "resize",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "1",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--no-test",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     stored = json.loads((out / "config.json").read_text())
     assert stored["model_kwargs"] == {"input_mode": "resize"}

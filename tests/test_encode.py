@@ -12,17 +12,16 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 from pyproj import Transformer
+from reliability_helpers import lmdb_items as plain_lmdb_items
 from safetensors.numpy import save as safetensors_save
 from typer.testing import CliRunner
 
-from reben_tools.format.metadata import METADATA_SCHEMA
 from reben_tools.cli import app
+from reben_tools.format.metadata import METADATA_SCHEMA
 from reben_tools.release.encode import encode_release
 from reben_tools.release.encode_plan import EncodeError
 from reben_tools.release.geotiff_release import ReleaseError, discover_patches, read_band, reading_environment
 from reben_tools.release.synthetic_release import SYNTHETIC_TILES, write_synthetic_release
-
-from reliability_helpers import lmdb_items as plain_lmdb_items
 
 REPO = Path(__file__).resolve().parents[1]
 V1_EXAMPLES = REPO / "tests" / "data" / "ben_v1_examples"
@@ -71,8 +70,14 @@ def release(tmp_path_factory):
 def encoded(release, tmp_path_factory):
     out = tmp_path_factory.mktemp("encoded") / "archive"
     summary = encode_release(
-        release.s2_dir, out, s1_dir=release.s1_dir, reference_maps_dir=release.reference_maps_dir,
-        metadata_files=release.metadata_files, workers=2, patches_per_shard=5, progress=False,
+        release.s2_dir,
+        out,
+        s1_dir=release.s1_dir,
+        reference_maps_dir=release.reference_maps_dir,
+        metadata_files=release.metadata_files,
+        workers=2,
+        patches_per_shard=5,
+        progress=False,
     )
     return out, summary
 
@@ -100,7 +105,9 @@ def test_real_v1_patches_encode_to_the_reference_bytes(tmp_path):
         assert row["s1_name"].endswith("_" + "_".join(row["patch_id"].rsplit("_", 2)[1:]))
     by_id = {r["patch_id"]: r for r in rows}
     assert (by_id["S2A_MSIL2A_20170613T101031_87_48"]["ulx"], by_id["S2A_MSIL2A_20170613T101031_87_48"]["uly"]) == (
-        404400.0, 5342400.0)
+        404400.0,
+        5342400.0,
+    )
     assert by_id["S2A_MSIL2A_20170613T101031_87_48"]["crs"] == "EPSG:32633"
 
 
@@ -130,8 +137,10 @@ def test_keys_shards_and_values_are_exact(release, encoded):
 def test_metadata_manifest_and_report_follow_their_schemas(release, encoded):
     out, _ = encoded
     source = [r for f in release.metadata_files for r in pq.read_table(f).to_pylist()]
-    for name, flagged in (("metadata.parquet", False),
-                          ("metadata_for_patches_with_snow_cloud_or_shadow.parquet", True)):
+    for name, flagged in (
+        ("metadata.parquet", False),
+        ("metadata_for_patches_with_snow_cloud_or_shadow.parquet", True),
+    ):
         table = pq.read_table(out / name)
         assert table.schema.equals(METADATA_SCHEMA)
         rows = table.to_pylist()
@@ -151,13 +160,24 @@ def test_metadata_manifest_and_report_follow_their_schemas(release, encoded):
 
 
 def test_metadata_schema_rejects_malformed_rows():
-    row = {"patch_id": "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57", "labels": ["Arable land"],
-           "split": "train", "country": "Austria", "s1_name": "S1B_IW_GRDH_1SDV_20170612T165809_33UUP_26_57",
-           "s2v1_name": "S2A_MSIL2A_20170613T101031_26_57", "contains_seasonal_snow": False,
-           "contains_cloud_or_shadow": False}
+    row = {
+        "patch_id": "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57",
+        "labels": ["Arable land"],
+        "split": "train",
+        "country": "Austria",
+        "s1_name": "S1B_IW_GRDH_1SDV_20170612T165809_33UUP_26_57",
+        "s2v1_name": "S2A_MSIL2A_20170613T101031_26_57",
+        "contains_seasonal_snow": False,
+        "contains_cloud_or_shadow": False,
+    }
     jsonschema.validate(row, schema("metadata"), cls=jsonschema.Draft202012Validator)
-    for bad in ({"split": "val"}, {"labels": ["Forest"]}, {"s1_name": "S1B_IW_GRDH_1SDV_20170612T165809_33UUP_26_05"},
-                {"patch_id": "S2A_MSIL2A_20170613T101031_26_57"}, {"extra": 1}):
+    for bad in (
+        {"split": "val"},
+        {"labels": ["Forest"]},
+        {"s1_name": "S1B_IW_GRDH_1SDV_20170612T165809_33UUP_26_05"},
+        {"patch_id": "S2A_MSIL2A_20170613T101031_26_57"},
+        {"extra": 1},
+    ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({**row, **bad}, schema("metadata"), cls=jsonschema.Draft202012Validator)
 
@@ -173,7 +193,10 @@ def test_patches_parquet_is_geoparquet_georeferenced_from_the_tiffs(release, enc
         ulx, uly = tile.ulx + 1200 * row.x, tile.uly - 1200 * row.y
         assert (row.crs, row.ulx, row.uly, row.lrx, row.lry) == (f"EPSG:{tile.epsg}", ulx, uly, ulx + 1200, uly - 1200)
         to_wgs84 = Transformer.from_crs(tile.epsg, 4326, always_xy=True)
-        corners = [to_wgs84.transform(x, y) for x, y in ((ulx, uly), (ulx + 1200, uly), (ulx + 1200, uly - 1200), (ulx, uly - 1200))]
+        corners = [
+            to_wgs84.transform(x, y)
+            for x, y in ((ulx, uly), (ulx + 1200, uly), (ulx + 1200, uly - 1200), (ulx, uly - 1200))
+        ]
         for lon, lat in corners:
             assert min(abs(lon - px) + abs(lat - py) for px, py in row.geometry.exterior.coords) < 1e-9
         assert row.shard == f"shard-{sorted(release.patch_ids).index(row.patch_id) // 5:05d}"
@@ -199,13 +222,21 @@ def test_train_statistics_match_numpy_on_the_tiffs(release, encoded):
 
 
 def _tree_digests(root):
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(root).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(root).rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_worker_count_does_not_change_a_single_byte(release, tmp_path):
-    kwargs = dict(s1_dir=release.s1_dir, reference_maps_dir=release.reference_maps_dir,
-                  metadata_files=release.metadata_files, patches_per_shard=4, progress=False)
+    kwargs = dict(
+        s1_dir=release.s1_dir,
+        reference_maps_dir=release.reference_maps_dir,
+        metadata_files=release.metadata_files,
+        patches_per_shard=4,
+        progress=False,
+    )
     encode_release(release.s2_dir, tmp_path / "w1", workers=1, **kwargs)
     encode_release(release.s2_dir, tmp_path / "w2", workers=2, **kwargs)
     one, two = _tree_digests(tmp_path / "w1"), _tree_digests(tmp_path / "w2")
@@ -224,25 +255,36 @@ def test_bad_inputs_are_reported_and_skipped(tmp_path):
 
     missing, wrong_shape, unreadable, no_s1, wrong_dtype, duplicate, no_crs = ids[:7]
     band_file(missing, "B03").unlink()
-    with rasterio.open(band_file(wrong_shape, "B05"), "w", driver="GTiff", width=61, height=60, count=1,
-                       dtype="uint16") as dataset:
+    with rasterio.open(
+        band_file(wrong_shape, "B05"), "w", driver="GTiff", width=61, height=60, count=1, dtype="uint16"
+    ) as dataset:
         dataset.write(np.ones((1, 60, 61), np.uint16))
     band_file(unreadable, "B11").write_bytes(b"II*\x00 this is not a TIFF")
     s1 = source.s1_names[no_s1]
     shutil.rmtree(root / "BigEarthNet-S1" / product(s1) / s1)
-    with rasterio.open(band_file(wrong_dtype, "B04"), "w", driver="GTiff", width=120, height=120, count=1,
-                       dtype="float32") as dataset:
+    with rasterio.open(
+        band_file(wrong_dtype, "B04"), "w", driver="GTiff", width=120, height=120, count=1, dtype="float32"
+    ) as dataset:
         dataset.write(np.ones((1, 120, 120), np.float32))
-    with rasterio.open(band_file(no_crs, "B02"), "w", driver="GTiff", width=120, height=120, count=1,
-                       dtype="uint16") as dataset:
+    with rasterio.open(
+        band_file(no_crs, "B02"), "w", driver="GTiff", width=120, height=120, count=1, dtype="uint16"
+    ) as dataset:
         dataset.write(np.ones((1, 120, 120), np.uint16))
     (root / "BigEarthNet-S2" / "copy").mkdir()
     shutil.copy(band_file(duplicate, "B02"), root / "BigEarthNet-S2" / "copy" / f"{duplicate}_B02.tif")
 
     out = tmp_path / "archive"
-    summary = encode_release(root / "BigEarthNet-S2", out, s1_dir=root / "BigEarthNet-S1",
-                             reference_maps_dir=root / "Reference_Maps", metadata_files=source.metadata_files,
-                             workers=2, patches_per_shard=2, progress=False, require_pairs=True)
+    summary = encode_release(
+        root / "BigEarthNet-S2",
+        out,
+        s1_dir=root / "BigEarthNet-S1",
+        reference_maps_dir=root / "Reference_Maps",
+        metadata_files=source.metadata_files,
+        workers=2,
+        patches_per_shard=2,
+        progress=False,
+        require_pairs=True,
+    )
     report = json.loads((out / "report.json").read_text())
     jsonschema.validate(report, schema("report"), cls=jsonschema.Draft202012Validator)
     skipped = {s["item"]: s for s in report["skipped"]}
@@ -260,8 +302,10 @@ def test_bad_inputs_are_reported_and_skipped(tmp_path):
     assert summary.patches == 1
     good = ids[7]
     assert set(archive_items(out)) == {good, source.s1_names[good], f"{good}_reference_map"}
-    kept = pq.read_table(out / "metadata.parquet").column("patch_id").to_pylist() + pq.read_table(
-        out / "metadata_for_patches_with_snow_cloud_or_shadow.parquet").column("patch_id").to_pylist()
+    kept = (
+        pq.read_table(out / "metadata.parquet").column("patch_id").to_pylist()
+        + pq.read_table(out / "metadata_for_patches_with_snow_cloud_or_shadow.parquet").column("patch_id").to_pylist()
+    )
     assert kept == [good]
 
 
@@ -269,8 +313,14 @@ def test_flat_tiff_release_without_metadata_writes_every_patch(tmp_path):
     source = write_synthetic_release(tmp_path / "release", n_patches=6, seed=5, nested=False, suffix=".tiff")
     assert all(p.suffix == ".tiff" for p in source.s2_dir.rglob("*_B02*"))
     out = tmp_path / "archive"
-    summary = encode_release(source.s2_dir, out, s1_dir=source.s1_dir, reference_maps_dir=source.reference_maps_dir,
-                             workers=1, progress=False)
+    summary = encode_release(
+        source.s2_dir,
+        out,
+        s1_dir=source.s1_dir,
+        reference_maps_dir=source.reference_maps_dir,
+        workers=1,
+        progress=False,
+    )
     assert summary.patches == 6
     ids = sorted(source.patch_ids)
     assert set(archive_items(out)) == set(ids) | set(source.s1_names.values()) | {f"{p}_reference_map" for p in ids}
@@ -292,8 +342,9 @@ def test_s2_only_release_and_patches_missing_from_the_release(release, tmp_path)
     extra_file = tmp_path / "extra.parquet"
     pq.write_table(pa.Table.from_pylist([extra], schema=METADATA_SCHEMA), extra_file)
     out = tmp_path / "archive"
-    summary = encode_release(release.s2_dir, out, metadata_files=[*release.metadata_files, extra_file],
-                             workers=1, progress=False)
+    summary = encode_release(
+        release.s2_dir, out, metadata_files=[*release.metadata_files, extra_file], workers=1, progress=False
+    )
     assert summary.patches == 22
     assert [s["item"] for s in summary.skipped] == [extra["patch_id"]]
     assert "not found" in summary.skipped[0]["reason"]
@@ -314,7 +365,9 @@ def test_discovery_and_band_reading(release, tmp_path):
     assert all(sorted(p.files) == sorted(S2_BAND_NAMES) for p in patches.values())
     assert sorted(discover_patches(release.s1_dir, "S1")) == sorted(release.s1_names.values())
     # JSON side-cars and non-band TIFFs are ignored; S2 discovery does not pick up S1 files.
-    assert discover_patches(V1_EXAMPLES, "S2").keys() == {p.name for p in (V1_EXAMPLES / "BigEarthNet-S2-Example").iterdir()}
+    assert discover_patches(V1_EXAMPLES, "S2").keys() == {
+        p.name for p in (V1_EXAMPLES / "BigEarthNet-S2-Example").iterdir()
+    }
     some = next(iter(patches.values()))
     with reading_environment():
         array, georef = read_band(some.files["B05"], (60, 60), "uint16", georeferenced=True)
@@ -329,11 +382,27 @@ def test_discovery_and_band_reading(release, tmp_path):
 
 def test_cli_encode(release, tmp_path):
     out = tmp_path / "cli"
-    result = CliRunner().invoke(app, ["encode", "--s2-dir", str(release.s2_dir), "--s1-dir", str(release.s1_dir),
-                                      "--reference-maps-dir", str(release.reference_maps_dir),
-                                      "--metadata", str(release.metadata_files[0]),
-                                      "--metadata", str(release.metadata_files[1]),
-                                      "--out", str(out), "--workers", "1", "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "encode",
+            "--s2-dir",
+            str(release.s2_dir),
+            "--s1-dir",
+            str(release.s1_dir),
+            "--reference-maps-dir",
+            str(release.reference_maps_dir),
+            "--metadata",
+            str(release.metadata_files[0]),
+            "--metadata",
+            str(release.metadata_files[1]),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "22 patch(es)" in result.output
     assert json.loads((out / "manifest.json").read_text())["counts"]["patches"] == 22
@@ -346,8 +415,13 @@ def test_a_multithreaded_caller_gets_forkserver_workers_and_the_same_bytes(relea
 
     from reben_tools.release.encode_workers import pool_start_method
 
-    kwargs = dict(s1_dir=release.s1_dir, reference_maps_dir=release.reference_maps_dir,
-                  metadata_files=release.metadata_files, patches_per_shard=8, progress=False)
+    kwargs = dict(
+        s1_dir=release.s1_dir,
+        reference_maps_dir=release.reference_maps_dir,
+        metadata_files=release.metadata_files,
+        patches_per_shard=8,
+        progress=False,
+    )
     encode_release(release.s2_dir, tmp_path / "w1", workers=1, **kwargs)
     stop = threading.Event()
     thread = threading.Thread(target=stop.wait, daemon=True)

@@ -8,15 +8,14 @@ import shutil
 
 import pyarrow.parquet as pq
 import pytest
+from test_encode import S2_BAND_NAMES, archive_items, product, reference_value
 from typer.testing import CliRunner
 
 from reben_tools.cli import app
-from reben_tools.learn.dataset import ReBENDataset
+from reben_tools.learn.data.dataset import ReBENDataset
 from reben_tools.release.archive_tools import verify_archive
 from reben_tools.release.encode import encode_release
 from reben_tools.release.synthetic_release import write_synthetic_release
-
-from test_encode import S2_BAND_NAMES, archive_items, product, reference_value
 
 N = 10
 
@@ -52,8 +51,9 @@ def _expected_values(release, root, s2_ids, s1_ids, map_ids) -> dict[str, bytes]
         s1 = release.s1_names[pid]
         out[s1] = reference_value(root / "BigEarthNet-S1" / product(s1) / s1, s1, ["VV", "VH"])
     for pid in map_ids:
-        out[f"{pid}_reference_map"] = reference_value(root / "Reference_Maps" / product(pid) / pid, pid,
-                                                       ["reference_map"], ["Data"])
+        out[f"{pid}_reference_map"] = reference_value(
+            root / "Reference_Maps" / product(pid) / pid, pid, ["reference_map"], ["Data"]
+        )
     return out
 
 
@@ -77,7 +77,9 @@ def test_reference_maps_only_folder_writes_every_map_with_its_footprint(release,
     # the maps share the S2 patches' 10 m grid: same corner as the full encode reads from B02
     full = tmp_path / "full"
     encode_release(release.s2_dir, full, workers=1, progress=False)
-    corners = {r["patch_id"]: (r["crs"], r["ulx"], r["uly"]) for r in pq.read_table(full / "patches.parquet").to_pylist()}
+    corners = {
+        r["patch_id"]: (r["crs"], r["ulx"], r["uly"]) for r in pq.read_table(full / "patches.parquet").to_pylist()
+    }
     assert {r["patch_id"]: (r["crs"], r["ulx"], r["uly"]) for r in rows} == corners
     assert verify_archive(out).ok
 
@@ -85,18 +87,38 @@ def test_reference_maps_only_folder_writes_every_map_with_its_footprint(release,
 def test_partial_release_writes_every_value_present_and_reports_pairing(release, partial, tmp_path):
     root, ids = partial
     out = tmp_path / "partial"
-    summary = encode_release(root / "BigEarthNet-S2", out, s1_dir=root / "BigEarthNet-S1",
-                             reference_maps_dir=root / "Reference_Maps", workers=2, patches_per_shard=3,
-                             progress=False)
+    summary = encode_release(
+        root / "BigEarthNet-S2",
+        out,
+        s1_dir=root / "BigEarthNet-S1",
+        reference_maps_dir=root / "Reference_Maps",
+        workers=2,
+        patches_per_shard=3,
+        progress=False,
+    )
     s2_ids, s1_ids = ids[2:], ids[:2] + ids[5:]
     map_ids = [p for p in ids if p != ids[5]]
     assert archive_items(out) == _expected_values(release, root, s2_ids, s1_ids, map_ids)
     assert summary.skipped == []
     counts = json.loads((out / "report.json").read_text())["counts"]
-    assert {k: counts[k] for k in ("s2_with_s1", "s2_without_s1", "s1_without_s2", "s2_without_reference_map",
-                                   "reference_maps_without_s2", "s1_unpaired")} == {
-        "s2_with_s1": 5, "s2_without_s1": 3, "s1_without_s2": 2, "s2_without_reference_map": 1,
-        "reference_maps_without_s2": 2, "s1_unpaired": 0}
+    assert {
+        k: counts[k]
+        for k in (
+            "s2_with_s1",
+            "s2_without_s1",
+            "s1_without_s2",
+            "s2_without_reference_map",
+            "reference_maps_without_s2",
+            "s1_unpaired",
+        )
+    } == {
+        "s2_with_s1": 5,
+        "s2_without_s1": 3,
+        "s1_without_s2": 2,
+        "s2_without_reference_map": 1,
+        "reference_maps_without_s2": 2,
+        "s1_unpaired": 0,
+    }
     rows = {r["patch_id"]: r for r in pq.read_table(out / "patches.parquet").to_pylist()}
     assert sorted(rows) == ids
     assert [rows[p]["has_s2"] for p in ids] == [False] * 2 + [True] * 8
@@ -107,9 +129,15 @@ def test_partial_release_writes_every_value_present_and_reports_pairing(release,
 def test_require_pairs_keeps_only_complete_patches(release, partial, tmp_path):
     root, ids = partial
     out = tmp_path / "strict"
-    summary = encode_release(root / "BigEarthNet-S2", out, s1_dir=root / "BigEarthNet-S1",
-                             reference_maps_dir=root / "Reference_Maps", workers=1, progress=False,
-                             require_pairs=True)
+    summary = encode_release(
+        root / "BigEarthNet-S2",
+        out,
+        s1_dir=root / "BigEarthNet-S1",
+        reference_maps_dir=root / "Reference_Maps",
+        workers=1,
+        progress=False,
+        require_pairs=True,
+    )
     complete = ids[6:]
     assert summary.patches == len(complete)
     assert archive_items(out) == _expected_values(release, root, complete, complete, complete)
@@ -119,11 +147,20 @@ def test_require_pairs_keeps_only_complete_patches(release, partial, tmp_path):
 def test_datasets_over_a_partial_archive(release, partial, tmp_path):
     root, ids = partial
     out = tmp_path / "with-metadata"
-    encode_release(root / "BigEarthNet-S2", out, s1_dir=root / "BigEarthNet-S1",
-                   reference_maps_dir=root / "Reference_Maps", metadata_files=release.metadata_files,
-                   workers=1, patches_per_shard=4, progress=False)
-    listed = pq.read_table(out / "metadata.parquet").column("patch_id").to_pylist() + pq.read_table(
-        out / "metadata_for_patches_with_snow_cloud_or_shadow.parquet").column("patch_id").to_pylist()
+    encode_release(
+        root / "BigEarthNet-S2",
+        out,
+        s1_dir=root / "BigEarthNet-S1",
+        reference_maps_dir=root / "Reference_Maps",
+        metadata_files=release.metadata_files,
+        workers=1,
+        patches_per_shard=4,
+        progress=False,
+    )
+    listed = (
+        pq.read_table(out / "metadata.parquet").column("patch_id").to_pylist()
+        + pq.read_table(out / "metadata_for_patches_with_snow_cloud_or_shadow.parquet").column("patch_id").to_pylist()
+    )
     assert sorted(listed) == ids[2:]  # the metadata lists the patches whose S2 value was written
     with ReBENDataset(out, bands="S2", include_snow_cloud=True) as ds:
         assert len(ds) == N - 2 and ds[0]["image"].shape == (12, 120, 120)
@@ -136,8 +173,9 @@ def test_datasets_over_a_partial_archive(release, partial, tmp_path):
 
 
 def test_cli_encodes_an_s1_only_folder_and_prints_the_pairing(release, tmp_path):
-    result = CliRunner().invoke(app, ["encode", "--s1-dir", str(release.s1_dir), "--out", str(tmp_path / "a"), "-q",
-                                      "--workers", "1"])
+    result = CliRunner().invoke(
+        app, ["encode", "--s1-dir", str(release.s1_dir), "--out", str(tmp_path / "a"), "-q", "--workers", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert "s1 without s2 10" in result.output and f"0 patch(es) and {N} value(s)" in result.output
     result = CliRunner().invoke(app, ["encode", "--out", str(tmp_path / "b"), "-q"])

@@ -20,12 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import pipeline_fixtures as fx
-from reben_tools.build.pipeline.config import PipelineConfig
-from reben_tools.build.pipeline.run import build_archive
-
+import pytest
 from reliability_helpers import (
     DIE_DURING_MANIFEST_WRITE,
     REPO,
@@ -33,6 +29,9 @@ from reliability_helpers import (
     start_cli_with_fault,
     tree_digest,
 )
+
+from reben_tools.builder.pipeline.config import PipelineConfig
+from reben_tools.builder.pipeline.run import build_archive
 
 NOT_COMPARED = {"summary_map.png"}  # a picture; the pipeline tests leave it out of byte comparisons too
 
@@ -70,9 +69,24 @@ def test_a_dask_worker_killed_mid_block_the_build_still_completes(config_path, r
 
     env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
     scheduler_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen(["dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                               "--scheduler-file", str(scheduler_file)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
+    procs = [
+        subprocess.Popen(
+            [
+                "dask",
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+    ]
     try:
         deadline = time.monotonic() + 60
         while not scheduler_file.exists():
@@ -80,17 +94,39 @@ def test_a_dask_worker_killed_mid_block_the_build_still_completes(config_path, r
             time.sleep(0.1)
         address = json.loads(scheduler_file.read_text())["address"]
         for _ in range(2):
-            procs.append(subprocess.Popen(
-                ["dask", "worker", address, "--nthreads", "1", "--nworkers", "1", "--no-nanny", "--no-dashboard",
-                 "--host", "127.0.0.1", "--memory-limit", "2GiB"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        "dask",
+                        "worker",
+                        address,
+                        "--nthreads",
+                        "1",
+                        "--nworkers",
+                        "1",
+                        "--no-nanny",
+                        "--no-dashboard",
+                        "--host",
+                        "127.0.0.1",
+                        "--memory-limit",
+                        "2GiB",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env=env,
+                )
+            )
         with Client(address, timeout="30s") as client:
             client.wait_for_workers(2, timeout=60)
             pids = client.run(os.getpid)  # worker address -> its process id
             out = tmp_path / "archive"
-            build = subprocess.Popen([sys.executable, "-m", "reben_tools.cli", *build_args(config_path, out,
-                                      "--scheduler", address)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, cwd=REPO)
+            build = subprocess.Popen(
+                [sys.executable, "-m", "reben_tools.cli", *build_args(config_path, out, "--scheduler", address)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=REPO,
+            )
             victim = None
             deadline = time.monotonic() + 120
             while victim is None:
@@ -126,7 +162,7 @@ FINALISE_KILLS = {
 
 
 KILL_BEFORE_RENAME = """
-    import reben_tools.build.pipeline.execution as pl
+    import reben_tools.builder.pipeline.execution as pl
     _make_client = pl._make_client
     def _install_fault():
         # runs inside each Dask worker process: the first shard of block row 1 to be renamed
@@ -148,8 +184,9 @@ KILL_BEFORE_RENAME = """
 
 def test_build_sigkilled_between_a_shard_write_and_its_rename_then_rerun(config_path, reference, tmp_path):
     out = tmp_path / "archive"
-    killed = run_cli_with_fault(build_args(config_path, out, "--workers", "1"), KILL_BEFORE_RENAME,
-                                timeout=300, new_session=True)
+    killed = run_cli_with_fault(
+        build_args(config_path, out, "--workers", "1"), KILL_BEFORE_RENAME, timeout=300, new_session=True
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     shards = out / "shards"
     temporaries = [p.name for p in shards.iterdir() if p.name.startswith(".tmp-")]
@@ -166,8 +203,9 @@ def test_build_sigkilled_between_a_shard_write_and_its_rename_then_rerun(config_
 @pytest.mark.parametrize("point", list(FINALISE_KILLS))
 def test_build_sigkilled_while_finishing_then_rerun_is_byte_identical(point, config_path, reference, tmp_path):
     out = tmp_path / "archive"
-    killed = run_cli_with_fault(build_args(config_path, out, "--workers", "1"), FINALISE_KILLS[point],
-                                timeout=300, new_session=True)
+    killed = run_cli_with_fault(
+        build_args(config_path, out, "--workers", "1"), FINALISE_KILLS[point], timeout=300, new_session=True
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     assert not (out / "manifest.json").exists()
     assert sum(1 for p in (out / "shards").iterdir() if not p.name.startswith(".")) == 6
@@ -180,7 +218,7 @@ def test_build_sigkilled_while_finishing_then_rerun_is_byte_identical(point, con
 def test_a_second_build_on_the_same_output_refuses_naming_the_first(config_path, reference, tmp_path):
     out = tmp_path / "archive"
     slow = """
-        import reben_tools.build.pipeline.run as pl
+        import reben_tools.builder.pipeline.run as pl
         _execute = pl.execute
         def execute(*a, **k):
             time.sleep(3)  # hold the output directory a while before any block runs
@@ -226,13 +264,20 @@ def test_build_with_hostile_input_folder_names_skips_them_by_name_and_stays_insi
         (s2 / name).symlink_to(region.product1)
     # an S1 folder whose name starts like a real scene's: only the validated prefix is ever used
     hostile_s1 = "S1A_IW_GRDH_1SDV_20170613T221031_..\\..\\escape"
-    (s1 / hostile_s1).symlink_to(region.s1_dir / next(p.name for p in region.s1_dir.iterdir()
-                                                      if p.name.startswith("S1A_IW_GRDH_1SDV_20170613T221031")))
+    (s1 / hostile_s1).symlink_to(
+        region.s1_dir
+        / next(p.name for p in region.s1_dir.iterdir() if p.name.startswith("S1A_IW_GRDH_1SDV_20170613T221031"))
+    )
     config = fx.write_config(tmp_path / "hostile.toml", region, rows_per_block=1, s2=[str(s2)], s1=[str(s1)])
     out = tmp_path / "deep" / "archive"
     before = {str(p) for p in tmp_path.rglob("*") if p.is_file()}
-    proc = subprocess.run([sys.executable, "-m", "reben_tools.cli", *build_args(config, out, "--workers", "1")],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "reben_tools.cli", *build_args(config, out, "--workers", "1")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     created = {str(p) for p in tmp_path.rglob("*") if p.is_file()} - before
     assert sorted(p for p in created if not Path(p).is_relative_to(out)) == []
@@ -240,10 +285,13 @@ def test_build_with_hostile_input_folder_names_skips_them_by_name_and_stays_insi
     skipped = {s["item"]: s for s in report["skipped"] if s["kind"] in ("s2_product", "s1_scene")}
     for name in hostile_s2:
         assert skipped[name]["kind"] == "s2_product"
-        assert ("not a Sentinel-2 L2A product name" in skipped[name]["reason"]
-                or "characters long" in skipped[name]["reason"]), skipped[name]
+        assert (
+            "not a Sentinel-2 L2A product name" in skipped[name]["reason"]
+            or "characters long" in skipped[name]["reason"]
+        ), skipped[name]
     assert "(same S1A_IW_GRDH_1SDV_20170613T221031); kept S1A_IW_GRDH_1SDV_20170613T221031_20170613T221056" in next(
-        s["reason"] for s in skipped.values() if s["kind"] == "s1_scene")
+        s["reason"] for s in skipped.values() if s["kind"] == "s1_scene"
+    )
     built = archive_digest(out)
     for path, digest in reference[1].items():  # the shards and metadata are the undisturbed build's
         if path.startswith("shards/") or path.startswith("metadata"):

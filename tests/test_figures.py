@@ -7,21 +7,23 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from figure_layout import assert_readable, overlapping_texts
 
-from figure_layout import assert_readable, overlapping_texts  # noqa: E402
-from reben_tools.format.labels import class_names  # noqa: E402
-from reben_tools.geo.split_rule import reben_split  # noqa: E402
-from reben_tools.splits.audit import _splits_to_audit, audit_patches, run_audit  # noqa: E402
-from reben_tools.splits.audit_figures import distance_histogram_plot, label_plot, split_map_plot  # noqa: E402
-from reben_tools.splits.patches import load_patches  # noqa: E402
+from reben_tools.format.labels import class_names
+from reben_tools.geo.split_rule import reben_split
+from reben_tools.splits.audit import _splits_to_audit, audit_patches, run_audit
+from reben_tools.splits.audit_figures import distance_histogram_plot, label_plot, split_map_plot
+from reben_tools.splits.patches import load_patches
 
-PRODUCTS = {"S2A_MSIL2A_20170613T104021_N0205_R008_T31UGR": "Belgium",
-            "S2B_MSIL2A_20170701T103019_N0205_R108_T32ULV": "Luxembourg"}
+PRODUCTS = {
+    "S2A_MSIL2A_20170613T104021_N0205_R008_T31UGR": "Belgium",
+    "S2B_MSIL2A_20170701T103019_N0205_R108_T32ULV": "Luxembourg",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -38,9 +40,15 @@ def audited(tmp_path_factory):
     for product, country in PRODUCTS.items():
         for y in range(10):
             for x in range(10):
-                rows.append({"patch_id": f"{product}_{x:02d}_{y:02d}", "country": country, "tile_side_m": 12_600.0,
-                             "labels": [names[(x + 3 * y) % 19], names[(2 * x + y) % 19]],
-                             "split": str(reben_split(np.array([x]), np.array([y]), 12_600.0)[0])})
+                rows.append(
+                    {
+                        "patch_id": f"{product}_{x:02d}_{y:02d}",
+                        "country": country,
+                        "tile_side_m": 12_600.0,
+                        "labels": [names[(x + 3 * y) % 19], names[(2 * x + y) % 19]],
+                        "split": str(reben_split(np.array([x]), np.array([y]), 12_600.0)[0]),
+                    }
+                )
     path = tmp_path_factory.mktemp("fig") / "patches.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     patches = load_patches(path)
@@ -70,8 +78,15 @@ def test_identical_splits_share_one_row_in_the_report(audited, tmp_path):
 
 def test_distance_histogram_range_follows_the_data_and_has_readable_ticks(audited):
     _, _, _, raw, _ = audited
-    largest = max(float(np.max(r[k])) for r in raw.values() for k in ("validation_to_train", "test_to_train")
-                  if len(r.get(k, ()))) / 1000
+    largest = (
+        max(
+            float(np.max(r[k]))
+            for r in raw.values()
+            for k in ("validation_to_train", "test_to_train")
+            if len(r.get(k, ()))
+        )
+        / 1000
+    )
     figure = distance_histogram_plot(raw, (1200.0, 5000.0, 10000.0, 25000.0))
     assert_readable(figure)
     for axis in figure.axes:
@@ -104,8 +119,8 @@ def test_checker_catches_overlapping_text():
 def test_summary_map_uses_its_width_and_shows_whole_country_outlines(tmp_path):
     from shapely import box
 
-    from reben_tools.build.countries import CountryIndex
-    from reben_tools.build.pipeline.summary import map_figure
+    from reben_tools.builder.countries import CountryIndex
+    from reben_tools.builder.pipeline.summary import map_figure
 
     countries = CountryIndex.load(_countries_file(tmp_path), countries=["BEL", "LUX"])
     footprints = [box(5.9 + 0.017 * i, 50.45, 5.917 + 0.017 * i, 50.461) for i in range(4)]
@@ -122,20 +137,46 @@ def test_summary_map_uses_its_width_and_shows_whole_country_outlines(tmp_path):
 def _countries_file(tmp_path):
     import json
 
-    belgium = [[2.52, 51.15], [3.31, 51.35], [4.05, 51.27], [4.97, 51.48], [6.16, 50.80], [6.04, 50.13],
-               [5.78, 50.09], [5.67, 49.53], [4.80, 49.99], [4.29, 49.91], [3.59, 50.38], [3.12, 50.78], [2.66, 50.80],
-               [2.52, 51.15]]
-    luxembourg = [[6.04, 50.13], [6.24, 49.90], [6.19, 49.46], [5.90, 49.44], [5.67, 49.53], [5.78, 50.09], [6.04, 50.13]]
-    features = [{"type": "Feature", "properties": {"ADM0_A3": code, "NAME": name},
-                 "geometry": {"type": "Polygon", "coordinates": [ring]}}
-                for code, name, ring in (("BEL", "Belgium", belgium), ("LUX", "Luxembourg", luxembourg))]
+    belgium = [
+        [2.52, 51.15],
+        [3.31, 51.35],
+        [4.05, 51.27],
+        [4.97, 51.48],
+        [6.16, 50.80],
+        [6.04, 50.13],
+        [5.78, 50.09],
+        [5.67, 49.53],
+        [4.80, 49.99],
+        [4.29, 49.91],
+        [3.59, 50.38],
+        [3.12, 50.78],
+        [2.66, 50.80],
+        [2.52, 51.15],
+    ]
+    luxembourg = [
+        [6.04, 50.13],
+        [6.24, 49.90],
+        [6.19, 49.46],
+        [5.90, 49.44],
+        [5.67, 49.53],
+        [5.78, 50.09],
+        [6.04, 50.13],
+    ]
+    features = [
+        {
+            "type": "Feature",
+            "properties": {"ADM0_A3": code, "NAME": name},
+            "geometry": {"type": "Polygon", "coordinates": [ring]},
+        }
+        for code, name, ring in (("BEL", "Belgium", belgium), ("LUX", "Luxembourg", luxembourg))
+    ]
     path = tmp_path / "countries.geojson"
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     return path
 
 
 def test_per_class_figure_keeps_every_class_name_whole():
-    from reben_tools.learn.metrics import multilabel_metrics, per_class_figure
+    from reben_tools.learn.evaluation.metrics import multilabel_metrics, per_class_figure
 
     rng = np.random.default_rng(0)
     targets = (rng.random((60, 19)) < 0.3).astype(np.float32)
@@ -151,7 +192,7 @@ def test_per_class_figure_keeps_every_class_name_whole():
 
 def test_embedding_map_names_every_class_in_full_and_its_text_is_readable():
     """Each panel title holds the whole class name (the longest has 85 characters), wrapped, not cut."""
-    from reben_tools.learn.embedding_map import embedding_map_figure
+    from reben_tools.learn.evaluation.embedding_map import embedding_map_figure
 
     rng = np.random.default_rng(0)
     names = class_names("alphabetical")

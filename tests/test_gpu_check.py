@@ -15,8 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 def test_gpu_check_quick_on_cpu_measures_every_part(tmp_path):
     out = tmp_path / "gpu.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--out", str(out), "--device",
-                           "cpu", "--quick"], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--out", str(out), "--device", "cpu", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     parts = report["parts"]
@@ -27,13 +33,15 @@ def test_gpu_check_quick_on_cpu_measures_every_part(tmp_path):
         assert "error" not in parts[name], parts[name]
         assert parts[name]["samples_per_s"] > 0 and 0.0 <= parts[name]["data_wait_fraction"] <= 1.0
         assert parts[name]["peak_gpu_memory_gib"] is None  # no GPU
-    assert parts["loader"]["headroom"] == parts["loader"]["loader_batches_per_s"] / parts["loader"]["model_batches_per_s"]
+    assert (
+        parts["loader"]["headroom"] == parts["loader"]["loader_batches_per_s"] / parts["loader"]["model_batches_per_s"]
+    )
     evaluation = parts["evaluation"]
     assert evaluation["samples"] == 32
     for precision in ("fp32", "bf16", "bf16_head"):
         assert 0.0 < evaluation[precision]["average_precision_macro"] <= 1.0
         assert 1 <= evaluation[precision]["distinct_logits_per_class"] <= 32
-    if importlib.util.find_spec("reben_tools.learn.pretrain") is None:
+    if importlib.util.find_spec("reben_tools.learn.training.pretrain") is None:
         assert parts["pretrain"]["skipped"].startswith("reben_tools.learn has no pretrain module")
     else:
         assert parts["pretrain"]["samples_per_s"] > 0

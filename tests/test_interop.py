@@ -5,7 +5,6 @@ sharing environments, empty metadata files, include_snowy / include_cloudy, and
 from __future__ import annotations
 
 import json
-import shutil
 
 import lmdb
 import numpy as np
@@ -14,31 +13,60 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from test_data import (  # noqa: F401  (module fixtures)
+    ALL,
+    CLOUDY,
+    REBEN_SCHEMA,
+    SNOWY,
+    archive_dir,
+    metadata_rows,
+    patches,
+    plain,
+    upsample,
+    values_of,
+    write_plain,
+)
 from typer.testing import CliRunner
 
 from reben_tools.cli import app
 from reben_tools.format import codec
 from reben_tools.format.bands import PUBLISHED_STATISTICS
 from reben_tools.format.reader import iter_lmdb
-from reben_tools.learn.dataset import ReBENDataset
+from reben_tools.learn.data.dataset import ReBENDataset
 from reben_tools.release.lmdb_verify import verify_lmdb
-
-from test_data import (  # noqa: F401  (module fixtures)
-    ALL, CLOUDY, REBEN_SCHEMA, SNOWY, archive_dir, metadata_rows, patches, plain, upsample, write_plain, values_of,
-)
 
 # ConfigILM 0.7.1 configilm/extra/BENv2_utils.py, "120_nearest" (as published with reBEN): float32 values
 CONFIGILM_MEANS = {
-    "B01": 361.0767822265625, "B02": 438.3720703125, "B03": 614.0556640625, "B04": 588.4096069335938,
-    "B05": 942.8433227539062, "B06": 1769.931640625, "B07": 2049.551513671875, "B08": 2193.2919921875,
-    "B8A": 2235.556640625, "B09": 2241.455322265625, "B11": 1568.226806640625, "B12": 997.7324829101562,
-    "VH": -19.352558135986328, "VV": -12.643863677978516,
+    "B01": 361.0767822265625,
+    "B02": 438.3720703125,
+    "B03": 614.0556640625,
+    "B04": 588.4096069335938,
+    "B05": 942.8433227539062,
+    "B06": 1769.931640625,
+    "B07": 2049.551513671875,
+    "B08": 2193.2919921875,
+    "B8A": 2235.556640625,
+    "B09": 2241.455322265625,
+    "B11": 1568.226806640625,
+    "B12": 997.7324829101562,
+    "VH": -19.352558135986328,
+    "VV": -12.643863677978516,
 }
 CONFIGILM_STDS = {
-    "B01": 575.0687255859375, "B02": 607.02685546875, "B03": 603.2968139648438, "B04": 684.56884765625,
-    "B05": 738.4326782226562, "B06": 1100.4560546875, "B07": 1275.805419921875, "B08": 1369.3717041015625,
-    "B8A": 1356.5440673828125, "B09": 1316.393310546875, "B11": 1070.1612548828125, "B12": 813.5276489257812,
-    "VH": 5.590505599975586, "VV": 5.133493900299072,
+    "B01": 575.0687255859375,
+    "B02": 607.02685546875,
+    "B03": 603.2968139648438,
+    "B04": 684.56884765625,
+    "B05": 738.4326782226562,
+    "B06": 1100.4560546875,
+    "B07": 1275.805419921875,
+    "B08": 1369.3717041015625,
+    "B8A": 1356.5440673828125,
+    "B09": 1316.393310546875,
+    "B11": 1070.1612548828125,
+    "B12": 813.5276489257812,
+    "VH": 5.590505599975586,
+    "VV": 5.133493900299072,
 }
 
 
@@ -52,7 +80,7 @@ def configilm_normalised(p: dict) -> torch.Tensor:
 
 
 def test_published_statistics_are_the_published_values_exactly():
-    assert PUBLISHED_STATISTICS == {b: (CONFIGILM_MEANS[b], CONFIGILM_STDS[b]) for b in CONFIGILM_MEANS}
+    assert {b: (CONFIGILM_MEANS[b], CONFIGILM_STDS[b]) for b in CONFIGILM_MEANS} == PUBLISHED_STATISTICS
 
 
 @pytest.mark.parametrize("mode", ["per_sample", "batched", "native"])
@@ -118,13 +146,18 @@ def test_empty_metadata_file_without_columns_is_accepted(plain, tmp_path):
 def test_include_snowy_and_include_cloudy_separately(archive_dir, patches):
     snowy, cloudy = patches[SNOWY]["id"], patches[CLOUDY]["id"]
     cases = {
-        (None, None, False): set(), (None, None, True): {snowy, cloudy},
-        (True, None, False): {snowy}, (None, True, False): {cloudy}, (True, True, False): {snowy, cloudy},
-        (False, None, True): {cloudy}, (None, False, True): {snowy},
+        (None, None, False): set(),
+        (None, None, True): {snowy, cloudy},
+        (True, None, False): {snowy},
+        (None, True, False): {cloudy},
+        (True, True, False): {snowy, cloudy},
+        (False, None, True): {cloudy},
+        (None, False, True): {snowy},
     }
     for (snowy_flag, cloudy_flag, combined), flagged in cases.items():
-        ds = ReBENDataset(archive_dir, include_snowy=snowy_flag, include_cloudy=cloudy_flag,
-                          include_snow_cloud=combined)
+        ds = ReBENDataset(
+            archive_dir, include_snowy=snowy_flag, include_cloudy=cloudy_flag, include_snow_cloud=combined
+        )
         assert {snowy, cloudy} & set(ds.patch_ids) == flagged, (snowy_flag, cloudy_flag, combined)
         assert len(ds) == len(patches) - 2 + len(flagged)
 
@@ -157,8 +190,13 @@ def test_bare_lmdb_faults_name_the_keys(patches, tmp_path):
     report = verify_lmdb(tmp_path / "lmdb", [metadata])
     by_key = {f.key: f.reason for f in report.faults}
     assert set(by_key) == {missing_s1, missing_map, stray, bad}
-    assert by_key[missing_s1] == f"the metadata names this key (S1 partner of {patches[2]['id']}), but the LMDB lacks it"
-    assert by_key[missing_map] == f"the metadata names this key (reference map of {patches[3]['id']}), but the LMDB lacks it"
+    assert (
+        by_key[missing_s1] == f"the metadata names this key (S1 partner of {patches[2]['id']}), but the LMDB lacks it"
+    )
+    assert (
+        by_key[missing_map]
+        == f"the metadata names this key (reference map of {patches[3]['id']}), but the LMDB lacks it"
+    )
     assert by_key[stray] == "no metadata row names this key"
     with pytest.raises(codec.ValueDecodeError) as info:
         codec.check_value(bad, items[bad], "S2")
@@ -170,7 +208,7 @@ def test_bare_lmdb_faults_name_the_keys(patches, tmp_path):
 
 
 def test_batches_reuse_buffers_only_once_nothing_holds_them(archive_dir):
-    from reben_tools.learn.batches import collate
+    from reben_tools.learn.data.batches import collate
 
     ds = ReBENDataset(archive_dir, bands="ALL")
     first = collate(ds.__getitems__([0, 1]))["image"]
@@ -196,15 +234,39 @@ def test_batches_reuse_buffers_only_once_nothing_holds_them(archive_dir):
 
 def test_training_takes_include_snowy_and_include_cloudy(archive_dir, patches, tmp_path):
     """``reben train --include-snowy`` reads the snowy patch and not the cloudy one, and the run records both flags."""
-    from reben_tools.learn.loaders import open_dataset
+    from reben_tools.learn.data.loaders import open_dataset
 
     snowy, cloudy = patches[SNOWY]["id"], patches[CLOUDY]["id"]
     with open_dataset(archive_dir, ("VV", "VH"), include_snowy=True) as ds:
         assert snowy in ds.patch_ids and cloudy not in ds.patch_ids
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["train", "--archive", str(archive_dir), "--bands", "S1", "--model", "resnet_micro",
-                                      "--out", str(out), "--epochs", "1", "--batch-size", "4", "--max-steps", "1",
-                                      "--workers", "0", "--device", "cpu", "--no-test", "--include-snowy", "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--archive",
+            str(archive_dir),
+            "--bands",
+            "S1",
+            "--model",
+            "resnet_micro",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "1",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--no-test",
+            "--include-snowy",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
     assert config["include_snowy"] is True and config["include_cloudy"] is None

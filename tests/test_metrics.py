@@ -18,7 +18,7 @@ from sklearn.metrics import (
 )
 
 from reben_tools.format.labels import ALPHABETICAL_ORDER, ORIGINAL_ORDER
-from reben_tools.learn.metrics import (
+from reben_tools.learn.evaluation.metrics import (
     average_precision,
     binary_average_precision,
     multilabel_metrics,

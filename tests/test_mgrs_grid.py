@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import rasterio
 
-from reben_tools.geo.mgrs_grid import TILE_SIDE_M, UnknownTileError, tile_grid, utm_epsg
 from reben_tools.format.naming import parse_s1_patch_name
+from reben_tools.geo.mgrs_grid import TILE_SIDE_M, UnknownTileError, tile_grid, utm_epsg
 
 EXAMPLES = Path(__file__).parent / "data" / "ben_v1_examples" / "BigEarthNet-S1-Example"
 

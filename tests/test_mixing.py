@@ -1,4 +1,4 @@
-"""CutMix and CutMix with label propagation (reben_tools.learn.mixing) on real CORINE reference maps.
+"""CutMix and CutMix with label propagation (reben_tools.learn.data.mixing) on real CORINE reference maps.
 
 The reference maps are the real CLC 2018 extract of tests/data rasterised by the pipeline's own
 reference_block onto a 16 x 10 grid of 120 x 120 patches (EPSG:25830, 10 m); they hold 20
@@ -17,9 +17,9 @@ import torch
 from affine import Affine
 from torch.overrides import TorchFunctionMode
 
-from reben_tools.build.corine import open_clc, reference_block
+from reben_tools.builder.corine import open_clc, reference_block
 from reben_tools.format.labels import labels_from_reference_map, multi_hot, unlabeled_fraction
-from reben_tools.learn.mixing import (
+from reben_tools.learn.data.mixing import (
     CutMix,
     LabelNoiseCounts,
     class_table,
@@ -56,7 +56,7 @@ def _mixed_by_hand(maps: np.ndarray, boxes, b: int) -> np.ndarray:
     h, w = int(boxes.height[b]), int(boxes.width[b])
     s, st, sl = int(boxes.source[b]), int(boxes.src_top[b]), int(boxes.src_left[b])
     dt, dl = int(boxes.dst_top[b]), int(boxes.dst_left[b])
-    out[dt:dt + h, dl:dl + w] = maps[s][st:st + h, sl:sl + w]
+    out[dt : dt + h, dl : dl + w] = maps[s][st : st + h, sl : sl + w]
     return out
 
 
@@ -65,8 +65,15 @@ def test_lp_labels_equal_the_pipeline_labelling_of_the_mixed_map(real_maps, seed
     stored = _stored_labels(real_maps)
     images = torch.randn(len(real_maps), 3, 120, 120, generator=torch.Generator().manual_seed(99))
     gen = torch.Generator().manual_seed(seed)
-    out = cutmix(images, torch.from_numpy(stored), torch.from_numpy(real_maps), mode="cutmix-lp",
-                 area_range=area, prob=prob, generator=gen)
+    out = cutmix(
+        images,
+        torch.from_numpy(stored),
+        torch.from_numpy(real_maps),
+        mode="cutmix-lp",
+        area_range=area,
+        prob=prob,
+        generator=gen,
+    )
     assert out.labels.shape == (160, 19) and out.labels.dtype == torch.float32
     assert out.reference_maps.dtype == torch.int32 and out.reference_maps.shape == (160, 120, 120)
     boxes = out.boxes
@@ -86,7 +93,7 @@ def test_lp_labels_equal_the_pipeline_labelling_of_the_mixed_map(real_maps, seed
         h, w = int(boxes.height[b]), int(boxes.width[b])
         dt, dl, st, sl = (int(boxes.dst_top[b]), int(boxes.dst_left[b]), int(boxes.src_top[b]), int(boxes.src_left[b]))
         expected_image = images[b].clone()
-        expected_image[:, dt:dt + h, dl:dl + w] = images[int(boxes.source[b])][:, st:st + h, sl:sl + w]
+        expected_image[:, dt : dt + h, dl : dl + w] = images[int(boxes.source[b])][:, st : st + h, sl : sl + w]
         assert torch.equal(out.images[b], expected_image)
     assert differs_from_union > 0  # naive labels are wrong on these real maps: the test has teeth
 
@@ -94,8 +101,15 @@ def test_lp_labels_equal_the_pipeline_labelling_of_the_mixed_map(real_maps, seed
 def test_lp_labels_in_the_original_class_order(real_maps):
     stored = _stored_labels(real_maps, "original")
     table = class_table("original")
-    out = cutmix(torch.zeros(160, 1, 120, 120), torch.from_numpy(stored), torch.from_numpy(real_maps),
-                 mode="cutmix-lp", prob=1.0, generator=torch.Generator().manual_seed(5), table=table)
+    out = cutmix(
+        torch.zeros(160, 1, 120, 120),
+        torch.from_numpy(stored),
+        torch.from_numpy(real_maps),
+        mode="cutmix-lp",
+        prob=1.0,
+        generator=torch.Generator().manual_seed(5),
+        table=table,
+    )
     for b in range(0, 160, 7):
         mixed = _mixed_by_hand(real_maps, out.boxes, b)
         np.testing.assert_array_equal(out.labels[b].numpy(), multi_hot(labels_from_reference_map(mixed), "original"))
@@ -120,8 +134,15 @@ def test_mixed_labels_of_kept_patches_are_never_empty(real_maps):
     assert 100 <= len(maps) < 160
     stored = torch.from_numpy(_stored_labels(maps))
     for seed in range(4):
-        out = cutmix(torch.zeros(len(maps), 1, 120, 120), stored, torch.from_numpy(maps), mode="cutmix-lp",
-                     area_range=(0.01, 1.0), prob=1.0, generator=torch.Generator().manual_seed(seed))
+        out = cutmix(
+            torch.zeros(len(maps), 1, 120, 120),
+            stored,
+            torch.from_numpy(maps),
+            mode="cutmix-lp",
+            area_range=(0.01, 1.0),
+            prob=1.0,
+            generator=torch.Generator().manual_seed(seed),
+        )
         assert bool((out.labels.sum(1) >= 1).all())
         share = torch.from_numpy(np.array([unlabeled_fraction(m.numpy()) for m in out.reference_maps]))
         assert float(share.max()) < 0.5
@@ -160,7 +181,7 @@ def test_paste_moves_each_source_box_to_its_target_place():
         h, w = int(bx.height[i]), int(bx.width[i])
         dt, dl, st, sl = int(bx.dst_top[i]), int(bx.dst_left[i]), int(bx.src_top[i]), int(bx.src_left[i])
         inside = np.zeros((120, 120), dtype=bool)
-        inside[dt:dt + h, dl:dl + w] = True
+        inside[dt : dt + h, dl : dl + w] = True
         got = out.images[i].numpy()
         assert (got[0][inside] == int(bx.source[i])).all() and (got[0][~inside] == i).all()
         rr, cc = np.nonzero(inside)
@@ -171,8 +192,14 @@ def test_paste_moves_each_source_box_to_its_target_place():
 
 def test_cutmix_labels_are_mixed_by_the_pasted_area(real_maps):
     stored = _stored_labels(real_maps)
-    out = cutmix(torch.zeros(160, 2, 120, 120), torch.from_numpy(stored), mode="cutmix", area_range=(0.05, 0.95),
-                 prob=0.7, generator=torch.Generator().manual_seed(11))
+    out = cutmix(
+        torch.zeros(160, 2, 120, 120),
+        torch.from_numpy(stored),
+        mode="cutmix",
+        area_range=(0.05, 0.95),
+        prob=0.7,
+        generator=torch.Generator().manual_seed(11),
+    )
     bx = out.boxes
     for b in range(160):
         r = int(bx.height[b]) * int(bx.width[b]) / 14400.0
@@ -228,8 +255,15 @@ def test_same_seed_same_batch_other_seed_other_boxes(real_maps):
 
 def test_label_noise_counts_match_per_sample_sets(real_maps):
     stored = _stored_labels(real_maps)
-    out = cutmix(torch.zeros(160, 1, 120, 120), torch.from_numpy(stored), torch.from_numpy(real_maps),
-                 mode="cutmix", area_range=(0.1, 0.5), prob=0.8, generator=torch.Generator().manual_seed(21))
+    out = cutmix(
+        torch.zeros(160, 1, 120, 120),
+        torch.from_numpy(stored),
+        torch.from_numpy(real_maps),
+        mode="cutmix",
+        area_range=(0.1, 0.5),
+        prob=0.8,
+        generator=torch.Generator().manual_seed(21),
+    )
     counts = label_noise_counts(torch.from_numpy(stored), out)
     expected = LabelNoiseCounts.zeros()
     for b in range(160):

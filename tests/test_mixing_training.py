@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from training_archive import build_learnable_archive
 from typer.testing import CliRunner
 
 from reben_tools.cli import app
 from reben_tools.format.codec import decode_value
 from reben_tools.format.labels import labels_from_reference_map, multi_hot
-from reben_tools.learn.checkpoints import load_checkpoint
-from reben_tools.learn.config import TrainConfig, TrainingError
-from reben_tools.learn.batches import collate
-from reben_tools.learn.dataset import ReBENDataset
-from reben_tools.learn.loaders import open_dataset, split_indices, training_dataset
-from reben_tools.learn.loop import train
-from reben_tools.learn.mixing import cutmix
-from training_archive import build_learnable_archive
+from reben_tools.learn.data.batches import collate
+from reben_tools.learn.data.dataset import ReBENDataset
+from reben_tools.learn.data.loaders import open_dataset, split_indices, training_dataset
+from reben_tools.learn.data.mixing import cutmix
+from reben_tools.learn.runtime.checkpoints import load_checkpoint
+from reben_tools.learn.runtime.config import TrainConfig, TrainingError
+from reben_tools.learn.training.loop import train
 
 COUNTS = {"train": 32, "validation": 8, "test": 8}
 SMALL = dict(stem_width=4, widths=(4, 8, 8, 16))
@@ -34,9 +32,20 @@ def archive(tmp_path_factory) -> dict:
 
 
 def config(archive_dir, out, **overrides) -> TrainConfig:
-    base = dict(archive=str(archive_dir), bands="S1_10m_20m", model="resnet_micro", out=str(out), epochs=2,
-                batch_size=16, lr=1e-2, workers=0, device="cpu", progress=False, evaluate_test=False,
-                model_kwargs=SMALL)
+    base = dict(
+        archive=str(archive_dir),
+        bands="S1_10m_20m",
+        model="resnet_micro",
+        out=str(out),
+        epochs=2,
+        batch_size=16,
+        lr=1e-2,
+        workers=0,
+        device="cpu",
+        progress=False,
+        evaluate_test=False,
+        model_kwargs=SMALL,
+    )
     return TrainConfig(**{**base, **overrides})
 
 
@@ -76,8 +85,12 @@ def test_unmixed_lp_run_equals_a_run_without_mixing(archive, tmp_path):
 def test_lp_run_resumed_with_workers_equals_a_straight_run(archive, tmp_path):
     """The boxes come from the checkpointed augmentation generator; workers carry the maps too."""
     straight = train(config(archive["root"], tmp_path / "straight", mix="cutmix-lp", mix_prob=1.0))
-    assert train(config(archive["root"], tmp_path / "pieces", mix="cutmix-lp", mix_prob=1.0, max_steps=1,
-                        workers=1))["status"] == "stopped_at_max_steps"
+    assert (
+        train(config(archive["root"], tmp_path / "pieces", mix="cutmix-lp", mix_prob=1.0, max_steps=1, workers=1))[
+            "status"
+        ]
+        == "stopped_at_max_steps"
+    )
     final = train(config(archive["root"], tmp_path / "pieces", workers=1), resume=True)
     assert final["steps"] == straight["steps"] == 4
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
@@ -91,42 +104,87 @@ def test_lp_run_resumed_with_workers_equals_a_straight_run(archive, tmp_path):
 
 def test_cli_mix_cutmix_lp_runs_and_bad_archives_get_one_line(archive, tmp_path):
     runner = CliRunner()
-    base = ["train", "--bands", "S1_10m_20m", "--model", "resnet_micro", "--epochs", "1", "--batch-size", "16",
-            "--device", "cpu", "--workers", "0", "--no-test", "-q"]
-    ok = runner.invoke(app, base + ["--archive", str(archive["root"]), "--out", str(tmp_path / "ok"),
-                                    "--mix", "cutmix-lp", "--mix-prob", "0.5", "--mix-area", "0.2,0.6"])
+    base = [
+        "train",
+        "--bands",
+        "S1_10m_20m",
+        "--model",
+        "resnet_micro",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--no-test",
+        "-q",
+    ]
+    ok = runner.invoke(
+        app,
+        base
+        + [
+            "--archive",
+            str(archive["root"]),
+            "--out",
+            str(tmp_path / "ok"),
+            "--mix",
+            "cutmix-lp",
+            "--mix-prob",
+            "0.5",
+            "--mix-area",
+            "0.2,0.6",
+        ],
+    )
     assert ok.exit_code == 0, ok.output
-    no_maps = build_learnable_archive(tmp_path / "NOMAPS", counts={"train": 4, "validation": 2}, shards=1,
-                                      reference_maps="none")
-    result = runner.invoke(app, base + ["--archive", str(no_maps["root"]), "--out", str(tmp_path / "r1"),
-                                        "--mix", "cutmix-lp"])
+    no_maps = build_learnable_archive(
+        tmp_path / "NOMAPS", counts={"train": 4, "validation": 2}, shards=1, reference_maps="none"
+    )
+    result = runner.invoke(
+        app, base + ["--archive", str(no_maps["root"]), "--out", str(tmp_path / "r1"), "--mix", "cutmix-lp"]
+    )
     assert result.exit_code == 1
     line = result.output.strip()
     assert "\n" not in line and str(no_maps["root"]) in line and "_reference_map" in line
     assert not (tmp_path / "r1" / "checkpoints").exists()  # refused before training started
     # the same archive trains with --mix cutmix (no maps needed) and --mix none
-    fine = runner.invoke(app, base + ["--archive", str(no_maps["root"]), "--out", str(tmp_path / "r2"), "--mix", "cutmix"])
+    fine = runner.invoke(
+        app, base + ["--archive", str(no_maps["root"]), "--out", str(tmp_path / "r2"), "--mix", "cutmix"]
+    )
     assert fine.exit_code == 0, fine.output
-    bad = build_learnable_archive(tmp_path / "BADSHAPE", counts={"train": 4, "validation": 2}, shards=1,
-                                  reference_maps="wrong_shape")
+    bad = build_learnable_archive(
+        tmp_path / "BADSHAPE", counts={"train": 4, "validation": 2}, shards=1, reference_maps="wrong_shape"
+    )
     last_train = bad["patch_ids"]["train"][-1]
-    result = runner.invoke(app, base + ["--archive", str(bad["root"]), "--out", str(tmp_path / "r3"),
-                                        "--mix", "cutmix-lp"])
+    result = runner.invoke(
+        app, base + ["--archive", str(bad["root"]), "--out", str(tmp_path / "r3"), "--mix", "cutmix-lp"]
+    )
     assert result.exit_code == 1
     line = result.output.strip()
-    assert "\n" not in line and f"{last_train}_reference_map" in line and "(60, 60)" in line.replace("[60, 60]", "(60, 60)")
-    for args, message in ((["--mix", "mixup"], "unknown --mix 'mixup'"), (["--mix-area", "0.5,0.2"], "--mix-area"),
-                          (["--mix", "cutmix", "--mix-prob", "2"], "--mix-prob 2.0")):
+    assert (
+        "\n" not in line
+        and f"{last_train}_reference_map" in line
+        and "(60, 60)" in line.replace("[60, 60]", "(60, 60)")
+    )
+    for args, message in (
+        (["--mix", "mixup"], "unknown --mix 'mixup'"),
+        (["--mix-area", "0.5,0.2"], "--mix-area"),
+        (["--mix", "cutmix", "--mix-prob", "2"], "--mix-prob 2.0"),
+    ):
         result = runner.invoke(app, base + ["--archive", str(archive["root"]), "--out", str(tmp_path / "r4"), *args])
         assert result.exit_code in (1, 2) and message in result.output, result.output
 
 
 def test_training_dataset_error_is_a_training_error(tmp_path):
-    no_maps = build_learnable_archive(tmp_path / "A", counts={"train": 3, "validation": 1}, shards=1,
-                                      reference_maps="none")
+    no_maps = build_learnable_archive(
+        tmp_path / "A", counts={"train": 3, "validation": 1}, shards=1, reference_maps="none"
+    )
     dataset = open_dataset(no_maps["root"], ("B02",))
     try:
-        with pytest.raises(TrainingError, match=r"--mix cutmix-lp needs a reference map per patch: key '.*_reference_map'"):
+        with pytest.raises(
+            TrainingError, match=r"--mix cutmix-lp needs a reference map per patch: key '.*_reference_map'"
+        ):
             training_dataset(dataset, split_indices(dataset, "train"), needs_reference_maps=True)
     finally:
         dataset.archive.close()
@@ -135,7 +193,7 @@ def test_training_dataset_error_is_a_training_error(tmp_path):
 @pytest.mark.slow
 def test_lp_labels_on_the_demo_archive_equal_the_pipeline_labelling(tmp_path):
     """The exact test on the demo archive's stored maps (slow: builds the demo region)."""
-    from reben_tools.build.demo import run_demo
+    from reben_tools.builder.demo import run_demo
 
     run_demo(tmp_path / "demo", workers=2, progress=False, echo=lambda line: None)
     dataset = ReBENDataset(tmp_path / "demo" / "archive", bands=("B02",), return_reference_map=True)
@@ -146,13 +204,25 @@ def test_lp_labels_on_the_demo_archive_equal_the_pipeline_labelling(tmp_path):
     maps, labels = batch["reference_map"], batch["label"]
     np_maps = maps.numpy()
     for seed in range(3):
-        out = cutmix(torch.zeros(len(maps), 1, 120, 120), labels, maps, mode="cutmix-lp", prob=1.0,
-                     area_range=(0.05, 0.9), generator=torch.Generator().manual_seed(seed))
+        out = cutmix(
+            torch.zeros(len(maps), 1, 120, 120),
+            labels,
+            maps,
+            mode="cutmix-lp",
+            prob=1.0,
+            area_range=(0.05, 0.9),
+            generator=torch.Generator().manual_seed(seed),
+        )
         bx = out.boxes
         for b in range(len(maps)):
             mixed = np_maps[b].copy()
             h, w = int(bx.height[b]), int(bx.width[b])
-            s, st, sl, dt, dl = (int(bx.source[b]), int(bx.src_top[b]), int(bx.src_left[b]), int(bx.dst_top[b]),
-                                 int(bx.dst_left[b]))
-            mixed[dt:dt + h, dl:dl + w] = np_maps[s][st:st + h, sl:sl + w]
+            s, st, sl, dt, dl = (
+                int(bx.source[b]),
+                int(bx.src_top[b]),
+                int(bx.src_left[b]),
+                int(bx.dst_top[b]),
+                int(bx.dst_left[b]),
+            )
+            mixed[dt : dt + h, dl : dl + w] = np_maps[s][st : st + h, sl : sl + w]
             np.testing.assert_array_equal(out.labels[b].numpy(), multi_hot(labels_from_reference_map(mixed)))

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from reben_tools.format.bands import BAND_GROUPS
-from reben_tools.learn.blocks import DropPath, PatchEmbed
-from reben_tools.learn.backbones import build_encoder, model_names
-from reben_tools.learn.models import build_model, build_model_from_config
+from reben_tools.learn.models.backbones import build_encoder, model_names
+from reben_tools.learn.models.blocks import DropPath, PatchEmbed
+from reben_tools.learn.models.classifier import build_model, build_model_from_config
 
 SMALL_MODELS = ["resnet_micro", "vit_micro_patch8", "vit_micro_patch15", "mixer_micro_patch16", "convnext_micro"]
 GROUPS = ["S1", "10m_20m", "S1_10m_20m", "ALL"]

@@ -18,7 +18,13 @@ PRODUCT = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_20240101T000000.SAFE"
 def test_product_name_fields():
     name = parse_s2_product_name(PRODUCT)
     assert (name.mission, name.level, name.sensing, name.baseline, name.orbit, name.tile, name.generation) == (
-        "S2A", "MSIL2A", "20170613T101031", "N9999", "R022", "33UUP", "20240101T000000"
+        "S2A",
+        "MSIL2A",
+        "20170613T101031",
+        "N9999",
+        "R022",
+        "33UUP",
+        "20240101T000000",
     )
     assert name.patch_prefix == "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP"
     assert name.baseline_number == 9999
@@ -39,7 +45,10 @@ def test_s1_partner_name_is_unpadded():
     full = "S1B_IW_GRDH_1SDV_20171101T154016_20171101T154041_008091_00E4B4_2C79"
     assert s1_patch_name(full, "35VNJ", 0, 0) == "S1B_IW_GRDH_1SDV_20171101T154016_35VNJ_0_0"
     assert parse_s1_patch_name("S1B_IW_GRDH_1SDV_20171101T154016_35VNJ_0_0") == (
-        "S1B_IW_GRDH_1SDV_20171101T154016", "35VNJ", 0, 0
+        "S1B_IW_GRDH_1SDV_20171101T154016",
+        "35VNJ",
+        0,
+        0,
     )
     assert s1_acquisition_time(full).isoformat() == "2017-11-01T15:40:16"
 
@@ -52,7 +61,10 @@ def test_v1_name():
 def test_parse_patch_id_round_trip():
     parsed = parse_patch_id("S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57")
     assert (parsed.product, parsed.x, parsed.y, parsed.tile) == (
-        "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP", 26, 57, "33UUP"
+        "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP",
+        26,
+        57,
+        "33UUP",
     )
     assert str(parsed) == "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57"
 
@@ -72,7 +84,7 @@ def test_parse_patch_id_round_trip():
 def test_malformed_patch_ids_are_rejected_with_the_name(bad):
     with pytest.raises(ValueError) as excinfo:
         parse_patch_id(bad)
-    assert ("patch id" in str(excinfo.value))
+    assert "patch id" in str(excinfo.value)
 
 
 def test_product_name_rejects_non_sentinel2():

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pipeline_fixtures as fx
 import pyarrow.parquet as pq
 import pytest
 from pyproj import Transformer
 
-import pipeline_fixtures as fx
+from reben_tools.builder.pipeline.config import BuildError, PipelineConfig
+from reben_tools.builder.pipeline.run import build_archive
 from reben_tools.format import codec
 from reben_tools.format.layout import (
     FLAGGED_METADATA_FILE,
@@ -35,8 +37,6 @@ from reben_tools.format.layout import (
 from reben_tools.format.manifest import read_manifest
 from reben_tools.format.metadata import METADATA_SCHEMA
 from reben_tools.format.reader import Archive, iter_lmdb
-from reben_tools.build.pipeline.config import BuildError, PipelineConfig
-from reben_tools.build.pipeline.run import build_archive
 
 P1_KEPT = {(0, 0), (2, 0), (0, 1), (1, 1), (0, 2), (1, 2)}
 P2_KEPT = {(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (0, 2), (1, 2)}
@@ -171,7 +171,7 @@ def test_s2_values_are_raw_native_pixels(built, patches):
         if band == "SCL":
             continue
         n = 1200 // res
-        np.testing.assert_array_equal(value[band], arrays[band][0:n, 2 * n:3 * n], err_msg=band)
+        np.testing.assert_array_equal(value[band], arrays[band][0:n, 2 * n : 3 * n], err_msg=band)
     assert patches.loc[_pid(fx.P1_PREFIX, 0, 0), "boa_add_offset"] == -1000  # from MTD_MSIL2A.xml
     assert pd.isna(patches.loc[_pid(fx.P2_PREFIX, 0, 0), "boa_add_offset"])  # no metadata file: unknown
 
@@ -195,8 +195,15 @@ def test_scl_fractions_and_flag_files(built, patches):
 def test_split_and_country(patches):
     # tile side = the products' 4,200 m extent: train if d < 615.1 m, validation if d < 1,050 m.
     # Centres at 600, 1800, 3000 m: d = 600 on the outer ring (train); (1,1): d = 1800; (1,2): d = 1200.
-    expected = {(0, 0): "train", (1, 0): "train", (2, 0): "train", (0, 1): "train",
-                (1, 1): "test", (0, 2): "train", (1, 2): "test"}
+    expected = {
+        (0, 0): "train",
+        (1, 0): "train",
+        (2, 0): "train",
+        (0, 1): "train",
+        (1, 1): "test",
+        (0, 2): "train",
+        (1, 2): "test",
+    }
     for pid, r in patches.iterrows():
         assert r.split == expected[(r.x, r.y)], pid
         assert r.tile_side_m == 4200.0
@@ -211,7 +218,7 @@ def test_manifest_statistics_from_train_patches(built, patches):
     values = []
     for pid, r in train.iterrows():
         a = arrays[1 if pid.startswith("S2A") else 2]["B05"]
-        values.append(a[r.y * 60:(r.y + 1) * 60, r.x * 60:(r.x + 1) * 60].astype(np.float64))
+        values.append(a[r.y * 60 : (r.y + 1) * 60, r.x * 60 : (r.x + 1) * 60].astype(np.float64))
     stacked = np.stack(values)
     stats = manifest["statistics"]["bands"]["B05"]
     assert stats["mean"] == pytest.approx(stacked.mean(), rel=1e-12)
@@ -227,8 +234,13 @@ def test_one_and_two_workers_give_identical_bytes(config_path, built, tmp_path):
 
 
 def _reben(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "reben_tools.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "reben_tools.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def test_resume_after_killed_run(config_path, built, tmp_path):
@@ -267,9 +279,22 @@ def test_external_scheduler_processes_in_other_folders_with_a_relative_out(confi
     for folder in folders.values():
         folder.mkdir()
     scheduler = subprocess.Popen(
-        ["dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-         "--scheduler-file", str(scheduler_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-        cwd=folders["sched"])
+        [
+            "dask",
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=folders["sched"],
+    )
     worker = None
     try:
         deadline = time.time() + 60
@@ -279,10 +304,23 @@ def test_external_scheduler_processes_in_other_folders_with_a_relative_out(confi
         assert address.startswith("tcp://127.0.0.1:")
         worker = subprocess.Popen(
             ["dask", "worker", address, "--nthreads", "2", "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=folders["work"])
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=folders["work"],
+        )
         repo = str(Path(__file__).resolve().parents[1])
-        proc = _reben("build", str(config_path), "--out", "external", "--scheduler", address, "--no-progress",
-                      cwd=folders["client"], env={**os.environ, "PYTHONPATH": repo})
+        proc = _reben(
+            "build",
+            str(config_path),
+            "--out",
+            "external",
+            "--scheduler",
+            address,
+            "--no-progress",
+            cwd=folders["client"],
+            env={**os.environ, "PYTHONPATH": repo},
+        )
         output, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, output
         assert not (folders["work"] / "external").exists()
@@ -331,8 +369,17 @@ def test_bad_inputs_are_reported_and_skipped(region, tmp_path):
     far = s1 / "S1A_IW_GRDH_1SDV_20170613T051031"
     far.mkdir()
     for pol in ("VV", "VH"):
-        with rasterio.open(far / f"far_{pol}.tif", "w", driver="GTiff", width=10, height=10, count=1, dtype="float32",
-                           crs="EPSG:3035", transform=rasterio.Affine(20, 0, 2_000_000, 0, -20, 1_000_000)) as ds:
+        with rasterio.open(
+            far / f"far_{pol}.tif",
+            "w",
+            driver="GTiff",
+            width=10,
+            height=10,
+            count=1,
+            dtype="float32",
+            crs="EPSG:3035",
+            transform=rasterio.Affine(20, 0, 2_000_000, 0, -20, 1_000_000),
+        ) as ds:
             ds.write(np.zeros((10, 10), np.float32), 1)
     config = PipelineConfig(s2=[str(s2)], s1=[str(s1)], clc=str(region.clc), rows_per_block=2, memory_limit="1GiB")
     out = tmp_path / "archive"
@@ -360,13 +407,24 @@ def test_bad_inputs_are_reported_and_skipped(region, tmp_path):
 def test_nothing_buildable_exits_non_zero(region, tmp_path):
     s2 = tmp_path / "s2"
     shutil.copytree(region.product2, s2 / "not_a_product")
-    proc = _reben("build", "--s2", str(s2), "--s1", str(region.s1_dir), "--clc", str(region.clc),
-                  "--out", str(tmp_path / "archive"), "--no-progress")
+    proc = _reben(
+        "build",
+        "--s2",
+        str(s2),
+        "--s1",
+        str(region.s1_dir),
+        "--clc",
+        str(region.clc),
+        "--out",
+        str(tmp_path / "archive"),
+        "--no-progress",
+    )
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1
     assert output.strip().splitlines()[-1] == (
         f"error: {s2}: holds no Sentinel-2 product (a .SAFE folder or a folder of GeoTIFFs named like an S2 L2A "
-        "product); not named like one: not_a_product")
+        "product); not named like one: not_a_product"
+    )
     assert not (tmp_path / "archive").exists()  # a run that built nothing leaves no output behind
 
 
@@ -380,9 +438,12 @@ def test_report_lists_every_dropped_patch_with_its_reason(built):
         {"patch_id": _pid(fx.P2_PREFIX, 2, 2), "reason": "no_s1_partner"},
     ]
     assert [{"patch_id": d["patch_id"], "reason": d["reason"]} for d in report["dropped"]] == sorted(
-        expected, key=lambda d: d["patch_id"])
-    assert all(d["shard"].endswith("_rows00-01" if d["patch_id"][-2:] in ("00", "01") else "_rows02-02")
-               for d in report["dropped"])
+        expected, key=lambda d: d["patch_id"]
+    )
+    assert all(
+        d["shard"].endswith("_rows00-01" if d["patch_id"][-2:] in ("00", "01") else "_rows02-02")
+        for d in report["dropped"]
+    )
 
 
 def test_missing_clc_is_a_clear_error(region, tmp_path):
@@ -392,10 +453,10 @@ def test_missing_clc_is_a_clear_error(region, tmp_path):
 
 
 def test_chains_keep_consecutive_blocks_together(region, tmp_path):
-    from reben_tools.build.corine import open_clc
-    from reben_tools.build.pipeline.discovery import discover
-    from reben_tools.build.pipeline.execution import chains_for
-    from reben_tools.build.pipeline.planning import plan_tasks
+    from reben_tools.builder.corine import open_clc
+    from reben_tools.builder.pipeline.discovery import discover
+    from reben_tools.builder.pipeline.execution import chains_for
+    from reben_tools.builder.pipeline.planning import plan_tasks
 
     config = PipelineConfig(s2=[str(region.s2_dir)], s1=[str(region.s1_dir)], clc=str(region.clc), rows_per_block=1)
     inputs = discover(config)
@@ -417,8 +478,9 @@ def test_manifest_and_report_follow_their_schemas(built):
     schemas = Path(__file__).resolve().parents[1] / "schemas"
     manifest = json.loads((built / MANIFEST_FILE).read_text())
     jsonschema.validate(manifest, json.loads((schemas / "manifest.schema.json").read_text()))
-    jsonschema.validate(json.loads((built / REPORT_FILE).read_text()),
-                        json.loads((schemas / "report.schema.json").read_text()))
+    jsonschema.validate(
+        json.loads((built / REPORT_FILE).read_text()), json.loads((schemas / "report.schema.json").read_text())
+    )
     assert manifest["counts"]["split_train"] == 9 and manifest["counts"]["dropped_no_data"] == 1
 
 
@@ -462,8 +524,12 @@ def _crop_product(source: Path, target: Path, west_m: int, north_m: int) -> Path
         with rasterio.open(path) as ds:
             res = int(ds.transform.a)
             window = Window(west_m // res, north_m // res, ds.width - west_m // res, ds.height - north_m // res)
-            profile = {**ds.profile, "width": int(window.width), "height": int(window.height),
-                       "transform": ds.window_transform(window)}
+            profile = {
+                **ds.profile,
+                "width": int(window.width),
+                "height": int(window.height),
+                "transform": ds.window_transform(window),
+            }
             data = ds.read(1, window=window)
         with rasterio.open(target / path.name, "w", **profile) as out:
             out.write(data, 1)
@@ -473,8 +539,9 @@ def _crop_product(source: Path, target: Path, west_m: int, north_m: int) -> Path
 def test_a_cropped_product_keeps_its_tile_grid_ids_and_values(region, built, patches, tmp_path):
     """Product 2 cut 600 m on the west and north: its patches are the tile's (1, 1) onwards."""
     crop = _crop_product(region.product2, tmp_path / "s2" / fx.P2_NAME, 600, 600)
-    config = PipelineConfig(s2=[str(crop)], s1=[str(region.s1_dir)], clc=str(region.clc), rows_per_block=2,
-                            memory_limit="1GiB")
+    config = PipelineConfig(
+        s2=[str(crop)], s1=[str(region.s1_dir)], clc=str(region.clc), rows_per_block=2, memory_limit="1GiB"
+    )
     out = tmp_path / "archive"
     build_archive(config, out=out, workers=1, progress=False, echo=_quiet)
     import geopandas as gpd
@@ -493,7 +560,7 @@ def test_a_cropped_product_keeps_its_tile_grid_ids_and_values(region, built, pat
 
 
 def test_a_product_off_the_tile_pixel_grid_is_refused(region, tmp_path):
-    from reben_tools.build.scenes import SceneError, open_s2_product
+    from reben_tools.builder.scenes import SceneError, open_s2_product
 
     shifted = _crop_product(region.product2, tmp_path / fx.P2_NAME, 0, 0)
     import rasterio
@@ -503,5 +570,7 @@ def test_a_product_off_the_tile_pixel_grid_is_refused(region, tmp_path):
             ds.transform = ds.transform * rasterio.Affine.translation(10 / ds.transform.a, 0)
     with pytest.raises(SceneError) as err:
         open_s2_product(shifted)
-    assert err.value.reason == ("upper-left corner (300010.0, 5400000.0) is not on tile 33UUP's 60 m pixel grid "
-                                "from its corner (300000.0, 5400000.0): offset 10.0 m east, 0.0 m south")
+    assert err.value.reason == (
+        "upper-left corner (300010.0, 5400000.0) is not on tile 33UUP's 60 m pixel grid "
+        "from its corner (300000.0, 5400000.0): offset 10.0 m east, 0.0 m south"
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from reben_tools.build.pipeline.config import BuildError, PipelineConfig, config_json_schema
+from reben_tools.builder.pipeline.config import BuildError, PipelineConfig, config_json_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from reben_tools.builder.pipeline.config import PipelineConfig
+from reben_tools.builder.pipeline.run import build_archive
 from reben_tools.format.layout import PATCHES_FILE
-from reben_tools.build.pipeline.config import PipelineConfig
-from reben_tools.build.pipeline.run import build_archive
 
 pytestmark = pytest.mark.slow
 
@@ -14,11 +14,16 @@ pytestmark = pytest.mark.slow
 def test_demo_region_matches_expected_facts(tmp_path):
     import geopandas as gpd
 
-    from reben_tools.build.demo_region.region import generate_region
+    from reben_tools.builder.demo_region.region import generate_region
 
     region = generate_region(tmp_path / "inputs", seed=0)
-    config = PipelineConfig(s2=[str(region.s2_dir)], s1=[str(region.s1_dir)], clc=str(region.corine_path),
-                            countries_file=str(region.countries_path), rows_per_block=5)
+    config = PipelineConfig(
+        s2=[str(region.s2_dir)],
+        s1=[str(region.s1_dir)],
+        clc=str(region.corine_path),
+        countries_file=str(region.countries_path),
+        rows_per_block=5,
+    )
     build_archive(config, out=tmp_path / "archive", workers=2, progress=False, echo=lambda _: None)
     patches = gpd.read_parquet(tmp_path / "archive" / PATCHES_FILE).set_index("patch_id")
     checked = 0

@@ -19,11 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+import pipeline_fixtures as fx
 import pytest
 
-import pipeline_fixtures as fx
-from reben_tools.build.pipeline.config import BuildError, PipelineConfig
-from reben_tools.build.pipeline.run import build_archive
+from reben_tools.builder.pipeline.config import BuildError, PipelineConfig
+from reben_tools.builder.pipeline.run import build_archive
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,14 +51,23 @@ def reference(config_path, tmp_path_factory) -> Path:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "summary_map.png"}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "summary_map.png"
+    }
 
 
 def _reben(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "reben_tools.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "reben_tools.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        **kwargs,
+    )
 
 
 def test_ctrl_c_stops_quietly_with_one_line_and_the_rerun_resumes(config_path, reference, tmp_path):
@@ -92,12 +101,23 @@ def test_s2_folder_without_products_is_named_and_leaves_no_output(region, tmp_pa
     (docs / "images").mkdir(parents=True)
     (docs / "pipeline.md").write_text("# not a product\n")
     out = tmp_path / "archive"
-    proc = _reben("build", "--s2", str(docs), "--s1", str(region.s1_dir), "--clc", str(region.clc),
-                  "--out", str(out), "--no-progress")
+    proc = _reben(
+        "build",
+        "--s2",
+        str(docs),
+        "--s1",
+        str(region.s1_dir),
+        "--clc",
+        str(region.clc),
+        "--out",
+        str(out),
+        "--no-progress",
+    )
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1
     assert output.strip().splitlines() == [
-        f"error: {docs}: holds no Sentinel-2 product (a .SAFE folder or a folder of GeoTIFFs named like an S2 L2A product); not named like one: images"]
+        f"error: {docs}: holds no Sentinel-2 product (a .SAFE folder or a folder of GeoTIFFs named like an S2 L2A product); not named like one: images"
+    ]
     assert not out.exists()
 
 
@@ -108,8 +128,9 @@ def test_an_input_changed_in_place_rebuilds_exactly_the_shards_that_read_it(regi
     shutil.copytree(region.s2_dir, inputs / "s2")
     shutil.copytree(region.s1_dir, inputs / "s1")
     clc = shutil.copy(region.clc, inputs / region.clc.name)
-    config = PipelineConfig(s2=[str(inputs / "s2")], s1=[str(inputs / "s1")], clc=str(clc), rows_per_block=1,
-                            memory_limit="1GiB")
+    config = PipelineConfig(
+        s2=[str(inputs / "s2")], s1=[str(inputs / "s1")], clc=str(clc), rows_per_block=1, memory_limit="1GiB"
+    )
     out = tmp_path / "archive"
     build_archive(config, out=out, workers=1, progress=False, echo=_quiet)
     band = next((inputs / "s2" / fx.P2_NAME).glob("*_B02*.tif"))
@@ -127,12 +148,12 @@ def test_an_input_changed_in_place_rebuilds_exactly_the_shards_that_read_it(regi
 
 
 KILL_BLOCK = """
-    import reben_tools.build.pipeline.block as blk
-    import reben_tools.build.pipeline.execution as ex
+    import reben_tools.builder.pipeline.block as blk
+    import reben_tools.builder.pipeline.execution as ex
     _make_client = ex._make_client
     def _install_fault():
         import os
-        import reben_tools.build.pipeline.block as blk
+        import reben_tools.builder.pipeline.block as blk
         _run = blk.run_block
         def run_block(task):
             if task.shard_name.endswith("T33UUP_rows01-01") and task.product.prefix.startswith("S2A"):
@@ -143,7 +164,7 @@ KILL_BLOCK = """
                 os._exit(1)  # the worker process dies, as under the OOM killer
             return _run(task)
         blk.run_block = run_block
-        import reben_tools.build.pipeline.execution as ex
+        import reben_tools.builder.pipeline.execution as ex
         ex.run_block = run_block
     def make_client(*a, **k):
         client, cluster = _make_client(*a, **k)
@@ -171,8 +192,9 @@ def test_a_worker_killed_in_a_block_costs_that_block_one_retry_not_its_chain(con
     env_before = os.environ.get("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES")
     os.environ["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = "0"  # the first death -> KilledWorker
     try:
-        done = run_cli_with_fault(["build", str(config_path), "--out", str(out), "--workers", "1", "--no-progress"],
-                                  fault, timeout=300)
+        done = run_cli_with_fault(
+            ["build", str(config_path), "--out", str(out), "--workers", "1", "--no-progress"], fault, timeout=300
+        )
     finally:
         if env_before is None:
             os.environ.pop("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES")
@@ -184,17 +206,20 @@ def test_a_worker_killed_in_a_block_costs_that_block_one_retry_not_its_chain(con
 
 
 def test_a_shard_reported_written_but_not_visible_is_an_error(region, tmp_path):
-    from reben_tools.build.corine import open_clc
-    from reben_tools.build.pipeline.discovery import discover
-    from reben_tools.build.pipeline.planning import plan_tasks
-    from reben_tools.build.pipeline.run import _check_visible
+    from reben_tools.builder.corine import open_clc
+    from reben_tools.builder.pipeline.discovery import discover
+    from reben_tools.builder.pipeline.planning import plan_tasks
+    from reben_tools.builder.pipeline.run import _check_visible
 
     config = PipelineConfig(s2=[str(region.s2_dir)], s1=[str(region.s1_dir)], clc=str(region.clc), rows_per_block=3)
     tasks = plan_tasks(config, discover(config), open_clc(region.clc), tmp_path / "shards")
     result = {"shard": tasks[0].shard_name, "status": "ok", "worker": "tcp://10.0.0.7:40000"}
-    with pytest.raises(BuildError, match=r"rows00-02: reported written \(worker tcp://10.0.0.7:40000\) but not "
-                                         r"visible to this client; the output must be on a file system every "
-                                         r"worker shares"):
+    with pytest.raises(
+        BuildError,
+        match=r"rows00-02: reported written \(worker tcp://10.0.0.7:40000\) but not "
+        r"visible to this client; the output must be on a file system every "
+        r"worker shares",
+    ):
         _check_visible([result], tasks)
     _check_visible([{**result, "status": "failed"}], tasks)  # a failed block is reported, not an error
 
@@ -207,7 +232,7 @@ def test_each_worker_thread_keeps_its_own_product_open(region):
     """
     import threading
 
-    from reben_tools.build.scenes import OPEN_RASTERS, open_s2_product, read_block
+    from reben_tools.builder.scenes import OPEN_RASTERS, open_s2_product, read_block
 
     products = [open_s2_product(region.product1), open_s2_product(region.product2)]
     OPEN_RASTERS.close_all()
@@ -220,7 +245,7 @@ def test_each_worker_thread_keeps_its_own_product_open(region):
             for block in product.grid.blocks(1):
                 read_block(product, block, keep_open=True)
                 barrier.wait(timeout=60)
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=build, args=(p,)) for p in products]
@@ -244,7 +269,7 @@ def test_duplicate_products_keep_the_one_covering_most_and_say_so(region, tmp_pa
     import numpy as np
     import rasterio
 
-    from reben_tools.build.pipeline.discovery import discover
+    from reben_tools.builder.pipeline.discovery import discover
 
     s2 = tmp_path / "s2"
     full = shutil.copytree(region.product2, s2 / fx.P2_NAME)
@@ -253,7 +278,7 @@ def test_duplicate_products_keep_the_one_covering_most_and_say_so(region, tmp_pa
     for path in sorted(cut.glob("*.tif")):
         with rasterio.open(path) as ds:
             profile, data = ds.profile, ds.read(1)
-        data[(1800 // int(profile["transform"].a)):, :] = 0  # no data below 1,800 m from the top
+        data[(1800 // int(profile["transform"].a)) :, :] = 0  # no data below 1,800 m from the top
         with rasterio.open(path, "w", **profile) as ds:
             ds.write(data, 1)
     inputs = discover(PipelineConfig(s2=[str(s2)], s1=[str(region.s1_dir)], clc=str(region.clc)))
@@ -261,7 +286,9 @@ def test_duplicate_products_keep_the_one_covering_most_and_say_so(region, tmp_pa
     (entry,) = [s for s in inputs.skipped if s["kind"] == "s2_product"]
     assert entry["item"] == later and entry["path"] == str(cut)
     b02 = rasterio.open(next(full.glob("*_B02*.tif")))
-    kept = np.count_nonzero(b02.read(1, out_shape=(b02.height // 8, b02.width // 8))) / ((b02.height // 8) * (b02.width // 8))
+    kept = np.count_nonzero(b02.read(1, out_shape=(b02.height // 8, b02.width // 8))) / (
+        (b02.height // 8) * (b02.width // 8)
+    )
     b02.close()
     head = f"duplicate of {fx.P2_NAME} (same {fx.P2_PREFIX}); kept {fx.P2_NAME}: it covers {kept:.2%} of the extent"
     assert entry["reason"].startswith(head + " with data, this one ")
@@ -272,11 +299,13 @@ def test_duplicate_products_keep_the_one_covering_most_and_say_so(region, tmp_pa
 def test_a_worker_that_cannot_open_an_input_stops_the_build_with_one_line(tmp_path):
     from dask.distributed import Client, LocalCluster
 
-    from reben_tools.build.pipeline.execution import check_workers
+    from reben_tools.builder.pipeline.execution import check_workers
 
     missing = tmp_path / "inputs" / "S2_B02.jp2"
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
         (address,) = client.scheduler_info()["workers"]
         check_workers(client, tmp_path / "out", [])  # writable, nothing to open: fine
         with pytest.raises(BuildError) as err:

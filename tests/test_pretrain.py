@@ -12,21 +12,21 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from test_croma import hand_built_checkpoint
+from training_archive import build_learnable_archive
 from typer.testing import CliRunner
 
-from training_archive import build_learnable_archive
-from test_croma import hand_built_checkpoint
-
-import reben_tools.learn.pretrain as pretrain_module
+import reben_tools.learn.training.pretrain as pretrain_module
 from reben_tools.cli import app
 from reben_tools.format.bands import BAND_GROUPS, PUBLISHED_STATISTICS
-from reben_tools.learn.checkpoints import CheckpointError
-from reben_tools.learn.config import TrainingError
-from reben_tools.learn.croma import CONFIGS, CROMA, PUBLISHED_PARTS, load_published
-from reben_tools.learn.dataset import ReBENDataset
-from reben_tools.learn.embed import embed_archive
-from reben_tools.learn.encoders import EncoderError, load_encoder
-from reben_tools.learn.pretrain import PretrainConfig, pretrain, read_init
+from reben_tools.learn.data.dataset import ReBENDataset
+from reben_tools.learn.evaluation.embed import embed_archive
+from reben_tools.learn.models.croma import CONFIGS, CROMA, PUBLISHED_PARTS
+from reben_tools.learn.models.croma_layout import load_published
+from reben_tools.learn.models.encoders import EncoderError, load_encoder
+from reben_tools.learn.runtime.checkpoints import CheckpointError
+from reben_tools.learn.runtime.config import TrainingError
+from reben_tools.learn.training.pretrain import PretrainConfig, pretrain, read_init
 
 COUNTS = {"train": 16, "validation": 8, "test": 8}
 
@@ -40,8 +40,18 @@ def archive(tmp_path_factory) -> dict:
 
 
 def config(archive_dir, out, **overrides) -> PretrainConfig:
-    base = dict(archive=str(archive_dir), model="croma_micro", out=str(out), epochs=2, batch_size=8, lr=1e-3,
-                warmup_steps=1, workers=0, device="cpu", progress=False)
+    base = dict(
+        archive=str(archive_dir),
+        model="croma_micro",
+        out=str(out),
+        epochs=2,
+        batch_size=8,
+        lr=1e-3,
+        warmup_steps=1,
+        workers=0,
+        device="cpu",
+        progress=False,
+    )
     return PretrainConfig(**{**base, **overrides})
 
 
@@ -49,9 +59,31 @@ def config(archive_dir, out, **overrides) -> PretrainConfig:
 def run(archive, tmp_path_factory):
     """2 epochs x 2 steps through the CLI."""
     out = tmp_path_factory.mktemp("runs") / "full"
-    result = CliRunner().invoke(app, ["pretrain", "--archive", str(archive["root"]), "--model", "croma_micro",
-                                      "--out", str(out), "--epochs", "2", "--batch-size", "8", "--lr", "1e-3",
-                                      "--warmup-steps", "1", "--device", "cpu", "--workers", "0", "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "pretrain",
+            "--archive",
+            str(archive["root"]),
+            "--model",
+            "croma_micro",
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-3",
+            "--warmup-steps",
+            "1",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -129,8 +161,9 @@ def test_init_from_published_weights_and_wrong_size(tmp_path):
     torch.save(hand_built_checkpoint(32, micro.depth), tmp_path / "small.pt")
     with pytest.raises(CheckpointError) as err:
         read_init(str(tmp_path / "small.pt"), model)
-    assert str(err.value) == (f"{tmp_path / 'small.pt'}: s1_encoder.linear_input.weight has shape (32, 128), "
-                              "croma_micro expects (64, 128)")
+    assert str(err.value) == (
+        f"{tmp_path / 'small.pt'}: s1_encoder.linear_input.weight has shape (32, 128), croma_micro expects (64, 128)"
+    )
 
 
 def _croma_reference_inputs(archive_root, split):
@@ -145,9 +178,27 @@ def _croma_reference_inputs(archive_root, split):
 
 def test_embed_writes_the_schema_and_the_reference_embeddings(run, archive, tmp_path):
     out = tmp_path / "emb.parquet"
-    result = CliRunner().invoke(app, ["embed", "--archive", str(archive["root"]), "--encoder", str(run),
-                                      "--split", "test", "--out", str(out), "--device", "cpu", "--workers", "0",
-                                      "--batch-size", "3", "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "embed",
+            "--archive",
+            str(archive["root"]),
+            "--encoder",
+            str(run),
+            "--split",
+            "test",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--batch-size",
+            "3",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     table = pq.read_table(out)
     assert table.column_names == ["patch_id", "split", "labels", "s1", "s2", "joint"]
@@ -183,39 +234,71 @@ def test_embed_bad_input_and_one_modality(archive, tmp_path):
         embed_archive(archive["root"], encoder, tmp_path / "y.parquet", bands="10m", workers=0, progress=False)
     with pytest.raises(EncoderError) as err:
         load_encoder(f"croma_base:{path}")
-    assert str(err.value) == f"{path}: s1_encoder.linear_input.weight has shape (64, 128), croma_base expects (768, 128)"
+    assert (
+        str(err.value) == f"{path}: s1_encoder.linear_input.weight has shape (64, 128), croma_base expects (768, 128)"
+    )
     torch.save({"s1_encoder": {}, "model": {}}, tmp_path / "other.pt")
     with pytest.raises(EncoderError, match="other.pt: not a CROMA checkpoint: missing part 's1_GAP_FFN'"):
         load_encoder(f"croma_base:{tmp_path / 'other.pt'}")
     with pytest.raises(EncoderError, match="unknown encoder 'crome_base'"):
         load_encoder(f"crome_base:{path}")
-    result = CliRunner().invoke(app, ["embed", "--archive", str(s2_only["root"]), "--encoder", f"croma_micro:{path}",
-                                      "--out", str(tmp_path / "z.parquet"), "--workers", "0", "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "embed",
+            "--archive",
+            str(s2_only["root"]),
+            "--encoder",
+            f"croma_micro:{path}",
+            "--out",
+            str(tmp_path / "z.parquet"),
+            "--workers",
+            "0",
+            "-q",
+        ],
+    )
     assert result.exit_code == 1 and result.output.count("\n") == 1 and result.output.startswith("error:")
 
 
 def test_pretrain_needs_both_modalities(tmp_path):
-    s2_only = build_learnable_archive(tmp_path / "s2only", counts={"train": 4, "validation": 2}, shards=1, with_s1=False)
+    s2_only = build_learnable_archive(
+        tmp_path / "s2only", counts={"train": 4, "validation": 2}, shards=1, with_s1=False
+    )
     with pytest.raises(TrainingError) as err:
         pretrain(config(s2_only["root"], tmp_path / "r"))
     assert "\n" not in str(err.value) and str(s2_only["root"]) in str(err.value) and "S1" in str(err.value)
 
 
 def test_load_encoder_is_a_lazy_top_level_export():
-    code = ("import sys, reben_tools; assert 'torch' not in sys.modules; "
-            "from reben_tools.learn.encoders import load_encoder; assert reben_tools.load_encoder is load_encoder")
+    code = (
+        "import sys, reben_tools; assert 'torch' not in sys.modules; "
+        "from reben_tools.learn.models.encoders import load_encoder; assert reben_tools.load_encoder is load_encoder"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_embed_from_a_reben_train_run(archive, tmp_path):
-    from reben_tools.learn.checkpoints import load_checkpoint, model_from_checkpoint
-    from reben_tools.learn.config import TrainConfig
-    from reben_tools.learn.loop import train
+    from reben_tools.learn.models.restore import model_from_checkpoint
+    from reben_tools.learn.runtime.checkpoints import load_checkpoint
+    from reben_tools.learn.runtime.config import TrainConfig
+    from reben_tools.learn.training.loop import train
 
     out = tmp_path / "train-run"
-    train(TrainConfig(archive=str(archive["root"]), bands="S1_10m_20m", model="resnet_micro", out=str(out), epochs=1,
-                      batch_size=8, workers=0, device="cpu", progress=False, evaluate_test=False,
-                      model_kwargs=dict(stem_width=4, widths=(4, 8, 8, 16))))
+    train(
+        TrainConfig(
+            archive=str(archive["root"]),
+            bands="S1_10m_20m",
+            model="resnet_micro",
+            out=str(out),
+            epochs=1,
+            batch_size=8,
+            workers=0,
+            device="cpu",
+            progress=False,
+            evaluate_test=False,
+            model_kwargs=dict(stem_width=4, widths=(4, 8, 8, 16)),
+        )
+    )
     encoder = load_encoder(out)
     assert encoder.input.scaling == "zscore" and encoder.input.s1_bands == BAND_GROUPS["S1"]
     summary = embed_archive(archive["root"], encoder, tmp_path / "e.parquet", split="test", workers=0, progress=False)
@@ -234,13 +317,32 @@ def test_probe_with_an_encoder_equals_embed_then_probe_embeddings(run, archive, 
     runner = CliRunner()
     emb = tmp_path / "emb.parquet"
     common = ["--device", "cpu", "--workers", "0", "-q"]
-    assert runner.invoke(app, ["embed", "--archive", str(archive["root"]), "--encoder", str(run), "--out", str(emb),
-                               *common]).exit_code == 0
-    two_steps = runner.invoke(app, ["probe", "--embeddings", str(emb), "--out", str(tmp_path / "a"),
-                                    "--probes", "linear", "--no-map", "-q"])
+    assert (
+        runner.invoke(
+            app, ["embed", "--archive", str(archive["root"]), "--encoder", str(run), "--out", str(emb), *common]
+        ).exit_code
+        == 0
+    )
+    two_steps = runner.invoke(
+        app, ["probe", "--embeddings", str(emb), "--out", str(tmp_path / "a"), "--probes", "linear", "--no-map", "-q"]
+    )
     assert two_steps.exit_code == 0, two_steps.output
-    on_the_fly = runner.invoke(app, ["probe", "--archive", str(archive["root"]), "--encoder", str(run),
-                                     "--out", str(tmp_path / "b"), "--probes", "linear", "--no-map", *common])
+    on_the_fly = runner.invoke(
+        app,
+        [
+            "probe",
+            "--archive",
+            str(archive["root"]),
+            "--encoder",
+            str(run),
+            "--out",
+            str(tmp_path / "b"),
+            "--probes",
+            "linear",
+            "--no-map",
+            *common,
+        ],
+    )
     assert on_the_fly.exit_code == 0, on_the_fly.output
     assert (tmp_path / "b" / "embeddings.parquet").is_file()
     first = json.loads((tmp_path / "a" / "probe.json").read_text())
@@ -249,5 +351,7 @@ def test_probe_with_an_encoder_equals_embed_then_probe_embeddings(run, archive, 
         for metrics in (run_a["probes"]["linear"], run_b["probes"]["linear"]):
             metrics.pop("fit_seconds")
         assert run_a == run_b
-    refused = runner.invoke(app, ["probe", "--embeddings", str(emb), "--encoder", str(run), "--out", str(tmp_path / "c")])
+    refused = runner.invoke(
+        app, ["probe", "--embeddings", str(emb), "--encoder", str(run), "--out", str(tmp_path / "c")]
+    )
     assert refused.exit_code == 2 and "--encoder goes with --archive alone" in refused.output

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import json
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from figure_layout import assert_readable
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import fbeta_score, hamming_loss, precision_score
 from sklearn.multiclass import OneVsRestClassifier
-import matplotlib.pyplot as plt
-from figure_layout import assert_readable
-from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
 from reben_tools.cli import app
 from reben_tools.format.labels import ALPHABETICAL_ORDER
-from reben_tools.learn.embeddings import EmbeddingsError, read_embeddings, write_embeddings
-from reben_tools.learn.probe_report import per_class_f2_figure
-from reben_tools.learn.retrieval import rank_summary, retrieval_ranks
+from reben_tools.learn.evaluation.embeddings import EmbeddingsError, read_embeddings, write_embeddings
+from reben_tools.learn.evaluation.probe_report import per_class_f2_figure
+from reben_tools.learn.evaluation.retrieval import rank_summary, retrieval_ranks
 from reben_tools.splits.subsets import fraction_indices
 
 DIM = 16
@@ -46,8 +45,9 @@ def synthetic(n: int = 240, dim: int = DIM, seed: int = 0, noise: float = 0.5):
 def embeddings(tmp_path_factory):
     ids, splits, y, s1, s2 = synthetic()
     path = tmp_path_factory.mktemp("emb") / "embeddings.parquet"
-    write_embeddings(path, ids, splits, y, {"s1": s1, "s2": s2, "joint": (s1 + s2) / 2},
-                     {"name": "synthetic", "dim": DIM})
+    write_embeddings(
+        path, ids, splits, y, {"s1": s1, "s2": s2, "joint": (s1 + s2) / 2}, {"name": "synthetic", "dim": DIM}
+    )
     return {"path": path, "ids": ids, "splits": splits, "y": y, "s1": s1, "s2": s2}
 
 
@@ -79,30 +79,56 @@ def test_round_trip(embeddings, tmp_path):
 
 
 def _table(n: int = 4, **columns) -> pa.Table:
-    base = {"patch_id": [f"p{i}" for i in range(n)], "split": ["train", "test"] * (n // 2),
-            "labels": [["Pastures"]] * n,
-            "s2": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(n * 3, np.float32)), 3)}
+    base = {
+        "patch_id": [f"p{i}" for i in range(n)],
+        "split": ["train", "test"] * (n // 2),
+        "labels": [["Pastures"]] * n,
+        "s2": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(n * 3, np.float32)), 3),
+    }
     base.update(columns)
     return pa.table({k: v for k, v in base.items() if v is not None})
 
 
-@pytest.mark.parametrize("columns, metadata, message", [
-    ({}, {b"reben_tools.encoder": b'{"dim": 768}'},
-     "column 's2' has embeddings of dimension 3, recorded in reben_tools.encoder 768"),
-    ({"s2": pa.array([[0.0, 1.0, 2.0], [0.0, 1.0], [1.0, 1.0, 1.0], [2.0, 2.0, 2.0]], pa.list_(pa.float32()))}, None,
-     "column 's2' row 1 (patch 'p1') has dimension 2, the first row has 3"),
-    ({"s2": pa.array(["a", "b", "c", "d"])}, None, "column 's2' has type string; expected fixed_size_list<float32>[D]"),
-    ({"s2": None}, None, "no embedding column; expected at least one of ['s1', 's2', 'joint']"),
-    ({"labels": None}, None, "missing column(s) ['labels']"),
-    ({"labels": [["Pastures"], ["Lava"], [], []]}, None, "patch 'p1' has label 'Lava', not one of the 19 reBEN classes"),
-    ({"split": ["train", "test", "val", "test"]}, None, "column 'split' has unknown value(s) ['val']"),
-    ({"patch_id": ["p0", "p1", "p1", "p3"]}, None, "patch_id 'p1' appears more than once"),
-    ({"s2": pa.FixedSizeListArray.from_arrays(pa.array(np.r_[np.zeros(9), np.nan, 0, 0].astype(np.float32)), 3)},
-     None, "column 's2' has 1 row(s) with NaN/inf or null values, first patch 'p3'"),
-    ({"s2": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(12, np.float32)), 3, mask=pa.array([True] * 4))},
-     None, "every embedding column (['s2']) is null in every row"),
-    ({}, {b"reben_tools.encoder": b"{not json"}, "metadata reben_tools.encoder is not JSON"),
-])
+@pytest.mark.parametrize(
+    "columns, metadata, message",
+    [
+        (
+            {},
+            {b"reben_tools.encoder": b'{"dim": 768}'},
+            "column 's2' has embeddings of dimension 3, recorded in reben_tools.encoder 768",
+        ),
+        (
+            {"s2": pa.array([[0.0, 1.0, 2.0], [0.0, 1.0], [1.0, 1.0, 1.0], [2.0, 2.0, 2.0]], pa.list_(pa.float32()))},
+            None,
+            "column 's2' row 1 (patch 'p1') has dimension 2, the first row has 3",
+        ),
+        (
+            {"s2": pa.array(["a", "b", "c", "d"])},
+            None,
+            "column 's2' has type string; expected fixed_size_list<float32>[D]",
+        ),
+        ({"s2": None}, None, "no embedding column; expected at least one of ['s1', 's2', 'joint']"),
+        ({"labels": None}, None, "missing column(s) ['labels']"),
+        (
+            {"labels": [["Pastures"], ["Lava"], [], []]},
+            None,
+            "patch 'p1' has label 'Lava', not one of the 19 reBEN classes",
+        ),
+        ({"split": ["train", "test", "val", "test"]}, None, "column 'split' has unknown value(s) ['val']"),
+        ({"patch_id": ["p0", "p1", "p1", "p3"]}, None, "patch_id 'p1' appears more than once"),
+        (
+            {"s2": pa.FixedSizeListArray.from_arrays(pa.array(np.r_[np.zeros(9), np.nan, 0, 0].astype(np.float32)), 3)},
+            None,
+            "column 's2' has 1 row(s) with NaN/inf or null values, first patch 'p3'",
+        ),
+        (
+            {"s2": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(12, np.float32)), 3, mask=pa.array([True] * 4))},
+            None,
+            "every embedding column (['s2']) is null in every row",
+        ),
+        ({}, {b"reben_tools.encoder": b"{not json"}, "metadata reben_tools.encoder is not JSON"),
+    ],
+)
 def test_schema_errors_name_the_file_and_the_part(tmp_path, columns, metadata, message):
     path = tmp_path / "bad.parquet"
     table = _table(**columns)
@@ -131,8 +157,21 @@ def test_expected_dimension_and_unreadable_file(embeddings, tmp_path):
 
 def test_probe_embeddings_protocol(embeddings, tmp_path):
     out = tmp_path / "probe"
-    result = CliRunner().invoke(app, ["probe", "--embeddings", str(embeddings["path"]), "--out", str(out),
-                                      "--train-fraction", "0.1,1.0", "--map-points", "50", "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "probe",
+            "--embeddings",
+            str(embeddings["path"]),
+            "--out",
+            str(out),
+            "--train-fraction",
+            "0.1,1.0",
+            "--map-points",
+            "50",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     results = json.loads((out / "probe.json").read_text())
     ids, splits, y = embeddings["ids"], embeddings["splits"], embeddings["y"]
@@ -152,9 +191,11 @@ def test_probe_embeddings_protocol(embeddings, tmp_path):
     linear = results["runs"][1]["probes"]["linear"]
     for average in ("macro", "micro"):
         assert linear[f"f2_{average}"] == pytest.approx(
-            fbeta_score(y[test], decisions, beta=2, average=average, zero_division=0), abs=1e-9)
+            fbeta_score(y[test], decisions, beta=2, average=average, zero_division=0), abs=1e-9
+        )
         assert linear[f"precision_{average}"] == pytest.approx(
-            precision_score(y[test], decisions, average=average, zero_division=0), abs=1e-9)
+            precision_score(y[test], decisions, average=average, zero_division=0), abs=1e-9
+        )
     assert linear["hamming_loss"] == pytest.approx(hamming_loss(y[test], decisions), abs=1e-12)
     per_class = fbeta_score(y[test], decisions, beta=2, average=None, zero_division=0)
     assert [linear["per_class"][n]["f2"] for n in ALPHABETICAL_ORDER] == pytest.approx(per_class, abs=1e-9)
@@ -165,9 +206,14 @@ def test_probe_embeddings_protocol(embeddings, tmp_path):
     block = table.split("## Train fraction 100% (120 train patches)")[1].strip().splitlines()
     assert [line.split("|")[1].strip() for line in block[2:5]] == ["RF", "linear", "MLP"]
     cells = [c.strip() for c in block[3].split("|")[2:8]]
-    assert cells == [f"{100 * linear['f2_macro']:.1f}", f"{100 * linear['f2_micro']:.1f}",
-                     f"{linear['hamming_loss']:.3f}", f"{100 * linear['precision_macro']:.1f}",
-                     f"{100 * linear['precision_micro']:.1f}", f"{100 * linear['average_precision_macro']:.1f}"]
+    assert cells == [
+        f"{100 * linear['f2_macro']:.1f}",
+        f"{100 * linear['f2_micro']:.1f}",
+        f"{linear['hamming_loss']:.3f}",
+        f"{100 * linear['precision_macro']:.1f}",
+        f"{100 * linear['precision_micro']:.1f}",
+        f"{100 * linear['average_precision_macro']:.1f}",
+    ]
     assert "## Train fraction 10% (12 train patches)" in table
     for name in ("per_class_f2.png", "embedding_map.png"):
         assert (out / name).stat().st_size > 10_000
@@ -177,21 +223,40 @@ def test_probe_embeddings_protocol(embeddings, tmp_path):
     assert_readable(figure)
     plt.close(figure)
     emap = results["embedding_map"]
-    assert emap["method"] in ("umap", "tsne") and emap["points"] == 50 and set(emap["classes"]) == set(ALPHABETICAL_ORDER)
+    assert (
+        emap["method"] in ("umap", "tsne") and emap["points"] == 50 and set(emap["classes"]) == set(ALPHABETICAL_ORDER)
+    )
     # the same file, s1 only, no map
-    result = CliRunner().invoke(app, ["probe", "--embeddings", str(embeddings["path"]), "--out", str(tmp_path / "s1"),
-                                      "--modality", "s1", "--probes", "linear", "--no-map", "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "probe",
+            "--embeddings",
+            str(embeddings["path"]),
+            "--out",
+            str(tmp_path / "s1"),
+            "--modality",
+            "s1",
+            "--probes",
+            "linear",
+            "--no-map",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "s1" / "probe.json").read_text())["modality"] == "s1"
     assert not (tmp_path / "s1" / "embedding_map.png").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--train-fraction", "0"], "--train-fraction '0': expected numbers in (0, 1]"),
-    (["--train-fraction", "a"], "--train-fraction 'a': expected numbers in (0, 1]"),
-    (["--archive", "x"], "give exactly one of --archive"),
-    (["--modality", "radar"], "unknown modality 'radar'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--train-fraction", "0"], "--train-fraction '0': expected numbers in (0, 1]"),
+        (["--train-fraction", "a"], "--train-fraction 'a': expected numbers in (0, 1]"),
+        (["--archive", "x"], "give exactly one of --archive"),
+        (["--modality", "radar"], "unknown modality 'radar'"),
+    ],
+)
 def test_probe_option_errors(embeddings, tmp_path, args, message):
     result = CliRunner().invoke(app, ["probe", "--embeddings", str(embeddings["path"]), "--out", str(tmp_path), *args])
     assert result.exit_code in (1, 2) and message in result.output
@@ -220,8 +285,13 @@ def test_retrieve_command(embeddings, tmp_path):
     test = embeddings["splits"] == "test"
     expected = retrieval_ranks(embeddings["s1"][test], embeddings["s2"][test])
     assert report["pairs"] == 60 and report["s1_to_s2"] == rank_summary(expected)
-    assert report["chance"] == {"recall@1": 1 / 60, "recall@5": 5 / 60, "recall@10": 10 / 60,
-                                "median_rank": 30.5, "mean_rank": 30.5}
+    assert report["chance"] == {
+        "recall@1": 1 / 60,
+        "recall@5": 5 / 60,
+        "recall@10": 10 / 60,
+        "median_rank": 30.5,
+        "mean_rank": 30.5,
+    }
     assert report["s1_to_s2"]["recall@10"] > 3 * report["chance"]["recall@10"]
     assert report["s2_to_s1"]["median_rank"] < report["chance"]["median_rank"]
     assert (tmp_path / "retrieval.png").stat().st_size > 10_000
@@ -234,21 +304,41 @@ def test_retrieve_needs_both_modalities(embeddings, tmp_path):
     assert result.exit_code == 1
     assert f"{path}: no 's1' embeddings; retrieval needs both s1 and s2" in result.output
     wide = tmp_path / "wide.parquet"
-    write_embeddings(wide, embeddings["ids"], embeddings["splits"], embeddings["y"],
-                     {"s1": embeddings["s1"], "s2": np.hstack([embeddings["s2"], embeddings["s2"]])})
+    write_embeddings(
+        wide,
+        embeddings["ids"],
+        embeddings["splits"],
+        embeddings["y"],
+        {"s1": embeddings["s1"], "s2": np.hstack([embeddings["s2"], embeddings["s2"]])},
+    )
     result = CliRunner().invoke(app, ["retrieve", "--embeddings", str(wide), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "'s1' embeddings have dimension 16 and 's2' 32" in result.output
 
 
 def test_probe_embeddings_in_memory(embeddings, tmp_path):
     """The entry point of an encoder run on the fly: an Embeddings object instead of a file."""
-    from reben_tools.learn.probes import probe_embeddings
+    from reben_tools.learn.evaluation.probes import probe_embeddings
 
     emb = read_embeddings(embeddings["path"])
-    results = probe_embeddings(emb, tmp_path, modality="s2", fractions=(1.0,), probes=("linear",),
-                               embedding_map=False, progress=False)
-    result = CliRunner().invoke(app, ["probe", "--embeddings", str(embeddings["path"]), "--out", str(tmp_path / "f"),
-                                      "--modality", "s2", "--probes", "linear", "--no-map", "-q"])
+    results = probe_embeddings(
+        emb, tmp_path, modality="s2", fractions=(1.0,), probes=("linear",), embedding_map=False, progress=False
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "probe",
+            "--embeddings",
+            str(embeddings["path"]),
+            "--out",
+            str(tmp_path / "f"),
+            "--modality",
+            "s2",
+            "--probes",
+            "linear",
+            "--no-map",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     from_file = json.loads((tmp_path / "f" / "probe.json").read_text())
     assert results["runs"][0]["probes"]["linear"]["f2_macro"] == from_file["runs"][0]["probes"]["linear"]["f2_macro"]

@@ -21,14 +21,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-from reben_tools.format.layout import ArchiveError
-from reben_tools.format.reader import Archive
-from reben_tools.learn.dataset import ReBENDataset
-from reben_tools.release.encode import encode_release
-from reben_tools.release.synthetic_release import write_synthetic_release
-from reben_tools.format.locking import OutputLock, OutputLockedError
-
 from reliability_helpers import (
     DIE_DURING_MANIFEST_WRITE,
     LOCK_FILE,
@@ -38,6 +30,13 @@ from reliability_helpers import (
     start_cli_with_fault,
     tree_digest,
 )
+
+from reben_tools.format.layout import ArchiveError
+from reben_tools.format.locking import OutputLock, OutputLockedError
+from reben_tools.format.reader import Archive
+from reben_tools.learn.data.dataset import ReBENDataset
+from reben_tools.release.encode import encode_release
+from reben_tools.release.synthetic_release import write_synthetic_release
 
 N_PATCHES = 8
 PER_SHARD = 2  # -> 4 shards: shard-00000 .. shard-00003
@@ -52,8 +51,16 @@ def release(tmp_path_factory):
 def reference(release, tmp_path_factory):
     """An uninterrupted encode of the release (the answer every interrupted run must reach)."""
     out = tmp_path_factory.mktemp("reference") / "archive"
-    encode_release(release.s2_dir, out, release.s1_dir, release.reference_maps_dir, release.metadata_files,
-                   workers=1, patches_per_shard=PER_SHARD, progress=False)
+    encode_release(
+        release.s2_dir,
+        out,
+        release.s1_dir,
+        release.reference_maps_dir,
+        release.metadata_files,
+        workers=1,
+        patches_per_shard=PER_SHARD,
+        progress=False,
+    )
     digest = tree_digest(out)
     assert sorted(p for p in digest if p.startswith("shards/") and p.endswith("data.mdb")) == [
         f"shards/shard-0000{i}/data.mdb" for i in range(4)
@@ -73,7 +80,8 @@ _enc.encode_patch = _slow
 
 KILL_POINTS = {
     # the 5th patch: shards 0 and 1 are finished, shard 2 is half read
-    "during a block": ("""
+    "during a block": (
+        """
         import reben_tools.release.encode_workers as enc
         _encode_patch, _n = enc.encode_patch, [0]
         def encode_patch(job):
@@ -82,18 +90,26 @@ KILL_POINTS = {
                 die()
             return _encode_patch(job)
         enc.encode_patch = encode_patch
-        """, 2, {"shard-00000", "shard-00001"}),
+        """,
+        2,
+        {"shard-00000", "shard-00001"},
+    ),
     # shard 2's LMDB, keys, rows and shard.json are written under .tmp-shard-00002-*, not yet renamed
-    "between shard write and rename": ("""
+    "between shard write and rename": (
+        """
         _rename = os.rename
         def rename(src, dst, *a, **k):
             if os.path.basename(str(src)).startswith(".tmp-shard-00002"):
                 die()
             return _rename(src, dst, *a, **k)
         os.rename = rename
-        """, 2, {"shard-00000", "shard-00001", ".tmp-shard-00002-*"}),
+        """,
+        2,
+        {"shard-00000", "shard-00001", ".tmp-shard-00002-*"},
+    ),
     # shard 1 is in place, but its resume record was never written: it must be re-encoded
-    "after rename, before the resume record": ("""
+    "after rename, before the resume record": (
+        """
         import reben_tools.release.encode as enc
         _write = enc.write_json_atomic
         def write_json_atomic(path, data):
@@ -101,17 +117,27 @@ KILL_POINTS = {
                 die()
             return _write(path, data)
         enc.write_json_atomic = write_json_atomic
-        """, 1, {"shard-00000", "shard-00001"}),
+        """,
+        1,
+        {"shard-00000", "shard-00001"},
+    ),
     # every shard finished, patches.parquet written, the metadata files not
-    "during metadata": ("""
+    "during metadata": (
+        """
         import reben_tools.release.encode as enc
         def write_metadata(*a, **k):
             die()
         enc.write_metadata = write_metadata
-        """, 4, {"shard-00000", "shard-00001", "shard-00002", "shard-00003"}),
+        """,
+        4,
+        {"shard-00000", "shard-00001", "shard-00002", "shard-00003"},
+    ),
     # the manifest's temporary file is written, the rename into manifest.json never happens
     "during the manifest write": (
-        DIE_DURING_MANIFEST_WRITE, 0, {"shard-00000", "shard-00001", "shard-00002", "shard-00003"}),
+        DIE_DURING_MANIFEST_WRITE,
+        0,
+        {"shard-00000", "shard-00001", "shard-00002", "shard-00003"},
+    ),
 }
 
 
@@ -176,7 +202,9 @@ def test_killed_parent_takes_its_pool_workers_along_then_resume(release, referen
     die with it (they would otherwise wait forever on their task queue, holding the
     output lock they inherited), the lock is free at once, and a resume completes."""
     out = tmp_path / "archive"
-    fault = SLOW_PATCHES.format(seconds=0.15) + """
+    fault = (
+        SLOW_PATCHES.format(seconds=0.15)
+        + """
 import reben_tools.release.encode as _enc2
 _write = _enc2.write_json_atomic
 def _record(path, data):
@@ -185,6 +213,7 @@ def _record(path, data):
         die()  # the parent dies right after recording its first finished shard
 _enc2.write_json_atomic = _record
 """
+    )
     killed = run_cli_with_fault(encode_args(release, out, PER_SHARD, workers=2), fault, timeout=60)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert wait_for_lock_free(out, seconds=10) < 5
@@ -274,10 +303,14 @@ def test_a_second_encode_on_the_same_output_refuses_naming_the_first(release, re
 
 def test_the_lock_is_released_by_the_kernel_when_its_holder_is_killed(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from reben_tools.format.locking import OutputLock\n"
-         f"lock = OutputLock({str(tmp_path)!r}, 'holder'); lock.acquire(); print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from reben_tools.format.locking import OutputLock\n"
+            f"lock = OutputLock({str(tmp_path)!r}, 'holder'); lock.acquire(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(OutputLockedError, match=f"pid {holder.pid} on .* \\(holder\\) holds"):
@@ -342,9 +375,7 @@ def test_readers_during_merge_see_nothing_or_everything(reference, tmp_path):
     assert seen["error"] >= 3 and seen["complete"] >= 1, seen
 
 
-def test_readers_during_a_resumed_encode_see_a_clear_error_until_the_archive_is_complete(
-    release, reference, tmp_path
-):
+def test_readers_during_a_resumed_encode_see_a_clear_error_until_the_archive_is_complete(release, reference, tmp_path):
     out = tmp_path / "archive"
     fault, _, _ = KILL_POINTS["during a block"]
     assert run_cli_with_fault(encode_args(release, out, PER_SHARD), fault).returncode == -signal.SIGKILL
@@ -407,7 +438,9 @@ def test_two_concurrent_merges_into_one_directory_one_wins_the_other_says_so(ref
     loser = next(err for rc, _, err in results if rc == 1)
     assert "Traceback" not in loser
     # overlapping: the loser finds the directory filled at its rename; otherwise it refuses up front
-    assert (f"error: {out}: was written by another process during the merge" in loser
-            or f"error: {out}: exists and is not an empty directory" in loser), loser
+    assert (
+        f"error: {out}: was written by another process during the merge" in loser
+        or f"error: {out}: exists and is not an empty directory" in loser
+    ), loser
     assert lmdb_items(out) == expected
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]  # no temporary directory left

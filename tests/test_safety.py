@@ -4,7 +4,6 @@ overwrites, `reben split` with the archive's own tile side and loud empty-split 
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pyarrow as pa
@@ -73,7 +72,9 @@ def _archive(tmp_path, n=10, side=12_600.0, products=(PRODUCT,)):
     ids = [f"{p}_{x:02d}_{y:02d}" for p in products for x, y in zip(xs, ys)]
     split = list(reben_split(np.tile(xs, len(products)), np.tile(ys, len(products)), side))
     pq.write_table(pa.table({"patch_id": ids, "split": split}), archive / METADATA_FILE)
-    pq.write_table(pa.table({"patch_id": ids, "split": split, "tile_side_m": [side] * len(ids)}), archive / PATCHES_FILE)
+    pq.write_table(
+        pa.table({"patch_id": ids, "split": split, "tile_side_m": [side] * len(ids)}), archive / PATCHES_FILE
+    )
     return archive
 
 
@@ -83,7 +84,7 @@ def test_guard_refuses_the_archive_and_its_own_files_and_allows_new_paths(tmp_pa
         with pytest.raises(ArchiveOverwriteError, match="refusing"):
             check_output_path(path)
     assert find_archive(archive / "audit") is None
-    check_output_path(archive / "audit")            # a new folder inside the archive directory
+    check_output_path(archive / "audit")  # a new folder inside the archive directory
     check_output_path(tmp_path / "with_split.parquet")
 
 
@@ -99,8 +100,11 @@ def test_split_refuses_to_overwrite_the_archive_metadata_with_one_line(tmp_path)
         split_file(archive / METADATA_FILE, archive / PATCHES_FILE)
     with pytest.raises(ArchiveOverwriteError):
         run_audit(archive, archive)
-    for args in (["audit", str(archive), "--out", str(archive)],
-                 ["merge", str(archive), str(archive)], ["export-tiff", str(archive), str(archive / "shards")]):
+    for args in (
+        ["audit", str(archive), "--out", str(archive)],
+        ["merge", str(archive), str(archive)],
+        ["export-tiff", str(archive), str(archive / "shards")],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and "refusing" in result.output, args
 
@@ -112,7 +116,10 @@ def test_split_of_metadata_beside_patches_gives_the_archives_own_split(tmp_path)
     result = runner.invoke(app, ["split", str(archive / METADATA_FILE), "--strategy", "reben", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "tile side 12,600 m, from " + str(archive / PATCHES_FILE) in result.output
-    assert pq.read_table(out).column("split").to_pylist() == pq.read_table(archive / METADATA_FILE).column("split").to_pylist()
+    assert (
+        pq.read_table(out).column("split").to_pylist()
+        == pq.read_table(archive / METADATA_FILE).column("split").to_pylist()
+    )
     # 10 x 10 patches, side 12,600 m: centre distances to the nearer border along one axis are
     # 600, 1800, 3000, 4200, 5400, 6000, 4800, 3600, 2400, 1200 m; train below 1,845.6 m (3 of 10
     # indices), validation below 3,150 m (2 more): test 5 x 5 = 25, train 100 - 7 x 7 = 51, validation 24

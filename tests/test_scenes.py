@@ -5,11 +5,12 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pipeline_fixtures as fx
 import pytest
 import rasterio
 
-import pipeline_fixtures as fx
-from reben_tools.build.scenes import S1Warper, SceneError, open_s1_scene, open_s2_product, read_block
+from reben_tools.builder.s1_warp import S1Warper
+from reben_tools.builder.scenes import SceneError, open_s1_scene, open_s2_product, read_block
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,9 @@ def test_geotiff_product_and_offset_default(products):
     _, arrays, _, tif = products
     product = open_s2_product(tif)
     assert product.layout == "GeoTIFF"
-    assert product.band_paths["B02"].name.endswith("_B02_10m.tif") and product.band_paths["B05"].name.endswith("_B05.tif")
+    assert product.band_paths["B02"].name.endswith("_B02_10m.tif") and product.band_paths["B05"].name.endswith(
+        "_B05.tif"
+    )
     assert product.boa_add_offset is None  # no MTD_MSIL2A.xml: unknown, whatever the baseline
     assert open_s2_product(product.path, boa_add_offset=0).boa_add_offset == 0  # set by the config
     pixels = read_block(product, product.grid.blocks(1)[0], bands=("B12",))
@@ -120,22 +123,34 @@ def test_s1_scene_errors(tmp_path):
 
 
 def test_tiled_jp2_blocks_read_by_tile_rows_equal_direct_reads(tmp_path):
-    from reben_tools.build import scenes
+    from reben_tools.builder import scenes
 
     # a 60 m-like raster of 200 x 200 pixels in 64 x 64 JPEG2000 tiles
     rng = np.random.default_rng(3)
     data = rng.integers(1, 60000, size=(200, 200), dtype=np.uint16)
     path = tmp_path / "tiled.jp2"
-    with rasterio.open(path, "w", driver="JP2OpenJPEG", width=200, height=200, count=1, dtype="uint16",
-                       crs="EPSG:32633", transform=rasterio.Affine(60, 0, 0, 0, -60, 0), QUALITY="100",
-                       REVERSIBLE="YES", BLOCKXSIZE="64", BLOCKYSIZE="64") as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="JP2OpenJPEG",
+        width=200,
+        height=200,
+        count=1,
+        dtype="uint16",
+        crs="EPSG:32633",
+        transform=rasterio.Affine(60, 0, 0, 0, -60, 0),
+        QUALITY="100",
+        REVERSIBLE="YES",
+        BLOCKXSIZE="64",
+        BLOCKYSIZE="64",
+    ) as ds:
         ds.write(data, 1)
     scenes.forget_tile_rows()
     with rasterio.open(path) as ds:
         assert ds.block_shapes[0][0] == 64
         for row0 in range(0, 200 - 40, 40):  # windows of 40 rows: consecutive ones share a tile row
             window = scenes.Window(0, row0, 180, 40)
-            np.testing.assert_array_equal(scenes._read_by_tile_rows(ds, window), data[row0:row0 + 40, :180])
+            np.testing.assert_array_equal(scenes._read_by_tile_rows(ds, window), data[row0 : row0 + 40, :180])
             kept_row, kept = next(iter(scenes._LAST_TILE_ROW.values()))
             assert kept_row == (row0 + 39) // 64 * 64 and kept.shape[1] == 200
     scenes.forget_tile_rows()
@@ -149,8 +164,17 @@ def test_linear_sigma0_is_refused_or_converted(tmp_path):
     linear = np.full((40, 40), 0.05, np.float32)  # -13.0103 dB
     linear[:, :10] = 0.0  # untagged no-data
     for pol in ("VV", "VH"):
-        with rasterio.open(scene / f"s_{pol}.tif", "w", driver="GTiff", width=40, height=40, count=1, dtype="float32",
-                           crs="EPSG:3035", transform=rasterio.Affine(20, 0, 4_000_000, 0, -20, 3_000_000)) as ds:
+        with rasterio.open(
+            scene / f"s_{pol}.tif",
+            "w",
+            driver="GTiff",
+            width=40,
+            height=40,
+            count=1,
+            dtype="float32",
+            crs="EPSG:3035",
+            transform=rasterio.Affine(20, 0, 4_000_000, 0, -20, 3_000_000),
+        ) as ds:
             ds.write(linear, 1)
     with pytest.raises(SceneError, match="linear sigma0") as err:
         open_s1_scene(scene)

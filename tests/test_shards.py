@@ -8,11 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from reben_tools.format.layout import ArchiveError, FLAGGED_METADATA_FILE, METADATA_FILE
+from reben_tools.format.codec import encode_reference_map
+from reben_tools.format.layout import FLAGGED_METADATA_FILE, METADATA_FILE, ArchiveError
 from reben_tools.format.metadata import METADATA_SCHEMA, read_metadata, write_metadata
 from reben_tools.format.reader import Archive
 from reben_tools.format.shards import ContentDigest, read_shard_info, remove_stale_temporaries, write_shard
-from reben_tools.format.codec import encode_reference_map
 
 
 def items(n, offset=0):
@@ -65,9 +65,17 @@ def test_stale_temporaries_removed(tmp_path):
 
 
 def _row(pid, split="train", snow=False, cloud=False):
-    return {"patch_id": pid, "labels": ["Arable land", "Mixed forest"], "split": split, "country": "Austria",
-            "s1_name": "S1B_IW_GRDH_1SDV_20170612T165809_33UUP_26_57", "s2v1_name": None,
-            "contains_seasonal_snow": snow, "contains_cloud_or_shadow": cloud, "extra": 1}
+    return {
+        "patch_id": pid,
+        "labels": ["Arable land", "Mixed forest"],
+        "split": split,
+        "country": "Austria",
+        "s1_name": "S1B_IW_GRDH_1SDV_20170612T165809_33UUP_26_57",
+        "s2v1_name": None,
+        "contains_seasonal_snow": snow,
+        "contains_cloud_or_shadow": cloud,
+        "extra": 1,
+    }
 
 
 def test_metadata_files_split_by_flags_sorted_with_exact_schema(tmp_path):

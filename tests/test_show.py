@@ -6,23 +6,24 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.image as mpimg  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
+import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from figure_layout import assert_readable
+from training_archive import build_learnable_archive
+from typer.testing import CliRunner
 
-from figure_layout import assert_readable  # noqa: E402
-from training_archive import build_learnable_archive  # noqa: E402
-from reben_tools.cli import app  # noqa: E402
-from reben_tools.data import ReBENDataset  # noqa: E402
-from reben_tools.format.labels import clc_legend  # noqa: E402
+from reben_tools.cli import app
+from reben_tools.data import ReBENDataset
+from reben_tools.format.labels import clc_legend
 
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
-    return build_learnable_archive(tmp_path_factory.mktemp("show") / "archive",
-                                   counts={"train": 3, "validation": 1, "test": 1}, shards=1)
+    return build_learnable_archive(
+        tmp_path_factory.mktemp("show") / "archive", counts={"train": 3, "validation": 1, "test": 1}, shards=1
+    )
 
 
 def test_plot_draws_rgb_vv_vh_and_the_reference_map_in_corine_colours(archive):
@@ -51,7 +52,11 @@ def test_plot_draws_rgb_vv_vh_and_the_reference_map_in_corine_colours(archive):
 def test_plot_leaves_out_bands_the_dataset_does_not_hold(archive):
     dataset = ReBENDataset(archive["root"], bands="S1")
     figure = dataset.plot(dataset[0])
-    assert [axis.get_title() for axis in figure.axes] == ["Sentinel-1 VV", "Sentinel-1 VH", "Reference map (CORINE 2018)"]
+    assert [axis.get_title() for axis in figure.axes] == [
+        "Sentinel-1 VV",
+        "Sentinel-1 VH",
+        "Reference map (CORINE 2018)",
+    ]
     plt.close(figure)
 
 
@@ -63,8 +68,19 @@ def test_reben_show_writes_the_png_and_names_a_missing_patch_in_one_line(archive
     assert result.output == f"{out}: {patch}\n"
     picture = mpimg.imread(out)
     assert picture.ndim == 3 and picture.shape[1] > 2 * picture.shape[0]
-    result = CliRunner().invoke(app, ["show", str(archive["root"]), "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_99_99",
-                                      "--out", str(tmp_path / "none.png")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "show",
+            str(archive["root"]),
+            "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_99_99",
+            "--out",
+            str(tmp_path / "none.png"),
+        ],
+    )
     assert result.exit_code == 1
-    assert result.output.count("\n") == 1 and "no patch 'S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_99_99'" in result.output
+    assert (
+        result.output.count("\n") == 1
+        and "no patch 'S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_99_99'" in result.output
+    )
     assert not (tmp_path / "none.png").exists()

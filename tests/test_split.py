@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from shapely.geometry import box
 from typer.testing import CliRunner
 
-from reben_tools.format.metadata import METADATA_SCHEMA
 from reben_tools.cli import app
+from reben_tools.format.metadata import METADATA_SCHEMA
 from reben_tools.splits.patches import SplitInputError, load_patches, patches_from_table
 from reben_tools.splits.strategies import (
     RebenSplit,
@@ -51,13 +51,32 @@ def grid(n: int, m: int | None = None) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize(
     "x, y, expected",
     [
-        (0, 0, "train"), (90, 0, "train"), (0, 90, "train"), (90, 90, "train"),  # corners
-        (45, 45, "test"), (45, 44, "test"), (23, 23, "test"), (68, 68, "test"),  # centre square
-        (12, 45, "train"), (13, 45, "validation"), (22, 45, "validation"), (23, 45, "test"),
-        (68, 45, "test"), (69, 45, "validation"), (77, 45, "validation"), (78, 45, "train"),
-        (45, 12, "train"), (45, 13, "validation"), (45, 22, "validation"), (45, 23, "test"),
-        (45, 78, "train"), (45, 69, "validation"),
-        (13, 13, "validation"), (22, 68, "validation"), (23, 69, "validation"), (12, 40, "train"),
+        (0, 0, "train"),
+        (90, 0, "train"),
+        (0, 90, "train"),
+        (90, 90, "train"),  # corners
+        (45, 45, "test"),
+        (45, 44, "test"),
+        (23, 23, "test"),
+        (68, 68, "test"),  # centre square
+        (12, 45, "train"),
+        (13, 45, "validation"),
+        (22, 45, "validation"),
+        (23, 45, "test"),
+        (68, 45, "test"),
+        (69, 45, "validation"),
+        (77, 45, "validation"),
+        (78, 45, "train"),
+        (45, 12, "train"),
+        (45, 13, "validation"),
+        (45, 22, "validation"),
+        (45, 23, "test"),
+        (45, 78, "train"),
+        (45, 69, "validation"),
+        (13, 13, "validation"),
+        (22, 68, "validation"),
+        (23, 69, "validation"),
+        (12, 40, "train"),
     ],
 )
 def test_reben_full_tile_positions(x, y, expected):
@@ -98,7 +117,11 @@ def test_reben_strategy_from_ids_and_tile_side_column():
     assert set(RebenSplit().assign(plain)) == {"train"}
     assert list(RebenSplit(tile_side_m=12_000).assign(plain)) == ["train", "validation", "test", "test", "train"]
     assert list(RebenSplit().assign(patches_from_table(table.drop(["tile_side_m"]), tile_side_m=12_000))) == [
-        "train", "validation", "test", "test", "train"
+        "train",
+        "validation",
+        "test",
+        "test",
+        "train",
     ]
 
 
@@ -114,7 +137,9 @@ def test_v1_blocks_two_train_one_validation_one_test_per_block():
     for code in np.unique(block)[:200]:
         assert sorted(splits[block == code]) == ["test", "train", "train", "validation"]
     # the arrangement is drawn: all 12 distinct arrangements occur over 2,025 blocks
-    arrangements = {tuple(splits[(block == c)][np.argsort((x % 2 + 2 * (y % 2))[block == c])]) for c in np.unique(block)}
+    arrangements = {
+        tuple(splits[(block == c)][np.argsort((x % 2 + 2 * (y % 2))[block == c])]) for c in np.unique(block)
+    }
     assert len(arrangements) == 12
 
 
@@ -225,7 +250,10 @@ def test_ids_parse_like_naming(tmp_path):
     for i, name in enumerate(ids):
         parsed = parse_patch_id(name)
         assert (patches.x[i], patches.y[i], patches.tile[i], patches.product[i]) == (
-            parsed.x, parsed.y, parsed.tile, parsed.product
+            parsed.x,
+            parsed.y,
+            parsed.tile,
+            parsed.product,
         )
     # centre of 33UUP patch (7, 88): (300000 + 8400 + 600, 5400000 - 105600 - 600)
     assert (patches.centre_x[1], patches.centre_y[1]) == (309000.0, 5293800.0)
@@ -233,10 +261,14 @@ def test_ids_parse_like_naming(tmp_path):
 
 
 def test_positions_from_ulx_uly_crs_columns():
-    table = pa.table({
-        "patch_id": ids_for(PRODUCT, [1, 2], [1, 2]),
-        "ulx": [1000.0, None], "uly": [2000.0, None], "crs": ["EPSG:3035", None],
-    })
+    table = pa.table(
+        {
+            "patch_id": ids_for(PRODUCT, [1, 2], [1, 2]),
+            "ulx": [1000.0, None],
+            "uly": [2000.0, None],
+            "crs": ["EPSG:3035", None],
+        }
+    )
     patches = patches_from_table(table)
     assert (patches.epsg[0], patches.centre_x[0], patches.centre_y[0]) == (3035, 1600.0, 1400.0)
     assert (patches.epsg[1], patches.centre_x[1], patches.centre_y[1]) == (32633, 303000.0, 5397000.0)
@@ -245,9 +277,15 @@ def test_positions_from_ulx_uly_crs_columns():
 @pytest.mark.parametrize(
     "ids, message",
     [
-        ([f"{PRODUCT}_01_01", "not_an_id", f"{PRODUCT}_1_1", None], r"3 malformed or missing patch id\(s\): row 1: 'not_an_id', row 2: '.*_1_1', row 3: None"),
+        (
+            [f"{PRODUCT}_01_01", "not_an_id", f"{PRODUCT}_1_1", None],
+            r"3 malformed or missing patch id\(s\): row 1: 'not_an_id', row 2: '.*_1_1', row 3: None",
+        ),
         ([f"{PRODUCT}_01_01", f"{PRODUCT}_02_01", f"{PRODUCT}_01_01"], r"1 duplicate patch id\(s\).*row 2: '.*_01_01'"),
-        ([f"{PRODUCT}_01_01", "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUK_01_01"], r"unknown MGRS tile: row 1: '.*T33UUK_01_01'"),
+        (
+            [f"{PRODUCT}_01_01", "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUK_01_01"],
+            r"unknown MGRS tile: row 1: '.*T33UUK_01_01'",
+        ),
     ],
 )
 def test_bad_ids_are_listed_and_nothing_is_written(tmp_path, ids, message):
@@ -276,7 +314,8 @@ def test_split_file_keeps_rows_columns_and_geoparquet_metadata(tmp_path):
     ids = ids_for(PRODUCT, xs, ys)
     frame = gpd.GeoDataFrame(
         {"patch_id": ids, "split": ["test"] * 4, "country": ["Austria"] * 4, "x": xs},
-        geometry=[box(12, 48, 12.01, 48.01)] * 4, crs="EPSG:4326",
+        geometry=[box(12, 48, 12.01, 48.01)] * 4,
+        crs="EPSG:4326",
     )
     archive = tmp_path / "archive"
     archive.mkdir()
@@ -296,8 +335,16 @@ def test_split_file_keeps_rows_columns_and_geoparquet_metadata(tmp_path):
 def test_metadata_parquet_input_keeps_schema(tmp_path):
     ids = ids_for(PRODUCT, [0, 45], [0, 45])
     rows = [
-        {"patch_id": pid, "labels": ["Pastures"], "split": "train", "country": "Austria", "s1_name": "s1",
-         "s2v1_name": None, "contains_seasonal_snow": False, "contains_cloud_or_shadow": flagged}
+        {
+            "patch_id": pid,
+            "labels": ["Pastures"],
+            "split": "train",
+            "country": "Austria",
+            "s1_name": "s1",
+            "s2v1_name": None,
+            "contains_seasonal_snow": False,
+            "contains_cloud_or_shadow": flagged,
+        }
         for pid, flagged in zip(ids, [False, True])
     ]
     table = pa.Table.from_pylist(rows, schema=METADATA_SCHEMA)
@@ -319,7 +366,10 @@ def test_cli_split_and_error(tmp_path):
     result = runner.invoke(app, ["split", str(source), "--strategy", "v1-blocks", "--out", str(tmp_path / "o.parquet")])
     assert result.exit_code == 0, result.output
     assert "train 8 (50.0%), validation 4 (25.0%), test 4 (25.0%)" in result.output
-    assert sorted(pq.read_table(tmp_path / "o.parquet").column("split").to_pylist()) == ["test"] * 4 + ["train"] * 8 + ["validation"] * 4
+    assert (
+        sorted(pq.read_table(tmp_path / "o.parquet").column("split").to_pylist())
+        == ["test"] * 4 + ["train"] * 8 + ["validation"] * 4
+    )
     pq.write_table(pa.table({"patch_id": ["bad"]}), tmp_path / "bad.parquet")
     result = runner.invoke(app, ["split", str(tmp_path / "bad.parquet"), "--out", str(tmp_path / "b.parquet")])
     assert result.exit_code == 1
@@ -377,10 +427,14 @@ def test_spatial_blocks_country_balance():
 
 def test_tile_x_y_columns_place_non_reben_ids():
     # an archive encoded from BigEarthNet v1 names: ids without tile, positions in tile / x / y
-    table = pa.table({
-        "patch_id": ["S2A_MSIL2A_20170613T101031_87_48", "S2A_MSIL2A_20170613T101031_45_45", f"{PRODUCT}_00_00"],
-        "tile": ["33UUP", "T33UUP", "33UUP"], "x": [87, 45, 0], "y": [48, 45, 0],
-    })
+    table = pa.table(
+        {
+            "patch_id": ["S2A_MSIL2A_20170613T101031_87_48", "S2A_MSIL2A_20170613T101031_45_45", f"{PRODUCT}_00_00"],
+            "tile": ["33UUP", "T33UUP", "33UUP"],
+            "x": [87, 45, 0],
+            "y": [48, 45, 0],
+        }
+    )
     patches = patches_from_table(table)
     assert list(patches.x) == [87, 45, 0] and list(patches.tile) == ["33UUP"] * 3
     assert list(patches.product) == ["S2A_MSIL2A_20170613T101031", "S2A_MSIL2A_20170613T101031", PRODUCT]

@@ -10,14 +10,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from training_archive import build_learnable_archive
 from typer.testing import CliRunner
 
 from reben_tools.cli import app
 from reben_tools.format.labels import ALPHABETICAL_ORDER
 from reben_tools.format.metadata import METADATA_SCHEMA
-from reben_tools.learn.dataset import ReBENDataset
+from reben_tools.learn.data.dataset import ReBENDataset
 from reben_tools.splits.subsets import SubsetError, fraction_indices, labels_matrix, subset_table
-from training_archive import build_learnable_archive
 
 COUNTS = {"train": 40, "validation": 8, "test": 8}
 
@@ -109,8 +109,21 @@ def test_bad_fraction(fraction):
 def test_subset_command_keeps_schema_and_other_splits(archive, tmp_path):
     out = tmp_path / "subset.parquet"
     report = tmp_path / "labels.json"
-    result = CliRunner().invoke(app, ["subset", str(archive["root"]), "--fraction", "0.25", "--seed", "3", "--out",
-                                      str(out), "--report", str(report)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "subset",
+            str(archive["root"]),
+            "--fraction",
+            "0.25",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+        ],
+    )
     assert result.exit_code == 0, result.output
     table = pq.read_table(out)
     assert table.schema.equals(METADATA_SCHEMA)
@@ -143,14 +156,30 @@ def test_subset_command_errors(tmp_path):
     pq.write_table(pa.table({"patch_id": ["a"]}), bad)
     result = CliRunner().invoke(app, ["subset", str(bad), "--fraction", "0.1", "--out", str(tmp_path / "o.parquet")])
     assert result.exit_code == 1 and str(bad) in result.output and "missing column" in result.output
-    result = CliRunner().invoke(app, ["subset", str(tmp_path / "nope"), "--fraction", "0.1", "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app, ["subset", str(tmp_path / "nope"), "--fraction", "0.1", "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 1 and "no such file" in result.output
-    rows = pa.Table.from_pylist([{"patch_id": "a", "labels": ["Pastures"], "split": "test", "country": "AT",
-                                  "s1_name": "s", "s2v1_name": "v", "contains_seasonal_snow": False,
-                                  "contains_cloud_or_shadow": False}], schema=METADATA_SCHEMA)
+    rows = pa.Table.from_pylist(
+        [
+            {
+                "patch_id": "a",
+                "labels": ["Pastures"],
+                "split": "test",
+                "country": "AT",
+                "s1_name": "s",
+                "s2v1_name": "v",
+                "contains_seasonal_snow": False,
+                "contains_cloud_or_shadow": False,
+            }
+        ],
+        schema=METADATA_SCHEMA,
+    )
     only_test = tmp_path / "t.parquet"
     pq.write_table(rows, only_test)
-    result = CliRunner().invoke(app, ["subset", str(only_test), "--fraction", "0.1", "--out", str(tmp_path / "o.parquet")])
+    result = CliRunner().invoke(
+        app, ["subset", str(only_test), "--fraction", "0.1", "--out", str(tmp_path / "o.parquet")]
+    )
     assert result.exit_code == 1 and "no 'train' rows" in result.output
 
 
@@ -164,26 +193,51 @@ def test_subset_table_rejects_unknown_labels():
 
 
 def test_train_with_train_fraction(archive, tmp_path):
-    from reben_tools.learn.config import TrainConfig
-    from reben_tools.learn.loop import train
+    from reben_tools.learn.runtime.config import TrainConfig
+    from reben_tools.learn.training.loop import train
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        config = TrainConfig(archive=str(archive["root"]), bands="S1", model="resnet_micro", out=str(tmp_path / "r"),
-                             epochs=1, batch_size=5, workers=0, device="cpu", progress=False, evaluate_test=False,
-                             train_fraction=0.25, model_kwargs=dict(stem_width=4, widths=(4, 4, 4, 4)))
+        config = TrainConfig(
+            archive=str(archive["root"]),
+            bands="S1",
+            model="resnet_micro",
+            out=str(tmp_path / "r"),
+            epochs=1,
+            batch_size=5,
+            workers=0,
+            device="cpu",
+            progress=False,
+            evaluate_test=False,
+            train_fraction=0.25,
+            model_kwargs=dict(stem_width=4, widths=(4, 4, 4, 4)),
+        )
         metrics = train(config)
     finally:
         torch.set_num_threads(threads)
     assert metrics["steps"] == 2  # 10 of 40 train patches, batch 5
-    from reben_tools.learn.checkpoints import CheckpointError
+    from reben_tools.learn.runtime.checkpoints import CheckpointError
 
     config.train_fraction = 0.5
     with pytest.raises(CheckpointError, match=r"--train-fraction 0.5 \(the run has 0.25\)"):
         train(config, resume=True, given={"train_fraction"})
     stored = json.loads((tmp_path / "r" / "config.json").read_text())
     assert stored["train_fraction"] == 0.25 and stored["subset_seed"] == 0
-    result = CliRunner().invoke(app, ["train", "--archive", str(archive["root"]), "--out", str(tmp_path / "x"),
-                                      "--bands", "S1", "--model", "resnet_micro", "--train-fraction", "1.5"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--archive",
+            str(archive["root"]),
+            "--out",
+            str(tmp_path / "x"),
+            "--bands",
+            "S1",
+            "--model",
+            "resnet_micro",
+            "--train-fraction",
+            "1.5",
+        ],
+    )
     assert result.exit_code == 2 and "--train-fraction must be in (0, 1]" in result.output

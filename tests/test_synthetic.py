@@ -1,4 +1,4 @@
-"""Tests of the demo-region generator (reben_tools.build.demo_region).
+"""Tests of the demo-region generator (reben_tools.builder.demo_region).
 
 One region is generated per module (about 10 s of CPU) and every fact the
 generator states is checked against the files it wrote, read back with
@@ -22,20 +22,30 @@ from rasterio.features import rasterize
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, reproject
 
+from reben_tools.builder.demo_region.design import _PRODUCTS
+from reben_tools.builder.demo_region.geometry import _frame
+from reben_tools.builder.demo_region.land_cover import _build_corine
+from reben_tools.builder.demo_region.raster_sink import JP2_CREATION_OPTIONS
+from reben_tools.builder.demo_region.region import generate_region, tree_digest
+from reben_tools.builder.demo_region.results import DemoRegion
+from reben_tools.builder.demo_region.s2_render import _render_block
 from reben_tools.format.labels import clc_legend
 from reben_tools.format.naming import parse_s2_product_name
-from reben_tools.build.demo_region.design import _PRODUCTS
-from reben_tools.build.demo_region.geometry import _frame
-from reben_tools.build.demo_region.land_cover import _build_corine
-from reben_tools.build.demo_region.raster_sink import JP2_CREATION_OPTIONS
-from reben_tools.build.demo_region.region import generate_region, tree_digest
-from reben_tools.build.demo_region.results import DemoRegion
-from reben_tools.build.demo_region.s2_render import _render_block
 
 NATIVE = {
-    "B02": 10, "B03": 10, "B04": 10, "B08": 10,
-    "B05": 20, "B06": 20, "B07": 20, "B8A": 20, "B11": 20, "B12": 20, "SCL": 20,
-    "B01": 60, "B09": 60,
+    "B02": 10,
+    "B03": 10,
+    "B04": 10,
+    "B08": 10,
+    "B05": 20,
+    "B06": 20,
+    "B07": 20,
+    "B8A": 20,
+    "B11": 20,
+    "B12": 20,
+    "SCL": 20,
+    "B01": 60,
+    "B09": 60,
 }
 # Real Sentinel-2 tile corners (MTD_TL.xml Geoposition of real products of these tiles)
 TILE_CORNERS = {"31UGR": (32631, 699960.0, 5600040.0), "32ULV": (32632, 300000.0, 5500020.0)}
@@ -145,8 +155,18 @@ def test_jp2_options_round_trip_uint16_exactly(tmp_path):
     data = rng.integers(0, 65536, (130, 170), dtype=np.uint16)
     data[:7] = 0
     path = tmp_path / "x.jp2"
-    with rasterio.open(path, "w", driver="JP2OpenJPEG", width=170, height=130, count=1, dtype="uint16",
-                       crs="EPSG:32631", transform=from_origin(699960, 5600040, 10, 10), **JP2_CREATION_OPTIONS) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="JP2OpenJPEG",
+        width=170,
+        height=130,
+        count=1,
+        dtype="uint16",
+        crs="EPSG:32631",
+        transform=from_origin(699960, 5600040, 10, 10),
+        **JP2_CREATION_OPTIONS,
+    ) as ds:
         ds.write(data, 1)
     with rasterio.open(path) as ds:
         assert np.array_equal(ds.read(1), data)
@@ -156,7 +176,7 @@ def test_generated_jp2_bands_hold_exactly_the_rendered_values(region):
     design = _PRODUCTS[1]  # the N0500 winter product with no data and snow
     product = _product(region, "31UGR", "201712")
     assert product.name == design.name
-    from reben_tools.build.demo_region.land_cover import _land_cover
+    from reben_tools.builder.demo_region.land_cover import _land_cover
 
     frame = _frame("31UGR", 10)
     corine = _build_corine({"31UGR": frame}, seed=0)
@@ -178,7 +198,7 @@ def test_mtd_declares_the_offset_exactly_for_baselines_from_n0400(region):
         assert uri == product.name
         if parse_s2_product_name(product.name).baseline_number >= 400:
             values = {int(e.get("band_id")): int(e.text) for e in offsets.findall("BOA_ADD_OFFSET")}
-            assert values == {i: -1000 for i in range(13)}
+            assert values == dict.fromkeys(range(13), -1000)
             assert product.boa_add_offset == -1000
         else:
             assert offsets is None
@@ -208,7 +228,13 @@ def test_nodata_patches_are_exactly_the_designed_ones(region):
         bands = {band: _read(product, band) for band in NATIVE if band != "SCL"}
         for (x, y), patch in product.patches.items():
             zero = any(
-                (a[y * (1200 // NATIVE[b]):(y + 1) * (1200 // NATIVE[b]), x * (1200 // NATIVE[b]):(x + 1) * (1200 // NATIVE[b])] == 0).any()
+                (
+                    a[
+                        y * (1200 // NATIVE[b]) : (y + 1) * (1200 // NATIVE[b]),
+                        x * (1200 // NATIVE[b]) : (x + 1) * (1200 // NATIVE[b]),
+                    ]
+                    == 0
+                ).any()
                 for b, a in bands.items()
             )
             assert zero == patch.has_nodata, patch.patch_id
@@ -222,11 +248,13 @@ def test_scl_fractions_and_flag_lists_match_the_files(region):
     for product in region.products:
         scl = _read(product, "SCL")
         for (x, y), patch in product.patches.items():
-            window = scl[y * 60:(y + 1) * 60, x * 60:(x + 1) * 60]
+            window = scl[y * 60 : (y + 1) * 60, x * 60 : (x + 1) * 60]
             assert patch.snow_fraction == np.isin(window, [11]).mean()
             assert patch.cloud_or_shadow_fraction == np.isin(window, [3, 8, 9, 10]).mean()
     winter = _product(region, "31UGR", "201712")
-    assert {k for k, p in winter.patches.items() if p.snow_fraction == 1.0} == {(x, y) for x in range(3) for y in (7, 8, 9)}
+    assert {k for k, p in winter.patches.items() if p.snow_fraction == 1.0} == {
+        (x, y) for x in range(3) for y in (7, 8, 9)
+    }
     assert winter.patches[(3, 8)].snow_fraction == 0.5
     summer = _product(region, "31UGR", "201706")
     summer_scl = _read(summer, "SCL")
@@ -263,8 +291,11 @@ def _reference_map(region: DemoRegion, product) -> np.ndarray:
     frame = gpd.read_file(region.corine_path, layer="clc").to_crs(f"EPSG:{product.epsg}")
     transform = from_origin(product.ulx, product.uly, 10, 10)
     return rasterize(
-        ((g, int(c)) for g, c in zip(frame.geometry, frame["Code_18"])), out_shape=(1260, 1260),
-        transform=transform, fill=999, dtype="uint16",
+        ((g, int(c)) for g, c in zip(frame.geometry, frame["Code_18"])),
+        out_shape=(1260, 1260),
+        transform=transform,
+        fill=999,
+        dtype="uint16",
     )
 
 
@@ -274,7 +305,7 @@ def test_labels_and_unlabeled_fractions_match_an_independent_rasterisation(regio
     for product in region.products:
         reference = _reference_map(region, product)
         for (x, y), patch in product.patches.items():
-            window = reference[y * 120:(y + 1) * 120, x * 120:(x + 1) * 120]
+            window = reference[y * 120 : (y + 1) * 120, x * 120 : (x + 1) * 120]
             classes = [legend[int(c)].class19 for c in np.unique(window)]
             unlabeled = float(np.isin(window, [c for c, e in legend.items() if e.class19 == "UNLABELED"]).mean())
             assert unlabeled == pytest.approx(patch.unlabeled_fraction, abs=1e-9), patch.patch_id
@@ -308,7 +339,7 @@ def test_designed_unlabeled_features_sit_on_exact_patch_fractions(region):
         assert (inside == feature.code).all()
         ring = np.ones((r1 - r0 + 2, c1 - c0 + 2), dtype=bool)
         ring[1:-1, 1:-1] = False
-        assert not (reference[r0 - 1:r1 + 1, c0 - 1:c1 + 1][ring] == feature.code).any()
+        assert not (reference[r0 - 1 : r1 + 1, c0 - 1 : c1 + 1][ring] == feature.code).any()
 
 
 def test_spectra_and_backscatter_differ_by_class(region):
@@ -328,8 +359,14 @@ def test_spectra_and_backscatter_differ_by_class(region):
     scene = next(s for s in region.s1_scenes if s.name.endswith("20170926T173110"))
     with rasterio.open(scene.vv_path) as ds:
         vv = np.full((1260, 1260), np.nan, dtype=np.float32)
-        reproject(rasterio.band(ds, 1), vv, dst_transform=from_origin(product.ulx, product.uly, 10, 10),
-                  dst_crs=f"EPSG:{product.epsg}", resampling=Resampling.nearest, dst_nodata=np.nan)
+        reproject(
+            rasterio.band(ds, 1),
+            vv,
+            dst_transform=from_origin(product.ulx, product.uly, 10, 10),
+            dst_crs=f"EPSG:{product.epsg}",
+            resampling=Resampling.nearest,
+            dst_nodata=np.nan,
+        )
     assert np.nanmean(vv[forest]) - np.nanmean(vv[water]) > 8.0
 
 
@@ -349,7 +386,7 @@ def test_s1_scenes_are_geographic_float32_db_with_nan_nodata(region):
                 data = ds.read(1)
             valid = np.isfinite(data)
             assert 0.2 < valid.mean() < 1.0  # a strip with no data around it
-            assert -35 < float(np.nanmin(data)) and float(np.nanmax(data)) < 5
+            assert float(np.nanmin(data)) > -35 and float(np.nanmax(data)) < 5
 
 
 def test_s1_partners_match_an_independent_warp(region):
@@ -369,9 +406,17 @@ def test_s1_partners_match_an_independent_warp(region):
         def fully_valid(scene, x, y) -> bool:
             data, transform = arrays[scene.name]
             dst = np.full((120, 120), np.nan, dtype=np.float32)
-            reproject(data, dst, src_transform=transform, src_crs="EPSG:4326", src_nodata=np.nan,
-                      dst_transform=from_origin(product.ulx + 1200 * x, product.uly - 1200 * y, 10, 10),
-                      dst_crs=f"EPSG:{product.epsg}", dst_nodata=np.nan, resampling=Resampling.bilinear)
+            reproject(
+                data,
+                dst,
+                src_transform=transform,
+                src_crs="EPSG:4326",
+                src_nodata=np.nan,
+                dst_transform=from_origin(product.ulx + 1200 * x, product.uly - 1200 * y, 10, 10),
+                dst_crs=f"EPSG:{product.epsg}",
+                dst_nodata=np.nan,
+                resampling=Resampling.bilinear,
+            )
             return bool(np.isfinite(dst).all())
 
         for (x, y), patch in product.patches.items():
@@ -441,7 +486,7 @@ def test_refuses_a_non_empty_folder_and_too_few_patches(tmp_path):
 
 @pytest.mark.slow
 def test_full_size_product(tmp_path):
-    from reben_tools.build.demo_region.full_size import write_full_size_product
+    from reben_tools.builder.demo_region.full_size import write_full_size_product
 
     full = write_full_size_product(tmp_path, progress=False)
     (granule,) = (full.product_dir / "GRANULE").iterdir()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reben_tools.build.tiling import Block, PatchGrid
+from reben_tools.builder.tiling import Block, PatchGrid
 
 
 def test_full_tile_has_91_by_91_patches_and_drops_the_incomplete_ones():

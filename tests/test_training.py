@@ -14,17 +14,18 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score, f1_score, hamming_loss
+from training_archive import build_learnable_archive
 from typer.testing import CliRunner
 
 from reben_tools.cli import app
-from reben_tools.learn.dataset import ReBENDataset
 from reben_tools.format.labels import ALPHABETICAL_ORDER
-from reben_tools.learn.checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from reben_tools.learn.config import TrainConfig, TrainingError
-from reben_tools.learn.distributed import EpochSampler
-from reben_tools.learn.loop import train
-from reben_tools.learn.schedule import effective_warmup, lr_factor
-from training_archive import build_learnable_archive
+from reben_tools.learn.data.dataset import ReBENDataset
+from reben_tools.learn.models.restore import model_from_checkpoint
+from reben_tools.learn.runtime.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from reben_tools.learn.runtime.config import TrainConfig, TrainingError
+from reben_tools.learn.runtime.distributed import EpochSampler
+from reben_tools.learn.runtime.schedule import effective_warmup, lr_factor
+from reben_tools.learn.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,9 +44,20 @@ def archive(tmp_path_factory) -> dict:
 
 
 def config(archive_dir, out, **overrides) -> TrainConfig:
-    base = dict(archive=str(archive_dir), bands="S1_10m_20m", model="resnet_micro", out=str(out), epochs=3,
-                batch_size=16, lr=1e-2, workers=0, device="cpu", progress=False, evaluate_test=False,
-                model_kwargs=SMALL)
+    base = dict(
+        archive=str(archive_dir),
+        bands="S1_10m_20m",
+        model="resnet_micro",
+        out=str(out),
+        epochs=3,
+        batch_size=16,
+        lr=1e-2,
+        workers=0,
+        device="cpu",
+        progress=False,
+        evaluate_test=False,
+        model_kwargs=SMALL,
+    )
     return TrainConfig(**{**base, **overrides})
 
 
@@ -83,7 +95,9 @@ def test_loss_falls_and_validation_beats_chance(trained_run, archive):
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     # chance macro AP is the mean class prevalence among classes present in validation
-    labels = np.array([[n in archive["labels"][p] for n in ALPHABETICAL_ORDER] for p in archive["patch_ids"]["validation"]])
+    labels = np.array(
+        [[n in archive["labels"][p] for n in ALPHABETICAL_ORDER] for p in archive["patch_ids"]["validation"]]
+    )
     present = labels.any(0)
     chance = labels[:, present].mean(0).mean()
     assert trained_run["metrics"]["best_validation_average_precision_macro"] > chance + 0.2
@@ -91,8 +105,15 @@ def test_loss_falls_and_validation_beats_chance(trained_run, archive):
 
 def test_run_directory_holds_checkpoints_metrics_and_plots(trained_run):
     out = trained_run["out"]
-    for name in ("config.json", "metrics.json", "curves.png", "checkpoints/last.pt", "checkpoints/best.pt",
-                 "test/metrics.json", "test/per_class.png"):
+    for name in (
+        "config.json",
+        "metrics.json",
+        "curves.png",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+        "test/metrics.json",
+        "test/per_class.png",
+    ):
         assert (out / name).is_file(), name
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((out / "metrics.json").read_text())
@@ -124,18 +145,37 @@ def test_validation_metrics_match_an_independent_computation(trained_run, archiv
 
 def test_evaluate_command_writes_metrics_and_bar_chart(trained_run, archive, tmp_path):
     ckpt = trained_run["out"] / "checkpoints" / "best.pt"
-    result = CliRunner().invoke(app, ["evaluate", "--archive", str(archive["root"]), "--checkpoint", str(ckpt),
-                                      "--split", "test", "--out", str(tmp_path / "eval"), "--device", "cpu",
-                                      "--workers", "0", "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--archive",
+            str(archive["root"]),
+            "--checkpoint",
+            str(ckpt),
+            "--split",
+            "test",
+            "--out",
+            str(tmp_path / "eval"),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert (tmp_path / "eval" / "per_class.png").read_bytes()[:4] == b"\x89PNG"
     logits, targets, _ = independent_predictions(archive["root"], ckpt, "test")
     present = targets.sum(0) > 0
     assert metrics["samples"] == 16
-    assert metrics["average_precision_micro"] == pytest.approx(average_precision_score(targets, logits, average="micro"), abs=1e-6)
+    assert metrics["average_precision_micro"] == pytest.approx(
+        average_precision_score(targets, logits, average="micro"), abs=1e-6
+    )
     assert metrics["average_precision_macro"] == pytest.approx(
-        average_precision_score(targets[:, present], logits[:, present], average="macro"), abs=1e-6)
+        average_precision_score(targets[:, present], logits[:, present], average="macro"), abs=1e-6
+    )
     assert set(metrics["per_class"]) == set(ALPHABETICAL_ORDER)
     # the end-of-training test evaluation used the same checkpoint
     run_test = json.loads((trained_run["out"] / "test" / "metrics.json").read_text())
@@ -143,9 +183,23 @@ def test_evaluate_command_writes_metrics_and_bar_chart(trained_run, archive, tmp
 
 
 def test_probe_fits_three_heads_on_frozen_features(trained_run, archive, tmp_path):
-    result = CliRunner().invoke(app, ["probe", "--archive", str(archive["root"]), "--checkpoint",
-                                      str(trained_run["out"] / "checkpoints" / "best.pt"), "--out", str(tmp_path / "p"),
-                                      "--device", "cpu", "--workers", "0", "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "probe",
+            "--archive",
+            str(archive["root"]),
+            "--checkpoint",
+            str(trained_run["out"] / "checkpoints" / "best.pt"),
+            "--out",
+            str(tmp_path / "p"),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "p" / "metrics.json").read_text())
     assert set(results["probes"]) == {"linear", "mlp", "random_forest"}
@@ -157,10 +211,20 @@ def test_probe_fits_three_heads_on_frozen_features(trained_run, archive, tmp_pat
 
 
 def test_probe_random_init_baseline_needs_model_and_bands(archive, tmp_path):
-    from reben_tools.learn.probes import probe
+    from reben_tools.learn.evaluation.probes import probe
 
-    results = probe(archive["root"], None, tmp_path, model="resnet_micro", bands="S1", probes=("linear",),
-                    device="cpu", workers=0, progress=False, max_train_samples=20)
+    results = probe(
+        archive["root"],
+        None,
+        tmp_path,
+        model="resnet_micro",
+        bands="S1",
+        probes=("linear",),
+        device="cpu",
+        workers=0,
+        progress=False,
+        max_train_samples=20,
+    )
     assert results["source"] == {"random_init": "resnet_micro"} and results["features"] == 64
     assert results["train_samples"] == 20
     with pytest.raises(TrainingError, match="--model and --bands"):
@@ -169,11 +233,22 @@ def test_probe_random_init_baseline_needs_model_and_bands(archive, tmp_path):
 
 def test_probe_on_checkpoint_features_at_train_fractions(archive, tmp_path):
     """The archive probe and the embeddings probe share one implementation: fractions, table, per-class F2."""
-    from reben_tools.learn.probes import probe
+    from reben_tools.learn.evaluation.probes import probe
     from reben_tools.splits.subsets import fraction_indices
 
-    results = probe(archive["root"], None, tmp_path, model="resnet_micro", bands="S1", probes=("linear",),
-                    device="cpu", workers=0, progress=False, fractions=(0.25, 1.0), subset_seed=2)
+    results = probe(
+        archive["root"],
+        None,
+        tmp_path,
+        model="resnet_micro",
+        bands="S1",
+        probes=("linear",),
+        device="cpu",
+        workers=0,
+        progress=False,
+        fractions=(0.25, 1.0),
+        subset_seed=2,
+    )
     ids = sorted(archive["patch_ids"]["train"])
     labels = np.array([[n in archive["labels"][p] for n in ALPHABETICAL_ORDER] for p in ids])
     expected = len(fraction_indices(ids, labels, 0.25, seed=2))
@@ -185,8 +260,17 @@ def test_probe_on_checkpoint_features_at_train_fractions(archive, tmp_path):
 
 
 def test_late_fusion_trains(archive, tmp_path):
-    metrics = train(config(archive["root"], tmp_path / "late", fusion="late", bands="ALL", model="convnext_micro",
-                           epochs=1, model_kwargs=dict(dims=(4, 8, 8, 16))))
+    metrics = train(
+        config(
+            archive["root"],
+            tmp_path / "late",
+            fusion="late",
+            bands="ALL",
+            model="convnext_micro",
+            epochs=1,
+            model_kwargs=dict(dims=(4, 8, 8, 16)),
+        )
+    )
     assert metrics["steps"] == 3 and metrics["epochs"][0]["validation"]["samples"] == 16
     state = load_checkpoint(tmp_path / "late" / "checkpoints" / "last.pt")
     assert state["model_config"]["fusion"] == "late" and len(state["model_config"]["bands"]) == 14
@@ -206,7 +290,10 @@ def test_resume_reproduces_an_uninterrupted_run(archive, tmp_path):
     interrupted = config(archive["root"], tmp_path / "pieces", epochs=2, max_steps=2, workers=1)
     assert train(interrupted)["status"] == "stopped_at_max_steps"
     assert load_checkpoint(tmp_path / "pieces" / "checkpoints" / "last.pt")["position"] == {
-        "epoch": 0, "batch_in_epoch": 2, "step": 2}
+        "epoch": 0,
+        "batch_in_epoch": 2,
+        "step": 2,
+    }
     assert train(config(archive["root"], tmp_path / "pieces", max_steps=4), resume=True)["steps"] == 4
     final = train(config(archive["root"], tmp_path / "pieces", workers=1), resume=True)
     assert final["steps"] == 6 and final["status"] == "finished"
@@ -217,7 +304,8 @@ def test_resume_reproduces_an_uninterrupted_run(archive, tmp_path):
         assert torch.equal(a[key], b[key]), key
     assert [h["train_loss"] for h in final["epochs"]] == [h["train_loss"] for h in straight["epochs"]]
     assert [h["validation"]["average_precision_macro"] for h in final["epochs"]] == [
-        h["validation"]["average_precision_macro"] for h in straight["epochs"]]
+        h["validation"]["average_precision_macro"] for h in straight["epochs"]
+    ]
 
 
 def test_crash_mid_run_leaves_a_complete_checkpoint_and_resume_finishes(archive, tmp_path):
@@ -263,7 +351,17 @@ def test_truncated_or_foreign_checkpoint_is_named(tmp_path, trained_run):
 def test_checkpoint_of_another_model_or_band_set_is_refused(trained_run, archive, tmp_path):
     ckpt = str(trained_run["out"] / "checkpoints" / "best.pt")
     runner = CliRunner()
-    common = ["evaluate", "--archive", str(archive["root"]), "--checkpoint", ckpt, "--out", str(tmp_path), "--device", "cpu"]
+    common = [
+        "evaluate",
+        "--archive",
+        str(archive["root"]),
+        "--checkpoint",
+        ckpt,
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+    ]
     result = runner.invoke(app, common + ["--model", "vit_micro_patch8"])
     assert result.exit_code == 1
     assert "trained with model 'resnet_micro', not 'vit_micro_patch8'" in result.output
@@ -275,8 +373,9 @@ def test_checkpoint_of_another_model_or_band_set_is_refused(trained_run, archive
 
 def test_early_stopping_after_patience_epochs_without_improvement(archive, tmp_path):
     """lr 0 and no BatchNorm: the weights never change, so validation AP never improves after epoch 1."""
-    cfg = config(archive["root"], tmp_path / "early", model="vit_micro_patch15", lr=0.0, epochs=6, patience=2,
-                 model_kwargs={})
+    cfg = config(
+        archive["root"], tmp_path / "early", model="vit_micro_patch15", lr=0.0, epochs=6, patience=2, model_kwargs={}
+    )
     metrics = train(cfg)
     assert metrics["stopped_by"] == "early_stopping" and metrics["epochs_completed"] == 3
     assert metrics["best_epoch"] == 1
@@ -303,8 +402,24 @@ def test_archive_without_split_or_bands_or_model(tmp_path):
         train(config(s2_only["root"], tmp_path / "r3", model="resnet5"))
     with pytest.raises(TrainingError, match="not a reben-tools archive|neither"):
         train(config(tmp_path / "nothing-here", tmp_path / "r4"))
-    result = CliRunner().invoke(app, ["train", "--archive", str(s2_only["root"]), "--out", str(tmp_path / "r5"),
-                                      "--bands", "S1", "--model", "resnet_micro", "--device", "cpu", "--workers", "0"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--archive",
+            str(s2_only["root"]),
+            "--out",
+            str(tmp_path / "r5"),
+            "--bands",
+            "S1",
+            "--model",
+            "resnet_micro",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ],
+    )
     assert result.exit_code == 1 and "error:" in result.output and "may lack S1 values" in result.output
 
 
@@ -313,13 +428,13 @@ def test_batch_that_does_not_fit_in_memory_says_lower_the_batch_size(archive, tm
     script = f"""
 import resource
 import torch, torch._dynamo, sympy  # imported before the cap: they only need address space once
-from reben_tools.learn.config import TrainConfig, TrainingError
-from reben_tools.learn.loop import train
+from reben_tools.learn.runtime.config import TrainConfig, TrainingError
+from reben_tools.learn.training.loop import train
 soft, hard = resource.getrlimit(resource.RLIMIT_AS)
 usage = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()
 resource.setrlimit(resource.RLIMIT_AS, (usage + 2_500_000_000, hard))
 # one 1024-channel 60x60 activation of 48 samples is 700 MB: the forward pass cannot fit
-cfg = TrainConfig(archive={str(archive['root'])!r}, bands='ALL', model='resnet_micro', out={str(tmp_path / 'oom')!r},
+cfg = TrainConfig(archive={str(archive["root"])!r}, bands='ALL', model='resnet_micro', out={str(tmp_path / "oom")!r},
                   epochs=1, batch_size=48, workers=0, device='cpu', progress=False, evaluate_test=False,
                   model_kwargs=dict(widths=(1024, 1024, 1024, 1024), stem_width=1024))
 try:
@@ -329,7 +444,9 @@ except TrainingError as exc:
 """
     env = {**os.environ, "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
-    expected = "ERROR a batch of 48 samples does not fit in memory on cpu: lower --batch-size (now 48), e.g. --batch-size 24"
+    expected = (
+        "ERROR a batch of 48 samples does not fit in memory on cpu: lower --batch-size (now 48), e.g. --batch-size 24"
+    )
     assert expected in proc.stdout, proc.stdout + proc.stderr[-3000:]
 
 
@@ -372,9 +489,35 @@ def test_epoch_sampler_splits_epochs_between_processes_and_resumes():
 def test_torchrun_two_processes_with_gloo(archive, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "reben_tools.cli",
-           "train", "--archive", str(archive["root"]), "--bands", "S1", "--model", "resnet_micro", "--epochs", "1",
-           "--batch-size", "16", "--workers", "0", "--device", "cpu", "--out", str(out), "--no-test", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "reben_tools.cli",
+        "train",
+        "--archive",
+        str(archive["root"]),
+        "--bands",
+        "S1",
+        "--model",
+        "resnet_micro",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--no-test",
+        "-q",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -390,13 +533,24 @@ def test_torchrun_two_processes_with_gloo(archive, tmp_path):
 @pytest.mark.slow
 def test_demo_archive_cpu_run_learns_well_above_chance(tmp_path):
     """The documented demo: ``reben demo`` then a few minutes of resnet_micro on the CPU."""
-    from reben_tools.build.demo import run_demo
+    from reben_tools.builder.demo import run_demo
 
     run_demo(tmp_path / "demo", workers=2, progress=False, echo=lambda line: None)
     archive_dir = tmp_path / "demo" / "archive"
-    metrics = train(TrainConfig(archive=str(archive_dir), bands="S1_10m_20m", model="resnet_micro",
-                                out=str(tmp_path / "run"), epochs=30, batch_size=32, lr=3e-3, device="cpu",
-                                workers=0, progress=False))
+    metrics = train(
+        TrainConfig(
+            archive=str(archive_dir),
+            bands="S1_10m_20m",
+            model="resnet_micro",
+            out=str(tmp_path / "run"),
+            epochs=30,
+            batch_size=32,
+            lr=3e-3,
+            device="cpu",
+            workers=0,
+            progress=False,
+        )
+    )
     dataset = ReBENDataset(archive_dir, split="test", bands="S1")
     labels = dataset.labels
     dataset.archive.close()

@@ -17,19 +17,20 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score
+from training_archive import build_learnable_archive
 from typer.testing import CliRunner
 
 from reben_tools.cli import app
 from reben_tools.format.labels import ALPHABETICAL_ORDER
-from reben_tools.learn import devices, distributed
-from reben_tools.learn.checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint, rng_state, set_rng_state
-from reben_tools.learn.config import TrainConfig, TrainingError, check_numbers
-from reben_tools.learn.distributed import Distributed, EpochSampler, convert_batchnorm
-from reben_tools.learn.evaluation import predict
-from reben_tools.learn.loaders import DevicePreprocess, default_workers, make_loader, open_dataset, split_indices
-from reben_tools.learn.loop import train
-from reben_tools.learn.metrics import multilabel_metrics
-from training_archive import build_learnable_archive
+from reben_tools.learn.data.loaders import DevicePreprocess, default_workers, make_loader, open_dataset, split_indices
+from reben_tools.learn.evaluation.metrics import multilabel_metrics
+from reben_tools.learn.evaluation.predict import predict
+from reben_tools.learn.models.restore import model_from_checkpoint
+from reben_tools.learn.runtime import devices, distributed
+from reben_tools.learn.runtime.checkpoints import CheckpointError, load_checkpoint, rng_state, set_rng_state
+from reben_tools.learn.runtime.config import TrainConfig, TrainingError, check_numbers
+from reben_tools.learn.runtime.distributed import Distributed, EpochSampler, convert_batchnorm
+from reben_tools.learn.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = {"train": 32, "validation": 16, "test": 16}
@@ -45,9 +46,20 @@ def archive(tmp_path_factory) -> dict:
 
 
 def config(archive_dir, out, **overrides) -> TrainConfig:
-    base = dict(archive=str(archive_dir), bands="S1", model="resnet_micro", out=str(out), epochs=2,
-                batch_size=16, lr=1e-2, workers=0, device="cpu", progress=False, evaluate_test=False,
-                model_kwargs=SMALL)
+    base = dict(
+        archive=str(archive_dir),
+        bands="S1",
+        model="resnet_micro",
+        out=str(out),
+        epochs=2,
+        batch_size=16,
+        lr=1e-2,
+        workers=0,
+        device="cpu",
+        progress=False,
+        evaluate_test=False,
+        model_kwargs=SMALL,
+    )
     return TrainConfig(**{**base, **overrides})
 
 
@@ -58,20 +70,36 @@ def cli(*args: str):
 # --------------------------------------------------------------------------- command line (issue 10)
 
 
-@pytest.mark.parametrize("flag,value,message", [
-    ("--batch-size", "0", "--batch-size must be an integer >= 1 (got 0)"),
-    ("--lr", "-1", "--lr must be a number >= 0 (got -1.0)"),
-    ("--epochs", "0", "--epochs must be an integer >= 1 (got 0)"),
-    ("--dropout", "1.5", "--dropout must be a number in [0, 1) (got 1.5)"),
-    ("--workers", "-1", "--workers must be an integer >= 0 (got -1)"),
-    ("--max-steps", "0", "--max-steps must be an integer >= 1 (got 0)"),
-    ("--patch-size", "0", "--patch-size must be an integer >= 1 (got 0)"),
-    ("--lr", "nan", "--lr must be a number >= 0 (got nan)"),
-])
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--batch-size", "0", "--batch-size must be an integer >= 1 (got 0)"),
+        ("--lr", "-1", "--lr must be a number >= 0 (got -1.0)"),
+        ("--epochs", "0", "--epochs must be an integer >= 1 (got 0)"),
+        ("--dropout", "1.5", "--dropout must be a number in [0, 1) (got 1.5)"),
+        ("--workers", "-1", "--workers must be an integer >= 0 (got -1)"),
+        ("--max-steps", "0", "--max-steps must be an integer >= 1 (got 0)"),
+        ("--patch-size", "0", "--patch-size must be an integer >= 1 (got 0)"),
+        ("--lr", "nan", "--lr must be a number >= 0 (got nan)"),
+    ],
+)
 def test_numeric_options_are_refused_in_one_line_without_a_run_folder(archive, tmp_path, flag, value, message):
     out = tmp_path / "run"
-    result = cli("train", "--archive", archive["root"], "--out", out, "--bands", "S1", "--model", "resnet_micro",
-                 "--device", "cpu", flag, value)
+    result = cli(
+        "train",
+        "--archive",
+        archive["root"],
+        "--out",
+        out,
+        "--bands",
+        "S1",
+        "--model",
+        "resnet_micro",
+        "--device",
+        "cpu",
+        flag,
+        value,
+    )
     assert result.exit_code == 1
     assert result.output == f"error: {message}\n"
     assert not out.exists()
@@ -87,14 +115,29 @@ def test_numbers_are_checked_from_python_too(archive, tmp_path):
 def test_resume_needs_only_the_run_directory_and_prints_epochs_and_files(archive, tmp_path):
     out = tmp_path / "run"
     common = ("--device", "cpu", "--workers", "0", "--batch-size", "16", "--lr", "1e-2")
-    first = cli("train", "--archive", archive["root"], "--out", out, "--bands", "S1", "--model", "resnet_micro",
-                "--epochs", "2", "--max-steps", "3", "--no-test", *common)
+    first = cli(
+        "train",
+        "--archive",
+        archive["root"],
+        "--out",
+        out,
+        "--bands",
+        "S1",
+        "--model",
+        "resnet_micro",
+        "--epochs",
+        "2",
+        "--max-steps",
+        "3",
+        "--no-test",
+        *common,
+    )
     assert first.exit_code == 0, first.output
     assert "epoch 1/2: train loss " in first.output and ", macro AP 0." in first.output
     result = cli("train", "--out", out, "--resume", "--device", "cpu", "--workers", "0")
     assert result.exit_code == 0, result.output
     assert "epoch 2/2: train loss " in result.output and "epoch 1/2" not in result.output
-    summary = json.loads(result.output[result.output.index("{"):])
+    summary = json.loads(result.output[result.output.index("{") :])
     assert summary["status"] == "finished" and summary["steps"] == 4
     assert summary["files"] == {
         "checkpoints": [str(out / "checkpoints/best.pt"), str(out / "checkpoints/last.pt")],
@@ -121,8 +164,22 @@ def test_resume_refuses_another_archive_and_accepts_a_copy(archive, tmp_path):
 
 def test_prior_baseline_equals_an_independent_computation(archive, tmp_path):
     train(config(archive["root"], tmp_path / "run", epochs=1))
-    result = cli("evaluate", "--archive", archive["root"], "--checkpoint", tmp_path / "run/checkpoints/last.pt",
-                 "--split", "test", "--out", tmp_path / "eval", "--device", "cpu", "--workers", "0", "-q")
+    result = cli(
+        "evaluate",
+        "--archive",
+        archive["root"],
+        "--checkpoint",
+        tmp_path / "run/checkpoints/last.pt",
+        "--split",
+        "test",
+        "--out",
+        tmp_path / "eval",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "-q",
+    )
     assert result.exit_code == 0, result.output
     printed = json.loads(result.output)
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -145,7 +202,8 @@ def test_prior_baseline_equals_an_independent_computation(archive, tmp_path):
     assert prior["average_precision_micro"] > test.mean() + 0.1  # well above the share of positive labels
     # 13 of 19 classes never occur in this archive: both macro figures are printed
     assert printed["average_precision_macro_all_classes"] == pytest.approx(
-        printed["average_precision_macro"] * present.sum() / 19, abs=1e-12)
+        printed["average_precision_macro"] * present.sum() / 19, abs=1e-12
+    )
     assert len(printed["classes_without_positives"]) == 19 - present.sum()
 
 
@@ -168,8 +226,14 @@ def test_evaluation_logits_are_float32_with_the_head_outside_bf16(archive, tmp_p
     model = model_from_checkpoint(state, "last.pt")
     dataset = open_dataset(archive["root"], tuple(state["model_config"]["bands"]))
     try:
-        loader = make_loader(dataset, EpochSampler(split_indices(dataset, "validation"), shuffle=False, pad=False),
-                             8, 0, torch.device("cpu"), 0)
+        loader = make_loader(
+            dataset,
+            EpochSampler(split_indices(dataset, "validation"), shuffle=False, pad=False),
+            8,
+            0,
+            torch.device("cpu"),
+            0,
+        )
         preprocess = DevicePreprocess(dataset, torch.device("cpu"))
         logits, _, _ = predict(model, loader, preprocess, "bf16")
         features, _, _ = predict(model, loader, preprocess, "bf16", features=True)
@@ -226,7 +290,7 @@ def test_local_rank_wraps_when_each_process_sees_one_gpu(monkeypatch):
 
 
 def test_batchnorm_becomes_syncbatchnorm_for_several_gpu_processes():
-    from reben_tools.learn.models import build_model
+    from reben_tools.learn.models.classifier import build_model
 
     def kinds(model):
         return {type(m).__name__ for m in model.modules() if "BatchNorm" in type(m).__name__}
@@ -234,7 +298,8 @@ def test_batchnorm_becomes_syncbatchnorm_for_several_gpu_processes():
     gpus = Distributed(rank=0, world_size=2, device=torch.device("cuda", 0))
     assert kinds(convert_batchnorm(build_model("resnet_micro", ("VV", "VH"), **SMALL), gpus)) == {"SyncBatchNorm"}
     assert kinds(convert_batchnorm(build_model("resnet_micro", ("VV", "VH"), **SMALL), gpus, enabled=False)) == {
-        "BatchNorm2d"}
+        "BatchNorm2d"
+    }
     cpus = Distributed(rank=0, world_size=2, device=torch.device("cpu"))  # SyncBatchNorm runs only on GPUs
     assert kinds(convert_batchnorm(build_model("resnet_micro", ("VV", "VH"), **SMALL), cpus)) == {"BatchNorm2d"}
     one = Distributed(device=torch.device("cuda", 0))
@@ -278,16 +343,47 @@ def test_deterministic_switches_algorithms_and_a_run_trains_under_it(archive, tm
 
 def _torchrun(mode: str, record: Path, *train_args) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "tests" / "ddp_faults.py"), mode, str(record), "--", "train", *map(str, train_args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO / "tests" / "ddp_faults.py"),
+        mode,
+        str(record),
+        "--",
+        "train",
+        *map(str, train_args),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
 
 
 def test_batchnorm_buffers_are_identical_on_both_processes_at_validation(archive, tmp_path):
     out = tmp_path / "ddp"
-    proc = _torchrun("bn", tmp_path / "record", "--archive", archive["root"], "--bands", "S1", "--model",
-                     "resnet_micro", "--epochs", "2", "--batch-size", "16", "--workers", "0", "--device", "cpu",
-                     "--out", out, "--no-test", "-q")
+    proc = _torchrun(
+        "bn",
+        tmp_path / "record",
+        "--archive",
+        archive["root"],
+        "--bands",
+        "S1",
+        "--model",
+        "resnet_micro",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        "--no-test",
+        "-q",
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / "record" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert len(ranks[0]["validations"]) == 2 and ranks[0]["batchnorm"] == ["BatchNorm2d"]  # gloo: per-process BN
@@ -304,9 +400,30 @@ def test_batchnorm_buffers_are_identical_on_both_processes_at_validation(archive
 
 def test_nan_on_one_process_stops_both_at_the_same_step_with_one_message(archive, tmp_path):
     out = tmp_path / "ddp"
-    proc = _torchrun("nan", tmp_path / "record", "--archive", archive["root"], "--bands", "S1", "--model",
-                     "resnet_micro", "--epochs", "2", "--batch-size", "16", "--workers", "0", "--device", "cpu",
-                     "--out", out, "--no-test", "-q", "--checkpoint-every", "1")
+    proc = _torchrun(
+        "nan",
+        tmp_path / "record",
+        "--archive",
+        archive["root"],
+        "--bands",
+        "S1",
+        "--model",
+        "resnet_micro",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        "--no-test",
+        "-q",
+        "--checkpoint-every",
+        "1",
+    )
     assert proc.returncode != 0
     both = proc.stdout + proc.stderr
     assert both.count("error: loss became nan at step 2; lower --lr (process 1 of 2)") == 1, both[-4000:]
@@ -318,12 +435,33 @@ def test_nan_on_one_process_stops_both_at_the_same_step_with_one_message(archive
 
 def test_out_of_memory_on_one_process_ends_the_run_with_one_message_and_no_hang(archive, tmp_path):
     out = tmp_path / "ddp"
-    proc = _torchrun("oom", tmp_path / "record", "--archive", archive["root"], "--bands", "S1", "--model",
-                     "resnet_micro", "--epochs", "2", "--batch-size", "16", "--workers", "0", "--device", "cpu",
-                     "--out", out, "--no-test", "-q")
+    proc = _torchrun(
+        "oom",
+        tmp_path / "record",
+        "--archive",
+        archive["root"],
+        "--bands",
+        "S1",
+        "--model",
+        "resnet_micro",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        "--no-test",
+        "-q",
+    )
     assert proc.returncode != 0
     both = proc.stdout + proc.stderr
-    message = "error: a batch of 8 samples does not fit in memory on cpu: lower --batch-size (now 16), e.g. --batch-size 8"
+    message = (
+        "error: a batch of 8 samples does not fit in memory on cpu: lower --batch-size (now 16), e.g. --batch-size 8"
+    )
     assert both.count(message) == 1, both[-4000:]
     assert both.count("error: ") == 1
     assert "[rank0]: Traceback" not in both and "[rank1]: Traceback" not in both  # no worker traceback
@@ -331,28 +469,62 @@ def test_out_of_memory_on_one_process_ends_the_run_with_one_message_and_no_hang(
 
 def test_run_directory_that_another_process_cannot_see_is_refused_at_start(archive, tmp_path):
     out = tmp_path / "ddp"
-    proc = _torchrun("unshared", tmp_path / "record", "--archive", archive["root"], "--bands", "S1", "--model",
-                     "resnet_micro", "--epochs", "1", "--batch-size", "16", "--workers", "0", "--device", "cpu",
-                     "--out", out, "--no-test", "-q")
+    proc = _torchrun(
+        "unshared",
+        tmp_path / "record",
+        "--archive",
+        archive["root"],
+        "--bands",
+        "S1",
+        "--model",
+        "resnet_micro",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        "--no-test",
+        "-q",
+    )
     assert proc.returncode != 0
     both = proc.stdout + proc.stderr
-    expected = (f"error: {out}: process(es) [1] cannot see files that rank 0 writes there; a run over several nodes "
-                "needs --out on a file system every node shares")
+    expected = (
+        f"error: {out}: process(es) [1] cannot see files that rank 0 writes there; a run over several nodes "
+        "needs --out on a file system every node shares"
+    )
     assert both.count(expected) == 1, both[-3000:]
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".reben-shared")]
 
 
 def test_evaluate_checks_its_numbers(archive, tmp_path):
-    for flag, value, message in (("--batch-size", "0", "--batch-size must be an integer >= 1 (got 0)"),
-                                 ("--threshold", "1.5", "--threshold must be a probability in (0, 1) (got 1.5)")):
-        result = cli("evaluate", "--archive", archive["root"], "--checkpoint", tmp_path / "none.pt", "--out",
-                     tmp_path / "eval", "--device", "cpu", flag, value)
+    for flag, value, message in (
+        ("--batch-size", "0", "--batch-size must be an integer >= 1 (got 0)"),
+        ("--threshold", "1.5", "--threshold must be a probability in (0, 1) (got 1.5)"),
+    ):
+        result = cli(
+            "evaluate",
+            "--archive",
+            archive["root"],
+            "--checkpoint",
+            tmp_path / "none.pt",
+            "--out",
+            tmp_path / "eval",
+            "--device",
+            "cpu",
+            flag,
+            value,
+        )
         assert result.exit_code == 1 and result.output == f"error: {message}\n"
         assert not (tmp_path / "eval").exists()
 
 
 def test_the_host_reads_the_loss_back_only_every_50_steps_on_a_gpu():
-    from reben_tools.learn.loop import SYNC_EVERY, sync_interval
+    from reben_tools.learn.training.loop import SYNC_EVERY, sync_interval
 
     assert SYNC_EVERY == 50
     assert sync_interval(torch.device("cuda", 0), per_step_callback=False) == 50
@@ -362,7 +534,7 @@ def test_the_host_reads_the_loss_back_only_every_50_steps_on_a_gpu():
 
 def test_a_nan_between_synchronisations_is_reported_at_its_own_step(archive, tmp_path, monkeypatch):
     """As on a GPU (losses read back every few steps): the NaN of step 2 is found at step 3 and named."""
-    from reben_tools.learn import loop
+    from reben_tools.learn.training import loop
 
     calls = []
     original = loop.random_flips

@@ -12,15 +12,14 @@ from pathlib import Path
 import lmdb
 import pytest
 from torch.utils.data import DataLoader
+from training_archive import build_learnable_archive
 
 from reben_tools.format.envcheck import TruncatedEnvironmentError, check_data_file, lmdb_required_bytes
 from reben_tools.format.layout import ArchiveError
-from reben_tools.learn.batches import collate
-from reben_tools.learn.dataset import ReBENDataset
+from reben_tools.learn.data.batches import collate
+from reben_tools.learn.data.dataset import ReBENDataset
 from reben_tools.release.archive_tools import merge_archive, verify_archive
 from reben_tools.release.lmdb_verify import verify_lmdb
-
-from training_archive import build_learnable_archive
 
 COUNTS = {"train": 8, "validation": 2, "test": 2}
 PAGE = 4096
@@ -92,8 +91,7 @@ def test_dataloader_workers_raise_instead_of_dying_by_signal(pristine, tmp_path,
     root = _copy(pristine, tmp_path)
     ds = ReBENDataset(root, bands="S2")
     _truncate(root / "shards" / "shard-000" / "data.mdb", cut)
-    loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate,
-                        multiprocessing_context="fork")
+    loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate, multiprocessing_context="fork")
     with pytest.raises(Exception) as info:
         for _ in loader:
             pass
@@ -142,7 +140,9 @@ def test_plain_lmdb_is_checked_against_its_meta_pages(pristine, tmp_path, cut):
     with pytest.raises(TruncatedEnvironmentError, match="BigEarthNet-V2-LMDB"):
         ReBENDataset(plain, metadata=metadata)
     report = verify_lmdb(plain, metadata)
-    assert [f.reason.split(";")[0] for f in report.faults] == [f"{plain / 'data.mdb'}: truncated LMDB data file ({size} bytes"]
+    assert [f.reason.split(";")[0] for f in report.faults] == [
+        f"{plain / 'data.mdb'}: truncated LMDB data file ({size} bytes"
+    ]
 
 
 def test_truncation_error_pickles_with_its_facts(tmp_path):

@@ -15,14 +15,14 @@ import pyarrow as pa
 from shapely.geometry import box
 
 from reben_tools.format import codec
+from reben_tools.format.bands import PUBLISHED_STATISTICS, S1_BANDS, S2_BANDS
+from reben_tools.format.labels import ALPHABETICAL_ORDER, clc_legend
 from reben_tools.format.layout import PATCHES_FILE, SHARDS_DIR
 from reben_tools.format.manifest import build_manifest, write_manifest
 from reben_tools.format.metadata import write_metadata
-from reben_tools.format.shards import write_shard
-from reben_tools.format.bands import PUBLISHED_STATISTICS, S1_BANDS, S2_BANDS
-from reben_tools.format.labels import ALPHABETICAL_ORDER, clc_legend
 from reben_tools.format.naming import patch_id as make_patch_id
 from reben_tools.format.naming import s1_patch_name, s2v1_name
+from reben_tools.format.shards import write_shard
 
 PRODUCT = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP"
 S1_PRODUCT = "S1B_IW_GRDH_1SDV_20170612T165809"
@@ -98,29 +98,50 @@ def build_learnable_archive(
                 items[pid + "_reference_map"] = codec.encode_tensors({"Data": reference[:60, :60].copy()})
             elif reference_maps != "none":
                 items[pid + "_reference_map"] = codec.encode_reference_map(reference)
-            rows.append(dict(
-                patch_id=pid, labels=names, split=split, country="Austria", s1_name=s1,
-                s2v1_name=s2v1_name(pid), contains_seasonal_snow=False, contains_cloud_or_shadow=False,
-            ))
+            rows.append(
+                dict(
+                    patch_id=pid,
+                    labels=names,
+                    split=split,
+                    country="Austria",
+                    s1_name=s1,
+                    s2v1_name=s2v1_name(pid),
+                    contains_seasonal_snow=False,
+                    contains_cloud_or_shadow=False,
+                )
+            )
             ulx, uly = 300000 + 1200 * x, 5400000 - 1200 * y
-            patch_rows.append(dict(
-                patch_id=pid, s1_name=s1, shard=f"shard-{shard:03d}", tile="33UUP", x=x, y=y,
-                crs="EPSG:32633", ulx=float(ulx), uly=float(uly), split=split, country="Austria",
-                labels=names, geometry=box(ulx, uly - 1200, ulx + 1200, uly),
-            ))
+            patch_rows.append(
+                dict(
+                    patch_id=pid,
+                    s1_name=s1,
+                    shard=f"shard-{shard:03d}",
+                    tile="33UUP",
+                    x=x,
+                    y=y,
+                    crs="EPSG:32633",
+                    ulx=float(ulx),
+                    uly=float(uly),
+                    split=split,
+                    country="Austria",
+                    labels=names,
+                    geometry=box(ulx, uly - 1200, ulx + 1200, uly),
+                )
+            )
             patch_ids[split].append(pid)
             labels_of[pid] = names
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    infos = [
-        write_shard(root / SHARDS_DIR, f"shard-{i:03d}", items)
-        for i, items in enumerate(items_per_shard)
-    ]
+    infos = [write_shard(root / SHARDS_DIR, f"shard-{i:03d}", items) for i, items in enumerate(items_per_shard)]
     write_metadata(root, pa.Table.from_pylist(rows))
     frame = gpd.GeoDataFrame(patch_rows, geometry="geometry", crs="EPSG:32633").to_crs("EPSG:4326")
     frame.to_parquet(root / PATCHES_FILE)
     manifest = build_manifest(
-        infos, {"patches": n, **counts}, PUBLISHED_STATISTICS, inputs=[], config={"seed": seed},
+        infos,
+        {"patches": n, **counts},
+        PUBLISHED_STATISTICS,
+        inputs=[],
+        config={"seed": seed},
         tool="tests/training_archive.py",
     )
     write_manifest(root, manifest)

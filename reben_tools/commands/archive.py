@@ -10,8 +10,13 @@ from reben_tools.commands.outputs import guarded_output
 
 
 def verify(
-    archive_dir: Path = typer.Argument(..., help="The archive directory (with manifest.json), or a bare reBEN LMDB directory (with data.mdb) together with --metadata."),
-    metadata: list[Path] = typer.Option(None, "--metadata", help="reBEN metadata parquet file(s) of a bare LMDB directory (repeat for several)."),
+    archive_dir: Path = typer.Argument(
+        ...,
+        help="The archive directory (with manifest.json), or a bare reBEN LMDB directory (with data.mdb) together with --metadata.",
+    ),
+    metadata: list[Path] = typer.Option(
+        None, "--metadata", help="reBEN metadata parquet file(s) of a bare LMDB directory (repeat for several)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Check every shard against the manifest and every value against its declared tensors.
@@ -27,24 +32,33 @@ def verify(
 
     if (archive_dir / MANIFEST_FILE).is_file():
         if metadata:
-            typer.echo(f"error: {archive_dir} is a reben-tools archive; --metadata is only for a bare LMDB directory", err=True)
+            typer.echo(
+                f"error: {archive_dir} is a reben-tools archive; --metadata is only for a bare LMDB directory", err=True
+            )
             raise typer.Exit(2)
         report = verify_archive(archive_dir, progress=not quiet)
     elif (archive_dir / "data.mdb").is_file():
         if not metadata:
-            typer.echo(f"error: {archive_dir} is a bare LMDB directory (no manifest.json); "
-                       "give its reBEN metadata with --metadata metadata.parquet [--metadata ...]", err=True)
+            typer.echo(
+                f"error: {archive_dir} is a bare LMDB directory (no manifest.json); "
+                "give its reBEN metadata with --metadata metadata.parquet [--metadata ...]",
+                err=True,
+            )
             raise typer.Exit(2)
         report = verify_lmdb(archive_dir, metadata, progress=not quiet)
     else:
-        typer.echo(f"error: {archive_dir}: neither a reben-tools archive (manifest.json) nor an LMDB "
-                   "directory (data.mdb)", err=True)
+        typer.echo(
+            f"error: {archive_dir}: neither a reben-tools archive (manifest.json) nor an LMDB directory (data.mdb)",
+            err=True,
+        )
         raise typer.Exit(2)
     for fault in report.faults:
         typer.echo(f"FAULT {fault}", err=True)
     if report.faults:
-        typer.echo(f"{archive_dir}: {len(report.faults)} fault(s) in {report.shards} shard(s), "
-                   f"{report.values} value(s) read", err=True)
+        typer.echo(
+            f"{archive_dir}: {len(report.faults)} fault(s) in {report.shards} shard(s), {report.values} value(s) read",
+            err=True,
+        )
         raise typer.Exit(1)
     typer.echo(f"{archive_dir}: OK ({report.shards} shard(s), {report.values} value(s))")
 
@@ -63,13 +77,17 @@ def merge(
     except ArchiveError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"{summary.path}: {summary.entries} keys, {summary.value_bytes} value bytes"
-               + (f" ({summary.duplicates} duplicate key(s) across shards written once)" if summary.duplicates else ""))
+    typer.echo(
+        f"{summary.path}: {summary.entries} keys, {summary.value_bytes} value bytes"
+        + (f" ({summary.duplicates} duplicate key(s) across shards written once)" if summary.duplicates else "")
+    )
 
 
 def export_tiff(
     archive_dir: Path = typer.Argument(..., help="The archive directory (with manifest.json)."),
-    out_dir: Path = typer.Argument(..., callback=guarded_output, help="Where to write BigEarthNet-S2/, BigEarthNet-S1/, Reference_Maps/."),
+    out_dir: Path = typer.Argument(
+        ..., callback=guarded_output, help="Where to write BigEarthNet-S2/, BigEarthNet-S1/, Reference_Maps/."
+    ),
     flat: bool = typer.Option(False, "--flat", help="Patch folders directly under each part, no product level."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:

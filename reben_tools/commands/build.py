@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,16 +13,24 @@ def register(app: typer.Typer) -> None:
 
 
 def build(
-    config: Optional[Path] = typer.Argument(None, help="pipeline config (TOML or JSON, see pipelines/)"),
-    s2: Optional[list[Path]] = typer.Option(None, "--s2", help="S2 L2A product (.SAFE or GeoTIFF folder) or a folder of them; repeatable"),
-    s1: Optional[list[Path]] = typer.Option(None, "--s1", help="S1 scene folder (*_VV.tif, *_VH.tif) or a folder of them; repeatable"),
-    clc: Optional[Path] = typer.Option(None, "--clc", help="CORINE Land Cover 2018: vector (any OGR format) or raster"),
-    countries: Optional[Path] = typer.Option(None, "--countries", help="country polygons (default: shipped Natural Earth)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="archive folder to write (or resume)"),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="existing Dask scheduler, e.g. tcp://127.0.0.1:8786"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="LocalCluster worker processes (default 2)"),
-    rows_per_block: Optional[int] = typer.Option(None, "--rows-per-block", min=1, help="patch rows per task"),
-    max_gap_days: Optional[float] = typer.Option(None, "--max-gap-days", help="largest S1/S2 acquisition gap, days"),
+    config: Path | None = typer.Argument(None, help="pipeline config (TOML or JSON, see pipelines/)"),
+    s2: list[Path] | None = typer.Option(
+        None, "--s2", help="S2 L2A product (.SAFE or GeoTIFF folder) or a folder of them; repeatable"
+    ),
+    s1: list[Path] | None = typer.Option(
+        None, "--s1", help="S1 scene folder (*_VV.tif, *_VH.tif) or a folder of them; repeatable"
+    ),
+    clc: Path | None = typer.Option(None, "--clc", help="CORINE Land Cover 2018: vector (any OGR format) or raster"),
+    countries: Path | None = typer.Option(
+        None, "--countries", help="country polygons (default: shipped Natural Earth)"
+    ),
+    out: Path | None = typer.Option(None, "--out", help="archive folder to write (or resume)"),
+    scheduler: str | None = typer.Option(
+        None, "--scheduler", help="existing Dask scheduler, e.g. tcp://127.0.0.1:8786"
+    ),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="LocalCluster worker processes (default 2)"),
+    rows_per_block: int | None = typer.Option(None, "--rows-per-block", min=1, help="patch rows per task"),
+    max_gap_days: float | None = typer.Option(None, "--max-gap-days", help="largest S1/S2 acquisition gap, days"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     no_progress: bool = typer.Option(False, "--no-progress", hidden=True),
 ) -> None:
@@ -32,9 +39,9 @@ def build(
     Rerunning on the same --out resumes: finished blocks are kept. Exits 1 only if
     nothing could be built (skipped inputs are listed in ARCHIVE/report.json).
     """
-    from reben_tools.build.pipeline.config import BuildError, BuildInterrupted, PipelineConfig
-    from reben_tools.build.pipeline.run import build_archive
-    from reben_tools.build.pipeline.summary import format_summary
+    from reben_tools.builder.pipeline.config import BuildError, BuildInterrupted, PipelineConfig
+    from reben_tools.builder.pipeline.run import build_archive
+    from reben_tools.builder.pipeline.summary import format_summary
 
     try:
         cfg = PipelineConfig.from_file(config) if config else PipelineConfig()
@@ -46,8 +53,12 @@ def build(
         for key, value in (("clc", clc), ("countries_file", countries), ("out", out)):
             if value is not None:
                 updates[key] = str(value)
-        for key, value in (("scheduler", scheduler), ("workers", workers), ("rows_per_block", rows_per_block),
-                           ("s1_max_gap_days", max_gap_days)):
+        for key, value in (
+            ("scheduler", scheduler),
+            ("workers", workers),
+            ("rows_per_block", rows_per_block),
+            ("s1_max_gap_days", max_gap_days),
+        ):
             if value is not None:
                 updates[key] = value
         cfg = PipelineConfig.model_validate({**cfg.model_dump(), **updates})
@@ -81,15 +92,21 @@ def demo(
     no_progress: bool = typer.Option(False, "--no-progress", hidden=True),
 ) -> None:
     """Generate a small realistic region, build its archive on a local Dask cluster, audit the split."""
-    from reben_tools.build.demo import run_demo
-    from reben_tools.build.demo_check import DemoCheckError
-    from reben_tools.build.pipeline.config import BuildError
+    from reben_tools.builder.demo import run_demo
+    from reben_tools.builder.demo_check import DemoCheckError
+    from reben_tools.builder.pipeline.config import BuildError
     from reben_tools.splits.audit import run_audit
 
     try:
         progress = not (quiet or no_progress)
-        paths = run_demo(out, workers=workers, seed=seed, progress=progress, echo=typer.echo,
-                         audit=lambda archive_dir, audit_dir: run_audit(archive_dir, audit_dir, progress=progress))
+        paths = run_demo(
+            out,
+            workers=workers,
+            seed=seed,
+            progress=progress,
+            echo=typer.echo,
+            audit=lambda archive_dir, audit_dir: run_audit(archive_dir, audit_dir, progress=progress),
+        )
     except (BuildError, DemoCheckError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -10,14 +10,25 @@ import typer
 def encode(
     s2_dir: Path | None = typer.Option(None, "--s2-dir", help="BigEarthNet-S2 folder (nested or flat patch folders)."),
     out: Path = typer.Option(..., "--out", help="Archive directory to create."),
-    s1_dir: Path | None = typer.Option(None, "--s1-dir", help="BigEarthNet-S1 folder; every valid S1 patch is written, paired or not."),
+    s1_dir: Path | None = typer.Option(
+        None, "--s1-dir", help="BigEarthNet-S1 folder; every valid S1 patch is written, paired or not."
+    ),
     reference_maps_dir: Path | None = typer.Option(
-        None, "--reference-maps-dir", help="Reference_Maps folder; every valid reference map is written."),
+        None, "--reference-maps-dir", help="Reference_Maps folder; every valid reference map is written."
+    ),
     require_pairs: bool = typer.Option(
-        False, "--require-pairs", help="Skip patches lacking their S2 patch, S1 partner or reference map (of the folders given)."),
+        False,
+        "--require-pairs",
+        help="Skip patches lacking their S2 patch, S1 partner or reference map (of the folders given).",
+    ),
     metadata: list[Path] | None = typer.Option(
-        None, "--metadata", help="reBEN metadata parquet (repeatable); keeps only its patches and writes the metadata files."),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="Processes (default: all usable CPUs); never changes the output."),
+        None,
+        "--metadata",
+        help="reBEN metadata parquet (repeatable); keeps only its patches and writes the metadata files.",
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="Processes (default: all usable CPUs); never changes the output."
+    ),
     patches_per_shard: int = typer.Option(1024, "--patches-per-shard", min=1, help="Patches per LMDB shard."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -31,15 +42,22 @@ def encode(
     A second encode on the same --out while one runs is refused.
     """
     from reben_tools.format.layout import ArchiveError
+    from reben_tools.format.locking import OutputLockedError
     from reben_tools.release.encode import encode_release
     from reben_tools.release.encode_plan import EncodeError
     from reben_tools.release.geotiff_release import ReleaseError
-    from reben_tools.format.locking import OutputLockedError
 
     try:
         summary = encode_release(
-            s2_dir, out, s1_dir=s1_dir, reference_maps_dir=reference_maps_dir, metadata_files=metadata or (),
-            workers=workers, patches_per_shard=patches_per_shard, progress=not quiet, require_pairs=require_pairs,
+            s2_dir,
+            out,
+            s1_dir=s1_dir,
+            reference_maps_dir=reference_maps_dir,
+            metadata_files=metadata or (),
+            workers=workers,
+            patches_per_shard=patches_per_shard,
+            progress=not quiet,
+            require_pairs=require_pairs,
         )
     except (EncodeError, ArchiveError, ReleaseError, OutputLockedError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -54,9 +72,17 @@ def encode(
     if summary.resumed:
         typer.echo(f"resumed: kept {summary.resumed} shard(s) an interrupted run had finished", err=True)
     counts = summary.counts or {}
-    pairing = ", ".join(f"{k.replace('_', ' ')} {counts[k]}" for k in (
-        "s2_with_s1", "s2_without_s1", "s1_without_s2", "s2_without_reference_map", "reference_maps_without_s2")
-        if k in counts)
+    pairing = ", ".join(
+        f"{k.replace('_', ' ')} {counts[k]}"
+        for k in (
+            "s2_with_s1",
+            "s2_without_s1",
+            "s1_without_s2",
+            "s2_without_reference_map",
+            "reference_maps_without_s2",
+        )
+        if k in counts
+    )
     if pairing:
         typer.echo(f"pairing: {pairing}")
     typer.echo(

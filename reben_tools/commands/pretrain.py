@@ -1,8 +1,8 @@
 """``reben pretrain`` and ``reben embed``: self-supervised CROMA pretraining and frozen embeddings (docs/pretraining.md).
 
 Owns: the options of both commands, their one-line errors and exit codes.
-Does not own: pretraining (reben_tools.learn.pretrain), encoders (reben_tools.learn.encoders),
-embedding files (reben_tools.learn.embed).
+Does not own: pretraining (reben_tools.learn.training.pretrain), encoders (reben_tools.learn.models.encoders),
+embedding files (reben_tools.learn.evaluation.embed).
 May import: reben_tools.learn, lazily inside the command functions.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -18,37 +17,69 @@ from reben_tools.commands.outputs import guarded_output
 
 
 def pretrain(
-    archive: Optional[Path] = typer.Option(None, "--archive", help="Archive directory with S1 and S2 values."),
-    out: Path = typer.Option(..., "--out", callback=guarded_output, help="Run directory: checkpoints/, croma_published.pt, steps.jsonl, metrics.json, curves.png."),
-    model: Optional[str] = typer.Option(None, "--model", help="croma_base, croma_large or croma_micro (CPU-sized)."),
-    mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio", help="Fraction of each modality's patches masked (default 0.75)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs over the train split (default 100)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch, split over torchrun processes (default 256)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 4e-4)."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay of weight matrices (default 0.05)."),
-    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Linear warm-up steps (default 1000, at most a tenth of the run)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
-    no_flips: bool = typer.Option(False, "--no-flips", help="Turn off the random flips (one flip shared by S1 and S2)."),
-    init: Optional[Path] = typer.Option(None, "--init", help="Start the encoders from a CROMA checkpoint in the published layout (e.g. CROMA_base.pt)."),
-    include_snow_cloud: bool = typer.Option(False, "--include-snow-cloud", help="Also use patches flagged for snow/cloud/shadow."),
+    archive: Path | None = typer.Option(None, "--archive", help="Archive directory with S1 and S2 values."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        callback=guarded_output,
+        help="Run directory: checkpoints/, croma_published.pt, steps.jsonl, metrics.json, curves.png.",
+    ),
+    model: str | None = typer.Option(None, "--model", help="croma_base, croma_large or croma_micro (CPU-sized)."),
+    mask_ratio: float | None = typer.Option(
+        None, "--mask-ratio", help="Fraction of each modality's patches masked (default 0.75)."
+    ),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs over the train split (default 100)."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Global batch, split over torchrun processes (default 256)."
+    ),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default 4e-4)."),
+    weight_decay: float | None = typer.Option(
+        None, "--weight-decay", help="AdamW weight decay of weight matrices (default 0.05)."
+    ),
+    warmup_steps: int | None = typer.Option(
+        None, "--warmup-steps", help="Linear warm-up steps (default 1000, at most a tenth of the run)."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (default 0)."),
+    no_flips: bool = typer.Option(
+        False, "--no-flips", help="Turn off the random flips (one flip shared by S1 and S2)."
+    ),
+    init: Path | None = typer.Option(
+        None, "--init", help="Start the encoders from a CROMA checkpoint in the published layout (e.g. CROMA_base.pt)."
+    ),
+    include_snow_cloud: bool = typer.Option(
+        False, "--include-snow-cloud", help="Also use patches flagged for snow/cloud/shadow."
+    ),
     device: str = typer.Option("auto", "--device", help="cuda, cpu or auto."),
     precision: str = typer.Option("auto", "--precision", help="bf16 or fp32 (auto: bf16 on GPU)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers per process."),
+    workers: int | None = typer.Option(None, "--workers", help="DataLoader workers per process."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps in total (checkpointed; --resume goes on)."),
-    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Also checkpoint every N steps (epochs always are)."),
+    max_steps: int | None = typer.Option(
+        None, "--max-steps", help="Stop after this many steps in total (checkpointed; --resume goes on)."
+    ),
+    checkpoint_every: int | None = typer.Option(
+        None, "--checkpoint-every", help="Also checkpoint every N steps (epochs always are)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Pretrain CROMA (contrastive + masked reconstruction) on an archive's paired S1/S2 patches (works under torchrun)."""
-    from reben_tools.learn.config import TrainingError
-    from reben_tools.learn.pretrain import DEFAULTS, PretrainConfig
-    from reben_tools.learn.pretrain import pretrain as run_pretraining
+    from reben_tools.learn.runtime.config import TrainingError
+    from reben_tools.learn.training.pretrain import DEFAULTS, PretrainConfig
+    from reben_tools.learn.training.pretrain import pretrain as run_pretraining
 
-    given_values = {"model": model, "mask_ratio": mask_ratio, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                    "weight_decay": weight_decay, "warmup_steps": warmup_steps, "seed": seed,
-                    "flips": False if no_flips else None, "include_snow_cloud": True if include_snow_cloud else None,
-                    "init": str(init) if init is not None else None}
+    given_values = {
+        "model": model,
+        "mask_ratio": mask_ratio,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "warmup_steps": warmup_steps,
+        "seed": seed,
+        "flips": False if no_flips else None,
+        "include_snow_cloud": True if include_snow_cloud else None,
+        "init": str(init) if init is not None else None,
+    }
     given = {k for k, v in given_values.items() if v is not None}
     if not resume and (archive is None or model is None):
         typer.echo("error: --archive and --model are required (unless --resume continues a run)", err=True)
@@ -60,10 +91,19 @@ def pretrain(
             raise typer.Exit(1)
         archive = Path(json.loads(stored.read_text())["archive"])
     values = {k: (v if v is not None else DEFAULTS.get(k)) for k, v in given_values.items()}
-    config = PretrainConfig(archive=str(archive), out=str(out), device=device, precision=precision, workers=workers,
-                            compile=compile, max_steps=max_steps, checkpoint_every=checkpoint_every,
-                            progress=not quiet, **{k: v for k, v in values.items() if k != "model"},
-                            model=values["model"] or "")
+    config = PretrainConfig(
+        archive=str(archive),
+        out=str(out),
+        device=device,
+        precision=precision,
+        workers=workers,
+        compile=compile,
+        max_steps=max_steps,
+        checkpoint_every=checkpoint_every,
+        progress=not quiet,
+        **{k: v for k, v in values.items() if k != "model"},
+        model=values["model"] or "",
+    )
     try:
         summary = run_pretraining(config, resume=resume, given=given)
     except TrainingError as exc:
@@ -75,21 +115,35 @@ def pretrain(
 
 def embed(
     archive: Path = typer.Option(..., "--archive", help="Archive directory."),
-    encoder: str = typer.Option(..., "--encoder", help="croma_base:PATH, croma_large:PATH (published-layout CROMA weights), dofa_base:PATH, dofa_large:PATH (published-layout DOFA weights, or a DOFA reben train checkpoint), or a reben pretrain / reben train run directory."),
-    out: Path = typer.Option(..., "--out", callback=guarded_output, help="Parquet file: patch_id, split, labels, s1, s2, joint."),
-    split: Optional[str] = typer.Option(None, "--split", help="train, validation or test (default: all patches)."),
-    bands: Optional[str] = typer.Option(None, "--bands", help="Modalities to embed: S1, S2 or ALL (default: all the encoder reads); DOFA encoders take any band group or comma-separated list."),
-    input_mode: Optional[str] = typer.Option(None, "--input-mode", help="DOFA encoders: interpolate (position embeddings resized to the 120x120 patch grid; default) or resize (inputs resized to 224)."),
+    encoder: str = typer.Option(
+        ...,
+        "--encoder",
+        help="croma_base:PATH, croma_large:PATH (published-layout CROMA weights), dofa_base:PATH, dofa_large:PATH (published-layout DOFA weights, or a DOFA reben train checkpoint), or a reben pretrain / reben train run directory.",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", callback=guarded_output, help="Parquet file: patch_id, split, labels, s1, s2, joint."
+    ),
+    split: str | None = typer.Option(None, "--split", help="train, validation or test (default: all patches)."),
+    bands: str | None = typer.Option(
+        None,
+        "--bands",
+        help="Modalities to embed: S1, S2 or ALL (default: all the encoder reads); DOFA encoders take any band group or comma-separated list.",
+    ),
+    input_mode: str | None = typer.Option(
+        None,
+        "--input-mode",
+        help="DOFA encoders: interpolate (position embeddings resized to the 120x120 patch grid; default) or resize (inputs resized to 224).",
+    ),
     batch_size: int = typer.Option(64, "--batch-size"),
     device: str = typer.Option("auto", "--device", help="cuda, cpu or auto (GPU when there is one)."),
     precision: str = typer.Option("auto", "--precision", help="bf16 or fp32 (auto: bf16 on GPU)."),
-    workers: Optional[int] = typer.Option(None, "--workers"),
+    workers: int | None = typer.Option(None, "--workers"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Write pooled S1, S2 and joint embeddings of a frozen encoder, one row per patch."""
-    from reben_tools.learn.config import TrainingError
-    from reben_tools.learn.embed import embed_archive
-    from reben_tools.learn.encoders import EncoderError, load_encoder
+    from reben_tools.learn.evaluation.embed import embed_archive
+    from reben_tools.learn.models.encoders import EncoderError, load_encoder
+    from reben_tools.learn.runtime.config import TrainingError
 
     band_arg = [b.strip() for b in bands.split(",")] if bands and "," in bands else bands
     try:
@@ -100,8 +154,18 @@ def embed(
             if input_mode not in ("interpolate", "resize"):
                 raise EncoderError(f"unknown --input-mode {input_mode!r}; expected interpolate or resize")
             module.model.input_mode = input_mode
-        summary = embed_archive(archive, module, out, split=split, bands=band_arg, batch_size=batch_size,
-                                device=device, precision=precision, workers=workers, progress=not quiet)
+        summary = embed_archive(
+            archive,
+            module,
+            out,
+            split=split,
+            bands=band_arg,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            workers=workers,
+            progress=not quiet,
+        )
     except (TrainingError, EncoderError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

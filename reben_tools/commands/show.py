@@ -17,7 +17,9 @@ from reben_tools.commands.outputs import guarded_output
 
 def show(
     archive: Path = typer.Argument(..., help="The archive directory (or a plain reBEN LMDB with --metadata)."),
-    patch_id: str = typer.Argument(..., help="The S2 patch id, e.g. S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57."),
+    patch_id: str = typer.Argument(
+        ..., help="The S2 patch id, e.g. S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57."
+    ),
     out: Path = typer.Option(Path("patch.png"), "--out", "-o", callback=guarded_output, help="PNG to write."),
     metadata: list[Path] = typer.Option([], "--metadata", help="reBEN metadata parquet(s), for a plain reBEN LMDB."),
 ) -> None:
@@ -26,11 +28,12 @@ def show(
 
     from reben_tools.format.codec import ValueDecodeError
     from reben_tools.format.layout import ArchiveError
-    from reben_tools.learn.dataset import ReBENDataset
+    from reben_tools.learn.data.dataset import ReBENDataset
 
     try:
-        dataset = ReBENDataset(archive, bands="ALL", include_snow_cloud=True,
-                               metadata=[str(m) for m in metadata] or None)
+        dataset = ReBENDataset(
+            archive, bands="ALL", include_snow_cloud=True, metadata=[str(m) for m in metadata] or None
+        )
         sample = dataset[dataset.index_of(patch_id)]
         figure = dataset.plot(sample)
     except KeyError as exc:

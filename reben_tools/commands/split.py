@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -18,17 +17,26 @@ _INPUT_HELP = (
 def split(
     input_path: Path = typer.Argument(..., help=_INPUT_HELP),
     strategy: str = typer.Option("reben", "--strategy", "-s", help="reben, v1-blocks or spatial-blocks."),
-    out: Path = typer.Option(..., "--out", "-o", callback=guarded_output, help="Output parquet: the input's rows with 'split' set."),
-    tile_side_m: Optional[float] = typer.Option(
-        None, "--tile-side-m",
-        help="Tile side in metres for rows without a tile_side_m column (default: the archive's patches.parquet beside "
-             "INPUT, else the extent of each MGRS tile's patch grid; 109800 for a full tile).",
+    out: Path = typer.Option(
+        ..., "--out", "-o", callback=guarded_output, help="Output parquet: the input's rows with 'split' set."
     ),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of v1-blocks / spatial-blocks (default 0)."),
-    block_size_m: Optional[float] = typer.Option(None, "--block-size-m", help="spatial-blocks: block side (default 30000)."),
-    buffer_m: Optional[float] = typer.Option(None, "--buffer-m", help="spatial-blocks: buffer width, 0 for none (default 2400)."),
+    tile_side_m: float | None = typer.Option(
+        None,
+        "--tile-side-m",
+        help="Tile side in metres for rows without a tile_side_m column (default: the archive's patches.parquet beside "
+        "INPUT, else the extent of each MGRS tile's patch grid; 109800 for a full tile).",
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of v1-blocks / spatial-blocks (default 0)."),
+    block_size_m: float | None = typer.Option(
+        None, "--block-size-m", help="spatial-blocks: block side (default 30000)."
+    ),
+    buffer_m: float | None = typer.Option(
+        None, "--buffer-m", help="spatial-blocks: buffer width, 0 for none (default 2400)."
+    ),
     no_label_balance: bool = typer.Option(False, "--no-label-balance", help="spatial-blocks: do not balance labels."),
-    no_country_balance: bool = typer.Option(False, "--no-country-balance", help="spatial-blocks: do not balance countries."),
+    no_country_balance: bool = typer.Option(
+        False, "--no-country-balance", help="spatial-blocks: do not balance countries."
+    ),
 ) -> None:
     """Assign a split to every patch with STRATEGY and write the rows with their split to OUT.
 
@@ -60,14 +68,18 @@ def split(
 
 def audit(
     input_path: Path = typer.Argument(..., help=_INPUT_HELP),
-    out: Path = typer.Option(..., "--out", "-o", callback=guarded_output, help="Report directory (report.json, report.md, PNG figures)."),
-    split_column: Optional[list[str]] = typer.Option(
+    out: Path = typer.Option(
+        ..., "--out", "-o", callback=guarded_output, help="Report directory (report.json, report.md, PNG figures)."
+    ),
+    split_column: list[str] | None = typer.Option(
         None, "--split-column", "-c", help="A column of INPUT holding splits; repeatable."
     ),
-    strategy: Optional[list[str]] = typer.Option(
+    strategy: list[str] | None = typer.Option(
         None, "--strategy", "-s", help="A strategy to compute and audit (reben, v1-blocks, spatial-blocks); repeatable."
     ),
-    tile_side_m: Optional[float] = typer.Option(None, "--tile-side-m", help="Tile side for rows without a tile_side_m column."),
+    tile_side_m: float | None = typer.Option(
+        None, "--tile-side-m", help="Tile side for rows without a tile_side_m column."
+    ),
     permutations: int = typer.Option(20, "--permutations", help="Random permutations for the join-count baseline."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Only report.json and report.md."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -81,8 +93,14 @@ def audit(
 
     try:
         report = run_audit(
-            input_path, out, split_columns=split_column or None, strategies=strategy or None,
-            tile_side_m=tile_side_m, permutations=permutations, figures=not no_figures, progress=not quiet,
+            input_path,
+            out,
+            split_columns=split_column or None,
+            strategies=strategy or None,
+            tile_side_m=tile_side_m,
+            permutations=permutations,
+            figures=not no_figures,
+            progress=not quiet,
         )
     except (SplitInputError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

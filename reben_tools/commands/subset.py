@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -11,12 +10,22 @@ from reben_tools.commands.outputs import guarded_output
 
 
 def subset(
-    input_path: Path = typer.Argument(..., help="A reBEN metadata parquet, or an archive directory (its metadata.parquet)."),
+    input_path: Path = typer.Argument(
+        ..., help="A reBEN metadata parquet, or an archive directory (its metadata.parquet)."
+    ),
     fraction: float = typer.Option(..., "--fraction", "-f", help="Share of the train split to keep, in (0, 1]."),
-    out: Path = typer.Option(..., "--out", "-o", callback=guarded_output, help="Output parquet in reBEN's metadata schema (train subset + all validation/test rows)."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        callback=guarded_output,
+        help="Output parquet in reBEN's metadata schema (train subset + all validation/test rows).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Draw seed."),
-    include_snow_cloud: bool = typer.Option(False, "--include-snow-cloud", help="Archive input: also draw from the snow/cloud/shadow metadata file."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Also write the label distribution as JSON here."),
+    include_snow_cloud: bool = typer.Option(
+        False, "--include-snow-cloud", help="Archive input: also draw from the snow/cloud/shadow metadata file."
+    ),
+    report: Path | None = typer.Option(None, "--report", help="Also write the label distribution as JSON here."),
 ) -> None:
     """Draw a deterministic, stratified FRACTION of the train split (every class keeps a positive) and write it to OUT.
 
@@ -33,8 +42,10 @@ def subset(
     if report is not None:
         write_json_atomic(report, result)
     p = result["patches"]
-    typer.echo(f"{out}: {p['subset']:,} of {p['full']:,} train patches (fraction {fraction:g}, seed {seed}); "
-               "validation and test rows kept")
+    typer.echo(
+        f"{out}: {p['subset']:,} of {p['full']:,} train patches (fraction {fraction:g}, seed {seed}); "
+        "validation and test rows kept"
+    )
     typer.echo(distribution_markdown(result))
 
 

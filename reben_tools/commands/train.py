@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,50 +14,118 @@ _RECIPE = "default: reBEN's published recipe"
 
 
 def train(
-    archive: Optional[Path] = typer.Option(None, "--archive", help="Archive directory (manifest.json, shards/, metadata); with --resume, default: the run's."),
-    out: Path = typer.Option(..., "--out", callback=guarded_output, help="Run directory: checkpoints/, metrics.json, curves.png, test/."),
-    bands: Optional[str] = typer.Option(None, "--bands", help="Band group (S1, 10m_20m, S1_10m_20m, ALL ...) or comma-separated bands."),
-    model: Optional[str] = typer.Option(None, "--model", help="resnet50, resnet18, resnet_micro, vit_base_patch8, convnextv2_base, mixer_base_patch16, dofa_base_patch16, dofa_micro ... or timm:NAME."),
-    init: Optional[str] = typer.Option(None, "--init", help="Start the encoder from published weights: dofa_base:PATH, dofa_large:PATH, dofa_micro:PATH (a DOFA-layout checkpoint or a reben train checkpoint of a DOFA model)."),
-    layer_decay: Optional[float] = typer.Option(None, "--layer-decay", help="Layer-wise lr decay for transformers (e.g. 0.75): block i of L gets lr * decay^(L - i); off by default."),
-    input_mode: Optional[str] = typer.Option(None, "--input-mode", help="DOFA models: interpolate (default: position embeddings resized to the 120x120 patch grid) or resize (inputs resized to 224)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs (default 100)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch, split over torchrun processes (default 512)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 1e-3)."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay (default 0.01)."),
-    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout before the head (default 0.15)."),
-    drop_path: Optional[float] = typer.Option(None, "--drop-path", help="Stochastic depth rate (default 0.15)."),
-    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Linear warm-up steps from lr/10 (default 1000, at most a tenth of the run)."),
-    patience: Optional[int] = typer.Option(None, "--patience", help="Early-stopping patience in epochs on validation macro AP (default 5)."),
-    fusion: Optional[str] = typer.Option(None, "--fusion", help="early (channel concatenation, default) or late (one encoder per modality)."),
-    patch_size: Optional[int] = typer.Option(None, "--patch-size", help="Patch size of ViT / MLP-Mixer models (overrides the name's)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
+    archive: Path | None = typer.Option(
+        None,
+        "--archive",
+        help="Archive directory (manifest.json, shards/, metadata); with --resume, default: the run's.",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", callback=guarded_output, help="Run directory: checkpoints/, metrics.json, curves.png, test/."
+    ),
+    bands: str | None = typer.Option(
+        None, "--bands", help="Band group (S1, 10m_20m, S1_10m_20m, ALL ...) or comma-separated bands."
+    ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="resnet50, resnet18, resnet_micro, vit_base_patch8, convnextv2_base, mixer_base_patch16, dofa_base_patch16, dofa_micro ... or timm:NAME.",
+    ),
+    init: str | None = typer.Option(
+        None,
+        "--init",
+        help="Start the encoder from published weights: dofa_base:PATH, dofa_large:PATH, dofa_micro:PATH (a DOFA-layout checkpoint or a reben train checkpoint of a DOFA model).",
+    ),
+    layer_decay: float | None = typer.Option(
+        None,
+        "--layer-decay",
+        help="Layer-wise lr decay for transformers (e.g. 0.75): block i of L gets lr * decay^(L - i); off by default.",
+    ),
+    input_mode: str | None = typer.Option(
+        None,
+        "--input-mode",
+        help="DOFA models: interpolate (default: position embeddings resized to the 120x120 patch grid) or resize (inputs resized to 224).",
+    ),
+    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 100)."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Global batch, split over torchrun processes (default 512)."
+    ),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default 1e-3)."),
+    weight_decay: float | None = typer.Option(None, "--weight-decay", help="AdamW weight decay (default 0.01)."),
+    dropout: float | None = typer.Option(None, "--dropout", help="Dropout before the head (default 0.15)."),
+    drop_path: float | None = typer.Option(None, "--drop-path", help="Stochastic depth rate (default 0.15)."),
+    warmup_steps: int | None = typer.Option(
+        None, "--warmup-steps", help="Linear warm-up steps from lr/10 (default 1000, at most a tenth of the run)."
+    ),
+    patience: int | None = typer.Option(
+        None, "--patience", help="Early-stopping patience in epochs on validation macro AP (default 5)."
+    ),
+    fusion: str | None = typer.Option(
+        None, "--fusion", help="early (channel concatenation, default) or late (one encoder per modality)."
+    ),
+    patch_size: int | None = typer.Option(
+        None, "--patch-size", help="Patch size of ViT / MLP-Mixer models (overrides the name's)."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (default 0)."),
     no_flips: bool = typer.Option(False, "--no-flips", help="Turn off the random flips."),
-    mix: Optional[str] = typer.Option(None, "--mix", help="none (default), cutmix (labels mixed by area) or cutmix-lp (labels from the mixed reference map)."),
-    mix_prob: Optional[float] = typer.Option(None, "--mix-prob", help="Probability that a training sample is mixed (default 0.5)."),
-    mix_area: Optional[str] = typer.Option(None, "--mix-area", help="Box area range as shares of the patch, low,high (default 0.1,0.5)."),
-    class_order: Optional[str] = typer.Option(None, "--class-order", help="alphabetical (default) or original."),
-    include_snow_cloud: bool = typer.Option(False, "--include-snow-cloud", help="Also use patches flagged for snow/cloud/shadow."),
-    include_snowy: bool = typer.Option(False, "--include-snowy", help="Also use patches flagged for seasonal snow (alone: not cloudy ones)."),
-    include_cloudy: bool = typer.Option(False, "--include-cloudy", help="Also use patches flagged for cloud/shadow (alone: not snowy ones)."),
-    train_fraction: Optional[float] = typer.Option(None, "--train-fraction", help="Train on this stratified share of the train split, in (0, 1] (the rows of `reben subset --fraction F`)."),
-    subset_seed: Optional[int] = typer.Option(None, "--subset-seed", help="Seed of the --train-fraction draw (default 0)."),
+    mix: str | None = typer.Option(
+        None,
+        "--mix",
+        help="none (default), cutmix (labels mixed by area) or cutmix-lp (labels from the mixed reference map).",
+    ),
+    mix_prob: float | None = typer.Option(
+        None, "--mix-prob", help="Probability that a training sample is mixed (default 0.5)."
+    ),
+    mix_area: str | None = typer.Option(
+        None, "--mix-area", help="Box area range as shares of the patch, low,high (default 0.1,0.5)."
+    ),
+    class_order: str | None = typer.Option(None, "--class-order", help="alphabetical (default) or original."),
+    include_snow_cloud: bool = typer.Option(
+        False, "--include-snow-cloud", help="Also use patches flagged for snow/cloud/shadow."
+    ),
+    include_snowy: bool = typer.Option(
+        False, "--include-snowy", help="Also use patches flagged for seasonal snow (alone: not cloudy ones)."
+    ),
+    include_cloudy: bool = typer.Option(
+        False, "--include-cloudy", help="Also use patches flagged for cloud/shadow (alone: not snowy ones)."
+    ),
+    train_fraction: float | None = typer.Option(
+        None,
+        "--train-fraction",
+        help="Train on this stratified share of the train split, in (0, 1] (the rows of `reben subset --fraction F`).",
+    ),
+    subset_seed: int | None = typer.Option(
+        None, "--subset-seed", help="Seed of the --train-fraction draw (default 0)."
+    ),
     device: str = typer.Option("auto", "--device", help="cuda, cpu or auto."),
     precision: str = typer.Option("auto", "--precision", help="bf16 or fp32 (auto: bf16 on GPU, fp32 on CPU)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers per process (default: cores per process - 1)."),
+    workers: int | None = typer.Option(
+        None, "--workers", help="DataLoader workers per process (default: cores per process - 1)."
+    ),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    sync_batchnorm: bool = typer.Option(True, "--sync-batchnorm/--no-sync-batchnorm", help="Under torchrun on GPUs, BatchNorm over the global batch (default) or per process."),
-    deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic GPU algorithms: bit-exact --resume on GPUs, somewhat slower."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps in total (checkpointed; --resume goes on)."),
-    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Also checkpoint every N steps (epochs always are)."),
-    no_test: bool = typer.Option(False, "--no-test", help="Skip evaluating the best checkpoint on the test split at the end."),
+    sync_batchnorm: bool = typer.Option(
+        True,
+        "--sync-batchnorm/--no-sync-batchnorm",
+        help="Under torchrun on GPUs, BatchNorm over the global batch (default) or per process.",
+    ),
+    deterministic: bool = typer.Option(
+        False, "--deterministic", help="Deterministic GPU algorithms: bit-exact --resume on GPUs, somewhat slower."
+    ),
+    max_steps: int | None = typer.Option(
+        None, "--max-steps", help="Stop after this many optimiser steps in total (checkpointed; --resume goes on)."
+    ),
+    checkpoint_every: int | None = typer.Option(
+        None, "--checkpoint-every", help="Also checkpoint every N steps (epochs always are)."
+    ),
+    no_test: bool = typer.Option(
+        False, "--no-test", help="Skip evaluating the best checkpoint on the test split at the end."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train a multi-label classifier with the published reBEN recipe (works under torchrun)."""
-    from reben_tools.learn.config import DEFAULTS, TrainConfig, TrainingError, check_numbers
-    from reben_tools.learn.mixing import parse_area_range
-    from reben_tools.learn.loop import train as run_training
+    from reben_tools.learn.data.mixing import parse_area_range
+    from reben_tools.learn.runtime.config import DEFAULTS, TrainConfig, TrainingError, check_numbers
+    from reben_tools.learn.training.loop import train as run_training
 
     try:
         area = parse_area_range(mix_area) if mix_area is not None else None
@@ -66,16 +133,33 @@ def train(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     given_values = {
-        "bands": _band_arg(bands), "model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-        "weight_decay": weight_decay, "dropout": dropout, "drop_path": drop_path, "warmup_steps": warmup_steps,
-        "patience": patience, "fusion": fusion, "seed": seed, "class_order": class_order,
-        "flips": False if no_flips else None, "include_snow_cloud": True if include_snow_cloud else None,
-        "include_snowy": True if include_snowy else None, "include_cloudy": True if include_cloudy else None,
-        "mix": mix, "mix_prob": mix_prob, "mix_area": area,
-        "train_fraction": train_fraction, "subset_seed": subset_seed,
+        "bands": _band_arg(bands),
+        "model": model,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "dropout": dropout,
+        "drop_path": drop_path,
+        "warmup_steps": warmup_steps,
+        "patience": patience,
+        "fusion": fusion,
+        "seed": seed,
+        "class_order": class_order,
+        "flips": False if no_flips else None,
+        "include_snow_cloud": True if include_snow_cloud else None,
+        "include_snowy": True if include_snowy else None,
+        "include_cloudy": True if include_cloudy else None,
+        "mix": mix,
+        "mix_prob": mix_prob,
+        "mix_area": area,
+        "train_fraction": train_fraction,
+        "subset_seed": subset_seed,
         "model_kwargs": ({"patch_size": patch_size} if patch_size is not None else {})
-        | ({"input_mode": input_mode} if input_mode is not None else {}) or None,
-        "init": init, "layer_decay": layer_decay,
+        | ({"input_mode": input_mode} if input_mode is not None else {})
+        or None,
+        "init": init,
+        "layer_decay": layer_decay,
     }
     if train_fraction is not None and not 0.0 < train_fraction <= 1.0:
         typer.echo(f"error: --train-fraction must be in (0, 1], got {train_fraction}", err=True)
@@ -85,26 +169,46 @@ def train(
         typer.echo("error: --archive, --bands and --model are required (unless --resume continues a run)", err=True)
         raise typer.Exit(2)
     try:  # before anything is read or written
-        check_numbers({**given_values, "workers": workers, "max_steps": max_steps,
-                       "checkpoint_every": checkpoint_every})
+        check_numbers(
+            {**given_values, "workers": workers, "max_steps": max_steps, "checkpoint_every": checkpoint_every}
+        )
     except TrainingError as exc:
         _fail(exc)
     values = {k: (v if v is not None else DEFAULTS.get(k)) for k, v in given_values.items()}
     values["model_kwargs"] = values["model_kwargs"] or {}
     config = TrainConfig(
-        archive=str(archive) if archive is not None else "", out=str(out), device=device, precision=precision,
-        workers=workers, compile=compile, max_steps=max_steps, checkpoint_every=checkpoint_every,
-        evaluate_test=not no_test, progress=not quiet, sync_batchnorm=sync_batchnorm, deterministic=deterministic,
+        archive=str(archive) if archive is not None else "",
+        out=str(out),
+        device=device,
+        precision=precision,
+        workers=workers,
+        compile=compile,
+        max_steps=max_steps,
+        checkpoint_every=checkpoint_every,
+        evaluate_test=not no_test,
+        progress=not quiet,
+        sync_batchnorm=sync_batchnorm,
+        deterministic=deterministic,
         **{k: v for k, v in values.items() if k not in ("bands", "model")},
-        bands=values["bands"] or "", model=values["model"] or "",
+        bands=values["bands"] or "",
+        model=values["model"] or "",
     )
     try:
         metrics = run_training(config, resume=resume, given=given)
     except TrainingError as exc:
         _fail(exc)
     if metrics:
-        summary = {k: metrics.get(k) for k in ("status", "stopped_by", "steps", "epochs_completed", "best_epoch",
-                                               "best_validation_average_precision_macro")}
+        summary = {
+            k: metrics.get(k)
+            for k in (
+                "status",
+                "stopped_by",
+                "steps",
+                "epochs_completed",
+                "best_epoch",
+                "best_validation_average_precision_macro",
+            )
+        }
         if metrics.get("test"):
             summary["test_average_precision_macro"] = metrics["test"]["average_precision_macro"]
             summary["test_average_precision_micro"] = metrics["test"]["average_precision_micro"]
@@ -114,16 +218,18 @@ def train(
 
 def _run_files(out: Path) -> dict:
     """Where a finished run's checkpoints, metrics and plots are (those that exist)."""
-    names = {"checkpoints": ("checkpoints/best.pt", "checkpoints/last.pt"),
-             "metrics": ("metrics.json", "test/metrics.json", "config.json"),
-             "plots": ("curves.png", "test/per_class.png")}
+    names = {
+        "checkpoints": ("checkpoints/best.pt", "checkpoints/last.pt"),
+        "metrics": ("metrics.json", "test/metrics.json", "config.json"),
+        "plots": ("curves.png", "test/per_class.png"),
+    }
     return {kind: [str(out / n) for n in paths if (out / n).is_file()] for kind, paths in names.items()}
 
 
 def _fail(exc: Exception) -> None:
     """Print ``error: ...`` once (only the main process when every process raised it; nothing when another
     process failed alone, since that one printed why) and exit with status 1."""
-    from reben_tools.learn.config import StoppedByPeer
+    from reben_tools.learn.runtime.config import StoppedByPeer
 
     if isinstance(exc, StoppedByPeer):
         pass
@@ -134,30 +240,47 @@ def _fail(exc: Exception) -> None:
 
 def evaluate(
     archive: Path = typer.Option(..., "--archive", help="Archive directory."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint written by reben train (best.pt or last.pt)."),
-    out: Path = typer.Option(..., "--out", callback=guarded_output, help="Directory for metrics.json and per_class.png."),
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", help="A checkpoint written by reben train (best.pt or last.pt)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", callback=guarded_output, help="Directory for metrics.json and per_class.png."
+    ),
     split: str = typer.Option("test", "--split", help="train, validation or test."),
-    model: Optional[str] = typer.Option(None, "--model", help="Expected model name (checked against the checkpoint)."),
-    bands: Optional[str] = typer.Option(None, "--bands", help="Expected band group (checked against the checkpoint)."),
-    threshold: float = typer.Option(0.5, "--threshold", help="Probability threshold for F1/F2/precision/recall/Hamming."),
+    model: str | None = typer.Option(None, "--model", help="Expected model name (checked against the checkpoint)."),
+    bands: str | None = typer.Option(None, "--bands", help="Expected band group (checked against the checkpoint)."),
+    threshold: float = typer.Option(
+        0.5, "--threshold", help="Probability threshold for F1/F2/precision/recall/Hamming."
+    ),
     batch_size: int = typer.Option(512, "--batch-size"),
     device: str = typer.Option("auto", "--device", help="cuda, cpu or auto."),
     precision: str = typer.Option("auto", "--precision", help="bf16 or fp32."),
-    workers: Optional[int] = typer.Option(None, "--workers"),
+    workers: int | None = typer.Option(None, "--workers"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Average precision, F1, F2, precision, recall (macro and micro), Hamming loss and per-class figures."""
-    from reben_tools.learn.metrics import HEADLINE_METRICS
-    from reben_tools.learn.config import TrainingError, check_numbers
-    from reben_tools.learn.evaluation import evaluate as run_evaluation
+    from reben_tools.learn.evaluation.metrics import HEADLINE_METRICS
+    from reben_tools.learn.evaluation.predict import evaluate as run_evaluation
+    from reben_tools.learn.runtime.config import TrainingError, check_numbers
 
     try:
         check_numbers({"batch_size": batch_size, "workers": workers})
         if not 0 < threshold < 1:
             raise TrainingError(f"--threshold must be a probability in (0, 1) (got {threshold})")
-        metrics = run_evaluation(archive, checkpoint, split=split, out=out, device=device, precision=precision,
-                                 batch_size=batch_size, workers=workers, model=model, bands=_band_arg(bands),
-                                 threshold=threshold, progress=not quiet)
+        metrics = run_evaluation(
+            archive,
+            checkpoint,
+            split=split,
+            out=out,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            workers=workers,
+            model=model,
+            bands=_band_arg(bands),
+            threshold=threshold,
+            progress=not quiet,
+        )
     except TrainingError as exc:
         _fail(exc)
     shown = ("samples", "average_precision_macro", "average_precision_micro")
@@ -174,33 +297,66 @@ def evaluate(
 
 
 def probe(
-    archive: Optional[Path] = typer.Option(None, "--archive", help="Archive directory (with --checkpoint, or --model/--bands)."),
-    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="An embeddings parquet written by `reben embed` (instead of --archive)."),
-    encoder: Optional[str] = typer.Option(None, "--encoder", help="With --archive: embed it with this frozen encoder first (croma_base:PATH, a run directory, ...; as `reben embed`), keeping OUT/embeddings.parquet."),
-    out: Path = typer.Option(..., "--out", callback=guarded_output, help="Output directory: probe.json (metrics.json with --archive), probe.md, per_class_f2.png, embedding_map.png."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Encoder to freeze (omit for a random-init baseline with --model/--bands)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model name (random-init baseline, or checked against the checkpoint)."),
-    bands: Optional[str] = typer.Option(None, "--bands", help="Band group (random-init baseline, or checked against the checkpoint)."),
-    modality: str = typer.Option("auto", "--modality", help="With --embeddings: joint, s2, s1 or auto (joint, else s2, else s1)."),
-    probes: str = typer.Option("linear,mlp,random_forest", "--probes", help="Comma-separated: linear, mlp, random_forest."),
-    train_fraction: str = typer.Option("1.0", "--train-fraction", help="Stratified share(s) of the train split to fit on, comma-separated, e.g. 0.01,0.1,1.0."),
-    subset_seed: int = typer.Option(0, "--subset-seed", help="Seed of the --train-fraction draw (the rows of `reben subset --seed`)."),
-    max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", help="With --archive: first cap train by a uniform random draw."),
+    archive: Path | None = typer.Option(
+        None, "--archive", help="Archive directory (with --checkpoint, or --model/--bands)."
+    ),
+    embeddings: Path | None = typer.Option(
+        None, "--embeddings", help="An embeddings parquet written by `reben embed` (instead of --archive)."
+    ),
+    encoder: str | None = typer.Option(
+        None,
+        "--encoder",
+        help="With --archive: embed it with this frozen encoder first (croma_base:PATH, a run directory, ...; as `reben embed`), keeping OUT/embeddings.parquet.",
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        callback=guarded_output,
+        help="Output directory: probe.json (metrics.json with --archive), probe.md, per_class_f2.png, embedding_map.png.",
+    ),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Encoder to freeze (omit for a random-init baseline with --model/--bands)."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="Model name (random-init baseline, or checked against the checkpoint)."
+    ),
+    bands: str | None = typer.Option(
+        None, "--bands", help="Band group (random-init baseline, or checked against the checkpoint)."
+    ),
+    modality: str = typer.Option(
+        "auto", "--modality", help="With --embeddings: joint, s2, s1 or auto (joint, else s2, else s1)."
+    ),
+    probes: str = typer.Option(
+        "linear,mlp,random_forest", "--probes", help="Comma-separated: linear, mlp, random_forest."
+    ),
+    train_fraction: str = typer.Option(
+        "1.0",
+        "--train-fraction",
+        help="Stratified share(s) of the train split to fit on, comma-separated, e.g. 0.01,0.1,1.0.",
+    ),
+    subset_seed: int = typer.Option(
+        0, "--subset-seed", help="Seed of the --train-fraction draw (the rows of `reben subset --seed`)."
+    ),
+    max_train_samples: int | None = typer.Option(
+        None, "--max-train-samples", help="With --archive: first cap train by a uniform random draw."
+    ),
     no_map: bool = typer.Option(False, "--no-map", help="With --embeddings: skip the embedding map."),
-    map_points: int = typer.Option(3000, "--map-points", help="Test embeddings drawn in the embedding map (stratified draw)."),
+    map_points: int = typer.Option(
+        3000, "--map-points", help="Test embeddings drawn in the embedding map (stratified draw)."
+    ),
     batch_size: int = typer.Option(256, "--batch-size"),
     device: str = typer.Option("auto", "--device"),
     precision: str = typer.Option("auto", "--precision"),
-    workers: Optional[int] = typer.Option(None, "--workers"),
+    workers: int | None = typer.Option(None, "--workers"),
     seed: int = typer.Option(0, "--seed", help="Random state of the MLP and the random forest."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Fit a linear probe, an MLP and a random forest on frozen features; report test metrics (the field's protocol)."""
-    from reben_tools.learn.config import TrainingError
-    from reben_tools.learn.embeddings import EmbeddingsError
-    from reben_tools.learn.encoders import EncoderError
-    from reben_tools.learn.probes import PROBES, probe_embeddings
-    from reben_tools.learn.probes import probe as run_probe
+    from reben_tools.learn.evaluation.embeddings import EmbeddingsError
+    from reben_tools.learn.evaluation.probes import PROBES, probe_embeddings
+    from reben_tools.learn.evaluation.probes import probe as run_probe
+    from reben_tools.learn.models.encoders import EncoderError
+    from reben_tools.learn.runtime.config import TrainingError
 
     kinds = tuple(p.strip() for p in probes.split(",") if p.strip())
     unknown = [k for k in kinds if k not in PROBES]
@@ -212,31 +368,69 @@ def probe(
     except ValueError:
         fractions = ()
     if not fractions or any(not 0.0 < f <= 1.0 for f in fractions):
-        typer.echo(f"error: --train-fraction {train_fraction!r}: expected numbers in (0, 1], e.g. 0.01,0.1,1.0", err=True)
+        typer.echo(
+            f"error: --train-fraction {train_fraction!r}: expected numbers in (0, 1], e.g. 0.01,0.1,1.0", err=True
+        )
         raise typer.Exit(2)
     if (archive is None) == (embeddings is None):
-        typer.echo("error: give exactly one of --archive (with --checkpoint, --model/--bands or --encoder) and --embeddings", err=True)
+        typer.echo(
+            "error: give exactly one of --archive (with --checkpoint, --model/--bands or --encoder) and --embeddings",
+            err=True,
+        )
         raise typer.Exit(2)
     if encoder is not None and (archive is None or checkpoint is not None or model is not None):
-        typer.echo("error: --encoder goes with --archive alone (not with --embeddings, --checkpoint or --model)", err=True)
+        typer.echo(
+            "error: --encoder goes with --archive alone (not with --embeddings, --checkpoint or --model)", err=True
+        )
         raise typer.Exit(2)
     try:
         if encoder is not None:
-            from reben_tools.learn.embed import embed_archive
-            from reben_tools.learn.encoders import load_encoder
+            from reben_tools.learn.evaluation.embed import embed_archive
+            from reben_tools.learn.models.encoders import load_encoder
 
             embeddings = Path(out) / "embeddings.parquet"
-            embed_archive(archive, load_encoder(encoder), embeddings, bands=_band_arg(bands), batch_size=batch_size,
-                          device=device, precision=precision, workers=workers, progress=not quiet)
+            embed_archive(
+                archive,
+                load_encoder(encoder),
+                embeddings,
+                bands=_band_arg(bands),
+                batch_size=batch_size,
+                device=device,
+                precision=precision,
+                workers=workers,
+                progress=not quiet,
+            )
         if embeddings is not None:
-            results = probe_embeddings(embeddings, out, modality=modality, fractions=fractions, probes=kinds,
-                                       seed=seed, subset_seed=subset_seed, embedding_map=not no_map,
-                                       map_points=map_points, progress=not quiet)
+            results = probe_embeddings(
+                embeddings,
+                out,
+                modality=modality,
+                fractions=fractions,
+                probes=kinds,
+                seed=seed,
+                subset_seed=subset_seed,
+                embedding_map=not no_map,
+                map_points=map_points,
+                progress=not quiet,
+            )
         else:
-            results = run_probe(archive, checkpoint, out, model=model, bands=_band_arg(bands), probes=kinds,
-                                max_train_samples=max_train_samples, device=device, precision=precision,
-                                batch_size=batch_size, workers=workers, seed=seed, progress=not quiet,
-                                fractions=fractions, subset_seed=subset_seed)
+            results = run_probe(
+                archive,
+                checkpoint,
+                out,
+                model=model,
+                bands=_band_arg(bands),
+                probes=kinds,
+                max_train_samples=max_train_samples,
+                device=device,
+                precision=precision,
+                batch_size=batch_size,
+                workers=workers,
+                seed=seed,
+                progress=not quiet,
+                fractions=fractions,
+                subset_seed=subset_seed,
+            )
     except (TrainingError, EmbeddingsError, EncoderError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

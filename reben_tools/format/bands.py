@@ -55,9 +55,18 @@ class Band:
 S2_BANDS: dict[str, Band] = {
     name: Band(name, res, "uint16", "S2")
     for name, res in [
-        ("B01", 60), ("B02", 10), ("B03", 10), ("B04", 10), ("B05", 20),
-        ("B06", 20), ("B07", 20), ("B08", 10), ("B8A", 20), ("B09", 60),
-        ("B11", 20), ("B12", 20),
+        ("B01", 60),
+        ("B02", 10),
+        ("B03", 10),
+        ("B04", 10),
+        ("B05", 20),
+        ("B06", 20),
+        ("B07", 20),
+        ("B08", 10),
+        ("B8A", 20),
+        ("B09", 60),
+        ("B11", 20),
+        ("B12", 20),
     ]
 }
 """The 12 Sentinel-2 L2A bands in ESA order (B10 does not exist in L2A)."""
@@ -120,9 +129,7 @@ def resolve_bands(bands: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
             return BAND_GROUPS[bands]
         if bands in ALL_BANDS:
             return (bands,)
-        raise ValueError(
-            f"unknown band group {bands!r}; expected one of {sorted(BAND_GROUPS)} or a band name"
-        )
+        raise ValueError(f"unknown band group {bands!r}; expected one of {sorted(BAND_GROUPS)} or a band name")
     names = tuple(bands)
     unknown = [b for b in names if b not in ALL_BANDS]
     if unknown:
@@ -166,9 +173,18 @@ def normalisation_arrays(
 # DOFA patch embedding generates the same kernel for both.
 
 S2_CENTRAL_WAVELENGTH_UM: dict[str, float] = {
-    "B01": 0.443, "B02": 0.490, "B03": 0.560, "B04": 0.665, "B05": 0.705,
-    "B06": 0.740, "B07": 0.783, "B08": 0.842, "B8A": 0.865, "B09": 0.945,
-    "B11": 1.610, "B12": 2.190,
+    "B01": 0.443,
+    "B02": 0.490,
+    "B03": 0.560,
+    "B04": 0.665,
+    "B05": 0.705,
+    "B06": 0.740,
+    "B07": 0.783,
+    "B08": 0.842,
+    "B8A": 0.865,
+    "B09": 0.945,
+    "B11": 1.610,
+    "B12": 2.190,
 }
 """Sentinel-2 L2A bands, micrometres (ESA Sentinel-2 User Handbook, S2A nominal)."""
 
@@ -179,8 +195,8 @@ CENTRAL_WAVELENGTH_UM: dict[str, float] = {**S1_DOFA_WAVELENGTH_UM, **S2_CENTRAL
 """Every archive band's central wavelength, micrometres, in :data:`ALL_BANDS` order."""
 
 WAVELENGTH_SOURCE: dict[str, str] = {
-    **{b: "ESA Sentinel-2 User Handbook, S2A nominal central wavelength" for b in S2_CENTRAL_WAVELENGTH_UM},
-    **{b: "DOFA published code: Sentinel-1 SAR passed as 5.405 (C-band GHz)" for b in S1_DOFA_WAVELENGTH_UM},
+    **dict.fromkeys(S2_CENTRAL_WAVELENGTH_UM, "ESA Sentinel-2 User Handbook, S2A nominal central wavelength"),
+    **dict.fromkeys(S1_DOFA_WAVELENGTH_UM, "DOFA published code: Sentinel-1 SAR passed as 5.405 (C-band GHz)"),
 }
 """Where each value of :data:`CENTRAL_WAVELENGTH_UM` comes from."""
 
@@ -210,5 +226,7 @@ def wavelengths_for(bands: Sequence[str]) -> tuple[float, ...]:
         if band in BANDS_WITHOUT_WAVELENGTH:
             raise ValueError(f"band {band!r} has no central wavelength ({BANDS_WITHOUT_WAVELENGTH[band]})")
         if band not in CENTRAL_WAVELENGTH_UM:
-            raise ValueError(f"unknown band {band!r}: no central wavelength; known bands: {list(CENTRAL_WAVELENGTH_UM)}")
+            raise ValueError(
+                f"unknown band {band!r}: no central wavelength; known bands: {list(CENTRAL_WAVELENGTH_UM)}"
+            )
     return tuple(CENTRAL_WAVELENGTH_UM[b] for b in names)

@@ -29,10 +29,19 @@ MAX_HEADER_BYTES = 100_000
 """Largest header accepted when decoding; reBEN's are under 1 KB."""
 
 _DTYPES = {
-    "U8": np.dtype("uint8"), "I8": np.dtype("int8"), "U16": np.dtype("<u2"),
-    "I16": np.dtype("<i2"), "U32": np.dtype("<u4"), "I32": np.dtype("<i4"),
-    "F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8"),
-    "U64": np.dtype("<u8"), "I64": np.dtype("<i8"), "BF16": None, "BOOL": np.dtype("bool"),
+    "U8": np.dtype("uint8"),
+    "I8": np.dtype("int8"),
+    "U16": np.dtype("<u2"),
+    "I16": np.dtype("<i2"),
+    "U32": np.dtype("<u4"),
+    "I32": np.dtype("<i4"),
+    "F16": np.dtype("<f2"),
+    "F32": np.dtype("<f4"),
+    "F64": np.dtype("<f8"),
+    "U64": np.dtype("<u8"),
+    "I64": np.dtype("<i8"),
+    "BF16": None,
+    "BOOL": np.dtype("bool"),
 }
 
 
@@ -89,9 +98,7 @@ def encode_s1(bands: Mapping[str, np.ndarray]) -> bytes:
 def encode_reference_map(reference_map: np.ndarray) -> bytes:
     """The value of a reference map: one uint16 120x120 tensor named ``Data``."""
     if reference_map.dtype != np.uint16 or reference_map.shape != (120, 120):
-        raise ValueError(
-            f"reference map must be uint16 120x120, got {reference_map.dtype} {reference_map.shape}"
-        )
+        raise ValueError(f"reference map must be uint16 120x120, got {reference_map.dtype} {reference_map.shape}")
     return encode_tensors({REFERENCE_MAP_TENSOR: reference_map})
 
 
@@ -108,7 +115,9 @@ def read_header(key: str, value: bytes | memoryview) -> dict[str, dict]:
     if header_len > MAX_HEADER_BYTES:
         raise ValueDecodeError(key, f"declared header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit")
     if 8 + header_len > len(view):
-        raise ValueDecodeError(key, f"declared header length {header_len} exceeds the value's {len(view)} bytes (truncated?)")
+        raise ValueDecodeError(
+            key, f"declared header length {header_len} exceeds the value's {len(view)} bytes (truncated?)"
+        )
     try:
         header = json.loads(bytes(view[8 : 8 + header_len]))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -136,9 +145,16 @@ def read_header(key: str, value: bytes | memoryview) -> dict[str, dict]:
             raise ValueDecodeError(key, f"tensor {name!r}: data_offsets {offsets} outside the {data_len} data bytes")
         nbytes = dtype.itemsize * math.prod(shape)
         if end - begin != nbytes:
-            raise ValueDecodeError(key, f"tensor {name!r}: {end - begin} data bytes, but {info['dtype']} {shape} needs {nbytes}")
+            raise ValueDecodeError(
+                key, f"tensor {name!r}: {end - begin} data bytes, but {info['dtype']} {shape} needs {nbytes}"
+            )
         covered += nbytes
-        tensors[name] = {"dtype": dtype, "shape": tuple(shape), "begin": 8 + header_len + begin, "end": 8 + header_len + end}
+        tensors[name] = {
+            "dtype": dtype,
+            "shape": tuple(shape),
+            "begin": 8 + header_len + begin,
+            "end": 8 + header_len + end,
+        }
     if covered != data_len:
         raise ValueDecodeError(key, f"tensors cover {covered} of {data_len} data bytes")
     return tensors
@@ -190,6 +206,15 @@ def kind_of_key(key: str) -> str:
 
 
 __all__ = [
-    "ALL_BANDS", "REFERENCE_MAP_TENSOR", "ValueDecodeError", "check_value", "decode_value",
-    "encode_reference_map", "encode_s1", "encode_s2", "encode_tensors", "kind_of_key", "read_header",
+    "ALL_BANDS",
+    "REFERENCE_MAP_TENSOR",
+    "ValueDecodeError",
+    "check_value",
+    "decode_value",
+    "encode_reference_map",
+    "encode_s1",
+    "encode_s2",
+    "encode_tensors",
+    "kind_of_key",
+    "read_header",
 ]

@@ -24,8 +24,13 @@ from reben_tools.format.shards import ShardInfo
 def band_table() -> list[dict]:
     """The manifest's band table: name, modality, native resolution, dtype and patch shape."""
     return [
-        {"name": b.name, "modality": b.modality, "resolution_m": b.resolution_m, "dtype": b.dtype,
-         "shape": [b.size, b.size]}
+        {
+            "name": b.name,
+            "modality": b.modality,
+            "resolution_m": b.resolution_m,
+            "dtype": b.dtype,
+            "shape": [b.size, b.size],
+        }
         for b in ALL_BANDS.values()
     ]
 
@@ -45,9 +50,18 @@ def build_manifest(
         "format_version": FORMAT_VERSION,
         "bands": band_table(),
         "value_kinds": {
-            "S2": {"key": "<patch_id>", "tensors": [b for b in ALL_BANDS if ALL_BANDS[b].modality == "S2"], "value_bytes": 160_832},
+            "S2": {
+                "key": "<patch_id>",
+                "tensors": [b for b in ALL_BANDS if ALL_BANDS[b].modality == "S2"],
+                "value_bytes": 160_832,
+            },
             "S1": {"key": "<s1_name>", "tensors": ["VV", "VH"], "value_bytes": 115_344},
-            "reference_map": {"key": "<patch_id>_reference_map", "tensors": ["Data"], "dtype": "uint16", "shape": [120, 120]},
+            "reference_map": {
+                "key": "<patch_id>_reference_map",
+                "tensors": ["Data"],
+                "dtype": "uint16",
+                "shape": [120, 120],
+            },
         },
         "shards": [asdict(s) for s in shard_list],
         "totals": {
@@ -78,5 +92,7 @@ def read_manifest(archive_dir: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise ArchiveError(f"{path}: not a {FORMAT_NAME} manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ArchiveError(f"{path}: format version {manifest.get('format_version')} is not supported (expected {FORMAT_VERSION})")
+        raise ArchiveError(
+            f"{path}: format version {manifest.get('format_version')} is not supported (expected {FORMAT_VERSION})"
+        )
     return manifest

@@ -143,4 +143,3 @@ def read_metadata(paths: Iterable[Path]) -> pa.Table:
         return metadata_table(pa.concat_tables(tables))
     except ArchiveError as exc:
         raise ArchiveError(f"{', '.join(str(p) for p in paths)}: {exc}") from None
-

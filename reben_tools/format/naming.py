@@ -132,8 +132,7 @@ def parse_patch_id(name: str) -> PatchId:
     match = _PATCH_ID_RE.match(name)
     if not match:
         raise ValueError(
-            f"malformed patch id {name!r} "
-            "(expected e.g. S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57)"
+            f"malformed patch id {name!r} (expected e.g. S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57)"
         )
     return PatchId(match["product"], int(match["x"]), int(match["y"]))
 
@@ -148,8 +147,7 @@ def s1_product_prefix(s1_product_name: str) -> str:
     match = _S1_PRODUCT_RE.match(s1_product_name.removesuffix(".SAFE"))
     if not match:
         raise ValueError(
-            f"not a Sentinel-1 product name: {s1_product_name!r} "
-            "(expected e.g. S1B_IW_GRDH_1SDV_20170612T165809)"
+            f"not a Sentinel-1 product name: {s1_product_name!r} (expected e.g. S1B_IW_GRDH_1SDV_20170612T165809)"
         )
     return match["prefix"]
 
@@ -174,8 +172,7 @@ def parse_s1_patch_name(name: str) -> tuple[str, str, int, int]:
     match = _S1_PATCH_RE.match(name)
     if not match:
         raise ValueError(
-            f"malformed S1 patch name {name!r} "
-            "(expected e.g. S1B_IW_GRDH_1SDV_20170612T165809_33UUP_26_57)"
+            f"malformed S1 patch name {name!r} (expected e.g. S1B_IW_GRDH_1SDV_20170612T165809_33UUP_26_57)"
         )
     return match["prefix"], match["tile"], int(match["x"]), int(match["y"])
 

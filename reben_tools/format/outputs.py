@@ -75,6 +75,8 @@ def check_output_path(path: str | Path, what: str = "output") -> None:
     archive, entry = found
     if entry is None:
         raise ArchiveOverwriteError(
-            f"{path}: {what} is the archive {archive} itself; refusing to write into it (choose a new path)")
+            f"{path}: {what} is the archive {archive} itself; refusing to write into it (choose a new path)"
+        )
     raise ArchiveOverwriteError(
-        f"{path}: {what} is the archive {archive}'s own {entry.name}; refusing to overwrite it (choose a path outside the archive)")
+        f"{path}: {what} is the archive {archive}'s own {entry.name}; refusing to overwrite it (choose a path outside the archive)"
+    )

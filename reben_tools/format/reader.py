@@ -18,6 +18,7 @@ from pathlib import Path
 import lmdb
 import pyarrow.parquet as pq
 
+from reben_tools.format.envcheck import check_data_file
 from reben_tools.format.layout import (
     FLAGGED_METADATA_FILE,
     MANIFEST_FILE,
@@ -26,7 +27,6 @@ from reben_tools.format.layout import (
     SHARDS_DIR,
     ArchiveError,
 )
-from reben_tools.format.envcheck import check_data_file
 from reben_tools.format.manifest import read_manifest
 
 
@@ -44,7 +44,9 @@ def open_lmdb_readonly(path: Path, recorded_bytes: int | None = None) -> lmdb.En
         raise ArchiveError(f"{path}: no data.mdb; not an LMDB environment directory")
     check_data_file(path, recorded_bytes)
     try:
-        return lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, subdir=True, max_readers=1024)
+        return lmdb.open(
+            str(path), readonly=True, lock=False, readahead=False, meminit=False, subdir=True, max_readers=1024
+        )
     except lmdb.Error as exc:
         raise ArchiveError(f"{path}: cannot open LMDB environment ({exc})") from None
 
@@ -129,7 +131,9 @@ class Archive:
             self.shard_paths = [self.path]
             self.shard_bytes = [None]
         else:
-            raise ArchiveError(f"{self.path}: neither a reben-tools archive (manifest.json) nor an LMDB directory (data.mdb)")
+            raise ArchiveError(
+                f"{self.path}: neither a reben-tools archive (manifest.json) nor an LMDB directory (data.mdb)"
+            )
         self._pid: int | None = None
         self._envs: list[lmdb.Environment] = []
         self._key_shard: dict[str, int] | None = None

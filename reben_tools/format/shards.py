@@ -142,7 +142,6 @@ def write_lmdb(
     )
 
 
-
 def write_shard(
     shards_dir: Path,
     name: str,
@@ -176,7 +175,11 @@ def write_shard(
         # a full disk (ENOSPC, or EFBIG past a file-size limit) or an I/O error: nothing of
         # the shard is left in place, and the message names the shard
         full = isinstance(exc, lmdb.Error) or getattr(exc, "errno", None) in (
-            errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO)
+            errno.ENOSPC,
+            errno.EFBIG,
+            errno.EDQUOT,
+            errno.EIO,
+        )
         hint = "; is the disk full?" if full else ""
         raise ArchiveError(f"{shards_dir / name}: cannot write shard ({type(exc).__name__}: {exc}{hint})") from exc
     finally:
@@ -192,7 +195,6 @@ def read_shard_info(shard_dir: Path) -> ShardInfo:
         return ShardInfo(**json.loads(path.read_text("utf-8")))
     except (OSError, ValueError, TypeError) as exc:
         raise ArchiveError(f"{path}: cannot read shard info ({exc})") from None
-
 
 
 def remove_stale_temporaries(shards_dir: Path) -> list[Path]:

@@ -1,11 +1,13 @@
-"""Learning on reBEN archives: the PyTorch dataset, networks, metrics, training, evaluation and probing.
+"""Learning on reBEN archives, in five subpackages, each importing only the ones listed before it:
 
-Modules: dataset, transforms, values (reading samples); blocks, encoders, models (networks); metrics;
-config, schedule, devices, distributed, loaders, augment, checkpoints, rundir, plots (parts of a run);
-loop (train), evaluation (predict, evaluate), probes (probe).
+- ``runtime``: settings, errors, devices, distributed runs, checkpoints, schedule, run directory;
+- ``data``: the PyTorch dataset, transforms, loaders, augmentation and mixing;
+- ``models``: blocks, backbones, classifiers, CROMA, DOFA, the encoder registry;
+- ``evaluation``: prediction, metrics, probes, embeddings, retrieval;
+- ``training``: the supervised loop and CROMA pretraining.
 
-Owns: nothing itself; each module says what it owns.
-Does not own: the archive format (reben_tools.format), building or releasing archives (build, release),
+Owns: nothing itself; each subpackage says what it owns.
+Does not own: the archive format (reben_tools.format), building or releasing archives (builder, release),
 the CLI (commands).
-May import: reben_tools.format, reben_tools.geo, reben_tools.splits; never build or release.
+May import: reben_tools.format, reben_tools.geo, reben_tools.splits; never builder or release.
 """

@@ -34,12 +34,12 @@ import pyarrow.parquet as pq
 
 from reben_tools.format import codec, naming
 from reben_tools.format.layout import (
-    ArchiveError,
     FLAGGED_METADATA_FILE,
     METADATA_FILE,
     PATCHES_FILE,
-    SHARDS_DIR,
     SHARD_KEYS_FILE,
+    SHARDS_DIR,
+    ArchiveError,
 )
 from reben_tools.format.manifest import read_manifest
 from reben_tools.format.metadata import read_metadata
@@ -139,8 +139,12 @@ def _verify_shard(shard_dir: Path, expected: dict, report: VerifyReport, keys_se
                         located = True
                     elif recorded != (len(value), zlib.crc32(value)):
                         faults.append(
-                            Fault(name, key, f"value ({len(value)} bytes) differs from the recorded size "
-                                  f"{recorded[0]} / CRC-32 (corrupt value)")
+                            Fault(
+                                name,
+                                key,
+                                f"value ({len(value)} bytes) differs from the recorded size "
+                                f"{recorded[0]} / CRC-32 (corrupt value)",
+                            )
                         )
                         located = True
                 try:
@@ -216,12 +220,14 @@ def _verify_metadata(root: Path, patch_ids: set[str] | None, report: VerifyRepor
     if patch_ids is not None:
         for pid in table.column("patch_id").to_pylist():
             if pid not in patch_ids:
-                report.faults.append(Fault("-", pid, f"the metadata lists this patch, but {PATCHES_FILE} "
-                                           "has no row for it"))
+                report.faults.append(
+                    Fault("-", pid, f"the metadata lists this patch, but {PATCHES_FILE} has no row for it")
+                )
 
 
-def _verify_patch_rows(root: Path, keys_seen: dict[str, set[str]], report: VerifyReport,
-                       patch_rows_expected: bool = True) -> set[str] | None:
+def _verify_patch_rows(
+    root: Path, keys_seen: dict[str, set[str]], report: VerifyReport, patch_rows_expected: bool = True
+) -> set[str] | None:
     """Every patch of ``patches.parquet`` must find its values in the shard it names, once.
     Returns the patch ids it lists (None when it cannot be read)."""
     path = root / PATCHES_FILE
@@ -231,8 +237,9 @@ def _verify_patch_rows(root: Path, keys_seen: dict[str, set[str]], report: Verif
         return None
     try:
         schema_names = pq.read_schema(path).names
-        columns = [c for c in ("patch_id", "shard", "s1_name", "has_s1", "has_reference_map", "has_s2")
-                   if c in schema_names]
+        columns = [
+            c for c in ("patch_id", "shard", "s1_name", "has_s1", "has_reference_map", "has_s2") if c in schema_names
+        ]
         table = pq.read_table(path, columns=columns)
     except (OSError, ValueError) as exc:
         report.faults.append(Fault("-", None, f"{path}: unreadable ({exc})"))
@@ -245,8 +252,14 @@ def _verify_patch_rows(root: Path, keys_seen: dict[str, set[str]], report: Verif
     counts = Counter(ids)
     for pid, n in sorted(((p, n) for p, n in counts.items() if n > 1), key=lambda item: str(item[0])):
         report.faults.append(Fault("-", pid, f"{PATCHES_FILE} lists this patch {n} times"))
-    rows = zip(ids, column("shard", None), column("has_s1", False), column("s1_name", None),
-               column("has_reference_map", False), column("has_s2", True))
+    rows = zip(
+        ids,
+        column("shard", None),
+        column("has_s1", False),
+        column("s1_name", None),
+        column("has_reference_map", False),
+        column("has_s2", True),
+    )
     for pid, shard, has_s1, s1_name, has_reference_map, has_s2 in rows:
         seen = keys_seen.get(shard)
         if seen is None:
@@ -258,8 +271,9 @@ def _verify_patch_rows(root: Path, keys_seen: dict[str, set[str]], report: Verif
             wanted.append(naming.reference_map_key(pid))
         for key in wanted:
             if key not in seen:
-                report.faults.append(Fault(shard, key, f"patches.parquet lists this key for patch {pid}, "
-                                           "but the shard does not hold it"))
+                report.faults.append(
+                    Fault(shard, key, f"patches.parquet lists this key for patch {pid}, but the shard does not hold it")
+                )
     return set(counts)
 
 
@@ -305,13 +319,16 @@ def merge_archive(path: str | os.PathLike, out_dir: str | os.PathLike, progress:
     names = [s["name"] for s in manifest["shards"]]
     scopes = ExitStack()  # every shard's size is checked before any is read (truncated -> ArchiveError)
     try:
-        envs = [scopes.enter_context(shared_environment(root / SHARDS_DIR / s["name"], s.get("file_bytes")))
-                for s in manifest["shards"]]
+        envs = [
+            scopes.enter_context(shared_environment(root / SHARDS_DIR / s["name"], s.get("file_bytes")))
+            for s in manifest["shards"]
+        ]
     except BaseException:
         scopes.close()
         raise
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
     try:
+
         def merged() -> Iterator[tuple[bytes, int, memoryview]]:
             """Every shard's (key, shard index, value) in key order (ties: lower shard first)."""
             return heapq.merge(*(_shard_stream(i, e) for i, e in enumerate(envs)))
@@ -360,8 +377,9 @@ def merge_archive(path: str | os.PathLike, out_dir: str | os.PathLike, progress:
                 out.rmdir()
             os.rename(tmp, out)
         except OSError as exc:  # another merge (or anything else) filled out_dir meanwhile
-            raise ArchiveError(f"{out}: was written by another process during the merge; "
-                                       f"left it as it is ({exc.strerror})") from None
+            raise ArchiveError(
+                f"{out}: was written by another process during the merge; left it as it is ({exc.strerror})"
+            ) from None
     finally:
         scopes.close()
         if tmp.exists():
@@ -415,13 +433,18 @@ def export_geotiffs(
     # names and coordinates are untrusted: a row that cannot name a file is reported, never written
     usable = []
     for i, row in enumerate(rows):
-        bad = [c for c, types in (("patch_id", str), ("crs", str), ("ulx", (int, float)), ("uly", (int, float)))
-               if not isinstance(row[c], types)]
+        bad = [
+            c
+            for c, types in (("patch_id", str), ("crs", str), ("ulx", (int, float)), ("uly", (int, float)))
+            if not isinstance(row[c], types)
+        ]
         if row.get("s1_name") is not None and not isinstance(row["s1_name"], str):
             bad.append("s1_name")
         if bad:
-            summary.errors.append(f"{patches_path} row {i}: column(s) {bad} are not usable "
-                                  f"({', '.join(f'{c}={row[c]!r:.80}' for c in bad)})")
+            summary.errors.append(
+                f"{patches_path} row {i}: column(s) {bad} are not usable "
+                f"({', '.join(f'{c}={row[c]!r:.80}' for c in bad)})"
+            )
         else:
             usable.append(row)
     rows = sorted(usable, key=lambda r: r["patch_id"])
@@ -462,6 +485,12 @@ def export_geotiffs(
 
 
 __all__ = [
-    "ExportSummary", "Fault", "MergeSummary", "VerifyReport", "export_geotiffs", "merge_archive",
-    "read_key_checksums", "verify_archive",
+    "ExportSummary",
+    "Fault",
+    "MergeSummary",
+    "VerifyReport",
+    "export_geotiffs",
+    "merge_archive",
+    "read_key_checksums",
+    "verify_archive",
 ]

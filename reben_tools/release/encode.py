@@ -57,19 +57,18 @@ import pyarrow as pa
 
 from reben_tools.format.atomic import write_json_atomic
 from reben_tools.format.layout import (
-    ArchiveError,
     MANIFEST_FILE,
     PATCHES_FILE,
     REPORT_FILE,
-    SHARDS_DIR,
     SHARD_ROWS_FILE,
+    SHARDS_DIR,
+    ArchiveError,
 )
+from reben_tools.format.locking import OutputLock
 from reben_tools.format.manifest import build_manifest, write_manifest
 from reben_tools.format.metadata import read_metadata, write_metadata
 from reben_tools.format.metadata import write_patches_parquet as write_geoparquet_index
 from reben_tools.format.shards import ShardInfo, read_shard_info, remove_stale_temporaries
-from reben_tools.release.geotiff_release import GDAL_READ_OPTIONS, PatchFiles
-from reben_tools.format.locking import OutputLock
 from reben_tools.format.stats import BandMoments
 from reben_tools.release.encode_plan import (
     DEFAULT_PATCHES_PER_SHARD,
@@ -81,6 +80,7 @@ from reben_tools.release.encode_plan import (
     shard_jobs,
 )
 from reben_tools.release.encode_workers import run_shards
+from reben_tools.release.geotiff_release import GDAL_READ_OPTIONS, PatchFiles
 
 _SHARD_NAME_RE = re.compile(r"^shard-\d{5,}$")
 TOOL_NAME = "reben encode"
@@ -150,6 +150,7 @@ def _check_output(out: Path) -> None:
 def shard_fingerprint(job: ShardJob, config: dict) -> str:
     """sha256 over what determines a shard's content: its patches, their input files,
     metadata rows and planning problems, and the encoding options."""
+
     def files(patch: PatchFiles | None):
         return None if patch is None else [patch.name, sorted(patch.files.items()), sorted(patch.duplicates.items())]
 
@@ -157,8 +158,15 @@ def shard_fingerprint(job: ShardJob, config: dict) -> str:
         "shard": job.name,
         "config": config,
         "patches": [
-            [p.patch_id, files(p.s2), p.s1_name, files(p.s1), files(p.reference_map), p.metadata,
-             list(p.problem) if p.problem else None]
+            [
+                p.patch_id,
+                files(p.s2),
+                p.s1_name,
+                files(p.s1),
+                files(p.reference_map),
+                p.metadata,
+                list(p.problem) if p.problem else None,
+            ]
             for p in job.patches
         ],
     }
@@ -193,12 +201,14 @@ def _resumed_result(job: ShardJob, shards_dir: Path, record: dict) -> ShardResul
             rows = pq.read_table(shard_dir / SHARD_ROWS_FILE).cast(PATCH_ROWS_SCHEMA)
         except (ArchiveError, OSError, pa.ArrowException):
             return None
-    return ShardResult(job.index, job.name, info, rows, record["skipped"], BandMoments.from_dict(record["moments"]),
-                       record["values"])
+    return ShardResult(
+        job.index, job.name, info, rows, record["skipped"], BandMoments.from_dict(record["moments"]), record["values"]
+    )
 
 
-def _prepare_output(out: Path, jobs: Sequence[ShardJob] = (), fingerprints: dict[str, str] | None = None
-                    ) -> tuple[Path, dict[str, ShardResult]]:
+def _prepare_output(
+    out: Path, jobs: Sequence[ShardJob] = (), fingerprints: dict[str, str] | None = None
+) -> tuple[Path, dict[str, ShardResult]]:
     """Clear what an interrupted run left (``.tmp-*`` shards and files, shards without a
     matching resume record); returns the shards directory and the results of the shards kept."""
     _check_output(out)
@@ -284,8 +294,10 @@ def encode_release(
     jobs, counts = plan_patches(s2_dir, s1_dir, reference_maps_dir, metadata, require_pairs)
     if not jobs:
         where = ", ".join(str(p) for p in (s2_dir, s1_dir, reference_maps_dir) if p is not None)
-        raise EncodeError(f"{where}: no patches to encode (found {counts['s2_found']} S2, {counts['s1_found']} S1 "
-                          f"and {counts['reference_maps_found']} reference-map patch folders)")
+        raise EncodeError(
+            f"{where}: no patches to encode (found {counts['s2_found']} S2, {counts['s1_found']} S1 "
+            f"and {counts['reference_maps_found']} reference-map patch folders)"
+        )
     shards = shard_jobs(jobs, patches_per_shard)
     config = {
         "patches_per_shard": patches_per_shard,
@@ -297,12 +309,36 @@ def encode_release(
         "gdal_read_options": dict(GDAL_READ_OPTIONS),
     }
     with OutputLock(out, TOOL_NAME):
-        return _encode_locked(started, out, s2_dir, s1_dir, reference_maps_dir, metadata_files, metadata,
-                              workers, shards, counts, config, progress)
+        return _encode_locked(
+            started,
+            out,
+            s2_dir,
+            s1_dir,
+            reference_maps_dir,
+            metadata_files,
+            metadata,
+            workers,
+            shards,
+            counts,
+            config,
+            progress,
+        )
 
 
-def _encode_locked(started, out, s2_dir, s1_dir, reference_maps_dir, metadata_files, metadata,
-                   workers, shards, counts, config, progress) -> EncodeSummary:
+def _encode_locked(
+    started,
+    out,
+    s2_dir,
+    s1_dir,
+    reference_maps_dir,
+    metadata_files,
+    metadata,
+    workers,
+    shards,
+    counts,
+    config,
+    progress,
+) -> EncodeSummary:
     """The part of :func:`encode_release` that writes, run while holding the output lock."""
     fingerprints = {job.name: shard_fingerprint(job, config) for job in shards}
     shards_dir, finished = _prepare_output(out, shards, fingerprints)
@@ -346,8 +382,17 @@ def _encode_locked(started, out, s2_dir, s1_dir, reference_maps_dir, metadata_fi
     manifest = build_manifest(infos, counts, statistics, inputs, config, TOOL_NAME)
     shutil.rmtree(resume_dir)  # killed after this and before the manifest: the next run re-encodes
     write_manifest(out, manifest)
-    return EncodeSummary(out, rows.num_rows, skipped, infos, time.perf_counter() - started, start_method,
-                         resumed=len(finished), values=sum(i.entries for i in infos), counts=counts)
+    return EncodeSummary(
+        out,
+        rows.num_rows,
+        skipped,
+        infos,
+        time.perf_counter() - started,
+        start_method,
+        resumed=len(finished),
+        values=sum(i.entries for i in infos),
+        counts=counts,
+    )
 
 
 __all__ = ["EncodeSummary", "encode_release", "shard_fingerprint", "write_patches_parquet"]

@@ -32,8 +32,8 @@ import pyarrow as pa
 from reben_tools.format import naming
 from reben_tools.format.metadata import patch_rows_schema
 from reben_tools.format.shards import ShardInfo
-from reben_tools.release.geotiff_release import PatchFiles, discover_patches
 from reben_tools.format.stats import BandMoments
+from reben_tools.release.geotiff_release import PatchFiles, discover_patches
 
 DEFAULT_PATCHES_PER_SHARD = 1024
 """Patches per shard: about 310 MB of values with S1 and reference maps (held in memory
@@ -225,8 +225,10 @@ def plan_patches(
         folder = s2.folder if s2 else (reference_map.folder if reference_map else where)
         problem = None
         if not _is_valid_key(pid) or (s1_name and not _is_valid_key(s1_name)):
-            problem = (str(folder), f"name {pid!r} / {s1_name!r} cannot be an LMDB key "
-                       "(must be valid UTF-8 of 1 to 490 bytes)")
+            problem = (
+                str(folder),
+                f"name {pid!r} / {s1_name!r} cannot be an LMDB key (must be valid UTF-8 of 1 to 490 bytes)",
+            )
         elif require_pairs and s2 is None:
             problem = (str(s2_dir or where), f"S2 patch folder of {pid} not found in the release")
         elif s2 is None and reference_map is None and s1 is None:
@@ -247,7 +249,9 @@ def plan_patches(
         counts["s1_unpaired"] = len(unpaired_s1)
     if not require_pairs and metadata is None:
         for name in unpaired_s1:
-            problem = None if _is_valid_key(name) else (str(s1_patches[name].folder), f"name {name!r} cannot be an LMDB key")
+            problem = (
+                None if _is_valid_key(name) else (str(s1_patches[name].folder), f"name {name!r} cannot be an LMDB key")
+            )
             jobs.append(PatchJob(name, None, name, s1_patches[name], None, None, problem, s1_only=True))
     counts.update(pairing_counts(jobs, s1_dir is not None, reference_maps_dir is not None))
     return sorted(jobs, key=lambda j: j.patch_id), counts
@@ -299,6 +303,14 @@ def shard_jobs(jobs: Sequence[PatchJob], patches_per_shard: int) -> list[ShardJo
 
 
 __all__ = [
-    "DEFAULT_PATCHES_PER_SHARD", "EncodeError", "PATCH_ROWS_SCHEMA", "PatchJob", "ShardJob", "ShardResult",
-    "match_s1_partners", "pairing_counts", "plan_patches", "shard_jobs",
+    "DEFAULT_PATCHES_PER_SHARD",
+    "PATCH_ROWS_SCHEMA",
+    "EncodeError",
+    "PatchJob",
+    "ShardJob",
+    "ShardResult",
+    "match_s1_partners",
+    "pairing_counts",
+    "plan_patches",
+    "shard_jobs",
 ]

@@ -31,9 +31,9 @@ import pyarrow as pa
 
 from reben_tools.format import codec, naming
 from reben_tools.format.shards import write_shard
-from reben_tools.release.geotiff_release import ReleaseError, read_patch, reading_environment
 from reben_tools.format.stats import BandMoments
 from reben_tools.release.encode_plan import PATCH_ROWS_SCHEMA, PatchJob, ShardJob, ShardResult
+from reben_tools.release.geotiff_release import ReleaseError, read_patch, reading_environment
 
 # ---------------------------------------------------------------------------- encoding
 
@@ -98,9 +98,11 @@ def encode_patch(
     failed: list[tuple[str, ReleaseError]] = []
     georeference = None
     reference_map = None
-    parts = [("S2", job.s2, job.patch_id),
-             ("reference_map", None if job.s1_only else job.reference_map, naming.reference_map_key(job.patch_id)),
-             ("S1", job.s1, job.s1_name)]
+    parts = [
+        ("S2", job.s2, job.patch_id),
+        ("reference_map", None if job.s1_only else job.reference_map, naming.reference_map_key(job.patch_id)),
+        ("S1", job.s1, job.s1_name),
+    ]
     for kind, files, key in parts:
         if files is None:
             continue
@@ -174,11 +176,16 @@ def encode_shard(job: ShardJob, shards_dir: Path, on_patch: Callable[[], None] |
             patch_items, row, arrays, partial = encode_patch(patch)
         except ReleaseError as exc:
             skipped.append({"item": patch.patch_id, "path": exc.path, "reason": exc.reason})
-        except Exception as exc:  # noqa: BLE001 - one odd file must not stop the other patches
+        except Exception as exc:
             source = patch.s2 or patch.reference_map or patch.s1
             folder = str(source.folder) if source is not None else patch.patch_id
-            skipped.append({"item": patch.patch_id, "path": folder,
-                            "reason": f"unexpected {type(exc).__name__} while reading the patch: {exc}"})
+            skipped.append(
+                {
+                    "item": patch.patch_id,
+                    "path": folder,
+                    "reason": f"unexpected {type(exc).__name__} while reading the patch: {exc}",
+                }
+            )
         else:
             skipped.extend(partial)
             items.extend(patch_items)
@@ -244,7 +251,10 @@ def _encode_shard_in_worker(job: ShardJob, shards_dir: Path) -> ShardResult:
 
 
 def run_shards(
-    jobs: list[ShardJob], shards_dir: Path, workers: int, progress: bool,
+    jobs: list[ShardJob],
+    shards_dir: Path,
+    workers: int,
+    progress: bool,
     on_result: Callable[[ShardResult], None] | None = None,
 ) -> tuple[list[ShardResult], str]:
     """Encode the shards inline (one worker) or in a process pool; returns the results in
@@ -270,10 +280,14 @@ def run_shards(
     gc.freeze()
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(gc.unfreeze)
-        pool = cleanup.enter_context(ProcessPoolExecutor(
-            max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
-            initargs=(counter, None if start_method == "forkserver" else os.getpid())
-        ))
+        pool = cleanup.enter_context(
+            ProcessPoolExecutor(
+                max_workers=min(workers, len(jobs)),
+                mp_context=context,
+                initializer=_init_worker,
+                initargs=(counter, None if start_method == "forkserver" else os.getpid()),
+            )
+        )
         pending = {pool.submit(_encode_shard_in_worker, job, shards_dir) for job in jobs}
         with tqdm(total=total, desc="encode", unit="patch", disable=not progress, smoothing=0.1) as bar:
             try:
@@ -301,10 +315,7 @@ def pool_start_method() -> str:
     import threading
 
     methods = multiprocessing.get_all_start_methods()
-    others = [
-        t for t in threading.enumerate()
-        if t is not threading.main_thread() and type(t).__name__ != "TMonitor"
-    ]
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and type(t).__name__ != "TMonitor"]
     if "fork" in methods and not others:
         return "fork"
     return "forkserver" if "forkserver" in methods else "spawn"

@@ -282,7 +282,9 @@ def read_band(
     options = {} if georeferenced else {"GEOREF_SOURCES": "NONE"}
     fast_open = _OPEN_IN_ACTIVE_ENVIRONMENT if getattr(_READING, "depth", 0) > 0 else None
     try:
-        opened = fast_open(path, **options) if fast_open else rasterio.open(path, driver="GTiff", sharing=False, **options)
+        opened = (
+            fast_open(path, **options) if fast_open else rasterio.open(path, driver="GTiff", sharing=False, **options)
+        )
         with opened as dataset:
             if dataset.count != 1:
                 raise ReleaseError(path, f"holds {dataset.count} bands, expected 1")
@@ -290,9 +292,7 @@ def read_band(
             if dataset.dtypes[0] != dtype_name:
                 raise ReleaseError(path, f"dtype {dataset.dtypes[0]}, expected {dtype_name}")
             if (dataset.height, dataset.width) != tuple(shape):
-                raise ReleaseError(
-                    path, f"shape {dataset.height}x{dataset.width}, expected {shape[0]}x{shape[1]}"
-                )
+                raise ReleaseError(path, f"shape {dataset.height}x{dataset.width}, expected {shape[0]}x{shape[1]}")
             array = dataset.read(1)
             georeference = None
             if georeferenced:
@@ -300,9 +300,7 @@ def read_band(
                     raise ReleaseError(path, "has no CRS (not georeferenced)")
                 if dataset.transform.is_identity:
                     raise ReleaseError(path, "has no geotransform (not georeferenced)")
-                georeference = Georeference(
-                    _crs_string(dataset.crs), dataset.transform, dataset.width, dataset.height
-                )
+                georeference = Georeference(_crs_string(dataset.crs), dataset.transform, dataset.width, dataset.height)
     except ReleaseError:
         raise
     except (RasterioError, OSError, ValueError) as exc:
@@ -347,7 +345,18 @@ def read_patch(patch: PatchFiles, georeferenced: bool = True) -> tuple[dict[str,
 
 
 __all__ = [
-    "GDAL_READ_OPTIONS", "GEOREFERENCED_BAND", "Georeference", "PatchFiles", "REFERENCE_MAPS_RELEASE_DIR",
-    "REFERENCE_MAP_BAND", "ReleaseError", "S1_RELEASE_DIR", "S2_RELEASE_DIR", "TIFF_SUFFIXES",
-    "discover_patches", "read_band", "read_patch", "reading_environment",
+    "GDAL_READ_OPTIONS",
+    "GEOREFERENCED_BAND",
+    "REFERENCE_MAPS_RELEASE_DIR",
+    "REFERENCE_MAP_BAND",
+    "S1_RELEASE_DIR",
+    "S2_RELEASE_DIR",
+    "TIFF_SUFFIXES",
+    "Georeference",
+    "PatchFiles",
+    "ReleaseError",
+    "discover_patches",
+    "read_band",
+    "read_patch",
+    "reading_environment",
 ]

@@ -21,8 +21,8 @@ import numpy as np
 
 from reben_tools.format.bands import PATCH_SIZE_M
 from reben_tools.release.geotiff_release import (
-    REFERENCE_MAPS_RELEASE_DIR,
     REFERENCE_MAP_BAND,
+    REFERENCE_MAPS_RELEASE_DIR,
     S1_RELEASE_DIR,
     S2_RELEASE_DIR,
 )
@@ -121,8 +121,13 @@ def write_band(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     profile = {
-        "driver": "GTiff", "width": array.shape[1], "height": array.shape[0], "count": 1,
-        "dtype": array.dtype.name, "crs": crs, "transform": transform,
+        "driver": "GTiff",
+        "width": array.shape[1],
+        "height": array.shape[0],
+        "count": 1,
+        "dtype": array.dtype.name,
+        "crs": crs,
+        "transform": transform,
     }
     if compress:
         profile["compress"] = compress
@@ -159,8 +164,14 @@ def write_patch(
         array = arrays.get(REFERENCE_MAP_BAND, arrays.get("Data"))
         if array is None:
             raise ValueError(f"reference map of {name} given without a 'reference_map' or 'Data' array")
-        write_band(folder / f"{name}_{REFERENCE_MAP_BAND}{suffix}", array, crs,
-                   grid_transform(ulx, uly, array.shape[0]), compress="deflate", nodata=0)
+        write_band(
+            folder / f"{name}_{REFERENCE_MAP_BAND}{suffix}",
+            array,
+            crs,
+            grid_transform(ulx, uly, array.shape[0]),
+            compress="deflate",
+            nodata=0,
+        )
         return folder
     for band, array in arrays.items():
         write_band(folder / f"{name}_{band}{suffix}", array, crs, grid_transform(ulx, uly, array.shape[0]))

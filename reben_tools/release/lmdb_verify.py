@@ -35,9 +35,7 @@ MAX_LISTED = 20
 """At most this many keys are listed one by one per kind of fault; the rest are counted."""
 
 
-def verify_lmdb(
-    path: str | os.PathLike, metadata: Iterable[str | os.PathLike], progress: bool = False
-) -> VerifyReport:
+def verify_lmdb(path: str | os.PathLike, metadata: Iterable[str | os.PathLike], progress: bool = False) -> VerifyReport:
     """Check a bare reBEN LMDB directory and its metadata files.
 
     Args:
@@ -105,13 +103,15 @@ def verify_lmdb(
     for key in sorted(missing)[:MAX_LISTED]:
         report.faults.append(Fault(name, key, f"the metadata names this key ({wanted[key]}), but the LMDB lacks it"))
     if len(missing) > MAX_LISTED:
-        report.faults.append(Fault(name, None, f"... and {len(missing) - MAX_LISTED} more key(s) named by the "
-                                   "metadata are missing"))
+        report.faults.append(
+            Fault(name, None, f"... and {len(missing) - MAX_LISTED} more key(s) named by the metadata are missing")
+        )
     for key in unnamed[:MAX_LISTED]:
         report.faults.append(Fault(name, key, "no metadata row names this key"))
     if len(unnamed) > MAX_LISTED:
-        report.faults.append(Fault(name, None, f"... and {len(unnamed) - MAX_LISTED} more key(s) no metadata "
-                                   "row names"))
+        report.faults.append(
+            Fault(name, None, f"... and {len(unnamed) - MAX_LISTED} more key(s) no metadata row names")
+        )
     return report
 
 

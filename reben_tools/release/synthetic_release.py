@@ -18,8 +18,8 @@ import numpy as np
 
 from reben_tools.format.bands import PATCH_SIZE_M, S1_BANDS, S2_BANDS
 from reben_tools.release.geotiff_release import (
-    REFERENCE_MAPS_RELEASE_DIR,
     REFERENCE_MAP_BAND,
+    REFERENCE_MAPS_RELEASE_DIR,
     S1_RELEASE_DIR,
     S2_RELEASE_DIR,
 )
@@ -149,9 +149,9 @@ def write_synthetic_release(
     from tqdm import tqdm
 
     from reben_tools.format import naming
+    from reben_tools.format.labels import labels_from_reference_map
     from reben_tools.format.layout import FLAGGED_METADATA_FILE, METADATA_FILE
     from reben_tools.format.metadata import write_metadata
-    from reben_tools.format.labels import labels_from_reference_map
     from reben_tools.geo.split_rule import reben_split
 
     out = Path(out_dir)
@@ -187,16 +187,18 @@ def write_synthetic_release(
         write_patch(out, "S1", s1_name, s1, crs, ulx, uly, nested, suffix)
         write_patch(out, "reference_map", pid, {REFERENCE_MAP_BAND: reference_map}, crs, ulx, uly, nested, suffix)
         flag = rng.random()
-        rows.append({
-            "patch_id": pid,
-            "labels": labels_from_reference_map(reference_map),
-            "split": str(reben_split(np.array([x]), np.array([y]))[0]),
-            "country": tile.country,
-            "s1_name": s1_name,
-            "s2v1_name": naming.s2v1_name(pid),
-            "contains_seasonal_snow": bool(flag < flagged_fraction / 3),
-            "contains_cloud_or_shadow": bool(flagged_fraction / 3 <= flag < flagged_fraction),
-        })
+        rows.append(
+            {
+                "patch_id": pid,
+                "labels": labels_from_reference_map(reference_map),
+                "split": str(reben_split(np.array([x]), np.array([y]))[0]),
+                "country": tile.country,
+                "s1_name": s1_name,
+                "s2v1_name": naming.s2v1_name(pid),
+                "contains_seasonal_snow": bool(flag < flagged_fraction / 3),
+                "contains_cloud_or_shadow": bool(flagged_fraction / 3 <= flag < flagged_fraction),
+            }
+        )
         s1_names[pid] = s1_name
     write_metadata(out, rows)
     return SyntheticRelease(

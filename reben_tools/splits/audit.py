@@ -42,8 +42,6 @@ import numpy as np
 
 from reben_tools.format.layout import SPLITS
 from reben_tools.format.outputs import check_output_path
-from reben_tools.splits.patches import PatchTable, SplitInputError, categorical, load_patches
-from reben_tools.splits.strategies import STRATEGIES, SplitStrategy, get_strategy
 from reben_tools.splits.audit_figures import distance_histogram_figure, label_figure, split_map_figure
 from reben_tools.splits.audit_measures import (
     ADJACENCY_M,
@@ -58,6 +56,8 @@ from reben_tools.splits.audit_measures import (
     label_distributions,
     nearest_split_distances,
 )
+from reben_tools.splits.patches import PatchTable, SplitInputError, categorical, load_patches
+from reben_tools.splits.strategies import STRATEGIES, SplitStrategy, get_strategy
 
 REPORT_FORMAT = "reben-tools-split-audit"
 REPORT_VERSION = 1
@@ -120,20 +120,30 @@ def _splits_to_audit(
     names = {s.name for s in out}
     options = strategy_options or {}
     for strategy in strategies:
-        chosen = strategy if isinstance(strategy, SplitStrategy) else get_strategy(strategy, **options.get(strategy, {}))
+        chosen = (
+            strategy if isinstance(strategy, SplitStrategy) else get_strategy(strategy, **options.get(strategy, {}))
+        )
         values = chosen.assign(patches)
         same = next((i for i, s in enumerate(out) if s.source == "column" and _same_split(s.values, values)), None)
         if same is not None:
             # one row for identical splits: "split = reben" rather than two rows that repeat each other
             column = out[same]
-            out[same] = SplitUnderAudit(f"{column.name} = {chosen.name}", "column", column.values,
-                                        column.intended_ratios, {"name": chosen.name, "options": chosen.options()})
+            out[same] = SplitUnderAudit(
+                f"{column.name} = {chosen.name}",
+                "column",
+                column.values,
+                column.intended_ratios,
+                {"name": chosen.name, "options": chosen.options()},
+            )
             continue
         name = chosen.name if chosen.name not in names else f"{chosen.name} (strategy)"
         names.add(name)
         out.append(
             SplitUnderAudit(
-                name, "strategy", values, dict(chosen.intended_ratios),
+                name,
+                "strategy",
+                values,
+                dict(chosen.intended_ratios),
                 {"name": chosen.name, "options": chosen.options()},
             )
         )
@@ -170,7 +180,8 @@ def audit_patches(
             "joins": join_counts(split.codes, pairs, permutations=permutations, seed=seed),
             "labels": label_distributions(labels[0], labels[1], split.codes) if labels is not None else None,
             "countries": country_distributions(patches.country_codes, patches.country_names, split.codes)
-            if patches.country_codes is not None else None,
+            if patches.country_codes is not None
+            else None,
         }
         entries.append(entry)
         raw[split.name] = raw_distances
@@ -231,10 +242,14 @@ def findings(report: dict) -> list[str]:
             )
             near = test["nearest_in"]
             if within and near and near["other_tile"] > 0:
-                sentence += f"; for {_pct(near['other_tile'])} of test patches the nearest train patch lies in another tile"
+                sentence += (
+                    f"; for {_pct(near['other_tile'])} of test patches the nearest train patch lies in another tile"
+                )
             if near and near["colocated_other_acquisition"] > 0:
-                sentence += (f"; {_pct(near['colocated_other_acquisition'])} of test patches show a place that train "
-                             "holds from another acquisition")
+                sentence += (
+                    f"; {_pct(near['colocated_other_acquisition'])} of test patches show a place that train "
+                    "holds from another acquisition"
+                )
             out.append(sentence + ".")
         cross = entry["joins"]["cross_split"]
         if cross["ratio_to_random"] is not None:
@@ -293,7 +308,12 @@ def markdown_report(report: dict) -> str:
     ]
     header = ["split", "train / val / test (excluded)", "test: median to train"]
     header += [f"test within {t / 1000:g} km" for t in thresholds]
-    header += ["val within 1.2 km", "cross-split joins vs random", "JS labels, test vs train", "JS countries, test vs train"]
+    header += [
+        "val within 1.2 km",
+        "cross-split joins vs random",
+        "JS labels, test vs train",
+        "JS countries, test vs train",
+    ]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for entry in report["splits"]:
@@ -302,12 +322,17 @@ def markdown_report(report: dict) -> str:
         validation = entry["nearest"]["validation_to_train"]
         cross = entry["joins"]["cross_split"]
         cells = [
-            f"{entry['name']}" + (" (strategy)" if entry["source"] == "strategy" and "(strategy)" not in entry["name"] else ""),
+            f"{entry['name']}"
+            + (" (strategy)" if entry["source"] == "strategy" and "(strategy)" not in entry["name"] else ""),
             f"{counts['train']:,} / {counts['validation']:,} / {counts['test']:,} ({counts['excluded']:,})",
             _km(test["quantiles_m"]["0.5"]) if test["quantiles_m"] else "n/a",
         ]
         cells += [_pct(test["share_within"][f"{t:g}"]) if test["share_within"] else "n/a" for t in thresholds]
-        cells.append(_pct(validation["share_within"]["1200"]) if validation["share_within"] and "1200" in validation["share_within"] else "n/a")
+        cells.append(
+            _pct(validation["share_within"]["1200"])
+            if validation["share_within"] and "1200" in validation["share_within"]
+            else "n/a"
+        )
         cells.append(f"{cross['ratio_to_random']:.2f}x" if cross["ratio_to_random"] is not None else "n/a")
         js_labels = entry["labels"]["js_divergence_from_train"]["test"] if entry["labels"] else None
         js_countries = entry["countries"]["js_divergence_from_train"]["test"] if entry["countries"] else None
@@ -334,9 +359,13 @@ def markdown_report(report: dict) -> str:
             + " | ".join(f"{_pct(c['observed_ratios'][s])} ({_pct(c['intended_ratios'][s])})" for s in SPLITS)
             + " |"
         )
-    lines += ["", "## Where the nearest train patch is", "",
-              "| split | query | nearest train in the same tile | in another tile | same place in train from another acquisition (<= 600 m) |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Where the nearest train patch is",
+        "",
+        "| split | query | nearest train in the same tile | in another tile | same place in train from another acquisition (<= 600 m) |",
+        "|---|---|---|---|---|",
+    ]
     for entry in report["splits"]:
         for key in ("validation_to_train", "test_to_train"):
             near = entry["nearest"][key]["nearest_in"]
@@ -412,8 +441,9 @@ def run_audit(
     if tile_side_m is not None:
         options["reben"] = {"tile_side_m": tile_side_m, **options.get("reben", {})}
     splits = _splits_to_audit(patches, split_columns, strategies, options)
-    report, raw = audit_patches(patches, splits, thresholds_m=thresholds_m, permutations=permutations, seed=seed,
-                                progress=progress)
+    report, raw = audit_patches(
+        patches, splits, thresholds_m=thresholds_m, permutations=permutations, seed=seed, progress=progress
+    )
     files: dict[str, bytes] = {}
     if figures:
         for split in splits:

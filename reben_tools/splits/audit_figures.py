@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from reben_tools.format.layout import SPLITS
-from reben_tools.splits.patches import PATCH_SIDE_M, PatchTable
 from reben_tools.splits.audit_measures import SplitUnderAudit
+from reben_tools.splits.patches import PATCH_SIDE_M, PatchTable
 
 SPLIT_COLOURS = {"train": "#1f77b4", "validation": "#ff7f0e", "test": "#d62728", "excluded": "#b0b0b0"}
 MAX_MAP_REGIONS = 12
@@ -64,9 +64,12 @@ def split_map_plot(patches: PatchTable, split: SplitUnderAudit):
     order = np.argsort(-sizes, kind="stable")[:MAX_MAP_REGIONS]
     columns = min(4, len(order))
     rows = math.ceil(len(order) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.2 * rows + 0.9), squeeze=False,
-                                layout="constrained")
-    colours = ListedColormap(["white", SPLIT_COLOURS["train"], SPLIT_COLOURS["validation"], SPLIT_COLOURS["test"], SPLIT_COLOURS["excluded"]])
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(4.2 * columns, 4.2 * rows + 0.9), squeeze=False, layout="constrained"
+    )
+    colours = ListedColormap(
+        ["white", SPLIT_COLOURS["train"], SPLIT_COLOURS["validation"], SPLIT_COLOURS["test"], SPLIT_COLOURS["excluded"]]
+    )
     value = np.where(split.codes >= 0, split.codes + 1, 4).astype(np.uint8)
     xy = patches.common_grid
     for axis, index in zip(axes.flat, order):
@@ -79,9 +82,17 @@ def split_map_plot(patches: PatchTable, split: SplitUnderAudit):
         image = np.zeros((rows_px, columns_px), dtype=np.uint8)
         image[((north.max() - north) // pixel).astype(int), ((east - east.min()) // pixel).astype(int)] = value[members]
         axis.imshow(
-            image, cmap=colours, vmin=0, vmax=4, interpolation="nearest",
-            extent=(east.min() / 1000, (east.min() + columns_px * pixel) / 1000,
-                    (north.max() - rows_px * pixel) / 1000, north.max() / 1000),
+            image,
+            cmap=colours,
+            vmin=0,
+            vmax=4,
+            interpolation="nearest",
+            extent=(
+                east.min() / 1000,
+                (east.min() + columns_px * pixel) / 1000,
+                (north.max() - rows_px * pixel) / 1000,
+                north.max() / 1000,
+            ),
         )
         axis.set_title(
             f"{names[index]}: {len(members):,} patches\n{columns_px * pixel / 1000:,.0f} x {rows_px * pixel / 1000:,.0f} km",
@@ -89,7 +100,7 @@ def split_map_plot(patches: PatchTable, split: SplitUnderAudit):
         )
         axis.set_xticks([])
         axis.set_yticks([])
-    for axis in list(axes.flat)[len(order):]:
+    for axis in list(axes.flat)[len(order) :]:
         axis.axis("off")
     handles = [Patch(color=SPLIT_COLOURS[s], label=s) for s in SPLITS]
     handles.append(Patch(color=SPLIT_COLOURS["excluded"], label="excluded (in no split)"))
@@ -116,8 +127,9 @@ def distance_histogram_plot(raw: Mapping[str, Mapping[str, np.ndarray]], thresho
     from matplotlib.ticker import MaxNLocator
 
     names = list(raw)
-    figure, axes = plt.subplots(len(names), 1, figsize=(8, 2.4 * len(names) + 0.8), squeeze=False, sharex=True,
-                                layout="constrained")
+    figure, axes = plt.subplots(
+        len(names), 1, figsize=(8, 2.4 * len(names) + 0.8), squeeze=False, sharex=True, layout="constrained"
+    )
     shown = [r.get(key, np.empty(0)) for r in raw.values() for key in ("validation_to_train", "test_to_train")]
     largest = max([float(np.max(d)) for d in shown if len(d)] or [1200.0]) / 1000
     step = PATCH_SIDE_M / 1000
@@ -128,8 +140,14 @@ def distance_histogram_plot(raw: Mapping[str, Mapping[str, np.ndarray]], thresho
         for key, split in (("validation_to_train", "validation"), ("test_to_train", "test")):
             distance = raw[name].get(key, np.empty(0)) / 1000
             if len(distance):
-                axis.hist(np.minimum(distance, bins[-1] - 1e-9), bins=bins, histtype="step", linewidth=1.5,
-                          color=SPLIT_COLOURS[split], label=f"{split} (n={len(distance):,})")
+                axis.hist(
+                    np.minimum(distance, bins[-1] - 1e-9),
+                    bins=bins,
+                    histtype="step",
+                    linewidth=1.5,
+                    color=SPLIT_COLOURS[split],
+                    label=f"{split} (n={len(distance):,})",
+                )
         for threshold in thresholds_m:
             if threshold / 1000 <= bins[-1]:
                 axis.axvline(threshold / 1000, color="grey", linestyle=":", linewidth=0.8)
@@ -169,8 +187,9 @@ def label_plot(report: dict):
     names = entries[0]["labels"]["names"]
     wrapped = [textwrap.fill(n, 38) for n in names]
     height = 0.42 * sum(1 + w.count("\n") * 0.6 for w in wrapped) + 1.6
-    figure, axes = plt.subplots(1, len(entries), figsize=(4 * len(entries) + 3.5, height), squeeze=False, sharey=True,
-                                layout="constrained")
+    figure, axes = plt.subplots(
+        1, len(entries), figsize=(4 * len(entries) + 3.5, height), squeeze=False, sharey=True, layout="constrained"
+    )
     positions = np.arange(len(names))
     for axis, entry in zip(axes[0], entries):
         for offset, split in zip((-0.27, 0.0, 0.27), SPLITS):

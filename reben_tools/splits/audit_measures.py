@@ -86,7 +86,7 @@ def distance_summary(
         return {"patches": 0, "quantiles_m": None, "mean_m": None, "share_within": None, "nearest_in": None}
     quantiles = np.quantile(distance, QUANTILES)
     summary = {
-        "patches": int(len(distance)),
+        "patches": len(distance),
         "quantiles_m": {f"{q:g}": float(v) for q, v in zip(QUANTILES, quantiles)},
         "mean_m": float(distance.mean()),
         "share_within": {f"{t:g}": float(np.mean(distance <= t * DISTANCE_TOLERANCE)) for t in thresholds_m},
@@ -133,7 +133,9 @@ def nearest_split_distances(
     points = patches.geocentric
     summaries, raw, parts, trees = {}, {}, {}, {}
     for name, query_code, reference_code in (
-        ("validation_to_train", 1, 0), ("test_to_train", 2, 0), ("test_to_validation", 2, 1)
+        ("validation_to_train", 1, 0),
+        ("test_to_train", 2, 0),
+        ("test_to_validation", 2, 1),
     ):
         query = np.flatnonzero(codes == query_code)
         reference = np.flatnonzero(codes == reference_code)
@@ -153,8 +155,10 @@ def nearest_split_distances(
         np.concatenate([a, b]) for a, b in zip(parts["validation_to_train"], parts["test_to_train"])
     )
     query_counts = {
-        "validation_to_train": int(np.sum(codes == 1)), "test_to_train": int(np.sum(codes == 2)),
-        "evaluation_to_train": int(np.sum((codes == 1) | (codes == 2))), "test_to_validation": int(np.sum(codes == 2)),
+        "validation_to_train": int(np.sum(codes == 1)),
+        "test_to_train": int(np.sum(codes == 2)),
+        "evaluation_to_train": int(np.sum((codes == 1) | (codes == 2))),
+        "test_to_validation": int(np.sum(codes == 2)),
     }
     for name in ("validation_to_train", "test_to_train", "evaluation_to_train", "test_to_validation"):
         distance, same_tile, colocated = parts[name]
@@ -196,7 +200,7 @@ def join_counts(codes: np.ndarray, pairs: np.ndarray, permutations: int = 20, se
     assigned = np.flatnonzero(codes >= 0)
     n_total = len(assigned)
     counts_per_split = np.bincount(codes[assigned], minlength=3).astype(np.float64)
-    n_pairs = int(len(a))
+    n_pairs = len(a)
     observed = _pair_counts(a, b)
     rng = np.random.default_rng(seed)
     assigned_pairs = pairs[keep]

@@ -31,8 +31,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from reben_tools.format.layout import FLAGGED_METADATA_FILE, METADATA_FILE, PATCHES_FILE
-from reben_tools.geo.mgrs_grid import TILE_SIDE_M, UnknownTileError, tile_grid
 from reben_tools.format.naming import PATCH_ID_PATTERN
+from reben_tools.geo.mgrs_grid import TILE_SIDE_M, UnknownTileError, tile_grid
 
 FULL_TILE_SIDE_M = TILE_SIDE_M
 PATCH_SIDE_M = 1200.0
@@ -219,7 +219,11 @@ class PatchTable:
         sin_lat = np.sin(lat)
         radius = _WGS84_A / np.sqrt(1.0 - _WGS84_E2 * sin_lat**2)
         return np.column_stack(
-            [radius * np.cos(lat) * np.cos(lon), radius * np.cos(lat) * np.sin(lon), radius * (1.0 - _WGS84_E2) * sin_lat]
+            [
+                radius * np.cos(lat) * np.cos(lon),
+                radius * np.cos(lat) * np.sin(lon),
+                radius * (1.0 - _WGS84_E2) * sin_lat,
+            ]
         )
 
     @cached_property
@@ -282,15 +286,23 @@ def patches_from_table(table: pa.Table, source: str = "<table>", tile_side_m: fl
             column_y = pc.cast(table.column("y"), pa.int64()).to_numpy(zero_copy_only=False)
         except pa.ArrowException as exc:
             raise SplitInputError(f"{source}: columns 'x' and 'y' must hold integers ({exc})") from None
-        placed = (column_tile.is_valid().to_numpy(zero_copy_only=False) & ~np.isnan(column_x.astype(float))
-                  & ~np.isnan(column_y.astype(float)))
+        placed = (
+            column_tile.is_valid().to_numpy(zero_copy_only=False)
+            & ~np.isnan(column_x.astype(float))
+            & ~np.isnan(column_y.astype(float))
+        )
     else:
         placed = np.zeros(len(ids), dtype=bool)
     bad = np.flatnonzero((~parsed & ~placed) | ~ids.is_valid().to_numpy(zero_copy_only=False))
     if len(bad):
         values = [ids[int(i)].as_py() for i in bad[:MAX_LISTED_ROWS]]
-        raise _offending(source, "malformed or missing patch id(s)", bad, values,
-                         " (expected e.g. S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57)")
+        raise _offending(
+            source,
+            "malformed or missing patch id(s)",
+            bad,
+            values,
+            " (expected e.g. S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57)",
+        )
     patch_ids = ids.to_numpy(zero_copy_only=False).astype(object)
     if pc.count_distinct(ids).as_py() != len(ids):
         id_codes, _ = categorical(ids)
@@ -308,7 +320,8 @@ def patches_from_table(table: pa.Table, source: str = "<table>", tile_side_m: fl
         tile_text = column_tile.to_numpy(zero_copy_only=False).astype(object)
         disagree = both & (
             (tile_text != parsed_tile.to_numpy(zero_copy_only=False).astype(object))
-            | (np.where(placed, column_x, -1) != parsed_x) | (np.where(placed, column_y, -1) != parsed_y)
+            | (np.where(placed, column_x, -1) != parsed_x)
+            | (np.where(placed, column_y, -1) != parsed_y)
         )
         if disagree.any():
             rows = np.flatnonzero(disagree)
@@ -357,7 +370,9 @@ def patches_from_table(table: pa.Table, source: str = "<table>", tile_side_m: fl
     if "tile_side_m" in table.column_names:
         column = pc.cast(table.column("tile_side_m"), pa.float64()).to_numpy(zero_copy_only=False)
         if np.isfinite(column).any():
-            side_source = "the tile_side_m column" if np.isfinite(column).all() else f"the tile_side_m column, else {side_source}"
+            side_source = (
+                "the tile_side_m column" if np.isfinite(column).all() else f"the tile_side_m column, else {side_source}"
+            )
         side = np.where(np.isfinite(column), column, side)
     if np.any(side <= 0):
         rows = np.flatnonzero(side <= 0)
@@ -371,10 +386,23 @@ def patches_from_table(table: pa.Table, source: str = "<table>", tile_side_m: fl
     if "country" in table.column_names:
         country_codes, country_names = categorical(table.column("country"), null_name="unknown")
     return PatchTable(
-        table=table, source=source, patch_id=patch_ids, product_codes=product_codes, product_names=product_names,
-        tile_codes=tile_index, tile_names=unique_tiles, x=x, y=y, epsg=epsg,
-        centre_x=centre_x, centre_y=centre_y, tile_side_m=side, labels=labels,
-        country_codes=country_codes, country_names=country_names, tile_side_source=side_source,
+        table=table,
+        source=source,
+        patch_id=patch_ids,
+        product_codes=product_codes,
+        product_names=product_names,
+        tile_codes=tile_index,
+        tile_names=unique_tiles,
+        x=x,
+        y=y,
+        epsg=epsg,
+        centre_x=centre_x,
+        centre_y=centre_y,
+        tile_side_m=side,
+        labels=labels,
+        country_codes=country_codes,
+        country_names=country_names,
+        tile_side_source=side_source,
     )
 
 
@@ -413,7 +441,12 @@ def load_patches(path: str | Path, tile_side_m: float | None = None) -> PatchTab
     """
     table, file = read_input_table(path)
     beside = file.parent / PATCHES_FILE
-    if tile_side_m is None and "tile_side_m" not in table.column_names and file.name != PATCHES_FILE and beside.is_file():
+    if (
+        tile_side_m is None
+        and "tile_side_m" not in table.column_names
+        and file.name != PATCHES_FILE
+        and beside.is_file()
+    ):
         sides = _sides_beside(beside, table)
         if sides is not None:
             patches = patches_from_table(table.append_column("tile_side_m", sides), source=str(file))

@@ -44,7 +44,6 @@ from reben_tools.format.outputs import check_output_path
 from reben_tools.geo.split_rule import reben_split
 from reben_tools.splits.patches import COMMON_GRID_CRS, PATCH_SIDE_M, PatchTable, load_patches
 
-
 # --------------------------------------------------------------------------- strategies
 
 
@@ -192,9 +191,14 @@ class SpatialBlockSplit(SplitStrategy):
 
     def options(self) -> dict:
         return {
-            "block_size_m": self.used_block_size_m, "block_size_auto": self.block_size_m is None,
-            "buffer_m": self.buffer_m, "ratios": self.ratios.tolist(),
-            "balance_labels": self.balance_labels, "balance_countries": self.balance_countries, "seed": self.seed, "grid_crs": COMMON_GRID_CRS,
+            "block_size_m": self.used_block_size_m,
+            "block_size_auto": self.block_size_m is None,
+            "buffer_m": self.buffer_m,
+            "ratios": self.ratios.tolist(),
+            "balance_labels": self.balance_labels,
+            "balance_countries": self.balance_countries,
+            "seed": self.seed,
+            "grid_crs": COMMON_GRID_CRS,
         }
 
     @staticmethod
@@ -365,7 +369,9 @@ def split_file(
     """
     check_output_path(out_path, what="the split file")
     patches = load_patches(input_path, tile_side_m=tile_side_m)
-    chosen = strategy if isinstance(strategy, SplitStrategy) else get_strategy(strategy, tile_side_m=tile_side_m, **options)
+    chosen = (
+        strategy if isinstance(strategy, SplitStrategy) else get_strategy(strategy, tile_side_m=tile_side_m, **options)
+    )
     splits = chosen.assign(patches)
     if info is not None:
         info["tile_side_source"] = patches.tile_side_source
@@ -386,5 +392,6 @@ def empty_split_warnings(counts: dict[str, int], source: str = "the split") -> l
     empty = [name for name in ("validation", "test") if counts.get(name, 0) == 0]
     return [
         f"WARNING: {source} has NO {name} patches ({counts.get('train', 0):,} train); check the tile side "
-        "(--tile-side-m) and the strategy's options" for name in empty
+        "(--tile-side-m) and the strategy's options"
+        for name in empty
     ]

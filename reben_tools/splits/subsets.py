@@ -58,14 +58,14 @@ def _check_fraction(fraction: float) -> float:
 def subset_keys(patch_ids: Sequence[str], seed: int) -> np.ndarray:
     """uint64 draw keys: the first 8 bytes (big-endian) of ``blake2b(f"{seed}:{patch_id}")``."""
     return np.array(
-        [int.from_bytes(hashlib.blake2b(f"{seed}:{pid}".encode("utf-8"), digest_size=8).digest(), "big")
-         for pid in patch_ids],
+        [int.from_bytes(hashlib.blake2b(f"{seed}:{pid}".encode(), digest_size=8).digest(), "big") for pid in patch_ids],
         dtype=np.uint64,
     )
 
 
-def fraction_indices(patch_ids: Sequence[str], labels: np.ndarray, fraction: float, seed: int = 0,
-                     names: Sequence[str] | None = None) -> np.ndarray:
+def fraction_indices(
+    patch_ids: Sequence[str], labels: np.ndarray, fraction: float, seed: int = 0, names: Sequence[str] | None = None
+) -> np.ndarray:
     """Rows of a deterministic, stratified subset (see the module docstring for the rule).
 
     Args:
@@ -122,8 +122,11 @@ def fraction_indices(patch_ids: Sequence[str], labels: np.ndarray, fraction: flo
         for row in rows_of[label]:
             if placed[row]:
                 continue
-            if room_subset > 0 and (room_rest == 0 or want_subset[label] > want_rest[label]
-                                    or (want_subset[label] == want_rest[label] and room_subset >= room_rest)):
+            if room_subset > 0 and (
+                room_rest == 0
+                or want_subset[label] > want_rest[label]
+                or (want_subset[label] == want_rest[label] and room_subset >= room_rest)
+            ):
                 chosen[row] = True
                 room_subset -= 1
                 want_subset[y[row]] -= 1
@@ -156,8 +159,9 @@ def labels_matrix(table: pa.Table, source: str = "<table>") -> np.ndarray:
     return out
 
 
-def subset_table(table: pa.Table, fraction: float, seed: int = 0, split: str = "train",
-                 source: str = "<table>") -> pa.Table:
+def subset_table(
+    table: pa.Table, fraction: float, seed: int = 0, split: str = "train", source: str = "<table>"
+) -> pa.Table:
     """``table`` with its ``split`` rows reduced to the stratified ``fraction``; other rows kept.
 
     Works on any table with ``patch_id``, ``labels`` and ``split`` columns (row order kept).
@@ -172,8 +176,15 @@ def subset_table(table: pa.Table, fraction: float, seed: int = 0, split: str = "
         present = sorted({s for s in table.column("split").to_pylist() if s is not None})
         raise SubsetError(f"{source}: no {split!r} rows to draw from (splits present: {present})")
     part = table.take(pa.array(rows))
-    keep_in_split = rows[fraction_indices(part.column("patch_id").to_pylist(), labels_matrix(part, source),
-                                          fraction, seed, class_names("alphabetical"))]
+    keep_in_split = rows[
+        fraction_indices(
+            part.column("patch_id").to_pylist(),
+            labels_matrix(part, source),
+            fraction,
+            seed,
+            class_names("alphabetical"),
+        )
+    ]
     keep = ~in_split
     keep[keep_in_split] = True
     return table.filter(pa.array(keep))
@@ -205,13 +216,16 @@ def label_distribution(full: pa.Table, subset: pa.Table, split: str = "train") -
 def distribution_markdown(report: dict) -> str:
     """The label distribution of :func:`label_distribution` as a Markdown table."""
     p = report["patches"]
-    lines = [f"| class | full {report['split']} ({p['full']:,}) | subset ({p['subset']:,}) |",
-             "|---|---:|---:|"]
+    lines = [f"| class | full {report['split']} ({p['full']:,}) | subset ({p['subset']:,}) |", "|---|---:|---:|"]
     for name, c in report["classes"].items():
-        lines.append(f"| {name} | {c['full']:,} ({100 * c['full_share']:.1f}%) "
-                     f"| {c['subset']:,} ({100 * c['subset_share']:.1f}%) |")
-    lines.append(f"\nlargest share difference: {100 * report['max_share_difference']:.2f} percentage points; "
-                 f"classes lost: {report['classes_lost'] or 'none'}")
+        lines.append(
+            f"| {name} | {c['full']:,} ({100 * c['full_share']:.1f}%) "
+            f"| {c['subset']:,} ({100 * c['subset_share']:.1f}%) |"
+        )
+    lines.append(
+        f"\nlargest share difference: {100 * report['max_share_difference']:.2f} percentage points; "
+        f"classes lost: {report['classes_lost'] or 'none'}"
+    )
     return "\n".join(lines)
 
 
@@ -236,8 +250,9 @@ def read_subset_input(path: str | Path, include_snow_cloud: bool = False) -> tup
     return table, ", ".join(str(f) for f in files)
 
 
-def write_subset(path: str | Path, out: str | Path, fraction: float, seed: int = 0,
-                 include_snow_cloud: bool = False) -> dict:
+def write_subset(
+    path: str | Path, out: str | Path, fraction: float, seed: int = 0, include_snow_cloud: bool = False
+) -> dict:
     """Draw the train subset of METADATA_OR_ARCHIVE and write it, in reBEN's metadata schema, to ``out``.
 
     Validation and test rows are kept unchanged, so ``out`` replaces the metadata file for any

@@ -1,0 +1,213 @@
+"""The build as a whole: :func:`build_archive` (lock, discover, plan, resume, execute, finalise).
+
+Owns: the order of the steps, absolute paths, the output lock, removing stale
+temporaries and the shards of failed blocks, skipping shards whose fingerprint and
+input stamp match, the "holds no Sentinel-2 product" error, leaving no output behind a
+run that built nothing, the error for shards reported written but not visible, turning
+Ctrl-C into :class:`~reben_tools.builder.pipeline.config.BuildInterrupted`, and the timings
+of :class:`~reben_tools.builder.pipeline.finalise.BuildResult`.
+Does not own: any one step (config, discovery, planning, block, execution, finalise).
+May import: reben_tools.format, reben_tools.builder.corine / countries / quality, every
+module of this sub-package.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from reben_tools.builder.corine import CorineError, open_clc
+from reben_tools.builder.countries import CountryError, CountryIndex
+from reben_tools.builder.pipeline.config import TOOL_NAME, BuildError, BuildInterrupted, PipelineConfig
+from reben_tools.builder.pipeline.discovery import _scene_overlaps_any, discover
+from reben_tools.builder.pipeline.execution import execute
+from reben_tools.builder.pipeline.finalise import BuildResult, finalise
+from reben_tools.builder.pipeline.planning import BlockTask, is_current, plan_tasks, record_stamp
+from reben_tools.builder.quality import QualityRule, read_id_list
+from reben_tools.format.layout import REPORT_FILE, SHARDS_DIR
+from reben_tools.format.shards import remove_stale_temporaries
+
+NOT_S2_NAME = "not a Sentinel-2 L2A product name"
+"""How discovery's reason for an item not named like a product starts (format.naming)."""
+
+
+def build_archive(
+    config: PipelineConfig,
+    out: str | Path | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> BuildResult:
+    """Build (or resume) an archive from the scenes a config names.
+
+    Every path (output, products, scenes, CORINE, countries, id lists) is made absolute
+    against the client's working folder first: the workers of a cluster run elsewhere.
+    A run that builds nothing leaves no output folder behind when it created it.
+
+    Raises:
+        BuildError: no usable input (no product, no CORINE, unreadable countries),
+            a worker that cannot reach the output or the inputs, or nothing could be built.
+        BuildInterrupted: Ctrl-C (SIGINT); the cluster is stopped and finished shards are kept.
+    """
+    out = out or config.out
+    if not out or not str(out):
+        raise BuildError("no output folder given (--out or 'out' in the config)")
+    out = Path(os.path.abspath(out))
+    config = absolute_paths(config)
+    from reben_tools.format.locking import OutputLock, OutputLockedError
+
+    created = not out.exists()
+    try:
+        with OutputLock(out, command=TOOL_NAME):
+            return _build_locked(config, out, scheduler or config.scheduler, workers or config.workers, progress, echo)
+    except OutputLockedError as exc:
+        raise BuildError(str(exc)) from None
+    except BuildError:
+        if created and _holds_no_shard(out):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def absolute_paths(config: PipelineConfig) -> PipelineConfig:
+    """The config with every input path absolute (relative to the current folder)."""
+    updates: dict = {key: [os.path.abspath(p) for p in getattr(config, key)] for key in ("s2", "s1")}
+    for key in ("clc", "countries_file", "snow_ids_file", "cloud_ids_file", "out"):
+        value = getattr(config, key)
+        if value:
+            updates[key] = os.path.abspath(value)
+    return config.model_copy(update=updates)
+
+
+def _holds_no_shard(out: Path) -> bool:
+    shards = out / SHARDS_DIR
+    return not shards.is_dir() or not any(not p.name.startswith(".") for p in shards.iterdir())
+
+
+def _build_locked(
+    config: PipelineConfig, out: Path, scheduler: str | None, workers: int, progress: bool, echo: Callable[[str], None]
+) -> BuildResult:
+    shards_dir = out / SHARDS_DIR
+    stale = remove_stale_temporaries(shards_dir)
+    if stale:
+        echo(f"removed {len(stale)} unfinished shard(s) of an interrupted run")
+
+    if not config.clc:
+        raise BuildError("no CORINE source given (--clc or 'clc' in the config)")
+    try:
+        clc = open_clc(config.clc, config.clc_code_column, config.clc_layer, config.clc_raster_values)
+        countries = CountryIndex.load(
+            config.countries_file,
+            config.countries,
+            config.country_key_column,
+            config.country_name_column,
+            config.metric_crs,
+        )
+        rule = QualityRule(
+            config.snow_threshold,
+            config.cloud_threshold,
+            read_id_list(config.snow_ids_file) if config.snow_ids_file else frozenset(),
+            read_id_list(config.cloud_ids_file) if config.cloud_ids_file else frozenset(),
+        )
+    except (CorineError, CountryError, ValueError) as exc:
+        raise BuildError(str(exc)) from None
+
+    inputs = discover(config)
+    s2_skipped = [s for s in inputs.skipped if s["kind"] == "s2_product"]
+    if not inputs.products and all(s["reason"].startswith(NOT_S2_NAME) for s in s2_skipped):
+        others = sorted(s["item"] for s in s2_skipped)
+        raise BuildError(
+            f"{', '.join(config.s2)}: holds no Sentinel-2 product "
+            "(a .SAFE folder or a folder of GeoTIFFs named like an S2 L2A product)"
+            + (
+                f"; not named like one: {', '.join(others[:5])}" + (", ..." if len(others) > 5 else "")
+                if others
+                else ""
+            )
+        )
+    for scene in inputs.scenes:
+        if not _scene_overlaps_any(scene, inputs.products):
+            inputs.skipped.append(
+                {
+                    "item": scene.path.name,
+                    "kind": "s1_scene",
+                    "path": str(scene.path),
+                    "reason": "overlaps no Sentinel-2 product",
+                }
+            )
+    if not inputs.products:
+        raise BuildError(
+            "no usable Sentinel-2 product: " + "; ".join(f"{s['path']}: {s['reason']}" for s in inputs.skipped[:5])
+        )
+
+    tasks = plan_tasks(config, inputs, clc, shards_dir)
+    pending = [t for t in tasks if not is_current(t)]
+    reused = len(tasks) - len(pending)
+    echo(
+        f"{len(inputs.products)} product(s), {len(inputs.scenes)} S1 scene(s), {len(tasks)} block(s): "
+        f"{len(pending)} to build, {reused} already built"
+    )
+    for task in pending:
+        record_stamp(task)
+    started = time.perf_counter()
+    try:
+        results = execute(pending, config, scheduler, workers, progress, echo, out=out, inputs=_input_paths(tasks))
+    except KeyboardInterrupt:
+        complete = sum(is_current(t) for t in tasks)
+        raise BuildInterrupted(
+            f"interrupted: {complete} of {len(tasks)} shards complete; rerun the same command to resume"
+        ) from None
+    _check_visible(results, pending)
+    execute_seconds = time.perf_counter() - started
+    failed = {r["shard"]: r for r in results if r.get("status") != "ok"}
+    for name in failed:  # a shard left by an earlier run with other inputs must not stay behind
+        stale_shard = shards_dir / name
+        if stale_shard.is_dir():
+            shutil.rmtree(stale_shard)
+    for r in sorted(failed.values(), key=lambda r: r["shard"]):
+        entry = {"item": r["shard"], "kind": "block", "key": r["shard"], "reason": str(r.get("error"))}
+        if r.get("path"):
+            entry["path"] = str(r["path"])
+        inputs.skipped.append(entry)
+
+    done = [t for t in tasks if t.shard_name not in failed and is_current(t)]
+    result = finalise(out, config, inputs, done, countries, rule, clc)
+    result.shards_built = len(pending) - len(failed)
+    result.shards_reused = reused
+    result.execute_seconds = execute_seconds
+    result.task_seconds = sum(r.get("seconds", 0.0) for r in results)
+    result.task_cpu_seconds = sum(r.get("cpu_seconds", 0.0) for r in results)
+    echo(f"built {result.shards_built} shard(s), reused {reused}, in {time.perf_counter() - started:.1f} s")
+    if result.kept == 0 and result.flagged == 0:
+        raise BuildError(f"nothing could be built; see {out / REPORT_FILE}")
+    return result
+
+
+def _input_paths(tasks: list[BlockTask]) -> list[str]:
+    """Every input file the blocks read (what each worker must be able to open)."""
+    paths: set[str] = set()
+    for task in tasks:
+        paths.update(str(p) for p in task.product.band_paths.values())
+        paths.update(str(p) for s in task.s1_candidates for p in (s.vv, s.vh))
+        paths.add(str(task.clc.path))
+    return sorted(paths)
+
+
+def _check_visible(results: list[dict], pending: list[BlockTask]) -> None:
+    """A block a worker reported written must be complete where the client reads it; else BuildError.
+
+    A shard the client cannot see means the worker wrote to another file system: the
+    archive would be silently partial, so the build stops instead.
+    """
+    by_name = {t.shard_name: t for t in pending}
+    for r in results:
+        task = by_name.get(r["shard"])
+        if r.get("status") == "ok" and task is not None and not is_current(task):
+            where = f" (worker {r['worker']})" if r.get("worker") else ""
+            raise BuildError(
+                f"{task.shards_dir / task.shard_name}: reported written{where} but not visible to "
+                "this client; the output must be on a file system every worker shares"
+            )

@@ -1,0 +1,362 @@
+"""Frozen-feature probing: linear, MLP and random-forest probes, the field's evaluation protocol.
+
+One implementation serves every source of features: :func:`probe_features` takes train and
+test feature matrices (from any encoder), draws each ``--train-fraction`` of the train rows
+with :func:`reben_tools.splits.subsets.fraction_indices` (deterministic, stratified), standardises
+with the subset's statistics, fits the probes and scores the test rows with
+:func:`reben_tools.learn.evaluation.metrics.multilabel_metrics`. :func:`probe` feeds it features of a
+``reben train`` checkpoint (or a random-init model) on an archive; :func:`probe_embeddings`
+feeds it an embeddings file (``reben embed``) or an in-memory
+:class:`reben_tools.learn.evaluation.embeddings.Embeddings`, the entry point of an encoder run on the fly
+(``--encoder SPEC``).
+
+Owns: PROBES, DEFAULT_FRACTIONS, fit_and_score, probe_features, probe (checkpoint features), probe_embeddings.
+Does not own: prediction (evaluation.py), checkpoint I/O (checkpoints.py), metrics (metrics.py), the
+subset draw (splits.subsets), the embeddings file (embeddings.py), tables and figures (probe_report.py,
+embedding_map.py, plots.py).
+May import: numpy, torch, scikit-learn (lazily); reben_tools.format; reben_tools.splits.subsets;
+reben_tools.learn.runtime.config, .devices, .distributed, .loaders, .checkpoints, .evaluation, .metrics,
+.models, .plots, .embeddings, .probe_report, .embedding_map.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from reben_tools.format.atomic import write_json_atomic
+from reben_tools.format.bands import resolve_bands
+from reben_tools.learn.data.loaders import DevicePreprocess, default_workers, make_loader, open_dataset, split_indices
+from reben_tools.learn.evaluation.metrics import multilabel_metrics
+from reben_tools.learn.evaluation.predict import predict
+from reben_tools.learn.evaluation.probe_figure import plot_probes
+from reben_tools.learn.evaluation.probe_report import plot_per_class_f2, write_table
+from reben_tools.learn.models.classifier import build_model
+from reben_tools.learn.models.restore import checked_model, split_config
+from reben_tools.learn.runtime.config import TrainConfig, TrainingError
+from reben_tools.learn.runtime.devices import resolve_device, resolve_precision
+from reben_tools.learn.runtime.distributed import EpochSampler
+from reben_tools.splits.subsets import SubsetError, fraction_indices
+
+if TYPE_CHECKING:
+    from reben_tools.learn.evaluation.embeddings import Embeddings
+
+PROBES = ("linear", "mlp", "random_forest")
+DEFAULT_FRACTIONS = (1.0,)
+
+
+def _fit_probe(kind: str, x_train: np.ndarray, y_train: np.ndarray, seed: int):
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.neural_network import MLPClassifier
+
+    if kind == "linear":
+        estimator = OneVsRestClassifier(LogisticRegression(max_iter=2000, C=1.0))
+    elif kind == "mlp":
+        # no early stopping: scikit-learn would stop on exact-match accuracy, which collapses multi-label fits
+        estimator = MLPClassifier(
+            hidden_layer_sizes=(256,), alpha=1e-2, max_iter=200, early_stopping=False, random_state=seed
+        )
+    elif kind == "random_forest":
+        estimator = RandomForestClassifier(n_estimators=200, min_samples_leaf=1, n_jobs=-1, random_state=seed)
+    else:
+        raise ValueError(f"unknown probe {kind!r}; expected one of {list(PROBES)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant label columns, convergence notes
+        estimator.fit(x_train, y_train.astype(int))
+    return estimator
+
+
+def _probe_scores(estimator, x: np.ndarray, k: int) -> np.ndarray:
+    """(N, K) probabilities of the positive class from any of the fitted probes."""
+    proba = estimator.predict_proba(x)
+    if isinstance(proba, list):  # random forest: one (N, classes seen) array per output
+        out = np.zeros((x.shape[0], k))
+        for j, (p, classes) in enumerate(zip(proba, estimator.classes_)):
+            classes = list(classes)
+            out[:, j] = p[:, classes.index(1)] if 1 in classes else 0.0
+        return out
+    return np.asarray(proba, dtype=np.float64)
+
+
+def fit_and_score(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    probes: tuple[str, ...] = PROBES,
+    seed: int = 0,
+    class_order: str | list[str] = "alphabetical",
+) -> dict[str, dict]:
+    """Standardise with the train statistics, fit each probe on train, score test.
+
+    Args:
+        x_train: (N, D) features; y_train: (N, K) 0/1 labels; x_test, y_test likewise.
+        probes: kinds from :data:`PROBES`.
+        seed: random state of the MLP and the random forest.
+        class_order: names of the K label columns (see :func:`multilabel_metrics`).
+
+    Returns:
+        ``{kind: multilabel_metrics(...) + {"fit_seconds"}}``.
+    """
+    x_train = np.asarray(x_train, dtype=np.float64)
+    x_test = np.asarray(x_test, dtype=np.float64)
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-8
+    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    out = {}
+    for kind in probes:
+        t0 = time.perf_counter()
+        estimator = _fit_probe(kind, x_train, y_train, seed)
+        scores = _probe_scores(estimator, x_test, y_test.shape[1])
+        m = multilabel_metrics(scores, y_test, logits=False, class_order=class_order)
+        m["fit_seconds"] = time.perf_counter() - t0
+        out[kind] = m
+    return out
+
+
+def probe_features(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    train_ids: list[str],
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS,
+    probes: tuple[str, ...] = PROBES,
+    seed: int = 0,
+    subset_seed: int = 0,
+    class_order: str | list[str] = "alphabetical",
+    source: dict | None = None,
+    progress: bool = False,
+) -> dict:
+    """The probing protocol on given features: one fit of every probe per train fraction.
+
+    This is the entry point for any encoder (checkpoint features, embedding files, an encoder
+    run on the fly).
+
+    Args:
+        x_train: (N, D) float train features; y_train: (N, K) 0/1 labels; train_ids: N patch ids
+            (the fraction draw depends on them).
+        x_test: (M, D) test features; y_test: (M, K).
+        fractions: train fractions in (0, 1]; each is drawn with ``fraction_indices(train_ids,
+            y_train, f, subset_seed)``.
+        class_order: ``"alphabetical"``, ``"original"`` or the K class names of the label columns.
+        source: JSON-ready description of where the features come from.
+
+    Returns:
+        ``{"source", "features", "test_samples", "class_order", "runs": [{"train_fraction",
+        "train_samples", "probes": {kind: metrics}}], "probes", "train_samples"}``; the last two
+        repeat the last run's (back-compatible with the single-fit result).
+    """
+    from reben_tools.format.labels import class_names
+
+    names = list(class_names(class_order)) if isinstance(class_order, str) else list(class_order)
+    if x_train.ndim != 2 or x_test.ndim != 2 or x_train.shape[1] != x_test.shape[1]:
+        raise TrainingError(
+            f"train features {x_train.shape} and test features {x_test.shape} must be (N, D) with one D"
+        )
+    if len(train_ids) != len(x_train) or len(y_train) != len(x_train) or len(y_test) != len(x_test):
+        raise TrainingError("features, labels and patch ids differ in length")
+    runs = []
+    for fraction in fractions:
+        try:
+            rows = fraction_indices(train_ids, y_train, fraction, subset_seed, names)
+        except SubsetError as exc:
+            raise TrainingError(str(exc)) from None
+        if progress:
+            print(f"probing on {len(rows):,} train rows (fraction {fraction:g}) ...", flush=True)
+        scored = fit_and_score(x_train[rows], y_train[rows], x_test, y_test, probes, seed, names)
+        runs.append({"train_fraction": float(fraction), "train_samples": len(rows), "probes": scored})
+    return {
+        "source": source or {},
+        "features": int(x_train.shape[1]),
+        "test_samples": len(x_test),
+        "class_order": class_order if isinstance(class_order, str) else names,
+        "subset_seed": int(subset_seed),
+        "seed": int(seed),
+        "runs": runs,
+        "probes": runs[-1]["probes"],
+        "train_samples": runs[-1]["train_samples"],
+    }
+
+
+def probe(
+    archive: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    model: str | None = None,
+    bands=None,
+    fusion: str = "early",
+    probes: tuple[str, ...] = PROBES,
+    train_split: str = "train",
+    test_split: str = "test",
+    max_train_samples: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 256,
+    workers: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS,
+    subset_seed: int = 0,
+) -> dict:
+    """Frozen-encoder representation probing of a ``reben train`` checkpoint on an archive.
+
+    Features (the classifier's input, before dropout and head) are extracted with the
+    checkpoint's encoder -- or a randomly initialised ``model`` on ``bands`` when no checkpoint
+    is given, the usual baseline -- for ``train_split`` and ``test_split``, and probed with
+    :func:`probe_features`: a linear probe (one-vs-rest logistic regression, C=1), a small MLP
+    (one hidden layer of 256, L2 1e-2, 200 Adam epochs) and a random forest (200 trees), fitted
+    on each of ``fractions`` of the train split. ``max_train_samples`` (older option) first
+    caps the train split by a uniform random draw. Returns (and writes to ``out/metrics.json``,
+    with ``out/probes.png``, ``out/probe.md`` and ``out/per_class_f2.png``) the test metrics.
+    """
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    if checkpoint is not None:
+        state, net = checked_model(checkpoint, model, bands, None)
+        config = split_config(str(archive), state)
+        source = {"checkpoint": str(checkpoint)}
+    else:
+        if model is None or bands is None:
+            raise TrainingError("probe needs --checkpoint, or --model and --bands for a randomly initialised encoder")
+        torch.manual_seed(seed)
+        net = build_model(model, bands, fusion=fusion)
+        config = TrainConfig(archive=str(archive), bands=list(resolve_bands(bands)), model=model, out="")
+        source = {"random_init": model}
+    net = net.to(dev)
+    band_list = tuple(net.config["bands"])
+    workers = default_workers() if workers is None else workers
+    feats = {}
+    dataset = open_dataset(
+        archive,
+        band_list,
+        config.class_order,
+        config.include_snow_cloud,
+        include_snowy=config.include_snowy,
+        include_cloudy=config.include_cloudy,
+    )
+    try:
+        ids = dataset.patch_ids
+        for split in (train_split, test_split):
+            indices = split_indices(dataset, split)
+            if split == train_split and max_train_samples is not None and max_train_samples < len(indices):
+                rng = np.random.default_rng(seed)
+                indices = np.sort(rng.choice(indices, size=max_train_samples, replace=False))
+            loader = make_loader(
+                dataset, EpochSampler(indices, shuffle=False, pad=False), batch_size, workers, dev, seed
+            )
+            x, y, order = predict(
+                net, loader, DevicePreprocess(dataset, dev), prec, progress, desc=f"features {split}", features=True
+            )
+            feats[split] = (x.astype(np.float64), y, [ids[i] for i in order])
+    finally:
+        dataset.archive.close()
+    x_train, y_train, train_ids = feats[train_split]
+    x_test, y_test, _ = feats[test_split]
+    results = probe_features(
+        x_train,
+        y_train,
+        train_ids,
+        x_test,
+        y_test,
+        fractions,
+        probes,
+        seed,
+        subset_seed,
+        config.class_order,
+        source,
+        progress,
+    )
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "metrics.json", results)
+        plot_probes(results, out / "probes.png")
+        write_table(results, out / "probe.md")
+        plot_per_class_f2(results, out / "per_class_f2.png")
+    return results
+
+
+def probe_embeddings(
+    embeddings: str | os.PathLike | Embeddings,
+    out: str | os.PathLike | None = None,
+    modality: str = "auto",
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS,
+    probes: tuple[str, ...] = PROBES,
+    seed: int = 0,
+    subset_seed: int = 0,
+    train_split: str = "train",
+    test_split: str = "test",
+    embedding_map: bool = True,
+    map_points: int = 3000,
+    progress: bool = True,
+) -> dict:
+    """The probing protocol on an embeddings file (``reben embed``'s output).
+
+    ``embeddings`` is the file, or an :class:`reben_tools.learn.evaluation.embeddings.Embeddings` already in
+    memory (an encoder run on the fly, ``--encoder SPEC``, builds one and calls this).
+    Fits on ``train_split``'s rows of ``modality`` (``auto``: joint, else s2, else s1), scores
+    ``test_split``'s. Writes to ``out``: ``probe.json`` (the :func:`probe_features` result plus
+    the modality and encoder), ``probe.md`` (the study's table per fraction), ``per_class_f2.png``
+    and, with ``embedding_map``, ``embedding_map.png`` (a 2-D map of at most ``map_points`` test
+    embeddings, one panel per class).
+
+    Raises:
+        EmbeddingsError: the file breaks the schema, or lacks the modality or a split.
+    """
+    from reben_tools.learn.evaluation.embeddings import Embeddings, read_embeddings
+
+    if isinstance(embeddings, Embeddings):
+        emb = embeddings
+    else:
+        emb = read_embeddings(embeddings, modalities=None if modality == "auto" else [modality])
+    modality = emb.resolve_modality(modality)
+    train_rows, test_rows = emb.require(train_split, modality), emb.require(test_split, modality)
+    x = emb.vectors[modality]
+    source = {
+        "embeddings": str(emb.path),
+        "modality": modality,
+        "encoder": emb.encoder,
+        "rows_without_embedding": int((~emb.valid[modality]).sum()),
+    }
+    results = probe_features(
+        x[train_rows],
+        emb.labels[train_rows],
+        [emb.patch_ids[i] for i in train_rows],
+        x[test_rows],
+        emb.labels[test_rows],
+        fractions,
+        probes,
+        seed,
+        subset_seed,
+        "alphabetical",
+        source,
+        progress,
+    )
+    results["modality"] = modality
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if embedding_map:
+            from reben_tools.learn.evaluation.embedding_map import draw_embedding_map
+
+            results["embedding_map"] = draw_embedding_map(
+                x[test_rows],
+                emb.labels[test_rows],
+                [emb.patch_ids[i] for i in test_rows],
+                out / "embedding_map.png",
+                max_points=map_points,
+                seed=seed,
+                title=f"{modality} embeddings of the {test_split} split",
+            )
+        write_json_atomic(out / "probe.json", results)
+        write_table(results, out / "probe.md")
+        plot_per_class_f2(results, out / "per_class_f2.png")
+    return results
