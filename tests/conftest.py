@@ -18,3 +18,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's standalone S3 server on 127.0.0.1, shared by the session (tests make their own buckets)."""
+    pytest.importorskip("moto.server", reason="moto[server] is part of the test extra")
+    from servers import s3_server
+
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch):
+    """The standard AWS_* variables pointing boto3, s3fs and GDAL at the loopback endpoint, for one test."""
+    for name, value in s3_endpoint.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_endpoint

@@ -26,7 +26,6 @@ May import: numpy, torch; reben_tools.format; any reben_tools.learn module excep
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import sys
@@ -65,14 +64,12 @@ from reben_tools.learn.models.restore import model_from_checkpoint
 from reben_tools.learn.runtime.checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
-    CheckpointError,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from reben_tools.learn.runtime.config import (
-    DEFAULTS,
     TRAJECTORY_FIELDS,
     StoppedByPeer,
     TrainConfig,
@@ -96,6 +93,7 @@ from reben_tools.learn.runtime.distributed import (
 from reben_tools.learn.runtime.rundir import BEST_CHECKPOINT, LAST_CHECKPOINT, write_run_metrics
 from reben_tools.learn.runtime.schedule import effective_warmup, layer_decay_multipliers, lr_factor
 from reben_tools.learn.training.plots import plot_curves
+from reben_tools.learn.training.resume import resume_state
 
 
 def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
@@ -116,36 +114,6 @@ def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
 
 SYNC_EVERY = 50
 """On GPUs, steps between reading the losses back to the host (checks, progress bar)."""
-
-
-def _check_resume_config(stored: dict, config: TrainConfig, given: set[str]) -> None:
-    conflicts = [
-        f"--{name.replace('_', '-')} {getattr(config, name)!r} (the run has {_stored(stored, name)!r})"
-        for name in TRAJECTORY_FIELDS
-        if name in given and _norm(getattr(config, name)) != _norm(_stored(stored, name))
-    ]
-    if conflicts:
-        raise CheckpointError(
-            "--resume continues the stored run, which differs in: "
-            + "; ".join(conflicts)
-            + ". Drop these flags to resume, or start a new run with another --out."
-        )
-
-
-def _stored(stored: dict, name: str):
-    """A trajectory field of a stored run; the default for fields added after the run was made."""
-    return stored[name] if name in stored else DEFAULTS[name]
-
-
-def _norm(value):
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    if isinstance(value, str):
-        try:
-            return list(resolve_bands(value))
-        except ValueError:
-            return value
-    return value
 
 
 def train(
@@ -195,47 +163,6 @@ def sync_interval(device: torch.device, per_step_callback: bool) -> int:
     return 1 if device.type == "cpu" or per_step_callback else SYNC_EVERY
 
 
-def _config_json(out: Path) -> dict:
-    try:
-        return json.loads((out / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _resume_state(config: TrainConfig, ctx: Distributed, given: set[str]) -> dict:
-    """The run's last checkpoint, with the stored trajectory and archive checked against ``config``."""
-    path = Path(config.out) / "checkpoints" / LAST_CHECKPOINT
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint; --resume continues a run in --out", all_processes=True)
-    state = load_checkpoint(path)
-    _check_resume_config(state["train_config"], config, given)
-    for name in TRAJECTORY_FIELDS:
-        setattr(config, name, _stored(state["train_config"], name))
-    stored_archive, stored_identity = state.get("archive"), state.get("archive_identity")
-    if not config.archive:
-        if not stored_archive:  # a checkpoint from before archives were stored: the run's config.json
-            stored_archive = _config_json(Path(config.out)).get("archive")
-        if not stored_archive:
-            raise CheckpointError(f"{path}: the checkpoint does not name its archive; pass --archive")
-        config.archive = stored_archive
-    if stored_identity is not None:
-        identity = archive_identity(config.archive)
-        if identity != stored_identity:
-            raise CheckpointError(
-                f"--archive {config.archive} is not the archive this run was trained on ({stored_archive}, manifest "
-                f"sha256 {stored_identity[:12]}..., here {str(identity)[:12]}...): resume with that archive, or "
-                "start a new run with another --out",
-                all_processes=True,
-            )
-    if state["world_size"] != ctx.world_size:
-        raise CheckpointError(
-            f"{path}: run was trained with {state['world_size']} process(es); "
-            f"resume it with the same number (now {ctx.world_size})",
-            all_processes=True,
-        )
-    return state
-
-
 def _train(
     config: TrainConfig,
     ctx: Distributed,
@@ -249,7 +176,7 @@ def _train(
     ctx.check_shared_directory(out)  # every process reads the checkpoints rank 0 writes
     state = None
     if resume:
-        state = _resume_state(config, ctx, given)
+        state = resume_state(config, ctx, given)
     elif (ckpt_dir / LAST_CHECKPOINT).exists():
         raise TrainingError(
             f"{out} already holds a run (checkpoints/last.pt); pass --resume or choose another --out",
