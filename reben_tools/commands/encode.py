@@ -27,9 +27,9 @@ def encode(
         help="reBEN metadata parquet (repeatable); keeps only its patches and writes the metadata files.",
     ),
     workers: int | None = typer.Option(
-        None, "--workers", min=1, help="Processes (default: all usable CPUs); never changes the output."
+        None, "--workers", help="Processes (default: all usable CPUs); never changes the output."
     ),
-    patches_per_shard: int = typer.Option(1024, "--patches-per-shard", min=1, help="Patches per LMDB shard."),
+    patches_per_shard: int = typer.Option(1024, "--patches-per-shard", help="Patches per LMDB shard."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Encode reBEN's GeoTIFF release into a sharded LMDB/safetensors archive.
