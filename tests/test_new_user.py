@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from reben_tools.cli import app
 from reben_tools.format.atomic import write_json_atomic
+from reben_tools.release.synthetic_release import write_synthetic_release
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -276,3 +277,20 @@ def test_ctrl_c_in_the_demo_exits_130_saying_how_to_resume(phase, tmp_path):
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("interrupted") and "rerun the same command to resume" in lines[0]
     assert "error" not in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- 5: encode's summary
+
+
+def test_encode_of_an_s1_folder_counts_what_it_wrote(tmp_path):
+    """The issue's command printed '0 patch(es) ... 0.0 patches/s' while its bar counted every S1 patch."""
+    release = write_synthetic_release(tmp_path / "release", n_patches=6, seed=11)
+    result = reben("encode", "--s1-dir", release.s1_dir, "--out", "s1-archive", "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip()
+    assert line.startswith("s1-archive: 6 patch(es) (6 S1 without S2), 6 value(s) (6 S1) in 1 shard(s), 0 skipped, ")
+    assert line.endswith(" values/s)") and " (0.0 values/s)" not in line
+    args = ["--s2-dir", release.s2_dir, "--s1-dir", release.s1_dir, "--out", tmp_path / "pairs", "-q"]
+    result = runner.invoke(app, ["encode", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    assert "6 patch(es) (6 S2 with S1), 12 value(s) (6 S2, 6 S1) in 1 shard(s)" in result.output
