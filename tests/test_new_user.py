@@ -294,3 +294,19 @@ def test_encode_of_an_s1_folder_counts_what_it_wrote(tmp_path):
     result = runner.invoke(app, ["encode", *map(str, args)])
     assert result.exit_code == 0, result.output
     assert "6 patch(es) (6 S2 with S1), 12 value(s) (6 S2, 6 S1) in 1 shard(s)" in result.output
+
+
+# --------------------------------------------------------------------------- 6: verify's arguments first
+
+
+def test_verify_of_a_bare_lmdb_checks_its_metadata_arguments_before_reading_values(archive, tmp_path):
+    lmdb = tmp_path / "LMDB"
+    assert runner.invoke(app, ["merge", str(archive), str(lmdb), "-q"]).exit_code == 0
+    for given, what in ((archive, "a folder"), (tmp_path / "missing.parquet", "not found")):
+        result = reben("verify", lmdb, "--metadata", given, "-q")
+        assert result.returncode == 2
+        message = f"error: --metadata {given}: {what}; expected a reBEN metadata parquet file"
+        assert one_error_line(result.stderr) == message
+        assert result.stdout == ""
+    result = reben("verify", lmdb, "--metadata", archive / "metadata.parquet", "-q")
+    assert result.returncode == 0 and result.stdout.startswith(f"{lmdb}: OK"), result.stderr
