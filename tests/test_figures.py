@@ -116,22 +116,88 @@ def test_checker_catches_overlapping_text():
     assert overlapping_texts(figure)
 
 
-def test_summary_map_uses_its_width_and_shows_whole_country_outlines(tmp_path):
+def _site(x0: float, y0: float, n: int = 10, step: float = 0.017) -> list:
+    """An n x n grid of footprints about one 1.2 km patch wide (in degrees near 50 N)."""
+    from shapely import box
+
+    return [
+        box(x0 + i * step, y0 + j * 0.011, x0 + (i + 1) * step, y0 + (j + 1) * 0.011)
+        for j in range(n)
+        for i in range(n)
+    ]
+
+
+def _pattern(n: int) -> list[str]:
+    return [("train", "validation", "test")[(i * 7 // n + i) % 3] for i in range(n)]
+
+
+def test_summary_map_of_two_small_sites_has_a_panel_per_site_at_patch_scale_and_an_overview(tmp_path):
+    """The demo's two 12 km sites were tiny squares on a country map: now each has its own panel."""
+    from reben_tools.builder.countries import CountryIndex
+    from reben_tools.builder.pipeline.summary import map_figure
+
+    countries = CountryIndex.load(_countries_file(tmp_path), countries=["BEL", "LUX"])
+    footprints = _site(5.82, 50.41) + _site(6.24, 49.51)
+    tiles = ["tile 31UGR"] * 100 + ["tile 32ULV"] * 100
+    figure = map_figure(_pattern(200), footprints, countries, tiles)
+    assert_readable(figure)
+    axes = {axis.get_label(): axis for axis in figure.axes}
+    assert list(axes) == ["site:tile 31UGR", "site:tile 32ULV", "overview"]
+    figure.canvas.draw()
+    for name, x0 in (("site:tile 31UGR", 5.82), ("site:tile 32ULV", 6.24)):
+        axis = axes[name]
+        (xmin, xmax), (ymin, ymax) = axis.get_xlim(), axis.get_ylim()
+        assert xmin <= x0 and xmax >= x0 + 0.17 and xmax - xmin < 0.3  # the site, at patch scale
+        pixels_per_degree = axis.get_window_extent().width / (xmax - xmin)
+        assert 0.017 * pixels_per_degree > 12, "a patch should be many pixels wide"
+        assert axis.get_title().startswith(("1: tile 31UGR, 100 patches", "2: tile 32ULV, 100 patches"))
+    (xmin, xmax), (ymin, ymax) = axes["overview"].get_xlim(), axes["overview"].get_ylim()
+    assert xmin < 2.6 and xmax > 6.3 and ymin < 49.5 and ymax > 51.4  # Belgium and Luxembourg whole
+    shown = {t.get_text() for t in axes["overview"].texts}
+    assert {"Belgium", "Luxembourg", "1", "2"} <= shown
+
+
+def test_summary_map_groups_touching_footprints_into_sites_without_tile_names(tmp_path):
+    from reben_tools.builder.countries import CountryIndex
+    from reben_tools.builder.pipeline.summary import group_sites, map_figure
+
+    countries = CountryIndex.load(_countries_file(tmp_path), countries=["BEL", "LUX"])
+    footprints = _site(6.24, 49.51, n=3) + _site(5.82, 50.41, n=4)
+    groups = group_sites(footprints)
+    assert [(name, list(members)) for name, members in groups] == [
+        ("site 1", list(range(9, 25))),
+        ("site 2", list(range(9))),
+    ]
+    figure = map_figure(_pattern(25), footprints, countries)
+    assert_readable(figure)
+    assert [axis.get_label() for axis in figure.axes] == ["site:site 1", "site:site 2", "overview"]
+
+
+def test_summary_map_of_a_115_tile_build_is_one_map_that_uses_its_width():
+    """Many tiles (a country-scale build): one map holding every tile, no panel per tile."""
     from shapely import box
 
     from reben_tools.builder.countries import CountryIndex
     from reben_tools.builder.pipeline.summary import map_figure
 
-    countries = CountryIndex.load(_countries_file(tmp_path), countries=["BEL", "LUX"])
-    footprints = [box(5.9 + 0.017 * i, 50.45, 5.917 + 0.017 * i, 50.461) for i in range(4)]
-    figure = map_figure(["train", "validation", "test", "train"], footprints, countries)
+    countries = CountryIndex.load()  # the shipped Natural Earth countries, BigEarthNet's ten
+    footprints, tiles = [], []
+    for t in range(115):
+        x0, y0 = 4 + (t % 12) * 1.4, 45.5 + (t // 12) * 0.95
+        for i in range(16):
+            footprints.append(
+                box(x0 + (i % 4) * 0.35, y0 + (i // 4) * 0.2375, x0 + (i % 4 + 1) * 0.35, y0 + (i // 4 + 1) * 0.2375)
+            )
+            tiles.append(f"tile {t}")
+    figure = map_figure(_pattern(len(footprints)), footprints, countries, tiles)
     assert_readable(figure)
+    assert [axis.get_label() for axis in figure.axes] == ["map"]
     axis = figure.axes[0]
     figure.canvas.draw()
-    used = axis.get_window_extent().width / figure.bbox.width
-    assert used > 0.6, f"the map uses {used:.0%} of the figure's width"
+    assert axis.get_window_extent().width / figure.bbox.width > 0.6
     (xmin, xmax), (ymin, ymax) = axis.get_xlim(), axis.get_ylim()
-    assert xmin < 2.6 and xmax > 6.3 and ymin < 49.5 and ymax > 51.4  # Belgium and Luxembourg whole
+    assert xmin < 4 and xmax > 4 + 11 * 1.4 + 1.4 and ymin < 45.5 and ymax > 45.5 + 9 * 0.95 + 0.95
+    assert axis.get_title() == "1840 patches by split"
 
 
 def _countries_file(tmp_path):
