@@ -241,7 +241,7 @@ def _countries_file(tmp_path):
     return path
 
 
-def test_per_class_figure_keeps_every_class_name_whole():
+def test_per_class_figure_keeps_every_class_name_whole_with_its_support():
     from reben_tools.learn.evaluation.metrics import multilabel_metrics, per_class_figure
 
     rng = np.random.default_rng(0)
@@ -253,7 +253,27 @@ def test_per_class_figure_keeps_every_class_name_whole():
     assert_readable(figure)
     shown = [t.get_text().replace("\n", " ") for t in figure.axes[0].get_yticklabels()]
     names = list(metrics["per_class"])
-    assert shown == [n + (" (no positives)" if i == 5 else "") for i, n in enumerate(names)]
+    support = targets.sum(axis=0).astype(int)
+    assert shown == [n + (" (no positives)" if i == 5 else f" ({support[i]})") for i, n in enumerate(names)]
+
+
+def test_per_class_figure_marks_bars_of_zero():
+    """A class with AP > 0 and F1 = 0 had no visible F1 bar, as if the value were missing."""
+    from reben_tools.learn.evaluation.metrics import multilabel_metrics, per_class_figure
+
+    rng = np.random.default_rng(1)
+    targets = (rng.random((80, 19)) < 0.3).astype(np.float32)
+    logits = rng.normal(size=(80, 19)).astype(np.float32)
+    logits[:, 2] = np.where(targets[:, 2] > 0, -1.0, -3.0)  # ranked perfectly (AP 1), never above 0.5 (F1 0)
+    logits[:, 7] = -5.0  # F1 0 as well
+    metrics = multilabel_metrics(logits, targets)
+    names = list(metrics["per_class"])
+    zero_f1 = [i for i, n in enumerate(names) if metrics["per_class"][n]["f1"] == 0]
+    assert 2 in zero_f1 and 7 in zero_f1 and metrics["per_class"][names[2]]["average_precision"] == 1.0
+    figure = per_class_figure(metrics)
+    assert_readable(figure)
+    marks = sorted(round(t.get_position()[1], 3) for t in figure.axes[0].texts if t.get_text() == "0")
+    assert marks == [round(i + 0.2, 3) for i in zero_f1]  # on each F1 bar of 0, none elsewhere
 
 
 def test_embedding_map_names_every_class_in_full_and_its_text_is_readable():
