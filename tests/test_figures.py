@@ -290,3 +290,31 @@ def test_embedding_map_names_every_class_in_full_and_its_text_is_readable():
     for name, title in zip(names, titles):
         assert title.startswith(name), (name, title)
     assert_readable(figure)
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 7, 40])
+def test_training_curves_are_ticked_at_whole_epochs(epochs):
+    """A 2-epoch run had ticks at 1.25, 1.5, 1.75 on curves.png."""
+    from reben_tools.learn.training.plots import curves_figure
+
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 0.7 / e,
+            "lr": 1e-3 / e,
+            "validation": {
+                "loss": 0.8 / e,
+                "average_precision_macro": 0.5,
+                "average_precision_micro": 0.6,
+                "f1_macro": 0.3,
+            },
+        }
+        for e in range(1, epochs + 1)
+    ]
+    figure = curves_figure(history)
+    figure.canvas.draw()
+    assert_readable(figure)
+    for axis in figure.axes:
+        low, high = axis.get_xlim()
+        shown = [t for t in axis.get_xticks() if low <= t <= high]
+        assert shown and all(float(t).is_integer() for t in shown), shown
