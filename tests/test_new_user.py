@@ -310,3 +310,40 @@ def test_verify_of_a_bare_lmdb_checks_its_metadata_arguments_before_reading_valu
         assert result.stdout == ""
     result = reben("verify", lmdb, "--metadata", archive / "metadata.parquet", "-q")
     assert result.returncode == 0 and result.stdout.startswith(f"{lmdb}: OK"), result.stderr
+
+
+# --------------------------------------------------------------------------- small inconsistencies
+
+
+def test_help_at_80_columns_keeps_every_option_name_whole_and_shows_no_bool_metavar():
+    """`COLUMNS=80 reben train --help` cut `--include-snow-cl…` and `--no-sync-batchn…`; flags showed `<bool>`."""
+    env = {**os.environ, "COLUMNS": "80"}
+    result = subprocess.run(
+        [sys.executable, "-m", "reben_tools.cli", "train", "--help"], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0
+    assert "--include-snow-cloud " in result.stdout and "--no-sync-batchnorm" in result.stdout
+    for name, command in typer.main.get_command(app).commands.items():
+        text = runner.invoke(app, [name, "--help"], terminal_width=80).output
+        assert "\u2026" not in text and "<bool>" not in text, name
+        names = {opt for param in command.params for opt in param.opts + param.secondary_opts if opt.startswith("--")}
+        assert all(opt in text for opt in names - {"--no-progress"}), name  # --no-progress is hidden
+
+
+def test_build_help_says_the_config_is_optional_and_what_it_defaults_to():
+    text = " ".join(runner.invoke(app, ["build", "--help"], terminal_width=200).output.split())
+    assert "Usage: reben build [OPTIONS] [config]" in text
+    assert "optional: without it, reBEN's defaults (the values of pipelines/reben.toml)" in text
+
+
+@pytest.mark.slow
+def test_the_demo_prints_every_path_relative_to_where_it_ran(tmp_path):
+    result = reben("demo", "--out", "demo", "-q", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    listed = result.stdout.split("where everything is:")[1].split()
+    paths = dict(zip(listed[::2], listed[1::2], strict=True))
+    assert {"archive", "map", "audit", "expected"} <= set(paths)
+    for label, path in paths.items():
+        assert not Path(path).is_absolute() and path.startswith("demo/"), (label, path)
+        assert (tmp_path / path).exists(), (label, path)
+    assert paths["map"] == "demo/archive/summary_map.png"

@@ -13,7 +13,11 @@ def register(app: typer.Typer) -> None:
 
 
 def build(
-    config: Path | None = typer.Argument(None, help="pipeline config (TOML or JSON, see pipelines/)"),
+    config: Path | None = typer.Argument(
+        None,
+        help="pipeline config (TOML or JSON, see pipelines/); optional: without it, reBEN's defaults "
+        "(the values of pipelines/reben.toml)",
+    ),
     s2: list[Path] | None = typer.Option(
         None, "--s2", help="S2 L2A product (.SAFE or GeoTIFF folder) or a folder of them; repeatable"
     ),
