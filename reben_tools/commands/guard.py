@@ -35,6 +35,8 @@ class Rule(typing.NamedTuple):
     high: float | None = None
     low_included: bool = True
     high_included: bool = True
+    noun: str | None = None
+    """What the value is, when more telling than "an integer" / "a number" (e.g. "a probability")."""
 
     def allows(self, value: float) -> bool:
         if isinstance(value, float) and not math.isfinite(value):
@@ -44,7 +46,7 @@ class Rule(typing.NamedTuple):
         return self.high is None or value < self.high or (value == self.high and self.high_included)
 
     def describe(self, integer: bool) -> str:
-        kind = "an integer" if integer else "a number"
+        kind = self.noun or ("an integer" if integer else "a number")
         if self.high is None:
             return f"{kind} {'>=' if self.low_included else '>'} {self.low:g}"
         left, right = "[" if self.low_included else "(", "]" if self.high_included else ")"
@@ -79,7 +81,7 @@ NUMBER_RULES: dict[str, Rule] = {
     "mix_prob": PROBABILITY,
     "train_fraction": SHARE,
     "mask_ratio": OPEN_UNIT,
-    "threshold": OPEN_UNIT,
+    "threshold": Rule(0, 1, low_included=False, high_included=False, noun="a probability"),
     "max_train_samples": AT_LEAST_1,
     "map_points": AT_LEAST_1,
     "fraction": SHARE,
