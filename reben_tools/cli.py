@@ -2,7 +2,7 @@
 
 Owns: the typer application and the list of command modules it registers.
 Does not own: the commands themselves (``reben_tools.commands``).
-May import: ``reben_tools.commands`` and the package's ``__version__``.
+May import: ``reben_tools.commands`` (``commands.guard`` wraps every command) and the package's ``__version__``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 
 import typer
+
+from reben_tools.commands.guard import guarded
 
 COMMAND_MODULES = ("archive", "encode", "split", "subset", "build", "train", "pretrain", "retrieve", "show")
 
@@ -19,6 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: whole option names at any width, no <bool> after flags
 )
 
 
@@ -31,6 +34,9 @@ def _register_all() -> None:
                 continue
             raise
         module.register(app)
+    for info in app.registered_commands:  # numbers, output locations and Ctrl-C, the same for every command
+        name = info.name or info.callback.__name__.replace("_", "-")
+        info.callback = guarded(name, info.callback)
 
 
 @app.callback(invoke_without_command=False)

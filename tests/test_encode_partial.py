@@ -177,6 +177,6 @@ def test_cli_encodes_an_s1_only_folder_and_prints_the_pairing(release, tmp_path)
         app, ["encode", "--s1-dir", str(release.s1_dir), "--out", str(tmp_path / "a"), "-q", "--workers", "1"]
     )
     assert result.exit_code == 0, result.output
-    assert "s1 without s2 10" in result.output and f"0 patch(es) and {N} value(s)" in result.output
+    assert f"{N} patch(es) ({N} S1 without S2), {N} value(s) ({N} S1) in 1 shard(s)" in result.output
     result = CliRunner().invoke(app, ["encode", "--out", str(tmp_path / "b"), "-q"])
     assert result.exit_code == 2 and "nothing to encode" in result.output

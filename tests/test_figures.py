@@ -116,22 +116,88 @@ def test_checker_catches_overlapping_text():
     assert overlapping_texts(figure)
 
 
-def test_summary_map_uses_its_width_and_shows_whole_country_outlines(tmp_path):
+def _site(x0: float, y0: float, n: int = 10, step: float = 0.017) -> list:
+    """An n x n grid of footprints about one 1.2 km patch wide (in degrees near 50 N)."""
+    from shapely import box
+
+    return [
+        box(x0 + i * step, y0 + j * 0.011, x0 + (i + 1) * step, y0 + (j + 1) * 0.011)
+        for j in range(n)
+        for i in range(n)
+    ]
+
+
+def _pattern(n: int) -> list[str]:
+    return [("train", "validation", "test")[(i * 7 // n + i) % 3] for i in range(n)]
+
+
+def test_summary_map_of_two_small_sites_has_a_panel_per_site_at_patch_scale_and_an_overview(tmp_path):
+    """The demo's two 12 km sites were tiny squares on a country map: now each has its own panel."""
+    from reben_tools.builder.countries import CountryIndex
+    from reben_tools.builder.pipeline.summary import map_figure
+
+    countries = CountryIndex.load(_countries_file(tmp_path), countries=["BEL", "LUX"])
+    footprints = _site(5.82, 50.41) + _site(6.24, 49.51)
+    tiles = ["tile 31UGR"] * 100 + ["tile 32ULV"] * 100
+    figure = map_figure(_pattern(200), footprints, countries, tiles)
+    assert_readable(figure)
+    axes = {axis.get_label(): axis for axis in figure.axes}
+    assert list(axes) == ["site:tile 31UGR", "site:tile 32ULV", "overview"]
+    figure.canvas.draw()
+    for name, x0 in (("site:tile 31UGR", 5.82), ("site:tile 32ULV", 6.24)):
+        axis = axes[name]
+        (xmin, xmax), (ymin, ymax) = axis.get_xlim(), axis.get_ylim()
+        assert xmin <= x0 and xmax >= x0 + 0.17 and xmax - xmin < 0.3  # the site, at patch scale
+        pixels_per_degree = axis.get_window_extent().width / (xmax - xmin)
+        assert 0.017 * pixels_per_degree > 12, "a patch should be many pixels wide"
+        assert axis.get_title().startswith(("1: tile 31UGR, 100 patches", "2: tile 32ULV, 100 patches"))
+    (xmin, xmax), (ymin, ymax) = axes["overview"].get_xlim(), axes["overview"].get_ylim()
+    assert xmin < 2.6 and xmax > 6.3 and ymin < 49.5 and ymax > 51.4  # Belgium and Luxembourg whole
+    shown = {t.get_text() for t in axes["overview"].texts}
+    assert {"Belgium", "Luxembourg", "1", "2"} <= shown
+
+
+def test_summary_map_groups_touching_footprints_into_sites_without_tile_names(tmp_path):
+    from reben_tools.builder.countries import CountryIndex
+    from reben_tools.builder.pipeline.summary import group_sites, map_figure
+
+    countries = CountryIndex.load(_countries_file(tmp_path), countries=["BEL", "LUX"])
+    footprints = _site(6.24, 49.51, n=3) + _site(5.82, 50.41, n=4)
+    groups = group_sites(footprints)
+    assert [(name, list(members)) for name, members in groups] == [
+        ("site 1", list(range(9, 25))),
+        ("site 2", list(range(9))),
+    ]
+    figure = map_figure(_pattern(25), footprints, countries)
+    assert_readable(figure)
+    assert [axis.get_label() for axis in figure.axes] == ["site:site 1", "site:site 2", "overview"]
+
+
+def test_summary_map_of_a_115_tile_build_is_one_map_that_uses_its_width():
+    """Many tiles (a country-scale build): one map holding every tile, no panel per tile."""
     from shapely import box
 
     from reben_tools.builder.countries import CountryIndex
     from reben_tools.builder.pipeline.summary import map_figure
 
-    countries = CountryIndex.load(_countries_file(tmp_path), countries=["BEL", "LUX"])
-    footprints = [box(5.9 + 0.017 * i, 50.45, 5.917 + 0.017 * i, 50.461) for i in range(4)]
-    figure = map_figure(["train", "validation", "test", "train"], footprints, countries)
+    countries = CountryIndex.load()  # the shipped Natural Earth countries, BigEarthNet's ten
+    footprints, tiles = [], []
+    for t in range(115):
+        x0, y0 = 4 + (t % 12) * 1.4, 45.5 + (t // 12) * 0.95
+        for i in range(16):
+            footprints.append(
+                box(x0 + (i % 4) * 0.35, y0 + (i // 4) * 0.2375, x0 + (i % 4 + 1) * 0.35, y0 + (i // 4 + 1) * 0.2375)
+            )
+            tiles.append(f"tile {t}")
+    figure = map_figure(_pattern(len(footprints)), footprints, countries, tiles)
     assert_readable(figure)
+    assert [axis.get_label() for axis in figure.axes] == ["map"]
     axis = figure.axes[0]
     figure.canvas.draw()
-    used = axis.get_window_extent().width / figure.bbox.width
-    assert used > 0.6, f"the map uses {used:.0%} of the figure's width"
+    assert axis.get_window_extent().width / figure.bbox.width > 0.6
     (xmin, xmax), (ymin, ymax) = axis.get_xlim(), axis.get_ylim()
-    assert xmin < 2.6 and xmax > 6.3 and ymin < 49.5 and ymax > 51.4  # Belgium and Luxembourg whole
+    assert xmin < 4 and xmax > 4 + 11 * 1.4 + 1.4 and ymin < 45.5 and ymax > 45.5 + 9 * 0.95 + 0.95
+    assert axis.get_title() == "1840 patches by split"
 
 
 def _countries_file(tmp_path):
@@ -175,7 +241,7 @@ def _countries_file(tmp_path):
     return path
 
 
-def test_per_class_figure_keeps_every_class_name_whole():
+def test_per_class_figure_keeps_every_class_name_whole_with_its_support():
     from reben_tools.learn.evaluation.metrics import multilabel_metrics, per_class_figure
 
     rng = np.random.default_rng(0)
@@ -187,7 +253,27 @@ def test_per_class_figure_keeps_every_class_name_whole():
     assert_readable(figure)
     shown = [t.get_text().replace("\n", " ") for t in figure.axes[0].get_yticklabels()]
     names = list(metrics["per_class"])
-    assert shown == [n + (" (no positives)" if i == 5 else "") for i, n in enumerate(names)]
+    support = targets.sum(axis=0).astype(int)
+    assert shown == [n + (" (no positives)" if i == 5 else f" ({support[i]})") for i, n in enumerate(names)]
+
+
+def test_per_class_figure_marks_bars_of_zero():
+    """A class with AP > 0 and F1 = 0 had no visible F1 bar, as if the value were missing."""
+    from reben_tools.learn.evaluation.metrics import multilabel_metrics, per_class_figure
+
+    rng = np.random.default_rng(1)
+    targets = (rng.random((80, 19)) < 0.3).astype(np.float32)
+    logits = rng.normal(size=(80, 19)).astype(np.float32)
+    logits[:, 2] = np.where(targets[:, 2] > 0, -1.0, -3.0)  # ranked perfectly (AP 1), never above 0.5 (F1 0)
+    logits[:, 7] = -5.0  # F1 0 as well
+    metrics = multilabel_metrics(logits, targets)
+    names = list(metrics["per_class"])
+    zero_f1 = [i for i, n in enumerate(names) if metrics["per_class"][n]["f1"] == 0]
+    assert 2 in zero_f1 and 7 in zero_f1 and metrics["per_class"][names[2]]["average_precision"] == 1.0
+    figure = per_class_figure(metrics)
+    assert_readable(figure)
+    marks = sorted(round(t.get_position()[1], 3) for t in figure.axes[0].texts if t.get_text() == "0")
+    assert marks == [round(i + 0.2, 3) for i in zero_f1]  # on each F1 bar of 0, none elsewhere
 
 
 def test_embedding_map_names_every_class_in_full_and_its_text_is_readable():
@@ -204,3 +290,31 @@ def test_embedding_map_names_every_class_in_full_and_its_text_is_readable():
     for name, title in zip(names, titles):
         assert title.startswith(name), (name, title)
     assert_readable(figure)
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 7, 40])
+def test_training_curves_are_ticked_at_whole_epochs(epochs):
+    """A 2-epoch run had ticks at 1.25, 1.5, 1.75 on curves.png."""
+    from reben_tools.learn.training.plots import curves_figure
+
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 0.7 / e,
+            "lr": 1e-3 / e,
+            "validation": {
+                "loss": 0.8 / e,
+                "average_precision_macro": 0.5,
+                "average_precision_micro": 0.6,
+                "f1_macro": 0.3,
+            },
+        }
+        for e in range(1, epochs + 1)
+    ]
+    figure = curves_figure(history)
+    figure.canvas.draw()
+    assert_readable(figure)
+    for axis in figure.axes:
+        low, high = axis.get_xlim()
+        shown = [t for t in axis.get_xticks() if low <= t <= high]
+        assert shown and all(float(t).is_integer() for t in shown), shown

@@ -170,7 +170,7 @@ def test_cli_mix_cutmix_lp_runs_and_bad_archives_get_one_line(archive, tmp_path)
     for args, message in (
         (["--mix", "mixup"], "unknown --mix 'mixup'"),
         (["--mix-area", "0.5,0.2"], "--mix-area"),
-        (["--mix", "cutmix", "--mix-prob", "2"], "--mix-prob 2.0"),
+        (["--mix", "cutmix", "--mix-prob", "2"], "--mix-prob must be a number in [0, 1] (got 2.0)"),
     ):
         result = runner.invoke(app, base + ["--archive", str(archive["root"]), "--out", str(tmp_path / "r4"), *args])
         assert result.exit_code in (1, 2) and message in result.output, result.output

@@ -84,3 +84,49 @@ def test_reben_show_writes_the_png_and_names_a_missing_patch_in_one_line(archive
         and "no patch 'S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_99_99'" in result.output
     )
     assert not (tmp_path / "none.png").exists()
+
+
+@pytest.mark.parametrize(
+    "bands,labels",
+    [
+        (
+            ("VV", "VH"),
+            ["Agro-forestry areas", "Arable land", "Beaches, dunes, sands", "Broad-leaved forest", "Water bodies"],
+        ),
+        (
+            ("B04", "B03", "B02", "VV", "VH"),
+            [
+                "Arable land",
+                "Complex cultivation patterns",
+                "Natural grassland and sparsely vegetated areas",
+                "Transitional woodland, shrub",
+            ],
+        ),
+        (
+            ("B04", "B03", "B02", "VV", "VH"),
+            [
+                "Agro-forestry areas",
+                "Arable land",
+                "Beaches, dunes, sands",
+                "Land principally occupied by agriculture, with significant areas of natural vegetation",
+                "Transitional woodland, shrub",
+            ],
+        ),
+    ],
+)
+def test_the_title_breaks_lines_between_class_names_only(bands, labels):
+    """patch.png wrapped inside a class name ("Transitional woodland,\\nshrub"); every line now ends at a name."""
+    from reben_tools.learn.data.sample_figure import plot_sample
+
+    image = np.random.default_rng(0).random((len(bands), 120, 120), dtype=np.float32)
+    reference_map = np.full((120, 120), 211, dtype=np.uint16)
+    figure = plot_sample(image, bands, labels, reference_map=reference_map, patch_id="P")
+    lines = figure._suptitle.get_text().split("\n")
+    assert lines[0] == "P" and lines[1].startswith("labels: ")
+    assert " ".join(lines[1:]) == "labels: " + ", ".join(labels)
+    for end in range(2, len(lines)):  # the text up to each line break is a whole number of names
+        shown = " ".join(lines[1:end]).removeprefix("labels: ")
+        assert any(shown == ", ".join(labels[:k]) + "," for k in range(1, len(labels))), lines
+    assert len(lines) > 2  # the case does need wrapping
+    assert_readable(figure)
+    plt.close(figure)

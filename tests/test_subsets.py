@@ -240,4 +240,4 @@ def test_train_with_train_fraction(archive, tmp_path):
             "1.5",
         ],
     )
-    assert result.exit_code == 2 and "--train-fraction must be in (0, 1]" in result.output
+    assert result.exit_code == 1 and "--train-fraction must be a number in (0, 1] (got 1.5)" in result.output

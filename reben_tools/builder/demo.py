@@ -95,7 +95,7 @@ def run_demo(
         "expected": inputs_dir / "expected.json",
     }
     if result.map_png:
-        paths["map"] = result.map_png
+        paths["map"] = archive_dir / result.map_png.name  # relative as given, like the other paths
     if audit is None:
         echo("split audit: no audit given; skipped")
     else:

@@ -38,6 +38,11 @@ def verify(
             raise typer.Exit(2)
         report = verify_archive(archive_dir, progress=not quiet)
     elif (archive_dir / "data.mdb").is_file():
+        for path in metadata or ():  # before a single value is read
+            if not path.is_file():
+                what = "a folder" if path.is_dir() else "not found"
+                typer.echo(f"error: --metadata {path}: {what}; expected a reBEN metadata parquet file", err=True)
+                raise typer.Exit(2)
         if not metadata:
             typer.echo(
                 f"error: {archive_dir} is a bare LMDB directory (no manifest.json); "

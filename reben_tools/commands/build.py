@@ -13,7 +13,11 @@ def register(app: typer.Typer) -> None:
 
 
 def build(
-    config: Path | None = typer.Argument(None, help="pipeline config (TOML or JSON, see pipelines/)"),
+    config: Path | None = typer.Argument(
+        None,
+        help="pipeline config (TOML or JSON, see pipelines/); optional: without it, reBEN's defaults "
+        "(the values of pipelines/reben.toml)",
+    ),
     s2: list[Path] | None = typer.Option(
         None, "--s2", help="S2 L2A product (.SAFE or GeoTIFF folder) or a folder of them; repeatable"
     ),
@@ -28,8 +32,8 @@ def build(
     scheduler: str | None = typer.Option(
         None, "--scheduler", help="existing Dask scheduler, e.g. tcp://127.0.0.1:8786"
     ),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="LocalCluster worker processes (default 2)"),
-    rows_per_block: int | None = typer.Option(None, "--rows-per-block", min=1, help="patch rows per task"),
+    workers: int | None = typer.Option(None, "--workers", help="LocalCluster worker processes (default 2)"),
+    rows_per_block: int | None = typer.Option(None, "--rows-per-block", help="patch rows per task"),
     max_gap_days: float | None = typer.Option(None, "--max-gap-days", help="largest S1/S2 acquisition gap, days"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     no_progress: bool = typer.Option(False, "--no-progress", hidden=True),
@@ -86,7 +90,7 @@ def build(
 
 def demo(
     out: Path = typer.Option(Path("reben-demo"), "--out", help="folder for the generated inputs and the archive"),
-    workers: int = typer.Option(2, "--workers", min=1, help="LocalCluster worker processes"),
+    workers: int = typer.Option(2, "--workers", help="LocalCluster worker processes"),
     seed: int = typer.Option(0, "--seed", help="seed of the generated region"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     no_progress: bool = typer.Option(False, "--no-progress", hidden=True),
@@ -94,7 +98,7 @@ def demo(
     """Generate a small realistic region, build its archive on a local Dask cluster, audit the split."""
     from reben_tools.builder.demo import run_demo
     from reben_tools.builder.demo_check import DemoCheckError
-    from reben_tools.builder.pipeline.config import BuildError
+    from reben_tools.builder.pipeline.config import BuildError, BuildInterrupted
     from reben_tools.splits.audit import run_audit
 
     try:
@@ -107,6 +111,9 @@ def demo(
             echo=typer.echo,
             audit=lambda archive_dir, audit_dir: run_audit(archive_dir, audit_dir, progress=progress),
         )
+    except BuildInterrupted as exc:  # Ctrl-C during the build: 130, as `reben build`
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(130) from None
     except (BuildError, DemoCheckError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -27,9 +27,9 @@ def encode(
         help="reBEN metadata parquet (repeatable); keeps only its patches and writes the metadata files.",
     ),
     workers: int | None = typer.Option(
-        None, "--workers", min=1, help="Processes (default: all usable CPUs); never changes the output."
+        None, "--workers", help="Processes (default: all usable CPUs); never changes the output."
     ),
-    patches_per_shard: int = typer.Option(1024, "--patches-per-shard", min=1, help="Patches per LMDB shard."),
+    patches_per_shard: int = typer.Option(1024, "--patches-per-shard", help="Patches per LMDB shard."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Encode reBEN's GeoTIFF release into a sharded LMDB/safetensors archive.
@@ -71,26 +71,36 @@ def encode(
         typer.echo(f"... and {len(summary.skipped) - 20} more (see {out / 'report.json'})", err=True)
     if summary.resumed:
         typer.echo(f"resumed: kept {summary.resumed} shard(s) an interrupted run had finished", err=True)
-    counts = summary.counts or {}
-    pairing = ", ".join(
-        f"{k.replace('_', ' ')} {counts[k]}"
-        for k in (
-            "s2_with_s1",
-            "s2_without_s1",
-            "s1_without_s2",
-            "s2_without_reference_map",
-            "reference_maps_without_s2",
-        )
-        if k in counts
-    )
-    if pairing:
-        typer.echo(f"pairing: {pairing}")
-    typer.echo(
-        f"{out}: {summary.patches} patch(es) and {summary.values} value(s) in {len(summary.shards)} shard(s), "
-        f"{len(summary.skipped)} skipped, {summary.seconds:.1f} s ({summary.patches_per_second:.1f} patches/s)"
-    )
+    typer.echo(_summary_line(out, summary))
     if summary.values == 0:
         raise typer.Exit(1)
+
+
+_PAIRINGS = (("s1_without_s2", "S1 without S2"), ("reference_maps_without_s2", "reference maps without S2"))
+_VALUE_KINDS = (("s2_values", "S2"), ("s1_values", "S1"), ("reference_map_values", "reference maps"))
+
+
+def _summary_line(out: Path, summary) -> str:
+    """What was written: patches by pairing (a patch is an S2 patch, or an S1 patch or reference map without
+    one), values by kind, the rate in values per second (an S1-only folder writes values and no S2 patch)."""
+    counts = summary.counts or {}
+    if "s2_with_s1" in counts:  # an S1 folder was given
+        pairs = [(counts["s2_with_s1"], "S2 with S1"), (counts.get("s2_without_s1", 0), "S2 without S1")]
+    else:
+        pairs = [(counts.get("s2_values", 0), "S2")]
+    pairs += [(counts.get(key, 0), text) for key, text in _PAIRINGS]
+    kinds = [(counts.get(key, 0), text) for key, text in _VALUE_KINDS]
+    patches = sum(n for n, _ in pairs)
+    by_pairing = ", ".join(f"{n} {text}" for n, text in pairs if n) or "none"
+    by_kind = ", ".join(f"{n} {text}" for n, text in kinds if n) or "none"
+    rate = summary.values / summary.seconds if summary.seconds > 0 else 0.0
+    extra = counts.get("s2_without_reference_map", 0)
+    return (
+        f"{out}: {patches} patch(es) ({by_pairing}"
+        + (f"; {extra} S2 without reference map" if extra else "")
+        + f"), {summary.values} value(s) ({by_kind}) in {len(summary.shards)} shard(s), "
+        f"{len(summary.skipped)} skipped, {summary.seconds:.1f} s ({rate:.1f} values/s)"
+    )
 
 
 def register(app: typer.Typer) -> None:

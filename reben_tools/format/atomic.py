@@ -15,7 +15,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pyarrow as pa
@@ -34,13 +34,19 @@ def fsync_dir(path: Path) -> None:
 @contextmanager
 def replaced_atomically(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling ``.<name>.tmp-<uuid>`` of ``path`` to write; when the block
-    exits normally, rename it onto ``path``. The temporary file never outlives the block."""
+    exits normally, rename it onto ``path``. The temporary file never outlives the block.
+
+    The clean-up never raises on top of the block's own error: in a folder that cannot be
+    written (read-only file system) removing the temporary file fails too, and the first error
+    (which names the folder's problem) is the one to report.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, data: object) -> None:

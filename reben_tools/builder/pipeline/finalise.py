@@ -169,7 +169,13 @@ def finalise(
     map_png = None
     if n:
         map_png = out / MAP_FILE
-        plot_map(rows.column("split").to_pylist(), geometry, countries, map_png)
+        plot_map(
+            rows.column("split").to_pylist(),
+            geometry,
+            countries,
+            map_png,
+            [f"tile {t}" for t in rows.column("tile").to_pylist()],
+        )
     return BuildResult(out, clean, flagged, summary, report, map_png, 0, 0)
 
 

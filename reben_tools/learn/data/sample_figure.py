@@ -5,7 +5,7 @@ image (B04, B03, B02), Sentinel-1 VV and VH, and the reference map in the CORINE
 colours, with the patch's labels as the title. Panels whose bands the sample does not hold
 are left out; the reference map needs the patch's CLC codes (``reference_map``).
 
-Owns: :func:`plot_sample`, :func:`stretch`.
+Owns: :func:`plot_sample`, :func:`stretch`, :func:`wrap_names` (titles broken between class names).
 Does not own: reading samples (``learn.dataset``), the CORINE legend (``format.labels``).
 May import: numpy, matplotlib (lazily), ``reben_tools.format``.
 """
@@ -32,6 +32,24 @@ def stretch(values: np.ndarray, low: float = 2.0, high: float = 98.0) -> np.ndar
     if not hi > lo:
         return np.zeros_like(values)
     return np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+
+
+def wrap_names(prefix: str, names: Sequence[str], width: int) -> str:
+    """``prefix`` and the comma-separated ``names`` in lines of at most ``width`` characters, broken
+    between names only (class names hold commas and spaces: "Transitional woodland, shrub"). A name
+    longer than a whole line is the one thing wrapped inside."""
+    if not names:
+        return f"{prefix} none"
+    lines, current = [], prefix
+    for i, name in enumerate(names):
+        piece = name + ("," if i < len(names) - 1 else "")
+        if current != prefix and len(current) + 1 + len(piece) > width:
+            lines.append(current)
+            current = piece
+        else:
+            current = f"{current} {piece}"
+    lines.append(current)
+    return "\n".join(textwrap.fill(line, width) if len(line) > width else line for line in lines)
 
 
 def plot_sample(
@@ -132,9 +150,9 @@ def plot_sample(
         )
     if show_titles:
         lines = [] if patch_id is None else [patch_id]
-        width = max(40, int(16 * len(panels)))
-        lines.append(textwrap.fill("labels: " + (", ".join(labels) if labels else "none"), width))
+        width = max(40, 28 * len(panels))  # characters of 9 pt type across the panels
+        lines.append(wrap_names("labels:", labels, width))
         if prediction is not None:
-            lines.append(textwrap.fill("predicted: " + (", ".join(prediction) if prediction else "none"), width))
+            lines.append(wrap_names("predicted:", prediction, width))
         figure.suptitle("\n".join(lines), fontsize=9)
     return figure

@@ -218,8 +218,9 @@ def plot_per_class(metrics: dict, path, title: str = "") -> None:
 
 
 def per_class_figure(metrics: dict, title: str = ""):
-    """The :func:`plot_per_class` Figure: whole class names (long ones wrapped onto two lines),
-    ``(no positives)`` after classes without a positive sample, the legend below the axes."""
+    """The :func:`plot_per_class` Figure: whole class names (long ones wrapped onto two lines) with
+    their support in brackets, ``(no positives)`` after classes without a positive sample, a bar of
+    0 marked with ``0`` (else it looks like a missing value), the legend below the axes."""
     import textwrap
 
     import matplotlib
@@ -230,16 +231,24 @@ def per_class_figure(metrics: dict, title: str = ""):
     names = list(metrics["per_class"])
     ap = [metrics["per_class"][n]["average_precision"] for n in names]
     f1 = [metrics["per_class"][n]["f1"] for n in names]
+    support = [metrics["per_class"][n].get("support") for n in names]
     ap = [np.nan if v is None else v for v in ap]
-    shown = [textwrap.fill(n + (" (no positives)" if np.isnan(a) else ""), 42) for n, a in zip(names, ap)]
+    shown = [
+        textwrap.fill(n + (" (no positives)" if np.isnan(a) else f" ({s:,})" if s is not None else ""), 42)
+        for n, a, s in zip(names, ap, support, strict=True)
+    ]
     y = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(10, 0.42 * sum(1 + 0.6 * t.count("\n") for t in shown) + 2.0), layout="constrained")
-    ax.barh(y - 0.2, ap, height=0.4, label="average precision")
-    ax.barh(y + 0.2, f1, height=0.4, label="F1 @ 0.5")
+    for offset, values, label in ((-0.2, ap, "average precision"), (0.2, f1, "F1 @ 0.5")):
+        bars = ax.barh(y + offset, values, height=0.4, label=label)
+        colour = bars.patches[0].get_facecolor()
+        for row, value in zip(y, values, strict=True):
+            if value == 0:  # a bar of length 0 is invisible: say it is 0
+                ax.text(0.005, row + offset, "0", va="center", ha="left", fontsize=8, color=colour, fontweight="bold")
     ax.set_yticks(y, shown, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("score")
+    ax.set_xlabel("score (support in brackets)")
     macro = metrics.get("average_precision_macro")
     if not title:
         title = "per-class figures" + (f" (macro AP {macro:.3f})" if macro is not None else "")

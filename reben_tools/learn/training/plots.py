@@ -1,6 +1,6 @@
 """PNG figure of a training run: curves per epoch.
 
-Owns: plot_curves (matplotlib, Agg backend, imported lazily).
+Owns: plot_curves, curves_figure (matplotlib, Agg backend, imported lazily).
 Does not own: the per-class metric chart (metrics.py), the numbers plotted (loop.py, probes.py).
 May import: numpy, matplotlib (lazily); reben_tools.format.atomic.
 """
@@ -14,10 +14,21 @@ from reben_tools.format.atomic import save_figure_atomic
 
 def plot_curves(history: list[dict], path: Path) -> None:
     """Training loss, validation loss, validation macro/micro AP and learning rate per epoch (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(history)
+    save_figure_atomic(fig, path, dpi=100)
+    plt.close(fig)
+
+
+def curves_figure(history: list[dict]):
+    """The :func:`plot_curves` Figure; the epoch axes are ticked at whole epochs only (a 2-epoch run
+    showed 1.25, 1.5 ...)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
@@ -35,6 +46,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
     axes[1].legend()
     axes[2].plot(epochs, [h["lr"] for h in history], "o-")
     axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
+    for ax in axes:
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)  # at least one whole epoch wide, even for a 1-epoch run
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     fig.tight_layout()
-    save_figure_atomic(fig, path, dpi=100)
-    plt.close(fig)
+    return fig
