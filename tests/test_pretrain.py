@@ -106,6 +106,15 @@ def test_run_directory_logs_every_step_and_exports_published_layout(run):
     load_published(model, published, "croma_published.pt")  # strict: no missing or unexpected key
     for part in PUBLISHED_PARTS:  # last.pt carries the same five parts at its top level
         assert all(torch.equal(last[part][k], published[part][k]) for k in published[part])
+    # the contrastive projections (CROMA's radar_proj / optical_proj) are kept for resuming,
+    # next to the published parts and never inside them
+    assert set(last["contrast"]) == {
+        "radar_proj.weight",
+        "radar_proj.bias",
+        "optical_proj.weight",
+        "optical_proj.bias",
+        "logit_scale",
+    }
     config_json = json.loads((run / "config.json").read_text())
     assert config_json["input"]["scaling"] == "croma_2std"
     assert config_json["input"]["s2_bands"] == list(BAND_GROUPS["S2"])
