@@ -260,10 +260,13 @@ class DynamicPatchEmbed(nn.Module):
         """Generated convolution weight ``(D, C, p, p)`` and bias ``(D,)`` for ``C`` wavelengths (µm)."""
         bands = self.fclayer(sincos_1d(self.wv_planes, wavelengths_um * 1000))
         flat, bias = self.weight_generator(bands)
-        # The published layer reads the generator's (C, p*p*D) output, row-major, as (D, C, p, p);
-        # the weights were trained with that order, so it is kept.
-        weight = flat.reshape(self.embed_dim, len(wavelengths_um), self.patch_size, self.patch_size)
-        return weight * KERNEL_SCALE, bias * KERNEL_SCALE
+        # Row c of the generator's (C, p*p*D) output is band c's kernel, laid out (p, p, D): read
+        # it as (C, p, p, D) and move D first. This is the layout of DOFA's current
+        # wave_dynamic_layer.py and of torchgeo's DOFA since torchgeo PR #2256 ("DOFA: fix bug in
+        # patch embedding"); the published weights were retrained with it. (The first release
+        # read the buffer as (D, C, p, p), which mixes bands within a kernel.)
+        weight = flat.reshape(len(wavelengths_um), self.patch_size, self.patch_size, self.embed_dim)
+        return weight.permute(3, 0, 1, 2) * KERNEL_SCALE, bias.reshape(self.embed_dim) * KERNEL_SCALE
 
     def forward(self, x: torch.Tensor, wavelengths_um: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, C, H, W)`` float32; returns tokens ``(B, h * w, D)`` in row-major patch order."""
