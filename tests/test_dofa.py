@@ -20,7 +20,14 @@ from dofa_reference import (
 )
 
 from reben_tools.format.bands import CENTRAL_WAVELENGTH_UM, WAVELENGTH_SOURCE, wavelengths_for
-from reben_tools.learn.models.dofa import DOFAEncoder, load_dofa, load_dofa_state
+from reben_tools.learn.models.dofa import (
+    DOFAEncoder,
+    default_input_mode,
+    input_mode_for_init,
+    load_dofa,
+    load_dofa_state,
+)
+from reben_tools.learn.models.encoders import load_encoder
 
 S2_UM = [0.443, 0.490, 0.560, 0.665, 0.705, 0.740, 0.783, 0.842, 0.865, 0.945, 1.610, 2.190]
 
@@ -197,3 +204,26 @@ def test_checkpoint_errors_name_the_key(tmp_path) -> None:
         DOFAEncoder("dofa_huge")
     with pytest.raises(ValueError, match=r"needs \(B, C, H, W\) with C equal to the 2 wavelengths"):
         model(torch.zeros(1, 3, 32, 32), [3.75, 3.75])
+
+
+def test_published_weights_default_to_resize_and_dofa_micro_to_interpolate(tmp_path) -> None:
+    assert default_input_mode("dofa_base_patch16", published_weights=True) == "resize"
+    assert default_input_mode("dofa_large_patch16", published_weights=True) == "resize"
+    assert default_input_mode("dofa_micro", published_weights=True) == "interpolate"
+    assert default_input_mode("dofa_base_patch16", published_weights=False) == "interpolate"
+    assert input_mode_for_init("dofa_base:/w/DOFA_ViT_base_e100.pth") == "resize"
+    assert input_mode_for_init("dofa_large:/w/DOFA_ViT_large_e100.pth") == "resize"
+    assert input_mode_for_init("dofa_micro:/w/micro.pth") is None
+    assert input_mode_for_init("croma_base:/w/CROMA_base.pt") is None and input_mode_for_init(None) is None
+    path = tmp_path / "micro.pth"
+    torch.save(hand_built_checkpoint(64, 2, seed=12), path)
+    assert load_dofa("dofa_micro", path).input_mode == "interpolate"
+    assert load_encoder(f"dofa_micro:{path}").describe()["input_mode"] == "interpolate"
+
+
+@pytest.mark.slow
+def test_published_base_checkpoint_loads_in_resize_mode(tmp_path) -> None:
+    path = tmp_path / "DOFA_ViT_base_e100.pth"
+    torch.save({k: v.half() for k, v in hand_built_checkpoint(768, 12, seed=13).items()}, path)
+    assert load_dofa("dofa_base_patch16", path).input_mode == "resize"
+    assert load_encoder(f"dofa_base:{path}").describe()["input_mode"] == "resize"

@@ -6,8 +6,8 @@ wavelength, a residual MLP, a one-layer transformer weight generator with
 learnable weight and bias tokens, per-band kernels applied as a strided
 convolution), the ViT after it, the configurations ``dofa_base_patch16``,
 ``dofa_large_patch16`` and ``dofa_micro``, 120x120 support (position-embedding
-interpolation or resizing to 224), and loading checkpoints in DOFA's published
-layout.
+interpolation or resizing to 224, and which is the default for which weights), and loading
+checkpoints in DOFA's published layout.
 
 Does not own: the wavelength table (``reben_tools.format.bands``), data loading,
 normalisation statistics, training, the ``load_encoder`` registry (``learn.encoders``)
@@ -42,6 +42,22 @@ INPUT_MODES = ("interpolate", "resize")
 """How a side other than the configured ``img_size`` is handled: interpolate the
 position embeddings to the patch grid the input gives (``"interpolate"``), or
 resize the input bilinearly to ``img_size`` first (``"resize"``)."""
+
+PUBLISHED_SIZES = frozenset({"dofa_base_patch16", "dofa_large_patch16"})
+"""Configurations with published weights (pretrained at 224 px by DOFA's authors)."""
+
+
+def default_input_mode(name: str, published_weights: bool) -> str:
+    """The input mode used when none is asked for.
+
+    Published weights (``dofa_base`` / ``dofa_large`` from a published checkpoint) were trained
+    at 224 px, and DOFA's own preprocessing resizes to 224: ``"resize"``. At 120 px the 16-pixel
+    kernel with padding 1 reads only the first 111 rows and columns (14% of the patch is never
+    seen) and the 7x7 grid gets position embeddings the weights never saw. Everything else
+    (``dofa_micro``, models trained from scratch here) keeps ``"interpolate"``: it costs a quarter
+    of the tokens and was not less accurate (BENCHMARKS.md, DOFA).
+    """
+    return "resize" if published_weights and name in PUBLISHED_SIZES else "interpolate"
 
 
 @dataclass(frozen=True)
@@ -473,8 +489,11 @@ def load_dofa_state(
     }
 
 
-def load_dofa(name: str, path: str | Path, input_mode: str = "interpolate") -> DOFAEncoder:
+def load_dofa(name: str, path: str | Path, input_mode: str | None = None) -> DOFAEncoder:
     """Build ``name`` and load the published-layout checkpoint at ``path`` (CPU tensors).
+
+    ``input_mode`` defaults to :func:`default_input_mode` for published weights (``resize`` for
+    ``dofa_base_patch16`` / ``dofa_large_patch16``, ``interpolate`` for ``dofa_micro``).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -483,7 +502,7 @@ def load_dofa(name: str, path: str | Path, input_mode: str = "interpolate") -> D
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such DOFA checkpoint")
-    model = DOFAEncoder(name, input_mode=input_mode)
+    model = DOFAEncoder(name, input_mode=input_mode or default_input_mode(name, published_weights=True))
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping):
         raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict")
@@ -506,6 +525,18 @@ def parse_dofa_spec(spec: str) -> tuple[str, Path] | None:
     if not sep or kind not in SPEC_NAMES or not path:
         return None
     return SPEC_NAMES[kind], Path(path)
+
+
+def input_mode_for_init(init: str | None) -> str | None:
+    """The input mode a run started from ``--init`` weights takes when none is asked for.
+
+    ``"resize"`` for ``dofa_base:PATH`` / ``dofa_large:PATH`` (see :func:`default_input_mode`);
+    ``None`` (the model's own default) for anything else.
+    """
+    parsed = parse_dofa_spec(init) if init else None
+    if parsed is None or default_input_mode(parsed[0], published_weights=True) != "resize":
+        return None
+    return "resize"
 
 
 def init_encoders(model: nn.Module, spec: str) -> int:
