@@ -54,8 +54,9 @@ def default_input_mode(name: str, published_weights: bool) -> str:
     at 224 px, and DOFA's own preprocessing resizes to 224: ``"resize"``. At 120 px the 16-pixel
     kernel with padding 1 reads only the first 111 rows and columns (14% of the patch is never
     seen) and the 7x7 grid gets position embeddings the weights never saw. Everything else
-    (``dofa_micro``, models trained from scratch here) keeps ``"interpolate"``: it costs a quarter
-    of the tokens and was not less accurate (BENCHMARKS.md, DOFA).
+    (``dofa_micro``, models trained from scratch here) keeps ``"interpolate"``: a quarter of the
+    tokens, 2-3x cheaper; resize scored slightly higher there, within the demo's test-split noise
+    (BENCHMARKS.md, DOFA).
     """
     return "resize" if published_weights and name in PUBLISHED_SIZES else "interpolate"
 
