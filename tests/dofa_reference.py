@@ -1,10 +1,28 @@
-"""DOFA's published checkpoint layout, hand-built checkpoints in it, and an independent
-implementation of the published forward pass, for the DOFA tests.
+"""DOFA's published checkpoint layout, hand-built checkpoints in it, and a reference forward
+pass written from DOFA's *current* published code, for the DOFA tests.
 
-The reference is written from the published forward pass (zhu-xlab/DOFA
-``wave_dynamic_layer.py`` + ``OFAViT.forward_features``; torchgeo ``dofa.py``) with plain
-tensor algebra: explicit layer norms, softmax attention, erf-GELU and a reshape-based
-strided convolution, none of the module's classes.
+Written from, and only from, the published code (it never imports ``reben_tools``):
+
+* ``wave_dynamic_layer.py`` of github.com/zhu-xlab/DOFA (the version its README says the new
+  weights need) and ``torchgeo/models/dofa.py`` after torchgeo PR #2256 ("DOFA: fix bug in patch
+  embedding"): wavelengths (µm) x 1000 -> 1-D sin-cos (width 128, sines then cosines) -> FCResLayer
+  ``x + relu(w2(relu(w1 x)))`` -> a ``torch.nn.TransformerEncoder`` of one post-norm GELU layer
+  (4 heads, unbatched ``(S, 128)`` sequence ``[128 weight tokens; bands; bias token]``) ->
+  ``fc_weight(out[128:-1] + bands)`` viewed **(C, p, p, D) and permuted to (D, C, p, p)**,
+  ``fc_bias(out[-1])`` viewed (D,), both times the scaler 0.01 -> ``F.conv2d`` with stride p and
+  padding 1 -> tokens ``flatten(2).transpose(1, 2)``.
+* ``OFAViT.forward_features`` of ``models_dwv.py``: ``x + pos_embed[:, 1:]``, class token
+  ``cls_token + pos_embed[:, :1]`` prepended, timm ``Block``s (pre-norm, eps 1e-6, qkv bias,
+  exact GELU), mean of the patch tokens, ``fc_norm`` (absent from published files, so identity).
+
+The generator runs through torch's own ``nn.TransformerEncoder`` (the class the published code
+instantiates, loaded from the state dict under its published names); the ViT blocks are written
+out with plain tensor algebra (timm is not a dependency).
+
+The published forward pass only runs at the pretraining size (its ``pos_embed`` has 14 x 14 + 1
+rows). For other sizes the published pipelines either resize the image to 224 (DOFA's demo and
+torchgeo's transforms; :func:`resize_input`) or resample ``pos_embed`` when loading the weights
+(torchgeo/terratorch-style loaders, timm's ``resample_abs_pos_embed``; :func:`resample_pos_embed`).
 """
 
 from __future__ import annotations
@@ -13,6 +31,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+GENERATOR_WIDTH = 128
+WEIGHT_TOKENS = 128
+SCALER = 0.01
 
 # --------------------------------------------------------------------------- the published layout
 
@@ -78,7 +101,7 @@ def hand_built_checkpoint(embed: int, depth: int, seed: int = 0) -> dict[str, to
     gen = torch.Generator().manual_seed(seed)
     state = {}
     for name, shape in published_layout(embed, depth).items():
-        if name.endswith("norm1.weight") or name.endswith("norm2.weight"):
+        if name.endswith(("norm1.weight", "norm2.weight")):
             value = 1.0 + 0.1 * torch.randn(shape, generator=gen)
         elif len(shape) == 2 and not name.endswith("_tokens") and not name.endswith("_token"):
             value = torch.randn(shape, generator=gen) / math.sqrt(shape[1])
@@ -93,107 +116,111 @@ def hand_built_checkpoint(embed: int, depth: int, seed: int = 0) -> dict[str, to
     return state
 
 
-# --------------------------------------------------------------------------- independent reference
+# --------------------------------------------------------------------------- inputs of other sizes
 
 
-def _ln(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+def resize_input(x: torch.Tensor, side: int = 224) -> torch.Tensor:
+    """The published preprocessing for other sizes: bilinear resize of the image to ``side``."""
+    return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+
+
+def resample_pos_embed(sd: dict[str, torch.Tensor], grid: int) -> dict[str, torch.Tensor]:
+    """A copy of ``sd`` whose ``pos_embed`` patch rows are resampled bicubically to ``grid x grid``
+    (``align_corners=False``), class-token row kept: what a loader does for another input size."""
+    pe = sd["pos_embed"]
+    side = math.isqrt(pe.shape[1] - 1)
+    img = pe[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    img = F.interpolate(img, size=(grid, grid), mode="bicubic", align_corners=False)
+    rows = img.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)
+    return {**sd, "pos_embed": torch.cat([pe[:, :1], rows], dim=1)}
+
+
+# --------------------------------------------------------------------------- the published forward pass
+
+
+def _wave_embedding(waves: list[float] | torch.Tensor) -> torch.Tensor:
+    """``get_1d_sincos_pos_embed_from_grid_torch(128, wvs * 1000)``: (C, 128), sines then cosines."""
+    pos = torch.as_tensor(waves, dtype=torch.float32).reshape(-1) * 1000
+    omega = torch.arange(GENERATOR_WIDTH // 2, dtype=torch.float32) / (GENERATOR_WIDTH / 2.0)
+    omega = 1.0 / 10000**omega
+    out = torch.einsum("m,d->md", pos, omega)
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def _generator_encoder(sd: dict[str, torch.Tensor]) -> nn.TransformerEncoder:
+    """The published generator's ``nn.TransformerEncoder`` (one post-norm GELU layer, 4 heads),
+    loaded from ``sd`` under the published names."""
+    layer = nn.TransformerEncoderLayer(
+        d_model=GENERATOR_WIDTH, nhead=4, activation="gelu", norm_first=False, batch_first=False, dropout=0.0
+    )
+    encoder = nn.TransformerEncoder(layer, num_layers=1, enable_nested_tensor=False)
+    prefix = "patch_embed.weight_generator.transformer_encoder."
+    encoder.load_state_dict({k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}, strict=True)
+    return encoder.eval()
+
+
+def dynamic_kernels(
+    sd: dict[str, torch.Tensor], waves: list[float] | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Dynamic_MLP_OFA``'s convolution weight (D, C, p, p) and bias (D,), scaler applied."""
+    embed = sd["cls_token"].shape[-1]
+    g = "patch_embed.weight_generator."
+    f = "patch_embed.fclayer."
+    waves_emb = _wave_embedding(waves)
+    hidden = F.relu(F.linear(waves_emb, sd[f + "w1.weight"], sd[f + "w1.bias"]))
+    waves_emb = waves_emb + F.relu(F.linear(hidden, sd[f + "w2.weight"], sd[f + "w2.bias"]))
+    seq = torch.cat([sd[g + "weight_tokens"], waves_emb, sd[g + "bias_token"]], dim=0)
+    out = _generator_encoder(sd)(seq)
+    weight = F.linear(out[WEIGHT_TOKENS:-1] + waves_emb, sd[g + "fc_weight.weight"], sd[g + "fc_weight.bias"])
+    bias = F.linear(out[-1], sd[g + "fc_bias.weight"], sd[g + "fc_bias.bias"])
+    bands = waves_emb.shape[0]
+    patch = math.isqrt(weight.shape[1] // embed)
+    kernel = weight.view(bands, patch, patch, embed).permute(3, 0, 1, 2)
+    return kernel * SCALER, bias.view(embed) * SCALER
+
+
+def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     mu = x.mean(-1, keepdim=True)
     var = ((x - mu) ** 2).mean(-1, keepdim=True)
     return (x - mu) / torch.sqrt(var + eps) * w + b
 
 
-def _gelu(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+def _timm_block(x: torch.Tensor, sd: dict[str, torch.Tensor], b: str, heads: int) -> torch.Tensor:
+    """timm ``Block``: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``, softmax(q k^T / sqrt(hd)) v."""
+    batch, tokens, dim = x.shape
+    hd = dim // heads
+    y = _layer_norm(x, sd[b + "norm1.weight"], sd[b + "norm1.bias"])
+    qkv = F.linear(y, sd[b + "attn.qkv.weight"], sd[b + "attn.qkv.bias"])
+    q, k, v = qkv.reshape(batch, tokens, 3, heads, hd).permute(2, 0, 3, 1, 4)
+    attn = torch.softmax((q * hd**-0.5) @ k.transpose(-2, -1), dim=-1)
+    y = (attn @ v).transpose(1, 2).reshape(batch, tokens, dim)
+    x = x + F.linear(y, sd[b + "attn.proj.weight"], sd[b + "attn.proj.bias"])
+    y = _layer_norm(x, sd[b + "norm2.weight"], sd[b + "norm2.bias"])
+    y = F.gelu(F.linear(y, sd[b + "mlp.fc1.weight"], sd[b + "mlp.fc1.bias"]))
+    return x + F.linear(y, sd[b + "mlp.fc2.weight"], sd[b + "mlp.fc2.bias"])
 
 
-def _mha(
-    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor, heads: int
-) -> torch.Tensor:
-    """x (..., N, W) -> (..., N, W) softmax attention with packed qkv weights (3W, W)."""
-    width = x.shape[-1]
-    hd = width // heads
-    qkv = x @ w.T + b
-    q, k, v = qkv[..., :width], qkv[..., width : 2 * width], qkv[..., 2 * width :]
-
-    def split(t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(*t.shape[:-1], heads, hd).transpose(-3, -2)
-
-    q, k, v = split(q), split(k), split(v)
-    att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd), dim=-1)
-    out = (att @ v).transpose(-3, -2).reshape(*x.shape)
-    return out @ wo.T + bo
-
-
-def reference_features(
-    sd: dict[str, torch.Tensor], x: torch.Tensor, waves: list[float], heads: int, patch: int = 16
-) -> torch.Tensor:
-    """DOFA's published ``forward_features`` (global pool) on a published-layout state dict."""
-    embed = sd["cls_token"].shape[-1]
-    bands = len(waves)
-    # wavelength embedding: 1-D sin-cos of (wavelength in µm * 1000), width 128, sines first
-    pos = torch.tensor(waves, dtype=torch.float32) * 1000
-    omega = 1.0 / 10000 ** (torch.arange(64, dtype=torch.float32) / 64.0)
-    ang = pos[:, None] * omega[None]
-    emb = torch.cat([torch.sin(ang), torch.cos(ang)], 1)
-    p = "patch_embed.fclayer."
-    hid = torch.relu(emb @ sd[p + "w1.weight"].T + sd[p + "w1.bias"])
-    emb = emb + torch.relu(hid @ sd[p + "w2.weight"].T + sd[p + "w2.bias"])
-    # weight generator: [128 weight tokens; band tokens; bias token] -> one post-norm layer
-    g = "patch_embed.weight_generator."
-    t = g + "transformer_encoder.layers.0."
-    seq = torch.cat([sd[g + "weight_tokens"], emb, sd[g + "bias_token"]], 0)
-    a = _mha(
-        seq,
-        sd[t + "self_attn.in_proj_weight"],
-        sd[t + "self_attn.in_proj_bias"],
-        sd[t + "self_attn.out_proj.weight"],
-        sd[t + "self_attn.out_proj.bias"],
-        4,
-    )
-    h = _ln(seq + a, sd[t + "norm1.weight"], sd[t + "norm1.bias"], 1e-5)
-    ff = (
-        _gelu(h @ sd[t + "linear1.weight"].T + sd[t + "linear1.bias"]) @ sd[t + "linear2.weight"].T
-        + sd[t + "linear2.bias"]
-    )
-    h = _ln(h + ff, sd[t + "norm2.weight"], sd[t + "norm2.bias"], 1e-5)
-    flat = (h[128:-1] + emb) @ sd[g + "fc_weight.weight"].T + sd[g + "fc_weight.bias"]  # (C, p*p*E)
-    bias = (h[-1] @ sd[g + "fc_bias.weight"].T + sd[g + "fc_bias.bias"]) * 0.01
-    kernel = flat.reshape(-1).view(embed, bands, patch, patch) * 0.01  # published .view order
-    # strided convolution, padding 1, as patches x kernels
-    xp = F.pad(x, (1, 1, 1, 1))
-    n_h = (x.shape[2] + 2 - patch) // patch + 1
-    n_w = (x.shape[3] + 2 - patch) // patch + 1
-    xp = xp[:, :, : n_h * patch, : n_w * patch]
-    cells = xp.reshape(x.shape[0], bands, n_h, patch, n_w, patch).permute(0, 2, 4, 1, 3, 5)
-    tokens = cells.reshape(x.shape[0], n_h * n_w, -1) @ kernel.reshape(embed, -1).T + bias
-    # position embeddings (bicubic resize of the stored grid when the grid differs)
+def reference_tokens(sd: dict[str, torch.Tensor], x: torch.Tensor, waves: list[float], heads: int) -> torch.Tensor:
+    """All tokens after the last block, (B, 1 + h*w, D), class token first."""
+    kernel, bias = dynamic_kernels(sd, waves)
+    patch = kernel.shape[-1]
+    tokens = F.conv2d(x, kernel, bias=bias, stride=patch, padding=1, dilation=1).flatten(2).transpose(1, 2)
     pe = sd["pos_embed"]
-    side = int(round(math.sqrt(pe.shape[1] - 1)))
-    grid_pe = pe[:, 1:]
-    if (n_h, n_w) != (side, side):
-        img = grid_pe.reshape(1, side, side, embed).permute(0, 3, 1, 2)
-        img = F.interpolate(img, size=(n_h, n_w), mode="bicubic", align_corners=False)
-        grid_pe = img.permute(0, 2, 3, 1).reshape(1, n_h * n_w, embed)
-    z = torch.cat([(sd["cls_token"] + pe[:, :1]).expand(x.shape[0], 1, embed), tokens + grid_pe], 1)
+    if pe.shape[1] != tokens.shape[1] + 1:
+        raise ValueError(f"pos_embed has {pe.shape[1]} rows for {tokens.shape[1]} patches: resize or resample first")
+    z = tokens + pe[:, 1:]
+    cls = (sd["cls_token"] + pe[:, :1]).expand(x.shape[0], -1, -1)
+    z = torch.cat([cls, z], dim=1)
     depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
     for i in range(depth):
-        b = f"blocks.{i}."
-        y = _ln(z, sd[b + "norm1.weight"], sd[b + "norm1.bias"], 1e-6)
-        z = z + _mha(
-            y,
-            sd[b + "attn.qkv.weight"],
-            sd[b + "attn.qkv.bias"],
-            sd[b + "attn.proj.weight"],
-            sd[b + "attn.proj.bias"],
-            heads,
-        )
-        y = _ln(z, sd[b + "norm2.weight"], sd[b + "norm2.bias"], 1e-6)
-        z = (
-            z
-            + _gelu(y @ sd[b + "mlp.fc1.weight"].T + sd[b + "mlp.fc1.bias"]) @ sd[b + "mlp.fc2.weight"].T
-            + sd[b + "mlp.fc2.bias"]
-        )
-    pooled = z[:, 1:].mean(1)
+        z = _timm_block(z, sd, f"blocks.{i}.", heads)
+    return z
+
+
+def reference_features(sd: dict[str, torch.Tensor], x: torch.Tensor, waves: list[float], heads: int) -> torch.Tensor:
+    """``OFAViT.forward_features`` with ``global_pool=True`` on a published-layout state dict: (B, D)."""
+    embed = sd["cls_token"].shape[-1]
+    pooled = reference_tokens(sd, x, waves, heads)[:, 1:].mean(dim=1)
     w = sd.get("fc_norm.weight", torch.ones(embed))
-    bn = sd.get("fc_norm.bias", torch.zeros(embed))
-    return _ln(pooled, w, bn, 1e-6)
+    b = sd.get("fc_norm.bias", torch.zeros(embed))
+    return _layer_norm(pooled, w, b)

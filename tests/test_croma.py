@@ -28,7 +28,7 @@ from reben_tools.learn.models.croma import (
     select_bias,
 )
 from reben_tools.learn.models.croma_layout import CheckpointLayoutError, infer_config, load_published, published_state
-from reben_tools.learn.models.croma_losses import info_nce, masked_reconstruction
+from reben_tools.learn.models.croma_losses import croma_losses, info_nce, masked_reconstruction
 
 SMALL = CromaConfig("test_small", dim=32, depth=2, heads=16, decoder_dim=32, decoder_heads=8)
 
@@ -109,7 +109,7 @@ def hand_built_checkpoint(d: int, depth: int, seed: int = 0) -> dict:
     for part, keys in published_layout(d, depth).items():
         out[part] = {}
         for key, shape in keys.items():
-            if key.endswith("norm.weight") or key.endswith("norm_out.weight") or key == "0.weight":
+            if key.endswith(("norm.weight", "norm_out.weight")) or key == "0.weight":
                 t = 1.0 + 0.1 * torch.randn(shape, generator=g)
             else:
                 t = torch.randn(shape, generator=g) * (0.5 / math.sqrt(shape[-1]))
@@ -144,7 +144,10 @@ def ln(x, w, b):
 
 def ref_attend(q, k, v, bias, heads):
     bsz, n, d = q.shape
-    split = lambda t: t.reshape(bsz, t.shape[1], heads, d // heads).permute(0, 2, 1, 3)
+
+    def split(t):
+        return t.reshape(bsz, t.shape[1], heads, d // heads).permute(0, 2, 1, 3)
+
     q, k, v = split(q), split(k), split(v)
     scores = torch.einsum("bhid,bhjd->bhij", q, k) * (d // heads) ** -0.5 + bias
     attn = torch.exp(scores - scores.amax(-1, keepdim=True))
@@ -176,12 +179,13 @@ def ref_ffn(sd, p, x):
 
 
 def ref_vit(sd, imgs, bias, heads):
-    bsz, c, hh, ww = imgs.shape
+    bsz, _, hh, ww = imgs.shape
     # b c (h i) (w j) -> b (h w) (c i j), written with explicit loops over patches
-    patches = []
-    for r in range(hh // 8):
-        for col in range(ww // 8):
-            patches.append(imgs[:, :, r * 8 : (r + 1) * 8, col * 8 : (col + 1) * 8].reshape(bsz, -1))
+    patches = [
+        imgs[:, :, r * 8 : (r + 1) * 8, col * 8 : (col + 1) * 8].reshape(bsz, -1)
+        for r in range(hh // 8)
+        for col in range(ww // 8)
+    ]
     x = torch.stack(patches, dim=1) @ sd["linear_input.weight"].t() + sd["linear_input.bias"]
     layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.layers.")})
     for i in range(layers):
@@ -267,7 +271,7 @@ def test_wrong_layout_names_the_key(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and "ck.pt" in msg and "s2_encoder.transformer.layers.0.0.to_qkv.weight" in msg
     del ckpt["joint_encoder"]
-    with pytest.raises(CheckpointLayoutError, match="ck.pt: not a CROMA checkpoint: missing part 'joint_encoder'"):
+    with pytest.raises(CheckpointLayoutError, match=r"ck\.pt: not a CROMA checkpoint: missing part 'joint_encoder'"):
         load_published(CROMA(SMALL), ckpt, "ck.pt")
 
 
@@ -328,6 +332,82 @@ def test_pretraining_forward_masks_and_losses_are_finite():
     assert out["mask_s1"].sum().item() == out["mask_s2"].sum().item() == 2 * 169
     assert not torch.equal(out["mask_s1"], out["mask_s2"])  # independent masks
     assert out["logit_scale"].item() == pytest.approx(1 / 0.07, rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# Contrastive projection heads, as in CROMA's pretrain_croma.py (ContrastLossInput)
+# --------------------------------------------------------------------------------------
+
+
+def reference_contrast_loss(radar_gap, optical_gap, head: dict) -> torch.Tensor:
+    """CROMA's ``ContrastLossInput`` (one process) on raw tensors.
+
+    Written from ``pretrain_croma.py``: each modality's GAP_FFN output goes through its own
+    ``Linear(D, D)`` (``radar_proj`` / ``optical_proj``), is divided by its L2 norm, and the two
+    cross-entropies of ``exp(logit_scale) * optical @ radar.T`` and of
+    ``exp(logit_scale) * radar @ optical.T`` against the diagonal are averaged.
+    """
+    radar = radar_gap @ head["radar_proj.weight"].T + head["radar_proj.bias"]
+    optical = optical_gap @ head["optical_proj.weight"].T + head["optical_proj.bias"]
+    radar = radar / radar.norm(dim=1, keepdim=True)
+    optical = optical / optical.norm(dim=1, keepdim=True)
+    scale = head["logit_scale"].exp()
+    labels = torch.arange(radar.shape[0])
+    per_optical = scale * optical @ radar.T
+    per_radar = scale * radar @ optical.T
+    return (F.cross_entropy(per_optical, labels) + F.cross_entropy(per_radar, labels)) / 2
+
+
+def test_contrastive_head_has_the_reference_projections_and_temperature_init():
+    model = CROMA(SMALL, pretraining=True)
+    d = SMALL.dim
+    shapes = {k: tuple(v.shape) for k, v in model.contrast.state_dict().items()}
+    assert shapes == {
+        "radar_proj.weight": (d, d),
+        "radar_proj.bias": (d,),
+        "optical_proj.weight": (d, d),
+        "optical_proj.bias": (d,),
+        "logit_scale": (),
+    }
+    # nn.Parameter(torch.ones([]) * np.log(1 / 0.07)) in the reference
+    assert model.contrast.logit_scale.item() == pytest.approx(math.log(1 / 0.07), rel=1e-7)
+    # the projections are pretraining-only: CROMA's published layout stays the five parts
+    published = published_state(model)
+    assert set(published) == {"s1_encoder", "s1_GAP_FFN", "s2_encoder", "s2_GAP_FFN", "joint_encoder"}
+    assert not any("proj" in k for part in published.values() for k in part)
+    fresh = CROMA(SMALL)
+    load_published(fresh, published)
+    x1, x2 = torch.rand(2, 2, 120, 120), torch.rand(2, 12, 120, 120)
+    with torch.no_grad():
+        a, b = model.embed(s1=x1, s2=x2), fresh.embed(s1=x1, s2=x2)
+    for key in ("s1", "s2", "joint"):
+        assert torch.equal(a[key], b[key])
+
+
+def test_pretraining_contrastive_loss_equals_reference_on_the_gap_ffn_outputs():
+    model = CROMA(SMALL, pretraining=True)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.contrast.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        model.contrast.logit_scale.fill_(math.log(250.0))  # above CLIP's 100: the reference has no cap
+    captured = {}
+    hooks = [
+        model.s1_GAP_FFN.register_forward_hook(lambda m, i, o: captured.__setitem__("radar", o)),
+        model.s2_GAP_FFN.register_forward_hook(lambda m, i, o: captured.__setitem__("optical", o)),
+    ]
+    out = model(torch.rand(4, 2, 120, 120), torch.rand(4, 12, 120, 120), generator=torch.Generator().manual_seed(0))
+    for h in hooks:
+        h.remove()
+    losses = croma_losses(out)
+    head = {k: v.detach() for k, v in model.contrast.state_dict().items()}
+    expected = reference_contrast_loss(captured["radar"].detach(), captured["optical"].detach(), head)
+    assert out["logit_scale"].item() == pytest.approx(250.0, rel=1e-5)
+    assert losses["contrastive"].item() == pytest.approx(expected.item(), rel=1e-5)
+    losses["loss"].backward()
+    for name in ("radar_proj.weight", "optical_proj.weight", "logit_scale"):
+        grad = dict(model.contrast.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
 
 
 # --------------------------------------------------------------------------------------

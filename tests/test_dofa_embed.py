@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from dofa_reference import hand_built_checkpoint, reference_features
+from dofa_reference import hand_built_checkpoint, reference_features, resample_pos_embed
 from training_archive import build_learnable_archive
 from typer.testing import CliRunner
 
@@ -19,7 +19,7 @@ from reben_tools.format.bands import BAND_GROUPS, PUBLISHED_STATISTICS
 from reben_tools.learn.models.encoders import EncoderError, load_encoder
 
 COUNTS = {"train": 12, "validation": 4, "test": 6}
-S1_UM = [5.405, 5.405]
+S1_UM = [3.75, 3.75]
 S2_UM = [0.443, 0.490, 0.560, 0.665, 0.705, 0.740, 0.783, 0.842, 0.865, 0.945, 1.610, 2.190]
 
 
@@ -41,27 +41,28 @@ def weights(tmp_path_factory):
 
 def test_load_encoder_embeds_s1_s2_joint_like_the_reference(weights) -> None:
     path, state = weights
+    ref = resample_pos_embed(state, 7)  # dofa_micro interpolates its 14x14 positions to 120 px's 7x7
     encoder = load_encoder(f"dofa_micro:{path}")
     gen = torch.Generator().manual_seed(22)
     s1, s2 = torch.randn(2, 2, 120, 120, generator=gen), torch.randn(2, 12, 120, 120, generator=gen)
     with torch.no_grad():
         out = encoder.embed(s1=s1, s2=s2)
         assert set(out) == {"s1", "s2", "joint"} and encoder.dim == 64
-        torch.testing.assert_close(out["s1"], reference_features(state, s1, S1_UM, heads=4), rtol=0, atol=2e-5)
-        torch.testing.assert_close(out["s2"], reference_features(state, s2, S2_UM, heads=4), rtol=0, atol=2e-5)
-        joint = reference_features(state, torch.cat([s1, s2], 1), S1_UM + S2_UM, heads=4)
+        torch.testing.assert_close(out["s1"], reference_features(ref, s1, S1_UM, heads=4), rtol=0, atol=2e-5)
+        torch.testing.assert_close(out["s2"], reference_features(ref, s2, S2_UM, heads=4), rtol=0, atol=2e-5)
+        joint = reference_features(ref, torch.cat([s1, s2], 1), S1_UM + S2_UM, heads=4)
         torch.testing.assert_close(out["joint"], joint, rtol=0, atol=2e-5)
         encoder.use_bands("RGB")
         rgb = encoder.embed(s1=s1, s2=s2)
         assert set(rgb) == {"s2", "joint"} and rgb["joint"] is rgb["s2"]
-        want = reference_features(state, s2[:, [3, 2, 1]], [0.665, 0.560, 0.490], heads=4)
+        want = reference_features(ref, s2[:, [3, 2, 1]], [0.665, 0.560, 0.490], heads=4)
         torch.testing.assert_close(rgb["joint"], want, rtol=0, atol=2e-5)
         encoder.use_bands(["VH", "B08"])  # any list, in its own order
         mixed = encoder.embed(s1=s1, s2=s2)
-        want = reference_features(state, torch.stack([s1[:, 1], s2[:, 7]], 1), [5.405, 0.842], heads=4)
+        want = reference_features(ref, torch.stack([s1[:, 1], s2[:, 7]], 1), [3.75, 0.842], heads=4)
         torch.testing.assert_close(mixed["joint"], want, rtol=0, atol=2e-5)
         assert encoder.embed(s2=s2).keys() == {"s2", "joint"}  # S1 not passed: joint of the bands given
-    assert encoder.describe()["wavelengths_um"] == {"VH": 5.405, "B08": 0.842}
+    assert encoder.describe()["wavelengths_um"] == {"VH": 3.75, "B08": 0.842}
 
 
 @pytest.mark.parametrize(
@@ -74,6 +75,7 @@ def test_load_encoder_embeds_s1_s2_joint_like_the_reference(weights) -> None:
 )
 def test_reben_embed_any_band_group(archive, weights, tmp_path, bands, column_set, channels) -> None:
     path, state = weights
+    ref = resample_pos_embed(state, 7)  # dofa_micro interpolates its 14x14 positions to 120 px's 7x7
     out = tmp_path / "emb.parquet"
     result = CliRunner().invoke(
         app,
@@ -108,9 +110,9 @@ def test_reben_embed_any_band_group(archive, weights, tmp_path, bands, column_se
     raw = torch.stack([ds[i]["image"] for i in range(len(ds))])
     mean = torch.tensor([PUBLISHED_STATISTICS[b][0] for b in channels]).view(1, -1, 1, 1)
     std = torch.tensor([PUBLISHED_STATISTICS[b][1] for b in channels]).view(1, -1, 1, 1)
-    waves = {"VV": 5.405, "VH": 5.405, **dict(zip(BAND_GROUPS["S2"], S2_UM))}
+    waves = {"VV": 3.75, "VH": 3.75, **dict(zip(BAND_GROUPS["S2"], S2_UM, strict=True))}
     with torch.no_grad():
-        want = reference_features(state, (raw - mean) / std, [waves[b] for b in channels], heads=4)
+        want = reference_features(ref, (raw - mean) / std, [waves[b] for b in channels], heads=4)
     assert table.column("patch_id").to_pylist() == ds.patch_ids
     got = torch.tensor(np.asarray(table.column("joint").to_pylist(), dtype=np.float32))
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -132,7 +132,7 @@ def embed(
     input_mode: str | None = typer.Option(
         None,
         "--input-mode",
-        help="DOFA encoders: interpolate (position embeddings resized to the 120x120 patch grid; default) or resize (inputs resized to 224).",
+        help="DOFA encoders: resize (inputs resized to 224; the default for dofa_base:/dofa_large: published weights) or interpolate (position embeddings resized to the 120x120 patch grid; the default for dofa_micro and reben train runs that recorded none).",
     ),
     batch_size: int = typer.Option(64, "--batch-size"),
     device: str = typer.Option("auto", "--device", help="cuda, cpu or auto (GPU when there is one)."),

@@ -43,7 +43,7 @@ def train(
     input_mode: str | None = typer.Option(
         None,
         "--input-mode",
-        help="DOFA models: interpolate (default: position embeddings resized to the 120x120 patch grid) or resize (inputs resized to 224).",
+        help="DOFA models: resize (inputs resized to 224; the default with --init dofa_base:/dofa_large: weights) or interpolate (position embeddings resized to the 120x120 patch grid; the default otherwise).",
     ),
     epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 100)."),
     batch_size: int | None = typer.Option(
@@ -176,6 +176,11 @@ def train(
         _fail(exc)
     values = {k: (v if v is not None else DEFAULTS.get(k)) for k, v in given_values.items()}
     values["model_kwargs"] = values["model_kwargs"] or {}
+    if input_mode is None and not resume:
+        from reben_tools.learn.models.dofa import input_mode_for_init
+
+        if (mode := input_mode_for_init(init)) is not None:  # published DOFA weights: resize to 224
+            values["model_kwargs"] = {**values["model_kwargs"], "input_mode": mode}
     config = TrainConfig(
         archive=str(archive) if archive is not None else "",
         out=str(out),

@@ -166,11 +166,17 @@ def normalisation_arrays(
 # also, digit for digit, the values DOFA's published code feeds its Sentinel-2 inputs
 # (0.443 ... 2.19 um), so published DOFA weights see the wavelengths they were trained with.
 #
-# Sentinel-1 VV and VH: DOFA's published code (README demo of github.com/zhu-xlab/DOFA and its
-# pretraining wavelength lists) passes 5.405 for both polarisations. That number is the C-band
-# centre *frequency* in GHz, not the physical wavelength (about 5.55 cm); it is a convention,
-# kept so published weights receive the value they were trained on. VV and VH share it, so a
-# DOFA patch embedding generates the same kernel for both.
+# Sentinel-1 VV and VH: SAR has no optical wavelength; DOFA takes a placeholder number per
+# polarisation, and which one depends on the weights. DOFA v1's MAE checkpoints (the ViT-B/16 and
+# ViT-L/16 that ``dofa_base`` / ``dofa_large`` load: torchgeo's DOFABase16/DOFALarge16 weights,
+# XShadow/DOFA's DOFA_ViT_*_e100.pth) were pretrained with 3.75 for both: torchgeo PR #3942
+# (merged 2026-08, closing torchgeo issue #3931, which asked DOFA's authors exactly this) documents
+# "TorchGeo weights use the DOFA v1 convention [3.75, 3.75], DOFA v2 uses [5.405, 5.405]"; the
+# PANGAEA benchmark's DOFA config passes 3.75 with DOFA_ViT_base_e100.pth, and torchgeo-bench
+# PR #230 takes 3.75 from DOFA's pretraining wavelength table. 5.405 (the C-band centre
+# *frequency* in GHz) is the DOFA v2 convention: DOFA's README demo, and terratorch PR #577
+# (DOFA's author, 2025-04, with DOFA v2 support), which changed terratorch's wrapper from 3.75
+# to 5.405. VV and VH share the value, so a DOFA patch embedding makes one kernel for both.
 
 S2_CENTRAL_WAVELENGTH_UM: dict[str, float] = {
     "B01": 0.443,
@@ -188,15 +194,19 @@ S2_CENTRAL_WAVELENGTH_UM: dict[str, float] = {
 }
 """Sentinel-2 L2A bands, micrometres (ESA Sentinel-2 User Handbook, S2A nominal)."""
 
-S1_DOFA_WAVELENGTH_UM: dict[str, float] = {"VV": 5.405, "VH": 5.405}
-"""Sentinel-1 polarisations in DOFA's SAR convention (the C-band centre frequency, GHz)."""
+S1_DOFA_WAVELENGTH_UM: dict[str, float] = {"VV": 3.75, "VH": 3.75}
+"""Sentinel-1 polarisations in DOFA v1's SAR convention (a placeholder, not a wavelength)."""
 
 CENTRAL_WAVELENGTH_UM: dict[str, float] = {**S1_DOFA_WAVELENGTH_UM, **S2_CENTRAL_WAVELENGTH_UM}
 """Every archive band's central wavelength, micrometres, in :data:`ALL_BANDS` order."""
 
 WAVELENGTH_SOURCE: dict[str, str] = {
     **dict.fromkeys(S2_CENTRAL_WAVELENGTH_UM, "ESA Sentinel-2 User Handbook, S2A nominal central wavelength"),
-    **dict.fromkeys(S1_DOFA_WAVELENGTH_UM, "DOFA published code: Sentinel-1 SAR passed as 5.405 (C-band GHz)"),
+    **dict.fromkeys(
+        S1_DOFA_WAVELENGTH_UM,
+        "DOFA v1 weights' Sentinel-1 placeholder 3.75 (torchgeo PR #3942, closing issue #3931; PANGAEA's DOFA "
+        "config); 5.405 is DOFA v2's (README demo, terratorch PR #577)",
+    ),
 }
 """Where each value of :data:`CENTRAL_WAVELENGTH_UM` comes from."""
 
@@ -213,7 +223,7 @@ def wavelengths_for(bands: Sequence[str]) -> tuple[float, ...]:
         bands: band names as the archive stores them (``"B04"``, ``"VV"``).
 
     Returns:
-        one float per band (DOFA's 5.405 convention for VV/VH).
+        one float per band (DOFA v1's 3.75 placeholder for VV/VH).
 
     Raises:
         ValueError: the list is empty, or a band is unknown or has no wavelength (``SCL``);

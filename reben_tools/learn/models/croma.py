@@ -2,7 +2,7 @@
 
 Owns: the CROMA architecture (S1 and S2 ViT encoders over 8x8 patches with 2-D ALiBi,
 the radar-queries-optical cross-modal encoder, the GAP + FFN projections, the 1-layer
-reconstruction decoder and the contrastive projection head), its configurations
+reconstruction decoder and the contrastive head with its radar/optical projections), its configurations
 (``croma_base``, ``croma_large``, ``croma_micro``), random patch masking, and the
 conversion from and to CROMA's *published* checkpoint layout.
 
@@ -365,23 +365,29 @@ class Decoder(nn.Module):
 
 
 class ContrastiveHead(nn.Module):
-    """The learnable temperature of the InfoNCE loss, and the L2 normalisation of its inputs.
+    """CROMA's contrastive projection (``ContrastLossInput`` of the reference ``pretrain_croma.py``).
 
-    ``logit_scale`` is ``log(1 / temperature)``, initialised to ``log(1 / 0.07)``. The loss
-    compares the pooled embeddings themselves (the ``*_GAP_FFN`` outputs, what
-    :meth:`CROMA.embed` returns): CROMA's reference code puts one more linear layer per
-    modality in between, but those layers are not part of the published checkpoint, so the
-    embeddings users get from it never pass through them. Without them, the radar and
-    optical embeddings a user gets are the very ones the loss aligned.
+    ``radar_proj`` and ``optical_proj`` (``Linear(D, D)`` with bias) map the pooled
+    ``*_GAP_FFN`` outputs into the contrastive space, where they are L2-normalised and compared
+    by InfoNCE at the learnable inverse temperature ``exp(logit_scale)`` (``logit_scale``
+    initialised to ``log(1 / 0.07)``, not capped). The projections are pretraining-only: they
+    live in the pretraining checkpoint (``contrast``), not in CROMA's published layout, so the
+    embeddings users probe (:meth:`CROMA.embed`, the ``*_GAP_FFN`` outputs) sit one layer
+    before the contrastive space, as in the published models.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, dim: int) -> None:
         super().__init__()
+        self.radar_proj = nn.Linear(dim, dim)
+        self.optical_proj = nn.Linear(dim, dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def forward(self, s1_gap: Tensor, s2_gap: Tensor) -> tuple[Tensor, Tensor]:
-        """L2-normalised embeddings, each (B, D)."""
-        return F.normalize(s1_gap.float(), dim=-1), F.normalize(s2_gap.float(), dim=-1)
+        """Projected, L2-normalised radar and optical embeddings, each float32 (B, D)."""
+        return (
+            F.normalize(self.radar_proj(s1_gap).float(), dim=-1),
+            F.normalize(self.optical_proj(s2_gap).float(), dim=-1),
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -457,7 +463,7 @@ class CROMA(nn.Module):
         self.joint_encoder = CrossTransformer(config.dim, half, config.heads, config.ff_mult)
         self.register_buffer("attn_bias", alibi_2d(config.heads, config.grid), persistent=False)
         self.decoder = Decoder(config) if pretraining else None
-        self.contrast = ContrastiveHead() if pretraining else None
+        self.contrast = ContrastiveHead(config.dim) if pretraining else None
 
     @property
     def dim(self) -> int:
@@ -517,8 +523,8 @@ class CROMA(nn.Module):
             generator: random source of the masks (default: torch's global one).
 
         Returns:
-            dict with ``s1_proj``, ``s2_proj`` (B, D) the L2-normalised pooled embeddings,
-            ``logit_scale`` (scalar, ``exp`` of the learnt log-scale, at most 100),
+            dict with ``s1_proj``, ``s2_proj`` (B, D) the L2-normalised contrastive projections
+            of the pooled embeddings, ``logit_scale`` (scalar, ``exp`` of the learnt log-scale),
             ``pred`` (B, N, 14*p*p) decoder output, ``target`` (B, N, 14*p*p) the patchified
             ``[s2, s1]`` input, ``mask_s1`` and ``mask_s2`` (B, N) (1 = masked).
         """
@@ -543,7 +549,7 @@ class CROMA(nn.Module):
         return {
             "s1_proj": s1_proj,
             "s2_proj": s2_proj,
-            "logit_scale": self.contrast.logit_scale.exp().clamp(max=100.0),
+            "logit_scale": self.contrast.logit_scale.exp(),
             "pred": pred,
             "target": target,
             "mask_s1": m1.mask,

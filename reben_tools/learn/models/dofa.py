@@ -6,8 +6,8 @@ wavelength, a residual MLP, a one-layer transformer weight generator with
 learnable weight and bias tokens, per-band kernels applied as a strided
 convolution), the ViT after it, the configurations ``dofa_base_patch16``,
 ``dofa_large_patch16`` and ``dofa_micro``, 120x120 support (position-embedding
-interpolation or resizing to 224), and loading checkpoints in DOFA's published
-layout.
+interpolation or resizing to 224, and which is the default for which weights), and loading
+checkpoints in DOFA's published layout.
 
 Does not own: the wavelength table (``reben_tools.format.bands``), data loading,
 normalisation statistics, training, the ``load_encoder`` registry (``learn.encoders``)
@@ -42,6 +42,23 @@ INPUT_MODES = ("interpolate", "resize")
 """How a side other than the configured ``img_size`` is handled: interpolate the
 position embeddings to the patch grid the input gives (``"interpolate"``), or
 resize the input bilinearly to ``img_size`` first (``"resize"``)."""
+
+PUBLISHED_SIZES = frozenset({"dofa_base_patch16", "dofa_large_patch16"})
+"""Configurations with published weights (pretrained at 224 px by DOFA's authors)."""
+
+
+def default_input_mode(name: str, published_weights: bool) -> str:
+    """The input mode used when none is asked for.
+
+    Published weights (``dofa_base`` / ``dofa_large`` from a published checkpoint) were trained
+    at 224 px, and DOFA's own preprocessing resizes to 224: ``"resize"``. At 120 px the 16-pixel
+    kernel with padding 1 reads only the first 111 rows and columns (14% of the patch is never
+    seen) and the 7x7 grid gets position embeddings the weights never saw. Everything else
+    (``dofa_micro``, models trained from scratch here) keeps ``"interpolate"``: a quarter of the
+    tokens, 2-3x cheaper; resize scored slightly higher there, within the demo's test-split noise
+    (BENCHMARKS.md, DOFA).
+    """
+    return "resize" if published_weights and name in PUBLISHED_SIZES else "interpolate"
 
 
 @dataclass(frozen=True)
@@ -260,10 +277,13 @@ class DynamicPatchEmbed(nn.Module):
         """Generated convolution weight ``(D, C, p, p)`` and bias ``(D,)`` for ``C`` wavelengths (µm)."""
         bands = self.fclayer(sincos_1d(self.wv_planes, wavelengths_um * 1000))
         flat, bias = self.weight_generator(bands)
-        # The published layer reads the generator's (C, p*p*D) output, row-major, as (D, C, p, p);
-        # the weights were trained with that order, so it is kept.
-        weight = flat.reshape(self.embed_dim, len(wavelengths_um), self.patch_size, self.patch_size)
-        return weight * KERNEL_SCALE, bias * KERNEL_SCALE
+        # Row c of the generator's (C, p*p*D) output is band c's kernel, laid out (p, p, D): read
+        # it as (C, p, p, D) and move D first. This is the layout of DOFA's current
+        # wave_dynamic_layer.py and of torchgeo's DOFA since torchgeo PR #2256 ("DOFA: fix bug in
+        # patch embedding"); the published weights were retrained with it. (The first release
+        # read the buffer as (D, C, p, p), which mixes bands within a kernel.)
+        weight = flat.reshape(len(wavelengths_um), self.patch_size, self.patch_size, self.embed_dim)
+        return weight.permute(3, 0, 1, 2) * KERNEL_SCALE, bias.reshape(self.embed_dim) * KERNEL_SCALE
 
     def forward(self, x: torch.Tensor, wavelengths_um: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, C, H, W)`` float32; returns tokens ``(B, h * w, D)`` in row-major patch order."""
@@ -470,8 +490,11 @@ def load_dofa_state(
     }
 
 
-def load_dofa(name: str, path: str | Path, input_mode: str = "interpolate") -> DOFAEncoder:
+def load_dofa(name: str, path: str | Path, input_mode: str | None = None) -> DOFAEncoder:
     """Build ``name`` and load the published-layout checkpoint at ``path`` (CPU tensors).
+
+    ``input_mode`` defaults to :func:`default_input_mode` for published weights (``resize`` for
+    ``dofa_base_patch16`` / ``dofa_large_patch16``, ``interpolate`` for ``dofa_micro``).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -480,7 +503,7 @@ def load_dofa(name: str, path: str | Path, input_mode: str = "interpolate") -> D
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such DOFA checkpoint")
-    model = DOFAEncoder(name, input_mode=input_mode)
+    model = DOFAEncoder(name, input_mode=input_mode or default_input_mode(name, published_weights=True))
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping):
         raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict")
@@ -503,6 +526,18 @@ def parse_dofa_spec(spec: str) -> tuple[str, Path] | None:
     if not sep or kind not in SPEC_NAMES or not path:
         return None
     return SPEC_NAMES[kind], Path(path)
+
+
+def input_mode_for_init(init: str | None) -> str | None:
+    """The input mode a run started from ``--init`` weights takes when none is asked for.
+
+    ``"resize"`` for ``dofa_base:PATH`` / ``dofa_large:PATH`` (see :func:`default_input_mode`);
+    ``None`` (the model's own default) for anything else.
+    """
+    parsed = parse_dofa_spec(init) if init else None
+    if parsed is None or default_input_mode(parsed[0], published_weights=True) != "resize":
+        return None
+    return "resize"
 
 
 def init_encoders(model: nn.Module, spec: str) -> int:

@@ -37,7 +37,7 @@ from reben_tools.format.bands import ALL_BANDS, BAND_GROUPS, PUBLISHED_STATISTIC
 from reben_tools.learn.models.croma import CONFIGS, CROMA, config_from_dict, croma_scale
 from reben_tools.learn.models.croma_layout import CheckpointLayoutError, load_published
 from reben_tools.learn.models.dofa import SPEC_NAMES as DOFA_SPEC_NAMES
-from reben_tools.learn.models.dofa import DOFAEncoder, load_dofa_state
+from reben_tools.learn.models.dofa import DOFAEncoder, default_input_mode, load_dofa_state
 from reben_tools.learn.models.restore import model_from_checkpoint
 from reben_tools.learn.runtime.checkpoints import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
 
@@ -290,7 +290,7 @@ class DofaEncoder(nn.Module):
             "checkpoint": self.source,
             "input_mode": self.model.input_mode,
             "bands": {"model": list(self.bands)},
-            "wavelengths_um": dict(zip(self.bands, wavelengths_for(self.bands))),
+            "wavelengths_um": dict(zip(self.bands, wavelengths_for(self.bands), strict=True)),
             "input": self.input.to_dict(),
         }
 
@@ -299,14 +299,15 @@ def _dofa_loader(prefix: str) -> Callable[[str, str], DofaEncoder]:
     def load(path: str, spec: str) -> DofaEncoder:
         state = _torch_load(path)
         name = DOFA_SPEC_NAMES[prefix]
-        input_mode = "interpolate"
+        input_mode = default_input_mode(name, published_weights=True)  # resize for published base/large
         if state.get("format") == CHECKPOINT_FORMAT:  # a reben train checkpoint of a DOFA classifier
             config = state.get("model_config") or {}
             if config.get("name") != name:
                 raise EncoderError(
                     f"{path}: checkpoint holds a {config.get('name')} classifier, not the {name} the spec names"
                 )
-            input_mode = (config.get("kwargs") or {}).get("input_mode", input_mode)
+            # the mode it was trained with; runs that recorded none used the then default, interpolate
+            input_mode = (config.get("kwargs") or {}).get("input_mode", "interpolate")
         model = DOFAEncoder(name, input_mode=input_mode)
         try:
             load_dofa_state(model, state, path)
