@@ -8,11 +8,13 @@ import os
 import subprocess
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import train_config
 from sklearn.metrics import average_precision_score, f1_score, hamming_loss
 from training_archive import build_learnable_archive
 from typer.testing import CliRunner
@@ -31,8 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 COUNTS = {"train": 48, "validation": 16, "test": 16}
-SMALL = dict(stem_width=4, widths=(4, 8, 8, 16))
-"""resnet_micro narrowed further: a step of 16 samples takes ~30 ms on one core."""
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -43,22 +43,7 @@ def archive(tmp_path_factory) -> dict:
     return build_learnable_archive(tmp_path_factory.mktemp("archive") / "ARCHIVE", counts=COUNTS)
 
 
-def config(archive_dir, out, **overrides) -> TrainConfig:
-    base = dict(
-        archive=str(archive_dir),
-        bands="S1_10m_20m",
-        model="resnet_micro",
-        out=str(out),
-        epochs=3,
-        batch_size=16,
-        lr=1e-2,
-        workers=0,
-        device="cpu",
-        progress=False,
-        evaluate_test=False,
-        model_kwargs=SMALL,
-    )
-    return TrainConfig(**{**base, **overrides})
+config = partial(train_config, bands="S1_10m_20m", epochs=3)
 
 
 @pytest.fixture(scope="module")
