@@ -430,7 +430,8 @@ except TrainingError as exc:
     env = {**os.environ, "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
     expected = (
-        "ERROR a batch of 48 samples does not fit in memory on cpu: lower --batch-size (now 48), e.g. --batch-size 24"
+        "ERROR a batch of 48 samples does not fit in memory on cpu: add --accumulate 2 (micro-batches of 24; the "
+        "global batch stays 48), or lower --batch-size"
     )
     assert expected in proc.stdout, proc.stdout + proc.stderr[-3000:]
 

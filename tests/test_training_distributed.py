@@ -445,7 +445,8 @@ def test_out_of_memory_on_one_process_ends_the_run_with_one_message_and_no_hang(
     assert proc.returncode != 0
     both = proc.stdout + proc.stderr
     message = (
-        "error: a batch of 8 samples does not fit in memory on cpu: lower --batch-size (now 16), e.g. --batch-size 8"
+        "error: a batch of 8 samples does not fit in memory on cpu: add --accumulate 2 (micro-batches of 4; the "
+        "global batch stays 16), or lower --batch-size"
     )
     assert both.count(message) == 1, both[-4000:]
     assert both.count("error: ") == 1

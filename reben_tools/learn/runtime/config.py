@@ -100,6 +100,8 @@ class TrainConfig(RunSettings):
     mix_area: tuple[float, float] = (0.1, 0.5)
     init: str | None = None
     layer_decay: float | None = None
+    accumulate: int = 1
+    """Micro-batches per optimiser step (gradient accumulation): the global batch and the schedule stay the same."""
     # free to change between a run and its resumption (with those of RunSettings)
     evaluate_test: bool = True
     sync_batchnorm: bool = True
@@ -133,6 +135,7 @@ TRAJECTORY_FIELDS = (
     "subset_seed",
     "init",
     "layer_decay",
+    "accumulate",
 )
 DEFAULTS = {
     f.name: f.default if f.default is not MISSING else f.default_factory()
@@ -157,6 +160,7 @@ _NUMBER_RULES = {
     "workers": ("--workers", lambda v: v is None or v >= 0, "an integer >= 0"),
     "max_steps": ("--max-steps", lambda v: v is None or v >= 1, "an integer >= 1"),
     "checkpoint_every": ("--checkpoint-every", lambda v: v is None or v >= 1, "an integer >= 1"),
+    "accumulate": ("--accumulate", lambda v: v >= 1, "an integer >= 1"),
     "mask_ratio": ("--mask-ratio", lambda v: 0 < v < 1, "a number in (0, 1)"),
 }
 

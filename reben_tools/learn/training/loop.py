@@ -107,6 +107,7 @@ class Supervised(skeleton.Objective):
     """A multi-label classifier under BCE-with-logits, validated on macro AP with early stopping."""
 
     figures = ("loss",)
+    can_accumulate = True
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__(config)
@@ -120,6 +121,7 @@ class Supervised(skeleton.Objective):
 
     def check(self, ctx: Distributed, resuming: bool) -> None:
         config = self.config
+        self.accumulate = config.accumulate  # after a resume: the stored run's
         if not resuming and not config.archive:
             raise TrainingError("--archive is needed for a new run", all_processes=True)
         try:

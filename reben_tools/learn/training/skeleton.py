@@ -119,7 +119,7 @@ class Objective:
         reduce_figures: average the per-step figures over processes before they are logged
             (else the main process logs its own).
         varying_batch: the last batch of an epoch may be smaller (marked dynamic under compile).
-        accumulate: micro-batches per optimiser step.
+        accumulate: micro-batches per optimiser step (``can_accumulate``: whether the objective's loss allows it).
         out: the run directory.
         ctx, precision, micro_batch: set by the skeleton before :meth:`check` / :meth:`open_data`.
     """
@@ -127,6 +127,7 @@ class Objective:
     figures: tuple[str, ...] = ("loss",)
     reduce_figures: bool = False
     varying_batch: bool = True
+    can_accumulate: bool = False
 
     def __init__(self, config: RunSettings) -> None:
         self.config = config
@@ -171,7 +172,8 @@ class Objective:
 
     def oom(self) -> TrainingError:
         """The one-line error of a batch that does not fit in memory: what to change."""
-        return oom_error(self.micro_batch, self.config.batch_size, self.ctx.device, self.precision)
+        accumulate = self.accumulate if self.can_accumulate else None
+        return oom_error(self.micro_batch, self.config.batch_size, self.ctx.device, self.precision, accumulate)
 
     def nonfinite(self, figure: str, value: float, step: int, saved_step: int | None) -> str:
         """The message of a non-finite figure (the process is added when there are several)."""
@@ -278,6 +280,12 @@ class _Run:
         if config.batch_size % ctx.world_size:
             raise TrainingError(f"--batch-size {config.batch_size} is not divisible by the {ctx.world_size} processes")
         self.per_process = config.batch_size // ctx.world_size
+        if self.per_process % objective.accumulate:
+            raise TrainingError(
+                f"--batch-size {config.batch_size} gives {self.per_process} samples per process, which "
+                f"--accumulate {objective.accumulate} cannot split into equal micro-batches",
+                all_processes=True,
+            )
         self.micro = objective.micro_batch = self.per_process // objective.accumulate
         workers = loader_workers(config, ctx)
         torch.manual_seed(config.seed + ctx.rank)
@@ -299,7 +307,8 @@ class _Run:
             optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.position = dict(state["position"])
-            self.accumulators = dict(state["accumulators"])
+            saved = state["accumulators"]  # a list per process; one dict in checkpoints before that
+            self.accumulators = {**self.accumulators, **(saved[ctx.rank] if isinstance(saved, list) else saved)}
             self.history = list(state["history"])
             set_rng_state(state["rng"][ctx.rank], self.augment)
             self.saved_step = self.position["step"]
@@ -339,7 +348,7 @@ class _Run:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "position": dict(self.position),
-            "accumulators": dict(self.accumulators),
+            "accumulators": self.ctx.gather(dict(self.accumulators)),  # per process, as the RNG states
             "history": self.history,
             "rng": rng,
             "world_size": self.ctx.world_size,
