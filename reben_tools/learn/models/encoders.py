@@ -286,7 +286,7 @@ class DofaEncoder(nn.Module):
             "checkpoint": self.source,
             "input_mode": self.model.input_mode,
             "bands": {"model": list(self.bands)},
-            "wavelengths_um": dict(zip(self.bands, wavelengths_for(self.bands))),
+            "wavelengths_um": dict(zip(self.bands, wavelengths_for(self.bands), strict=True)),
             "input": self.input.to_dict(),
         }
 

@@ -33,7 +33,7 @@ CHECKPOINT_VERSION = 1
 
 def rng_state(aug: torch.Generator | None) -> dict:
     """This process's torch, numpy, Python (and CUDA) RNG states plus the augmentation generator's, as tensors."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # noqa: NPY002 (the legacy global generator is the state a resume restores)
     state = {
         "torch": torch.get_rng_state(),
         "numpy": [
@@ -59,7 +59,9 @@ def _python_state_to_tensors(state: tuple) -> list:
 def set_rng_state(state: dict, aug: torch.Generator | None) -> None:
     """Restore the RNG states :func:`rng_state` captured (``aug`` too, when both have one)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state((state["numpy"][0], state["numpy"][1].numpy().astype(np.uint32), *state["numpy"][2:]))
+    np.random.set_state(  # noqa: NPY002 (the legacy global generator is the state a resume restores)
+        (state["numpy"][0], state["numpy"][1].numpy().astype(np.uint32), *state["numpy"][2:])
+    )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(int(v) for v in internal.tolist()), gauss))
     if aug is not None and state.get("augment") is not None:

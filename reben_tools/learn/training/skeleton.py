@@ -22,7 +22,7 @@ module runs them and owns everything else:
 - checkpoints every ``checkpoint_every`` steps, at ``max_steps`` and after every epoch, with the
   position, every process's accumulators and RNG states, and the per-epoch history.
 
-Owns: run, Objective, SYNC_EVERY, sync_interval, loader_workers, train_sampler, mark_batch_dynamic.
+Owns: run, Objective, SYNC_EVERY, sync_interval, loader_workers, train_sampler, FullBatchSampler, mark_batch_dynamic.
 Does not own: what is optimised and validated (loop.py, pretrain.py), checkpoint I/O (runtime/checkpoints.py),
 collectives (runtime/distributed.py), the schedule's shape (runtime/schedule.py).
 May import: numpy, torch, tqdm; reben_tools.learn.runtime, reben_tools.learn.data.
