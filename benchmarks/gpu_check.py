@@ -1,35 +1,40 @@
 """Every GPU measurement of the training paths in one run, for the few minutes a device is lent.
 
-    python benchmarks/gpu_check.py --out gpu.json [--device cuda|cpu] [--quick]
+    python benchmarks/gpu_check.py --out gpu.json [--device cuda|cpu] [--quick] [--budget-s 450]
 
-Generates its own archive (4,608 patches; 96 with ``--quick``), then measures, writing
-``--out`` after every part so a run cut short keeps what it measured:
+Generates its own archive (4,608 patches; 96 with ``--quick``), then measures what ``reben train``
+and ``reben pretrain`` do, with their defaults (no process-wide ``cudnn.benchmark``: the loop does
+not set it, so neither does this check), writing ``--out`` after every part so a run cut short
+keeps what it measured. Every part runs in its own process, killed at its deadline
+(``subprocess`` timeout: the smaller of the part's limit and the budget left), which also gives
+every part, the DDP runs included, a GPU with no memory held by an earlier part. Each part's
+figures carry ``measures``, a sentence saying exactly what they are:
 
-1. ``train``: ResNet-50 on S1_10m_20m (12 bands) at global batch 512 through the real loop
-   (``reben_tools.learn.training.loop.train``), bf16 and fp32, ``--compile`` off and on: samples/s and
-   data-wait share of the steady-state epochs (the first epoch, with compilation and worker
+1. ``train_<precision>_<eager|compile>``: ResNet-50 on S1_10m_20m (12 bands) at global batch 512
+   through the real loop (``learn.training.loop.train``, one process, plain BatchNorm): samples/s
+   and data-wait share of the steady-state epochs (the first epoch, with compilation and worker
    start-up, is left out), peak GPU memory, wall time.
 2. ``loader``: the native loader's headroom: batches/s it delivers onto the device (read,
    decode, copy, upsample, normalise; no model) divided by the batches/s the model consumes on a
    resident batch (the training step alone, same precision).
 3. ``evaluation``: validation average precision of one checkpoint with fp32 and bf16 encoders
-   (the head is fp32 in both), and distinct logits per class with the head in bf16 as well (the
-   old behaviour), to show what fp32 logits buy.
-4. ``pretrain``: ``croma_base`` pretraining samples/s at batch 256, when ``reben_tools.learn``
-   has a ``pretrain`` module (otherwise skipped with a note).
-5. ``ddp``: with more than one GPU, the bf16 run again under torchrun on every GPU: scaling
-   efficiency = samples/s on N GPUs / (N x samples/s on one).
+   (the head is fp32 in both), and distinct logits per class with the head in bf16 as well.
+4. ``pretrain``: ``croma_base`` pretraining samples/s at batch 256, from the run's second epoch
+   (its own epoch figures: no per-step synchronisation added by the check).
+5. ``ddp``: with more than one GPU, the bf16 run under torchrun on every GPU, twice: with
+   SyncBatchNorm (the default) and with ``--no-sync-batchnorm``. Scaling efficiency = samples/s on
+   N GPUs / (N x the single-GPU samples/s); the single-GPU run has plain BatchNorm, so the
+   like-for-like figure is the per-process one, and ``syncbn_cost`` = 1 - SyncBN / per-process.
 
 ``--device cpu --quick`` runs the same parts with ``resnet_micro`` at batch 16, without
-``--compile``, in well under a minute (the tests run it). The budget: under 8 minutes on one
+``--compile``, well within its deadline (the tests run it). The budget: under 8 minutes on one
 GPU; the parts run cheapest first (the compiled runs, minutes of compilation, come last but
-one), and parts that would start after ``--budget-s`` (450 s) are skipped with a note.
+one); a part that would start with less than 10 s of the budget left is skipped with a note.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -38,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +162,8 @@ def part_train(spec, archive: Path, work: Path, device: torch.device, precision:
     seconds = sum(e["train_samples"] / e["train_samples_per_s"] for e in steady)
     wait = float(np.average([e["data_wait_fraction"] for e in steady], weights=[e["train_samples"] for e in steady]))
     return {
+        "measures": f"reben train of {spec['model']} on {spec['bands']}, one process, global batch {spec['batch']}, "
+        f"{precision}{', --compile' if compiled else ''}: samples/s and data-wait share of epochs 2-{spec['epochs']}",
         "precision": precision,
         "compile": compiled,
         "samples_per_s": samples / seconds,
@@ -186,7 +192,7 @@ def resident_step_rate(spec, device: torch.device, precision: str, steps: int) -
     generator = torch.Generator().manual_seed(0)
     model.train()
     for i in range(steps + 2):
-        if i == 2:  # two warm-up steps (allocator, cuDNN autotuning)
+        if i == 2:  # two warm-up steps (allocator; no cuDNN autotuning, as in reben train)
             sync(device)
             t0 = time.perf_counter()
         with autocast(device, precision):
@@ -211,7 +217,7 @@ def loader_rate(spec, archive: Path, device: torch.device, batches: int) -> tupl
         while done < batches + 2:
             sampler.set_epoch(epoch)
             for batch in loader:
-                images, _ = preprocess(batch)
+                preprocess(batch)
                 done += 1
                 if done == 2:  # workers started, first batches out
                     sync(device)
@@ -229,6 +235,8 @@ def part_loader(spec, archive: Path, device: torch.device, precision: str) -> di
     delivered, workers = loader_rate(spec, archive, device, spec["loader_batches"])
     consumed = resident_step_rate(spec, device, precision, max(4, spec["loader_batches"] // 2))
     return {
+        "measures": "batches/s the training loader delivers onto the device (read, decode, copy, upsample, "
+        "normalise) over batches/s of the training step alone on a resident batch",
         "workers": workers,
         "loader_batches_per_s": delivered,
         "model_batches_per_s": consumed,
@@ -243,7 +251,11 @@ def part_evaluation(spec, archive: Path, checkpoint: Path, device: torch.device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     dataset = open_dataset(archive, tuple(state["model_config"]["bands"]))
-    out: dict = {"checkpoint": str(checkpoint)}
+    out: dict = {
+        "measures": "validation macro/micro AP of the first run's last checkpoint with an fp32 and a bf16 encoder "
+        "(fp32 head), and with the head in bf16 too; distinct logits per class",
+        "checkpoint": str(checkpoint),
+    }
     try:
         sampler = EpochSampler(split_indices(dataset, "validation"), shuffle=False, pad=False)
         loader = make_loader(dataset, sampler, spec["batch"], 0, device, 0)
@@ -279,119 +291,131 @@ def part_evaluation(spec, archive: Path, checkpoint: Path, device: torch.device)
 
 
 def part_pretrain(spec, archive: Path, work: Path, device: torch.device) -> dict:
-    if importlib.util.find_spec("reben_tools.learn.training.pretrain") is None:
-        return {"skipped": "reben_tools.learn has no pretrain module yet (CROMA pretraining not merged)"}
     from reben_tools.learn.training.pretrain import PretrainConfig, pretrain
-
-    stamps: list[float] = []
-
-    def on_step(step, figures) -> None:
-        sync(device)
-        stamps.append(time.perf_counter())
 
     reset_peak(device)
     out = work / "pretrain"
     shutil.rmtree(out, ignore_errors=True)
-    pretrain(
+    summary = pretrain(
         PretrainConfig(
             archive=str(archive),
             model=spec["pretrain_model"],
             out=str(out),
-            epochs=1,
+            epochs=2,
             batch_size=spec["pretrain_batch"],
             device=str(device),
-            max_steps=spec["pretrain_steps"],
             progress=False,
-        ),
-        on_step=on_step,
+        )
     )
-    steady = stamps[2:]  # the first steps warm up
-    rate = (len(steady) - 1) * spec["pretrain_batch"] / (steady[-1] - steady[0]) if len(steady) > 1 else None
+    epochs = json.loads((out / "metrics.json").read_text())["epochs"]
     return {
+        "measures": f"reben pretrain of {spec['pretrain_model']} at batch {spec['pretrain_batch']} on one device: "
+        "samples/s of its second epoch (the first holds start-up), from the run's own figures",
         "model": spec["pretrain_model"],
         "batch_size": spec["pretrain_batch"],
-        "steps": len(stamps),
-        "samples_per_s": rate,
+        "steps": summary["steps"],
+        "samples_per_s": epochs[-1]["train_samples_per_s"],
+        "data_wait_fraction": epochs[-1]["data_wait_fraction"],
         "peak_gpu_memory_gib": peak_memory_gib(device),
     }
 
 
-def part_ddp(spec, archive: Path, work: Path, device: torch.device, single: dict | None) -> dict:
+def _ddp_run(spec, archive: Path, out: Path, gpus: int, sync_batchnorm: bool, timeout: float) -> float:
+    """samples/s of the steady-state epochs of ``reben train`` under torchrun on ``gpus`` GPUs."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus)]
+    cmd += ["-m", "reben_tools.cli", "train", "--archive", str(archive), "--bands", spec["bands"]]
+    cmd += ["--model", spec["model"], "--epochs", str(spec["epochs"]), "--patience", str(spec["epochs"])]
+    cmd += ["--batch-size", str(spec["batch"]), "--device", "cuda", "--precision", "bf16", "--out", str(out)]
+    cmd += ["--no-test", "-q"] + ([] if sync_batchnorm else ["--no-sync-batchnorm"])
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-2000:])
+    epochs = json.loads((out / "metrics.json").read_text())["epochs"][1:]
+    return sum(e["train_samples"] for e in epochs) / sum(e["train_samples"] / e["train_samples_per_s"] for e in epochs)
+
+
+def part_ddp(spec, archive: Path, work: Path, device: torch.device, single: dict | None, timeout: float) -> dict:
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     if gpus < 2:
         return {"skipped": f"{gpus or 'no'} GPU(s): DDP scaling needs more than one"}
     if single is None:
         return {"skipped": "no single-GPU bf16 figure to compare with"}
-    out = work / "ddp"
-    shutil.rmtree(out, ignore_errors=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(gpus),
-        "-m",
-        "reben_tools.cli",
-        "train",
-        "--archive",
-        str(archive),
-        "--bands",
-        spec["bands"],
-        "--model",
-        spec["model"],
-        "--epochs",
-        str(spec["epochs"]),
-        "--patience",
-        str(spec["epochs"]),
-        "--batch-size",
-        str(spec["batch"]),
-        "--device",
-        "cuda",
-        "--precision",
-        "bf16",
-        "--out",
-        str(out),
-        "--no-test",
-        "-q",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    if proc.returncode:
-        return {"error": proc.stderr[-2000:]}
-    epochs = json.loads((out / "metrics.json").read_text())["epochs"][1:]
-    rate = sum(e["train_samples"] for e in epochs) / sum(e["train_samples"] / e["train_samples_per_s"] for e in epochs)
+    t0 = time.perf_counter()
+    per_process = _ddp_run(spec, archive, work / "ddp-bn", gpus, False, timeout / 2)
+    synced = _ddp_run(spec, archive, work / "ddp-syncbn", gpus, True, timeout - (time.perf_counter() - t0))
     return {
+        "measures": f"reben train under torchrun on {gpus} GPUs, bf16, batch {spec['batch']} global: samples/s of the "
+        "steady-state epochs with --no-sync-batchnorm and with SyncBatchNorm (the default), against the "
+        "one-GPU run (plain BatchNorm)",
         "gpus": gpus,
-        "samples_per_s": rate,
+        "samples_per_s_per_process_bn": per_process,
+        "samples_per_s_syncbn": synced,
         "single_gpu_samples_per_s": single["samples_per_s"],
-        "scaling_efficiency": rate / (gpus * single["samples_per_s"]),
+        "scaling_efficiency": per_process / (gpus * single["samples_per_s"]),
+        "scaling_efficiency_syncbn": synced / (gpus * single["samples_per_s"]),
+        "syncbn_cost": 1 - synced / per_process,
     }
 
 
 # --------------------------------------------------------------------------- driver
 
+PART_LIMIT_S = {"machine": 60, "archive": 120, "loader": 90, "evaluation": 90, "pretrain": 150, "ddp": 300}
+"""Each part's own deadline (seconds); training runs get 150 eager, 300 compiled. The budget left caps each."""
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="JSON file for the figures")
-    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    parser.add_argument("--quick", action="store_true", help="small model, batch and archive (about a minute on a CPU)")
-    parser.add_argument("--budget-s", type=float, default=450.0, help="start no part after this many seconds")
-    parser.add_argument("--work", type=Path, help="keep the archive and runs here (default: a temporary directory)")
-    args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no CUDA GPU; use --device cpu")
+
+def run_part(name: str, args, spec) -> dict:
+    """One part in this process (the child side of :func:`main`)."""
     device = torch.device(args.device, 0) if args.device == "cuda" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
+    archive, work = args.work / "archive", args.work
+    if name == "machine":
+        return machine(device)
+    if name == "archive":
+        return _archive(archive, spec)
+    if name.startswith("train_"):
+        _, precision, mode = name.split("_")
+        return part_train(spec, archive, work, device, precision, mode == "compile")
+    first = work / f"run-{spec['precisions'][0]}-eager"
+    if name == "loader":
+        return part_loader(spec, archive, device, spec["precisions"][0])
+    if name == "evaluation":
+        return part_evaluation(spec, archive, first / "checkpoints" / "last.pt", device)
+    if name == "pretrain":
+        return part_pretrain(spec, archive, work, device)
+    if name == "ddp":
+        single = json.loads(args.single) if args.single else None
+        return part_ddp(spec, archive, work, device, single, args.timeout)
+    raise ValueError(f"unknown part {name!r}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="JSON file for the figures")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--quick", action="store_true", help="small model, batch and archive (about a minute on a CPU)")
+    parser.add_argument("--budget-s", type=float, default=450.0, help="hard deadline of the whole check")
+    parser.add_argument("--part-limit-s", type=float, help="one deadline for every part (default: each part's own)")
+    parser.add_argument("--work", type=Path, help="keep the archive and runs here (default: a temporary directory)")
+    parser.add_argument("--part", help=argparse.SUPPRESS)  # child: run this part, write --out
+    parser.add_argument("--single", help=argparse.SUPPRESS)
+    parser.add_argument("--timeout", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
     spec = QUICK if args.quick else FULL
+    if args.part:
+        args.out.write_text(json.dumps(run_part(args.part, args, spec)))
+        return {}
+    if args.out is None:
+        parser.error("--out is required")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA GPU; use --device cpu")
     start = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu-check-"))
     report: dict = {
         "command": " ".join(["python", "benchmarks/gpu_check.py", *(argv or sys.argv[1:])]),
-        "machine": machine(device),
         "quick": args.quick,
+        "budget_s": args.budget_s,
         "settings": {k: v for k, v in spec.items() if k != "model_kwargs"},
         "parts": {},
     }
@@ -400,45 +424,51 @@ def main(argv: list[str] | None = None) -> dict:
         report["total_s"] = time.perf_counter() - start
         args.out.write_text(json.dumps(report, indent=2))
 
-    def run(name: str, fn) -> object:
-        if time.perf_counter() - start > args.budget_s:
-            report["parts"][name] = {"skipped": f"time budget of {args.budget_s:.0f} s spent"}
+    def run(name: str, extra: list[str] | None = None) -> dict:
+        left = args.budget_s - (time.perf_counter() - start)
+        limit = args.part_limit_s or PART_LIMIT_S.get(name, 300 if name.endswith("compile") else 150)
+        timeout = min(limit, left)
+        result_file = work / f"part-{name}.json"
+        result_file.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        if left < 10:
+            result = {"skipped": f"time budget of {args.budget_s:.0f} s spent"}
         else:
-            t0 = time.perf_counter()
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--part", name, "--out", str(result_file)]
+            cmd += ["--device", args.device, "--work", str(work), "--timeout", str(timeout), *(extra or [])]
+            cmd += ["--quick"] if args.quick else []
             try:
-                report["parts"][name] = fn()
-            except Exception as exc:  # one failing part must not lose the others' figures
-                report["parts"][name] = {
-                    "error": f"{type(exc).__name__}: {exc}",
-                    "traceback": traceback.format_exc()[-3000:],
-                }
-            if isinstance(report["parts"][name], dict):
-                report["parts"][name]["part_s"] = time.perf_counter() - t0
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+                if proc.returncode or not result_file.is_file():
+                    result = {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"], "log": proc.stderr[-3000:]}
+                    result["error"] = result["error"][0]
+                else:
+                    result = json.loads(result_file.read_text())
+            except subprocess.TimeoutExpired:  # the child is killed: its GPU memory is released with it
+                result = {"error": f"killed at its deadline of {timeout:.0f} s"}
+            result["part_s"] = time.perf_counter() - t0
+        report["parts"][name] = result
         save()
-        print(f"[{time.perf_counter() - start:6.1f} s] {name}: {json.dumps(report['parts'][name])[:300]}", flush=True)
-        return report["parts"][name]
+        print(f"[{time.perf_counter() - start:6.1f} s] {name}: {json.dumps(result)[:300]}", flush=True)
+        return result
 
     try:
-        archive = work / "archive"
-        if not (archive / "manifest.json").is_file():
-            run("archive", lambda: _archive(archive, spec))
+        report["machine"] = run("machine")
+        report["parts"].pop("machine")
+        if not (work / "archive" / "manifest.json").is_file():
+            run("archive")
         runs = {}
-
-        def train_runs(compiled: bool) -> None:
-            for precision in spec["precisions"]:
-                key = f"train_{precision}_{'compile' if compiled else 'eager'}"
-                runs[key] = run(key, lambda p=precision: part_train(spec, archive, work, device, p, compiled))
-
         # cheapest first: compilation takes minutes, so it comes after the parts it could crowd out
-        train_runs(False)
-        first = runs.get(f"train_{spec['precisions'][0]}_eager", {})
-        run("loader", lambda: part_loader(spec, archive, device, spec["precisions"][0]))
-        checkpoint = Path(first.get("run", work / "missing")) / "checkpoints" / "last.pt"
-        run("evaluation", lambda: part_evaluation(spec, archive, checkpoint, device))
-        run("pretrain", lambda: part_pretrain(spec, archive, work, device))
+        for precision in spec["precisions"]:
+            runs[precision] = run(f"train_{precision}_eager")
+        run("loader")
+        run("evaluation")
+        run("pretrain")
         if True in spec["compile"]:
-            train_runs(True)
-        run("ddp", lambda: part_ddp(spec, archive, work, device, first if "samples_per_s" in first else None))
+            for precision in spec["precisions"]:
+                run(f"train_{precision}_compile")
+        first = runs.get(spec["precisions"][0], {})
+        run("ddp", ["--single", json.dumps(first)] if "samples_per_s" in first else [])
     finally:
         save()
         if args.work is None:
@@ -456,7 +486,7 @@ def _archive(root: Path, spec) -> dict:
 def markdown(report: dict) -> str:
     """The figures as Markdown rows for BENCHMARKS.md."""
     lines = [
-        f"machine: {report['machine'].get('gpu', report['machine']['device'])}, torch {report['machine']['torch']}",
+        f"machine: {report['machine'].get('gpu', report['machine'].get('device'))}, torch {torch.__version__}",
         "",
         "| run | samples/s | data wait | peak GPU memory (GiB) | wall (s) |",
         "|---|---|---|---|---|",
@@ -486,7 +516,9 @@ def markdown(report: dict) -> str:
     for name in ("pretrain", "ddp"):
         part = report["parts"].get(name, {})
         lines.append(f"{name}: " + json.dumps({k: v for k, v in part.items() if k != "traceback"}))
-    lines.append(f"total {report['total_s']:.0f} s")
+    lines.append(f"total {report['total_s']:.0f} s (budget {report['budget_s']:.0f} s)")
+    lines += ["", "what each figure measures:"]
+    lines += [f"- {name}: {part['measures']}" for name, part in report["parts"].items() if "measures" in part]
     return "\n".join(lines)
 
 

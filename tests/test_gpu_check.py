@@ -47,3 +47,31 @@ def test_gpu_check_quick_on_cpu_measures_every_part(tmp_path):
         assert parts["pretrain"]["samples_per_s"] > 0
     assert parts["ddp"]["skipped"] == "no GPU(s): DDP scaling needs more than one"
     assert "| bf16_eager |" in proc.stdout and "loader headroom:" in proc.stdout
+    for name, part in parts.items():  # every figure says what it measures
+        assert "measures" in part or "skipped" in part or name == "archive", name
+    assert "measures" in parts["pretrain"] and report["total_s"] < report["budget_s"] == 450
+
+
+def test_gpu_check_kills_a_part_at_its_deadline(tmp_path):
+    """Each part runs in its own process with a hard deadline: with a 1 s limit every part is killed, and the
+    check still writes its report and ends."""
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--out", str(out), "--device", "cpu"]
+    proc = subprocess.run(
+        [*cmd, "--quick", "--part-limit-s", "1"], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["machine"]["error"] == "killed at its deadline of 1 s"
+    assert set(report["parts"]) == {
+        "archive",
+        "train_bf16_eager",
+        "train_fp32_eager",
+        "loader",
+        "evaluation",
+        "pretrain",
+        "ddp",
+    }
+    assert {p["error"] for p in report["parts"].values()} == {"killed at its deadline of 1 s"}
+    assert all(p["part_s"] < 10 for p in report["parts"].values())

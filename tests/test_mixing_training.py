@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
+from helpers import train_config
 from training_archive import build_learnable_archive
 from typer.testing import CliRunner
 
@@ -16,11 +19,10 @@ from reben_tools.learn.data.dataset import ReBENDataset
 from reben_tools.learn.data.loaders import open_dataset, split_indices, training_dataset
 from reben_tools.learn.data.mixing import cutmix
 from reben_tools.learn.runtime.checkpoints import load_checkpoint
-from reben_tools.learn.runtime.config import TrainConfig, TrainingError
+from reben_tools.learn.runtime.config import TrainingError
 from reben_tools.learn.training.loop import train
 
 COUNTS = {"train": 32, "validation": 8, "test": 8}
-SMALL = dict(stem_width=4, widths=(4, 8, 8, 16))
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -31,22 +33,7 @@ def archive(tmp_path_factory) -> dict:
     return build_learnable_archive(tmp_path_factory.mktemp("mixarchive") / "ARCHIVE", counts=COUNTS, shards=2)
 
 
-def config(archive_dir, out, **overrides) -> TrainConfig:
-    base = dict(
-        archive=str(archive_dir),
-        bands="S1_10m_20m",
-        model="resnet_micro",
-        out=str(out),
-        epochs=2,
-        batch_size=16,
-        lr=1e-2,
-        workers=0,
-        device="cpu",
-        progress=False,
-        evaluate_test=False,
-        model_kwargs=SMALL,
-    )
-    return TrainConfig(**{**base, **overrides})
+config = partial(train_config, bands="S1_10m_20m")
 
 
 def test_reference_maps_travel_only_when_a_mix_needs_them(archive):

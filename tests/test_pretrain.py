@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import pretrain_config, train_config
 from test_croma import hand_built_checkpoint
 from training_archive import build_learnable_archive
 from typer.testing import CliRunner
@@ -26,7 +28,7 @@ from reben_tools.learn.models.croma_layout import load_published
 from reben_tools.learn.models.encoders import EncoderError, load_encoder
 from reben_tools.learn.runtime.checkpoints import CheckpointError
 from reben_tools.learn.runtime.config import TrainingError
-from reben_tools.learn.training.pretrain import PretrainConfig, pretrain, read_init
+from reben_tools.learn.training.pretrain import pretrain, read_init
 
 COUNTS = {"train": 16, "validation": 8, "test": 8}
 
@@ -39,20 +41,7 @@ def archive(tmp_path_factory) -> dict:
     return build_learnable_archive(tmp_path_factory.mktemp("archive") / "ARCHIVE", counts=COUNTS, shards=1)
 
 
-def config(archive_dir, out, **overrides) -> PretrainConfig:
-    base = dict(
-        archive=str(archive_dir),
-        model="croma_micro",
-        out=str(out),
-        epochs=2,
-        batch_size=8,
-        lr=1e-3,
-        warmup_steps=1,
-        workers=0,
-        device="cpu",
-        progress=False,
-    )
-    return PretrainConfig(**{**base, **overrides})
+config = pretrain_config
 
 
 @pytest.fixture(scope="module")
@@ -269,6 +258,62 @@ def test_embed_bad_input_and_one_modality(archive, tmp_path):
     assert result.exit_code == 1 and result.output.count("\n") == 1 and result.output.startswith("error:")
 
 
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--epochs", "-1", "--epochs must be an integer >= 1 (got -1)"),
+        ("--lr", "-1", "--lr must be a number >= 0 (got -1.0)"),
+        ("--batch-size", "0", "--batch-size must be an integer >= 1 (got 0)"),
+        ("--mask-ratio", "1.5", "--mask-ratio must be a number in (0, 1) (got 1.5)"),
+        ("--max-steps", "0", "--max-steps must be an integer >= 1 (got 0)"),
+    ],
+)
+def test_pretrain_checks_its_numbers_like_train_in_one_line(archive, tmp_path, flag, value, message):
+    out = tmp_path / "run"
+    args = ["pretrain", "--archive", str(archive["root"]), "--model", "croma_micro", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--device", "cpu", flag, value])
+    assert result.exit_code == 1
+    assert result.output == f"error: {message}\n"
+    assert not out.exists()
+
+
+def test_pretrain_prints_a_line_per_epoch_and_where_its_files_are(archive, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        [
+            "pretrain",
+            "--archive",
+            str(archive["root"]),
+            "--model",
+            "croma_micro",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert re.search(
+        r"epoch 1/1: loss \d+\.\d{4} \(contrastive \d+\.\d{4}, reconstruction \d+\.\d{4}\), retrieval S1->S2 "
+        r"\d\.\d\d, validation loss \d+\.\d{4}, \d+ samples/s\n",
+        result.output,
+    ), result.output
+    summary = json.loads(result.output[result.output.index("{") :])
+    assert summary["status"] == "finished" and summary["steps"] == 2
+    assert summary["files"] == {
+        "checkpoints": [str(out / "checkpoints/last.pt"), str(out / "croma_published.pt")],
+        "metrics": [str(out / "metrics.json"), str(out / "steps.jsonl"), str(out / "config.json")],
+        "plots": [str(out / "curves.png")],
+    }
+
+
 def test_pretrain_needs_both_modalities(tmp_path):
     s2_only = build_learnable_archive(
         tmp_path / "s2only", counts={"train": 4, "validation": 2}, shards=1, with_s1=False
@@ -289,25 +334,10 @@ def test_load_encoder_is_a_lazy_top_level_export():
 def test_embed_from_a_reben_train_run(archive, tmp_path):
     from reben_tools.learn.models.restore import model_from_checkpoint
     from reben_tools.learn.runtime.checkpoints import load_checkpoint
-    from reben_tools.learn.runtime.config import TrainConfig
     from reben_tools.learn.training.loop import train
 
     out = tmp_path / "train-run"
-    train(
-        TrainConfig(
-            archive=str(archive["root"]),
-            bands="S1_10m_20m",
-            model="resnet_micro",
-            out=str(out),
-            epochs=1,
-            batch_size=8,
-            workers=0,
-            device="cpu",
-            progress=False,
-            evaluate_test=False,
-            model_kwargs=dict(stem_width=4, widths=(4, 8, 8, 16)),
-        )
-    )
+    train(train_config(archive["root"], out, bands="S1_10m_20m", epochs=1, batch_size=8, lr=1e-3))
     encoder = load_encoder(out)
     assert encoder.input.scaling == "zscore" and encoder.input.s1_bands == BAND_GROUPS["S1"]
     summary = embed_archive(archive["root"], encoder, tmp_path / "e.parquet", split="test", workers=0, progress=False)

@@ -8,11 +8,13 @@ import os
 import subprocess
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import train_config
 from sklearn.metrics import average_precision_score, f1_score, hamming_loss
 from training_archive import build_learnable_archive
 from typer.testing import CliRunner
@@ -31,8 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 COUNTS = {"train": 48, "validation": 16, "test": 16}
-SMALL = dict(stem_width=4, widths=(4, 8, 8, 16))
-"""resnet_micro narrowed further: a step of 16 samples takes ~30 ms on one core."""
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -43,22 +43,7 @@ def archive(tmp_path_factory) -> dict:
     return build_learnable_archive(tmp_path_factory.mktemp("archive") / "ARCHIVE", counts=COUNTS)
 
 
-def config(archive_dir, out, **overrides) -> TrainConfig:
-    base = dict(
-        archive=str(archive_dir),
-        bands="S1_10m_20m",
-        model="resnet_micro",
-        out=str(out),
-        epochs=3,
-        batch_size=16,
-        lr=1e-2,
-        workers=0,
-        device="cpu",
-        progress=False,
-        evaluate_test=False,
-        model_kwargs=SMALL,
-    )
-    return TrainConfig(**{**base, **overrides})
+config = partial(train_config, bands="S1_10m_20m", epochs=3)
 
 
 @pytest.fixture(scope="module")
@@ -341,10 +326,10 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 def test_truncated_or_foreign_checkpoint_is_named(tmp_path, trained_run):
     data = (trained_run["out"] / "checkpoints" / "best.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="cut.pt: not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match=r"cut\.pt: not a readable checkpoint"):
         load_checkpoint(tmp_path / "cut.pt")
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match="other.pt: not a reben-tools checkpoint"):
+    with pytest.raises(CheckpointError, match=r"other\.pt: not a reben-tools checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
 
 
@@ -393,14 +378,14 @@ def test_existing_run_needs_resume(trained_run, archive):
 
 def test_archive_without_split_or_bands_or_model(tmp_path):
     no_validation = build_learnable_archive(tmp_path / "a", counts={"train": 8, "test": 4}, shards=1)
-    with pytest.raises(TrainingError, match="no patches in split 'validation'.*'test', 'train'"):
+    with pytest.raises(TrainingError, match=r"no patches in split 'validation'.*'test', 'train'"):
         train(config(no_validation["root"], tmp_path / "r1"))
     s2_only = build_learnable_archive(tmp_path / "b", counts={"train": 8, "validation": 4}, shards=1, with_s1=False)
     with pytest.raises(TrainingError, match="may lack S1 values"):
         train(config(s2_only["root"], tmp_path / "r2", bands="S1"))
     with pytest.raises(TrainingError, match="unknown model 'resnet5'"):
         train(config(s2_only["root"], tmp_path / "r3", model="resnet5"))
-    with pytest.raises(TrainingError, match="not a reben-tools archive|neither"):
+    with pytest.raises(TrainingError, match=r"not a reben-tools archive|neither"):
         train(config(tmp_path / "nothing-here", tmp_path / "r4"))
     result = CliRunner().invoke(
         app,
@@ -445,7 +430,8 @@ except TrainingError as exc:
     env = {**os.environ, "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
     expected = (
-        "ERROR a batch of 48 samples does not fit in memory on cpu: lower --batch-size (now 48), e.g. --batch-size 24"
+        "ERROR a batch of 48 samples does not fit in memory on cpu: add --accumulate 2 (micro-batches of 24; the "
+        "global batch stays 48), or lower --batch-size"
     )
     assert expected in proc.stdout, proc.stdout + proc.stderr[-3000:]
 
@@ -471,16 +457,16 @@ def test_epoch_sampler_splits_epochs_between_processes_and_resumes():
         s.set_epoch(2)
     lists = [list(s) for s in shares]
     assert all(len(lst) == 4 for lst in lists)  # padded to 12
-    assert set(sum(lists, [])) == set(indices)
+    assert {i for lst in lists for i in lst} == set(indices)
     again = EpochSampler(indices, rank=1, world_size=3, seed=5)
     again.set_epoch(2)
     again.set_position(3)
     assert list(again) == lists[1][3:] and len(again) == 1
     other_epoch = EpochSampler(indices, seed=5)
     other_epoch.set_epoch(3)
-    assert list(other_epoch) != sum(zip(*lists), ())[:11]
+    assert list(other_epoch) != [i for row in zip(*lists, strict=True) for i in row][:11]
     val = [list(EpochSampler(indices, rank=r, world_size=3, shuffle=False, pad=False)) for r in range(3)]
-    assert sorted(sum(val, [])) == indices
+    assert sorted(i for lst in val for i in lst) == indices
 
 
 # --------------------------------------------------------------------------- torchrun

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import SMALL, train_config
 from sklearn.metrics import average_precision_score
 from training_archive import build_learnable_archive
 from typer.testing import CliRunner
@@ -28,13 +29,12 @@ from reben_tools.learn.evaluation.predict import predict
 from reben_tools.learn.models.restore import model_from_checkpoint
 from reben_tools.learn.runtime import devices, distributed
 from reben_tools.learn.runtime.checkpoints import CheckpointError, load_checkpoint, rng_state, set_rng_state
-from reben_tools.learn.runtime.config import TrainConfig, TrainingError, check_numbers
+from reben_tools.learn.runtime.config import TrainingError, check_numbers
 from reben_tools.learn.runtime.distributed import Distributed, EpochSampler, convert_batchnorm
 from reben_tools.learn.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = {"train": 32, "validation": 16, "test": 16}
-SMALL = dict(stem_width=4, widths=(4, 8, 8, 16))
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -45,22 +45,7 @@ def archive(tmp_path_factory) -> dict:
     return build_learnable_archive(tmp_path_factory.mktemp("archive") / "ARCHIVE", counts=COUNTS)
 
 
-def config(archive_dir, out, **overrides) -> TrainConfig:
-    base = dict(
-        archive=str(archive_dir),
-        bands="S1",
-        model="resnet_micro",
-        out=str(out),
-        epochs=2,
-        batch_size=16,
-        lr=1e-2,
-        workers=0,
-        device="cpu",
-        progress=False,
-        evaluate_test=False,
-        model_kwargs=SMALL,
-    )
-    return TrainConfig(**{**base, **overrides})
+config = train_config
 
 
 def cli(*args: str):
@@ -460,7 +445,8 @@ def test_out_of_memory_on_one_process_ends_the_run_with_one_message_and_no_hang(
     assert proc.returncode != 0
     both = proc.stdout + proc.stderr
     message = (
-        "error: a batch of 8 samples does not fit in memory on cpu: lower --batch-size (now 16), e.g. --batch-size 8"
+        "error: a batch of 8 samples does not fit in memory on cpu: add --accumulate 2 (micro-batches of 4; the "
+        "global batch stays 16), or lower --batch-size"
     )
     assert both.count(message) == 1, both[-4000:]
     assert both.count("error: ") == 1
@@ -524,7 +510,7 @@ def test_evaluate_checks_its_numbers(archive, tmp_path):
 
 
 def test_the_host_reads_the_loss_back_only_every_50_steps_on_a_gpu():
-    from reben_tools.learn.training.loop import SYNC_EVERY, sync_interval
+    from reben_tools.learn.training.skeleton import SYNC_EVERY, sync_interval
 
     assert SYNC_EVERY == 50
     assert sync_interval(torch.device("cuda", 0), per_step_callback=False) == 50
@@ -534,7 +520,7 @@ def test_the_host_reads_the_loss_back_only_every_50_steps_on_a_gpu():
 
 def test_a_nan_between_synchronisations_is_reported_at_its_own_step(archive, tmp_path, monkeypatch):
     """As on a GPU (losses read back every few steps): the NaN of step 2 is found at step 3 and named."""
-    from reben_tools.learn.training import loop
+    from reben_tools.learn.training import loop, skeleton
 
     calls = []
     original = loop.random_flips
@@ -545,7 +531,7 @@ def test_a_nan_between_synchronisations_is_reported_at_its_own_step(archive, tmp
         return images * float("nan") if len(calls) == 2 else images
 
     monkeypatch.setattr(loop, "random_flips", faulty)
-    monkeypatch.setattr(loop, "sync_interval", lambda device, per_step_callback: 3)
+    monkeypatch.setattr(skeleton, "sync_interval", lambda device, per_step_callback: 3)
     with pytest.raises(TrainingError, match=r"^loss became nan at step 2; lower --lr$"):
         train(config(archive["root"], tmp_path / "run", batch_size=8))
     assert len(calls) == 3  # stopped at the synchronisation after step 3

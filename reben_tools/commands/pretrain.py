@@ -63,7 +63,7 @@ def pretrain(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Pretrain CROMA (contrastive + masked reconstruction) on an archive's paired S1/S2 patches (works under torchrun)."""
-    from reben_tools.learn.runtime.config import TrainingError
+    from reben_tools.learn.runtime.config import TrainingError, check_numbers
     from reben_tools.learn.training.pretrain import DEFAULTS, PretrainConfig
     from reben_tools.learn.training.pretrain import pretrain as run_pretraining
 
@@ -81,6 +81,13 @@ def pretrain(
         "init": str(init) if init is not None else None,
     }
     given = {k for k, v in given_values.items() if v is not None}
+    try:  # before anything is read or written
+        check_numbers(
+            {**given_values, "workers": workers, "max_steps": max_steps, "checkpoint_every": checkpoint_every}
+        )
+    except TrainingError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     if not resume and (archive is None or model is None):
         typer.echo("error: --archive and --model are required (unless --resume continues a run)", err=True)
         raise typer.Exit(2)
@@ -110,7 +117,17 @@ def pretrain(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     if summary:
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(json.dumps({**summary, "files": _run_files(out)}, indent=2))
+
+
+def _run_files(out: Path) -> dict:
+    """Where a pretraining run's checkpoints, metrics and plots are (those that exist)."""
+    names = {
+        "checkpoints": ("checkpoints/last.pt", "croma_published.pt"),
+        "metrics": ("metrics.json", "steps.jsonl", "config.json"),
+        "plots": ("curves.png",),
+    }
+    return {kind: [str(out / n) for n in paths if (out / n).is_file()] for kind, paths in names.items()}
 
 
 def embed(

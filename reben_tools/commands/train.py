@@ -49,6 +49,11 @@ def train(
     batch_size: int | None = typer.Option(
         None, "--batch-size", help="Global batch, split over torchrun processes (default 512)."
     ),
+    accumulate: int | None = typer.Option(
+        None,
+        "--accumulate",
+        help="Micro-batches per optimiser step (gradient accumulation; default 1): the global batch stays --batch-size.",
+    ),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default 1e-3)."),
     weight_decay: float | None = typer.Option(None, "--weight-decay", help="AdamW weight decay (default 0.01)."),
     dropout: float | None = typer.Option(None, "--dropout", help="Dropout before the head (default 0.15)."),
@@ -160,6 +165,7 @@ def train(
         or None,
         "init": init,
         "layer_decay": layer_decay,
+        "accumulate": accumulate,
     }
     if train_fraction is not None and not 0.0 < train_fraction <= 1.0:
         typer.echo(f"error: --train-fraction must be in (0, 1], got {train_fraction}", err=True)

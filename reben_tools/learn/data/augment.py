@@ -4,7 +4,7 @@ Owns: random_flips (reBEN's random horizontal and vertical flips) and TrainMixer
 as the training loop applies it: after upsampling and normalisation, before the flips).
 Does not own: getting batches to the device (loaders.py), the augmentation generator's seeding (loop.py),
 the CutMix transform itself (mixing.py).
-May import: torch; reben_tools.learn.data.mixing.
+May import: torch; reben_tools.learn.data.mixing, reben_tools.learn.runtime.devices.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from __future__ import annotations
 import torch
 
 from reben_tools.learn.data.mixing import MODES_NEEDING_REFERENCE_MAPS, class_table, cutmix
+from reben_tools.learn.runtime.devices import host_to_device
 
 
 def random_flips(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Flip each image of ``(B, C, H, W)`` left-right and/or up-down with probability 1/2 each."""
     b = images.shape[0]
     flips = torch.rand((2, b), generator=generator, device=generator.device) < 0.5
-    flips = flips.to(images.device)
+    flips = host_to_device(flips, images.device)  # pinned, non-blocking: the host does not wait for the GPU
     images = torch.where(flips[0].view(b, 1, 1, 1), images.flip(-1), images)
     return torch.where(flips[1].view(b, 1, 1, 1), images.flip(-2), images)
 

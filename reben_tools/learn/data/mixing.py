@@ -7,7 +7,7 @@ recomputed from the mixed reference map, as in Burgert, Clasen, Klotz, Siebert, 
 Does not own: reading archives or reference maps (``learn.dataset``), the training loop,
 the CLI, or the CLC legend (``format.labels``: the code -> 19-class table used here is the
 pipeline's own :func:`code_to_class_index_table`).
-May import: torch, numpy, and the label table of the format layer.
+May import: torch, numpy, the label table of the format layer, reben_tools.learn.runtime.devices (host copies).
 
 Everything runs on the device of the batch, for the whole batch at once: a fixed number of
 tensor operations whatever the batch size (no per-sample Python loop). Random numbers are
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from reben_tools.format.labels import MASK_IGNORE_INDEX, NUM_CLASSES, code_to_class_index_table
+from reben_tools.learn.runtime.devices import host_to_device
 
 MIX_MODES = ("none", "cutmix", "cutmix-lp")
 """``none``: no mixing; ``cutmix``: labels mixed by area; ``cutmix-lp``: labels from the mixed map."""
@@ -147,8 +148,18 @@ class MixBoxes:
         return (self.height * self.width).to(torch.float64).div(size[0] * size[1]).to(torch.float32)
 
     def to(self, device: torch.device | str) -> MixBoxes:
-        """The same boxes with every tensor on ``device``."""
-        return MixBoxes(**{k: getattr(self, k).to(device) for k in self.__dataclass_fields__})
+        """The same boxes with every tensor on ``device``.
+
+        From the CPU to a GPU: one pinned, non-blocking copy of the eight fields stacked (the host does
+        not wait for the GPU), instead of eight synchronous ones.
+        """
+        device, names = torch.device(device), list(self.__dataclass_fields__)
+        if self.source.device.type != "cpu" or device.type == "cpu":
+            return MixBoxes(**{k: getattr(self, k).to(device) for k in names})
+        rows = host_to_device(torch.stack([getattr(self, k).to(torch.int64) for k in names]), device)
+        moved = dict(zip(names, rows.unbind(0), strict=True))
+        moved["mixed"] = moved["mixed"].bool()
+        return MixBoxes(**moved)
 
 
 def sample_boxes(

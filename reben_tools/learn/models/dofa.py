@@ -15,7 +15,7 @@ or CLI commands.
 
 May import: torch; reben_tools.format.bands; reben_tools.learn.models.blocks (the shared
 attention and stochastic depth; the block itself is DOFA's own, since the published
-MLP names are ``mlp.fc1`` / ``mlp.fc2``).
+MLP names are ``mlp.fc1`` / ``mlp.fc2``); reben_tools.learn.runtime.weights (reading weights files).
 
 Parameter names and shapes follow the published checkpoints
 (``DOFA_ViT_base_e100.pth`` / ``DOFA_ViT_large_e100.pth`` of github.com/zhu-xlab/DOFA,
@@ -37,6 +37,7 @@ from torch import nn
 
 from reben_tools.format.bands import wavelengths_for
 from reben_tools.learn.models.blocks import Attention, DropPath, Encoder, drop_path_rates
+from reben_tools.learn.runtime.weights import read_state_dict
 
 INPUT_MODES = ("interpolate", "resize")
 """How a side other than the configured ``img_size`` is handled: interpolate the
@@ -497,17 +498,11 @@ def load_dofa(name: str, path: str | Path, input_mode: str | None = None) -> DOF
     ``dofa_base_patch16`` / ``dofa_large_patch16``, ``interpolate`` for ``dofa_micro``).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: ``path`` is missing, unreadable or not a weights dict (see :func:`read_state_dict`).
         ValueError: the checkpoint does not fit ``name`` (the message names the key).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such DOFA checkpoint")
     model = DOFAEncoder(name, input_mode=input_mode or default_input_mode(name, published_weights=True))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict")
-    load_dofa_state(model, state, source=str(path))
+    load_dofa_state(model, read_state_dict(path, "DOFA checkpoint"), source=str(path))
     return model.eval()
 
 
@@ -549,7 +544,7 @@ def init_encoders(model: nn.Module, spec: str) -> int:
     Raises:
         ValueError: ``spec`` is not a DOFA spec, the model has no DOFA encoder or one of another size,
             or the checkpoint does not fit (the message names the key).
-        FileNotFoundError: the checkpoint file does not exist.
+        CheckpointError: the file is missing, unreadable or not a weights dict (see :func:`read_state_dict`).
     """
     parsed = parse_dofa_spec(spec)
     if parsed is None:
@@ -563,11 +558,7 @@ def init_encoders(model: nn.Module, spec: str) -> int:
     other = next((m.name for m in targets if m.name != name), None)
     if other is not None:
         raise ValueError(f"{spec}: weights for {name}, but the model is {other}")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such DOFA checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    state = read_state_dict(path, "DOFA checkpoint")
     for target in targets:
         load_dofa_state(target, state, source=str(path))
     return len(targets)

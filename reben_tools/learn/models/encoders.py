@@ -39,7 +39,8 @@ from reben_tools.learn.models.croma_layout import CheckpointLayoutError, load_pu
 from reben_tools.learn.models.dofa import SPEC_NAMES as DOFA_SPEC_NAMES
 from reben_tools.learn.models.dofa import DOFAEncoder, default_input_mode, load_dofa_state
 from reben_tools.learn.models.restore import model_from_checkpoint
-from reben_tools.learn.runtime.checkpoints import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
+from reben_tools.learn.runtime.checkpoints import CHECKPOINT_FORMAT, CheckpointError, checked_checkpoint
+from reben_tools.learn.runtime.weights import read_state_dict
 
 S1 = BAND_GROUPS["S1"]
 S2 = BAND_GROUPS["S2"]
@@ -173,15 +174,10 @@ class ClassifierEncoder(nn.Module):
 
 
 def _torch_load(path: str) -> dict:
-    if not Path(path).is_file():
-        raise EncoderError(f"{path}: no such checkpoint file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise EncoderError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(state, dict):
-        raise EncoderError(f"{path}: not a checkpoint dict (a {type(state).__name__})")
-    return state
+        return read_state_dict(path, "checkpoint")
+    except CheckpointError as exc:
+        raise EncoderError(str(exc)) from None
 
 
 def _croma_from_state(state: dict, path: str, spec: str, expected: str | None) -> CromaEncoder:
@@ -341,7 +337,7 @@ def _from_file(path: str, spec: str) -> nn.Module:
     if state.get("kind") == "croma_pretrain" or "s1_encoder" in state:
         return _croma_from_state(state, path, spec, None)
     try:
-        state = load_checkpoint(path)
+        state = checked_checkpoint(state, path)
         model = model_from_checkpoint(state, path)
     except CheckpointError as exc:
         raise EncoderError(str(exc)) from None

@@ -5,11 +5,12 @@ the old one, so ``last.pt`` is always a complete checkpoint. A checkpoint stores
 name, bands, fusion and class order, and loading one for another model or band set fails
 with a message naming both.
 
-Owns: CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, save_checkpoint, load_checkpoint,
+Owns: CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint, load_checkpoint, checked_checkpoint,
 check_checkpoint_matches, rng_state, set_rng_state.
 Does not own: rebuilding a model from a checkpoint (models/restore.py), what goes into a training checkpoint
 and when (training/loop.py), the run directory layout (rundir.py).
-May import: numpy, torch; reben_tools.format; reben_tools.learn.runtime.config, .models.
+May import: numpy, torch; reben_tools.format; reben_tools.learn.runtime.config, .weights (CheckpointError is
+re-exported from there).
 """
 
 from __future__ import annotations
@@ -23,19 +24,16 @@ import torch
 
 from reben_tools.format.atomic import replaced_atomically
 from reben_tools.format.bands import resolve_bands
-from reben_tools.learn.runtime.config import TrainingError
+from reben_tools.learn.runtime.weights import CheckpointError as CheckpointError  # re-exported
+from reben_tools.learn.runtime.weights import read_state_dict
 
 CHECKPOINT_FORMAT = "reben-tools-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-class CheckpointError(TrainingError):
-    """A checkpoint is unreadable or does not match the requested model, bands or run."""
-
-
 def rng_state(aug: torch.Generator | None) -> dict:
     """This process's torch, numpy, Python (and CUDA) RNG states plus the augmentation generator's, as tensors."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # noqa: NPY002 (the legacy global generator is the state a resume restores)
     state = {
         "torch": torch.get_rng_state(),
         "numpy": [
@@ -61,7 +59,9 @@ def _python_state_to_tensors(state: tuple) -> list:
 def set_rng_state(state: dict, aug: torch.Generator | None) -> None:
     """Restore the RNG states :func:`rng_state` captured (``aug`` too, when both have one)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state((state["numpy"][0], state["numpy"][1].numpy().astype(np.uint32), *state["numpy"][2:]))
+    np.random.set_state(  # noqa: NPY002 (the legacy global generator is the state a resume restores)
+        (state["numpy"][0], state["numpy"][1].numpy().astype(np.uint32), *state["numpy"][2:])
+    )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(int(v) for v in internal.tolist()), gauss))
     if aug is not None and state.get("augment") is not None:
@@ -93,17 +93,23 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` (safe loading: tensors and plain data only).
 
     Raises:
-        CheckpointError: missing, unreadable or not a reben-tools checkpoint (the message names the file).
+        CheckpointError: missing, unreadable or not a reben-tools checkpoint (one line naming the file and,
+            for another kind of file, what it is; see :func:`read_state_dict`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, foreign pickle, ...
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a reben-tools checkpoint")
+    return checked_checkpoint(read_state_dict(path, "reben-tools checkpoint"), path)
+
+
+def checked_checkpoint(state: dict, path: str | os.PathLike) -> dict:
+    """``state`` (read from ``path``) when it is a reben-tools checkpoint of a supported version.
+
+    Raises:
+        CheckpointError: no format marker, or another version.
+    """
+    if state.get("format") != CHECKPOINT_FORMAT:
+        keys = ", ".join(map(str, list(state)[:4])) + (", ..." if len(state) > 4 else "")
+        raise CheckpointError(
+            f"{path}: not a reben-tools checkpoint (a dict without its format marker; keys: {keys or 'none'})"
+        )
     if state.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint version {state.get('version')} is not supported")
     return state

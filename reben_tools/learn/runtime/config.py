@@ -1,6 +1,8 @@
-"""Configuration of a training run: :class:`TrainConfig`, its recipe defaults, and the run errors.
+"""Configuration of a training run: :class:`RunSettings` (what every run shares), :class:`TrainConfig`
+(supervised training and its recipe defaults), and the run errors.
 
-Owns: TrainConfig, TRAJECTORY_FIELDS, DEFAULTS, TrainingError, StoppedByPeer, check_numbers (the numeric option rules).
+Owns: RunSettings, TrainConfig, TRAJECTORY_FIELDS, DEFAULTS, TrainingError, StoppedByPeer, check_numbers (the
+numeric option rules of every run).
 Does not own: devices (devices.py), the schedule (schedule.py), checkpoints (checkpoints.py), the loop (loop.py).
 May import: the standard library only (it is the base every other training module builds on).
 """
@@ -8,7 +10,7 @@ May import: the standard library only (it is the base every other training modul
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 
 class TrainingError(RuntimeError):
@@ -31,8 +33,30 @@ class StoppedByPeer(TrainingError):
 # --------------------------------------------------------------------------- configuration
 
 
+@dataclass(kw_only=True)
+class RunSettings:
+    """How a run of either objective runs (``reben train``, ``reben pretrain``): free to change between a run
+    and its resumption, and the same for both. :class:`TrainConfig` and
+    :class:`reben_tools.learn.training.pretrain.PretrainConfig` extend it with what defines their runs.
+    """
+
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int | None = None
+    compile: bool = False
+    max_steps: int | None = None
+    checkpoint_every: int | None = None
+    progress: bool = True
+    deterministic: bool = False
+    """Deterministic algorithms only (cuDNN/cuBLAS): bit-exact resume on GPUs, at some speed cost."""
+
+    def check(self) -> None:
+        """Check every numeric field (:func:`check_numbers`); one-line :class:`TrainingError` on the first bad one."""
+        check_numbers(asdict(self))
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(RunSettings):
     """Everything that defines a training run.
 
     ``init`` names published encoder weights the model starts from (``dofa_base:PATH``);
@@ -41,7 +65,8 @@ class TrainConfig:
 
     Fields in :data:`TRAJECTORY_FIELDS` determine the sequence of weights; a resumed run
     keeps them from its checkpoint (passing a different value is an error). The others
-    (``max_steps``, ``workers``, ``device`` ...) may change between a run and its resumption.
+    (those of :class:`RunSettings`: ``max_steps``, ``workers``, ``device`` ...) may change between a
+    run and its resumption.
     """
 
     archive: str
@@ -75,19 +100,12 @@ class TrainConfig:
     mix_area: tuple[float, float] = (0.1, 0.5)
     init: str | None = None
     layer_decay: float | None = None
-    # free to change between a run and its resumption
-    device: str = "auto"
-    precision: str = "auto"
-    workers: int | None = None
-    compile: bool = False
-    max_steps: int | None = None
-    checkpoint_every: int | None = None
+    accumulate: int = 1
+    """Micro-batches per optimiser step (gradient accumulation): the global batch and the schedule stay the same."""
+    # free to change between a run and its resumption (with those of RunSettings)
     evaluate_test: bool = True
-    progress: bool = True
     sync_batchnorm: bool = True
     """Under torchrun, convert BatchNorm layers to SyncBatchNorm (normalise over the global batch)."""
-    deterministic: bool = False
-    """Deterministic algorithms only (cuDNN/cuBLAS): bit-exact resume on GPUs, at some speed cost."""
 
 
 TRAJECTORY_FIELDS = (
@@ -117,6 +135,7 @@ TRAJECTORY_FIELDS = (
     "subset_seed",
     "init",
     "layer_decay",
+    "accumulate",
 )
 DEFAULTS = {
     f.name: f.default if f.default is not MISSING else f.default_factory()
@@ -141,11 +160,14 @@ _NUMBER_RULES = {
     "workers": ("--workers", lambda v: v is None or v >= 0, "an integer >= 0"),
     "max_steps": ("--max-steps", lambda v: v is None or v >= 1, "an integer >= 1"),
     "checkpoint_every": ("--checkpoint-every", lambda v: v is None or v >= 1, "an integer >= 1"),
+    "accumulate": ("--accumulate", lambda v: v >= 1, "an integer >= 1"),
+    "mask_ratio": ("--mask-ratio", lambda v: 0 < v < 1, "a number in (0, 1)"),
 }
 
 
 def check_numbers(values: dict) -> None:
-    """Check the numeric options among ``values`` (TrainConfig field -> value; ``None`` = not given).
+    """Check the numeric options among ``values`` (config field -> value; ``None`` = not given), of either
+    objective's config: both share these field names.
 
     Raises:
         TrainingError: one line naming the flag, the rule and the value, e.g.

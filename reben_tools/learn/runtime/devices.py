@@ -1,6 +1,6 @@
 """The training device and its numerics: device and precision choice, autocast, out-of-memory reporting.
 
-Owns: resolve_device, resolve_precision, autocast, is_out_of_memory, oom_error, set_deterministic.
+Owns: resolve_device, resolve_precision, autocast, host_to_device, is_out_of_memory, oom_error, set_deterministic.
 Does not own: process groups and sampling (distributed.py), moving batches to the device (loaders.py).
 May import: torch; reben_tools.learn.runtime.config.
 """
@@ -47,6 +47,19 @@ def autocast(device: torch.device, precision: str) -> torch.autocast | nullconte
     return nullcontext()
 
 
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` (drawn on the host) on ``device`` without the host waiting for the device.
+
+    From pageable memory a host-to-GPU copy is synchronous (the host waits for the stream); from pinned
+    memory with ``non_blocking=True`` it is queued like a kernel. So a small tensor drawn on the CPU
+    (flips, CutMix boxes: drawn there so that a resumed run replays them) is pinned first. On a CPU, or
+    for a tensor already on a device, a plain ``.to``.
+    """
+    if device.type == "cpu" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def _oom_classes() -> tuple[type, ...]:
     # torch.OutOfMemoryError exists from torch 2.5; torch.cuda.OutOfMemoryError from 1.13 (same class later)
     found = {getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None), MemoryError}
@@ -66,9 +79,22 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def oom_error(per_process_batch: int, global_batch: int, device: torch.device, precision: str) -> TrainingError:
-    """The one-line :class:`TrainingError` for a batch that does not fit: which ``--batch-size`` to try."""
-    hint = f"lower --batch-size (now {global_batch}), e.g. --batch-size {max(1, global_batch // 2)}"
+def oom_error(
+    per_process_batch: int, global_batch: int, device: torch.device, precision: str, accumulate: int | None = None
+) -> TrainingError:
+    """The one-line :class:`TrainingError` for a batch that does not fit: what to try.
+
+    ``accumulate`` (the run's ``--accumulate``, or None where gradient accumulation does not apply):
+    when the batch halves evenly, the hint is twice the accumulation, which keeps the recipe's global
+    batch; otherwise a smaller ``--batch-size``.
+    """
+    if accumulate is not None and per_process_batch % 2 == 0:
+        hint = (
+            f"add --accumulate {2 * accumulate} (micro-batches of {per_process_batch // 2}; the global batch "
+            f"stays {global_batch}), or lower --batch-size"
+        )
+    else:
+        hint = f"lower --batch-size (now {global_batch}), e.g. --batch-size {max(1, global_batch // 2)}"
     if precision != "bf16" and device.type == "cuda":
         hint += ", or use --precision bf16"
     return TrainingError(f"a batch of {per_process_batch} samples does not fit in memory on {device}: {hint}")

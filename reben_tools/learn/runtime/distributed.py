@@ -3,7 +3,7 @@
 Under ``torchrun`` every process trains one replica (DistributedDataParallel; NCCL on GPUs,
 gloo on CPUs) on its share of each epoch; a run's ``batch_size`` is the global batch.
 
-Owns: is_peer_failure, Distributed (rank, world size, collectives: gather, broadcast, mean, agreeing on a stop, broadcasting
+Owns: is_peer_failure, earliest_failure, Distributed (rank, world size, collectives: gather, broadcast, mean, agreeing on a stop, broadcasting
 module buffers, checking a shared directory), init_distributed, convert_batchnorm, EpochSampler.
 Does not own: device choice (devices.py), DataLoaders (loaders.py), the DDP wrapping of a model (loop.py).
 May import: numpy, torch; reben_tools.learn.runtime.config, .devices.
@@ -75,13 +75,14 @@ class Distributed:
         dist.all_reduce(t)
         return float(t.item()) / self.world_size
 
-    def first_failure(self, message: str | None) -> str | None:
+    def first_failure(self, message: str | None, step: int | None = None) -> str | None:
         """Agree on stopping: every process passes its failure (or ``None``); all get the same answer.
 
-        Returns ``None`` when no process failed, else the message of the lowest failing rank
-        (prefixed with the process when there are several), on every process, so that every
-        process stops at the same step and only one message needs printing. A collective:
-        every process must call it at the same point.
+        Returns ``None`` when no process failed, else the message of the failure at the earliest
+        ``step`` (the lowest rank among those that failed at that step; a failure without a step
+        counts as the latest), followed by its process when there are several, on every process, so
+        that every process stops at the same point and only one message needs printing. A
+        collective: every process must call it at the same point.
         """
         if not self.enabled:
             return message
@@ -93,9 +94,9 @@ class Distributed:
         dist.all_reduce(flag)
         if int(flag.item()) == 0:
             return None
-        messages = self.gather(message)
-        rank = next(r for r, m in enumerate(messages) if m is not None)
-        return f"{messages[rank]} (process {rank} of {self.world_size})"
+        reports = self.gather(None if message is None else (step, message))
+        rank = earliest_failure(reports)
+        return f"{reports[rank][1]} (process {rank} of {self.world_size})"
 
     def broadcast_buffers(self, module: nn.Module) -> None:
         """Copy rank 0's buffers (BatchNorm running statistics ...) into every process's ``module``.
@@ -137,6 +138,18 @@ class Distributed:
                 "several nodes needs --out on a file system every node shares",
                 all_processes=True,
             )
+
+
+def earliest_failure(reports: list[tuple[int | None, str] | None]) -> int:
+    """The rank whose failure comes first: earliest step, then lowest rank (``reports[rank]`` is
+    ``(step, message)`` or ``None`` for a process that did not fail; a step of ``None`` counts as last).
+
+    On a GPU the step figures are read back every few steps, so a NaN on one process at step 3 has
+    spread through the all-reduced gradients to every process by step 4: the lowest failing rank
+    alone could name the wrong process and step.
+    """
+    failed = [(math.inf if r[0] is None else r[0], rank) for rank, r in enumerate(reports) if r is not None]
+    return min(failed)[1]
 
 
 def init_distributed(device: str) -> Distributed:
@@ -235,6 +248,11 @@ class EpochSampler(Sampler[int]):
             extra = self.world_size - size % self.world_size
             order += (order * math.ceil(extra / max(1, size)))[:extra]
         return [self.indices[i] for i in order[self.rank :: self.world_size]]
+
+    def real_samples(self) -> int:
+        """How many entries of this process's full share are not padding: the first ones (the wrap-around
+        padding of an epoch's order lands at the end of the shares it reaches)."""
+        return len(range(self.rank, len(self.indices), self.world_size))
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.share()[self.start :])

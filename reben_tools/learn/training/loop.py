@@ -1,43 +1,31 @@
-"""The training loop: training (or resuming) a multi-label classifier on a reBEN archive.
+"""Supervised training (``reben train``): a multi-label classifier on a reBEN archive, as an objective of
+the training skeleton (:mod:`.skeleton`, which owns epochs, steps, synchronisation, checkpoints and resume).
 
-The loop reproduces reBEN's published recipe by default: AdamW (weight
+The objective reproduces reBEN's published recipe by default: AdamW (weight
 decay 0.01), lr 1e-3, global batch 512, dropout and drop-path 0.15, linear warm-up over
 1,000 steps from lr/10 then cosine to lr/10, BCE-with-logits, random horizontal and vertical
-flips (optionally CutMix or CutMix with label propagation first, ``--mix``), up to 100 epochs, early stopping (patience 5) and model selection on validation macro
-average precision. On a GPU the model runs channels-last under bf16 autocast;
+flips (optionally CutMix or CutMix with label propagation first, ``--mix``), up to 100 epochs, early stopping (patience 5) and model
+selection on validation macro average precision. On a GPU the model runs channels-last under bf16 autocast;
 ``torch.compile`` is optional. The run directory it fills is described in :mod:`.rundir`.
 
-Under torchrun, BatchNorm becomes SyncBatchNorm on GPUs, rank 0's buffers are broadcast
-before every validation and checkpoint, and a non-finite loss on any process stops every
-process at the same step (agreed through a collective). A process that fails alone (out of
-memory) prints its message and leaves without waiting for the others; a process whose
-collective then fails stops without a message of its own, and torchrun stops the rest.
+Under torchrun, BatchNorm becomes SyncBatchNorm on GPUs (``--no-sync-batchnorm``: per process), and rank 0's
+buffers are broadcast before every validation and checkpoint.
 
-The loss stays on the device between synchronisation points (every step on a CPU, every
-``SYNC_EVERY`` steps on a GPU, and before every checkpoint and validation), so the host does
-not wait for the GPU after each step.
-
-Owns: train, sync_interval, SYNC_EVERY (and the per-epoch validation, resume checks, end-of-run test evaluation).
-Does not own: configuration (config.py), devices (devices.py), processes and sampling (distributed.py),
-loaders (loaders.py), augmentation (augment.py), checkpoint I/O (checkpoints.py), prediction (evaluation.py),
-run-directory files (rundir.py), plots (plots.py), models (models.py).
+Owns: train, Supervised (the objective: data, model, step, per-epoch validation and early stopping, the
+checkpoint's contents, the end-of-run test evaluation).
+Does not own: the skeleton (skeleton.py), configuration (config.py), devices (devices.py), processes and sampling
+(distributed.py), loaders (loaders.py), augmentation (augment.py), checkpoint I/O (checkpoints.py), prediction
+(predict.py), run-directory files (rundir.py), plots (plots.py), models (models/).
 May import: numpy, torch; reben_tools.format; any reben_tools.learn module except probes.
 """
 
 from __future__ import annotations
 
 import math
-import random
-import sys
-import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict
-from pathlib import Path
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -48,7 +36,6 @@ from reben_tools.learn.data.augment import TrainMixer, random_flips
 from reben_tools.learn.data.loaders import (
     DevicePreprocess,
     archive_identity,
-    default_workers,
     make_loader,
     open_dataset,
     split_indices,
@@ -64,56 +51,18 @@ from reben_tools.learn.models.restore import model_from_checkpoint
 from reben_tools.learn.runtime.checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
+    CheckpointError,
     load_checkpoint,
-    rng_state,
     save_checkpoint,
-    set_rng_state,
 )
-from reben_tools.learn.runtime.config import (
-    TRAJECTORY_FIELDS,
-    StoppedByPeer,
-    TrainConfig,
-    TrainingError,
-    check_numbers,
-)
-from reben_tools.learn.runtime.devices import (
-    autocast,
-    is_out_of_memory,
-    oom_error,
-    resolve_precision,
-    set_deterministic,
-)
-from reben_tools.learn.runtime.distributed import (
-    Distributed,
-    EpochSampler,
-    convert_batchnorm,
-    init_distributed,
-    is_peer_failure,
-)
-from reben_tools.learn.runtime.rundir import BEST_CHECKPOINT, LAST_CHECKPOINT, write_run_metrics
-from reben_tools.learn.runtime.schedule import effective_warmup, layer_decay_multipliers, lr_factor
+from reben_tools.learn.runtime.config import TRAJECTORY_FIELDS, TrainConfig, TrainingError
+from reben_tools.learn.runtime.devices import autocast
+from reben_tools.learn.runtime.distributed import Distributed, EpochSampler, convert_batchnorm
+from reben_tools.learn.runtime.rundir import BEST_CHECKPOINT, write_run_metrics
+from reben_tools.learn.runtime.schedule import layer_decay_multipliers
+from reben_tools.learn.training import skeleton
 from reben_tools.learn.training.plots import plot_curves
 from reben_tools.learn.training.resume import resume_state
-
-
-def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
-    """Trainable parameters as AdamW groups: one group, or one per lr multiplier under layer-wise decay
-    (largest first, so the logged lr is the head's)."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if config.layer_decay is None:
-        return [{"params": [p for _, p in named]}]
-    try:
-        multiplier = layer_decay_multipliers([n for n, _ in named], config.layer_decay)
-    except ValueError as exc:
-        raise TrainingError(f"--layer-decay: {exc}") from None
-    groups: dict[float, list] = {}
-    for n, p in named:
-        groups.setdefault(multiplier[n], []).append(p)
-    return [{"params": ps, "lr": config.lr * m} for m, ps in sorted(groups.items(), reverse=True)]
-
-
-SYNC_EVERY = 50
-"""On GPUs, steps between reading the losses back to the host (checks, progress bar)."""
 
 
 def train(
@@ -135,168 +84,172 @@ def train(
         TrainingError / CheckpointError: bad archive, split, bands, checkpoint or memory;
             the message says what to change.
     """
-    check_numbers(asdict(config))
-    ctx = init_distributed(config.device)
-    together = False  # whether every process leaves at this point (then the process group can be shut down)
+    return skeleton.run(Supervised(config), resume, given, on_step)
+
+
+def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """Trainable parameters as AdamW groups: one group, or one per lr multiplier under layer-wise decay
+    (largest first, so the logged lr is the head's)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if config.layer_decay is None:
+        return [{"params": [p for _, p in named]}]
     try:
-        with ExitStack() as cleanup:
-            result = _train(config, ctx, resume, given or set(), on_step, cleanup)
-        together = True
-        return result
-    except TrainingError as exc:
-        together = exc.all_processes
-        raise
-    except Exception as exc:
-        if ctx.enabled and is_peer_failure(exc):  # another process failed alone (it printed why) and left
-            raise StoppedByPeer(f"stopped: another process of the run failed ({type(exc).__name__})") from None
-        raise
-    finally:
-        # a process failing alone must not wait in destroy_process_group for the others (NCCL would
-        # hang): it exits, and torchrun stops the other processes
-        if ctx.enabled and dist.is_initialized() and together:
-            dist.destroy_process_group()
-
-
-def sync_interval(device: torch.device, per_step_callback: bool) -> int:
-    """Steps between reading the losses back to the host: every step on a CPU (free there) or when a
-    per-step callback wants each loss, else :data:`SYNC_EVERY` (the host does not wait for the GPU)."""
-    return 1 if device.type == "cpu" or per_step_callback else SYNC_EVERY
-
-
-def _train(
-    config: TrainConfig,
-    ctx: Distributed,
-    resume: bool,
-    given: set[str],
-    on_step: Callable[[int, float], None] | None,
-    cleanup: ExitStack,
-) -> dict:
-    out = Path(config.out)
-    ckpt_dir = out / "checkpoints"
-    ctx.check_shared_directory(out)  # every process reads the checkpoints rank 0 writes
-    state = None
-    if resume:
-        state = resume_state(config, ctx, given)
-    elif (ckpt_dir / LAST_CHECKPOINT).exists():
-        raise TrainingError(
-            f"{out} already holds a run (checkpoints/last.pt); pass --resume or choose another --out",
-            all_processes=True,
-        )
-    elif not config.archive:
-        raise TrainingError("--archive is needed for a new run", all_processes=True)
-    set_deterministic(config.deterministic)
-
-    device = ctx.device
-    precision = resolve_precision(config.precision, device)
-    try:
-        bands = resolve_bands(config.bands)
-        class_names(config.class_order)
-        build_model(config.model, bands, fusion=config.fusion, **config.model_kwargs)  # fail before reading data
-        if config.mix not in MIX_MODES:
-            raise ValueError(f"unknown --mix {config.mix!r}; expected one of {list(MIX_MODES)}")
-        if not 0.0 <= config.mix_prob <= 1.0:
-            raise ValueError(f"--mix-prob {config.mix_prob}: must lie in [0, 1]")
-        config.mix_area = parse_area_range(config.mix_area)
+        multiplier = layer_decay_multipliers([n for n, _ in named], config.layer_decay)
     except ValueError as exc:
-        raise TrainingError(str(exc)) from None
-    if config.batch_size % ctx.world_size:
-        raise TrainingError(f"--batch-size {config.batch_size} is not divisible by the {ctx.world_size} processes")
-    per_process_batch = config.batch_size // ctx.world_size
-    workers = default_workers(ctx.local_world_size) if config.workers is None else config.workers
-    identity = archive_identity(config.archive)
+        raise TrainingError(f"--layer-decay: {exc}") from None
+    groups: dict[float, list] = {}
+    for n, p in named:
+        groups.setdefault(multiplier[n], []).append(p)
+    return [{"params": ps, "lr": config.lr * m} for m, ps in sorted(groups.items(), reverse=True)]
 
-    torch.manual_seed(config.seed + ctx.rank)
-    np.random.seed(config.seed + ctx.rank)
-    random.seed(config.seed + ctx.rank)
 
-    dataset = open_dataset(
-        config.archive,
-        bands,
-        config.class_order,
-        config.include_snow_cloud,
-        train_fraction=config.train_fraction,
-        subset_seed=config.subset_seed,
-        include_snowy=config.include_snowy,
-        include_cloudy=config.include_cloudy,
-    )
-    cleanup.callback(dataset.archive.close)
-    train_indices = split_indices(dataset, "train")
-    mixer = None
-    if config.mix != "none":
-        mixer = TrainMixer(config.mix, config.mix_prob, config.mix_area, config.class_order, device)
-    train_data = training_dataset(dataset, train_indices, mixer is not None and mixer.needs_reference_maps)
-    train_sampler = EpochSampler(train_indices, ctx.rank, ctx.world_size, shuffle=True, seed=config.seed)
-    val_sampler = EpochSampler(split_indices(dataset, "validation"), ctx.rank, ctx.world_size, shuffle=False, pad=False)
-    train_loader = make_loader(train_data, train_sampler, per_process_batch, workers, device, config.seed)
-    val_loader = make_loader(dataset, val_sampler, per_process_batch, workers, device, config.seed)
-    preprocess = DevicePreprocess(dataset, device)
-    steps_per_epoch = math.ceil(len(train_sampler) / per_process_batch)
-    total_steps = steps_per_epoch * config.epochs
-    warmup = effective_warmup(config.warmup_steps, total_steps)
+class Supervised(skeleton.Objective):
+    """A multi-label classifier under BCE-with-logits, validated on macro AP with early stopping."""
 
-    model = build_model(
-        config.model,
-        bands,
-        fusion=config.fusion,
-        dropout=config.dropout,
-        drop_path=config.drop_path,
-        **config.model_kwargs,
-    )
-    model = convert_batchnorm(model, ctx, config.sync_batchnorm).to(device)
-    batchnorm = "sync" if any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()) else "per_process"
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    if state is None and config.init:
+    figures = ("loss",)
+    can_accumulate = True
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__(config)
+        self.criterion = nn.BCEWithLogitsLoss()
+        self.early = {"best_score": -math.inf, "best_epoch": None, "epochs_without_improvement": 0}
+        self.improved = False
+
+    # --- set-up
+    def resume_state(self, ctx: Distributed, given: set[str]) -> dict:
+        return resume_state(self.config, ctx, given)
+
+    def check(self, ctx: Distributed, resuming: bool) -> None:
+        config = self.config
+        self.accumulate = config.accumulate  # after a resume: the stored run's
+        if not resuming and not config.archive:
+            raise TrainingError("--archive is needed for a new run", all_processes=True)
         try:
-            init_encoders(model, config.init)
-        except (ValueError, FileNotFoundError) as exc:
-            raise TrainingError(f"--init: {exc}") from None
-    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, warmup, total_steps, config.min_lr_factor)
-    )
-    # a CPU generator on every device: its state is the same kind on CPU and GPU, so --device may change on resume
-    augment = torch.Generator().manual_seed(config.seed * 1000 + ctx.rank)
+            self.bands = resolve_bands(config.bands)
+            class_names(config.class_order)
+            build_model(config.model, self.bands, fusion=config.fusion, **config.model_kwargs)  # before reading data
+            if config.mix not in MIX_MODES:
+                raise ValueError(f"unknown --mix {config.mix!r}; expected one of {list(MIX_MODES)}")
+            if not 0.0 <= config.mix_prob <= 1.0:
+                raise ValueError(f"--mix-prob {config.mix_prob}: must lie in [0, 1]")
+            config.mix_area = parse_area_range(config.mix_area)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        self.identity = archive_identity(config.archive)
 
-    progress_state = {"epoch": 0, "batch_in_epoch": 0, "step": 0}
-    accumulators = {"loss_sum": 0.0, "samples": 0, "wait_s": 0.0, "preprocess_s": 0.0, "step_s": 0.0}
-    early = {"best_score": -math.inf, "best_epoch": None, "epochs_without_improvement": 0}
-    history: list[dict] = []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        progress_state = dict(state["position"])
-        accumulators = dict(state["accumulators"])
-        early = dict(state["early_stopping"])
-        history = list(state["history"])
-        set_rng_state(state["rng"][ctx.rank], augment)
-
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(
-            out / "config.json",
-            {
-                **asdict(config),
-                "bands": list(bands),
-                "world_size": ctx.world_size,
-                "steps_per_epoch": steps_per_epoch,
-                "total_steps": total_steps,
-                "warmup_steps_used": warmup,
-                "precision_used": precision,
-                "archive_identity": identity,
-                "batchnorm": batchnorm,
-            },
+    def open_data(self, ctx: Distributed, batch: int, workers: int, cleanup: ExitStack):
+        config, device = self.config, ctx.device
+        self.batch, self.workers = batch, workers
+        dataset = open_dataset(
+            config.archive,
+            self.bands,
+            config.class_order,
+            config.include_snow_cloud,
+            train_fraction=config.train_fraction,
+            subset_seed=config.subset_seed,
+            include_snowy=config.include_snowy,
+            include_cloudy=config.include_cloudy,
         )
-    net: nn.Module = model
-    if ctx.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        net = torch.compile(net)
+        cleanup.callback(dataset.archive.close)
+        self.dataset = dataset
+        train_indices = split_indices(dataset, "train")
+        self.mixer = None
+        if config.mix != "none":
+            self.mixer = TrainMixer(config.mix, config.mix_prob, config.mix_area, config.class_order, device)
+        train_data = training_dataset(
+            dataset, train_indices, self.mixer is not None and self.mixer.needs_reference_maps
+        )
+        sampler = skeleton.train_sampler(train_indices, ctx, config.seed)
+        val_sampler = EpochSampler(
+            split_indices(dataset, "validation"), ctx.rank, ctx.world_size, shuffle=False, pad=False
+        )
+        loader = make_loader(train_data, sampler, batch, workers, device, config.seed)
+        self.val_loader = make_loader(dataset, val_sampler, batch, workers, device, config.seed)
+        self.preprocess = DevicePreprocess(dataset, device)
+        return sampler, loader
 
-    def checkpoint_state() -> dict:
-        ctx.broadcast_buffers(model)  # one model on every process: rank 0's BatchNorm statistics
-        rng = ctx.gather(rng_state(augment))
+    def build(self, ctx: Distributed, state: dict | None):
+        config, device = self.config, ctx.device
+        model = build_model(
+            config.model,
+            self.bands,
+            fusion=config.fusion,
+            dropout=config.dropout,
+            drop_path=config.drop_path,
+            **config.model_kwargs,
+        )
+        model = convert_batchnorm(model, ctx, config.sync_batchnorm).to(device)
+        self.batchnorm = "sync" if any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()) else "per_process"
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        if state is None and config.init:
+            try:
+                init_encoders(model, config.init)
+            except (ValueError, CheckpointError) as exc:
+                raise TrainingError(f"--init: {exc}") from None
+        self.model = model
+        optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+        return model, optimizer
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.early = dict(state["early_stopping"])
+
+    def run_record(self) -> tuple[dict, dict]:
+        return {"bands": list(self.bands)}, {"archive_identity": self.identity, "batchnorm": self.batchnorm}
+
+    # --- steps
+    def inputs(self, batch, generator: torch.Generator) -> tuple:
+        images, labels = self.preprocess(batch)
+        if self.mixer is not None:  # on the device, after upsampling/normalisation, before the flips
+            images, labels = self.mixer(images, labels, batch, generator)
+        return images, labels
+
+    def forward(self, net: nn.Module, inputs: tuple, generator: torch.Generator):
+        images, labels = inputs
+        if self.config.flips:
+            images = random_flips(images, generator)
+        if self.config.compile:
+            skeleton.mark_batch_dynamic(images)
+        with autocast(self.ctx.device, self.precision):
+            logits = net(images)
+        loss = self.criterion(logits.float(), labels)
+        return loss, loss.detach().reshape(1), labels.shape[0]
+
+    # --- epochs
+    def stopped(self) -> str | None:
+        return "early_stopping" if self.early["epochs_without_improvement"] >= self.config.patience else None
+
+    def end_of_epoch(self, net: nn.Module, model: nn.Module, epoch: int, common: dict, train: dict) -> dict:
+        parts = self.ctx.gather(predict(model, self.val_loader, self.preprocess, self.precision, progress=False))
+        logits, targets = merge_predictions(parts)
+        if len(logits):
+            val = multilabel_metrics(logits, targets, class_order=self.config.class_order)
+            val["loss"] = float(F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(targets)))
+        else:
+            val = {"samples": 0}
+        record = {
+            "epoch": common["epoch"],
+            "step": common["step"],
+            "lr": common["lr"],
+            "train_loss": train["loss"],
+            **{k: v for k, v in common.items() if k not in ("epoch", "step", "lr")},
+            "validation": val,
+        }
+        score = val.get("average_precision_macro")
+        self.improved = score is not None and score > self.early["best_score"]
+        if self.improved:
+            self.early.update(best_score=score, best_epoch=epoch + 1, epochs_without_improvement=0)
+        else:
+            self.early["epochs_without_improvement"] += 1
+        return record
+
+    def epoch_line(self, record: dict) -> str:
+        return _epoch_line(record, self.config.epochs, self.early)
+
+    # --- checkpoints and the end
+    def checkpoint(self, model: nn.Module, common: dict) -> dict:
+        config = self.config
         return {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -306,162 +259,35 @@ def _train(
             "upsampling": "nearest",
             "train_config": {name: getattr(config, name) for name in TRAJECTORY_FIELDS},
             "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "position": dict(progress_state),
-            "accumulators": dict(accumulators),
-            "early_stopping": dict(early),
-            "history": history,
-            "rng": rng,
-            "world_size": ctx.world_size,
+            **{k: common[k] for k in ("optimizer", "scheduler", "position", "accumulators")},
+            "early_stopping": dict(self.early),
+            **{k: common[k] for k in ("history", "rng", "world_size")},
             "archive": str(config.archive),
-            "archive_identity": identity,
+            "archive_identity": self.identity,
         }
 
-    def save_last() -> None:
-        snapshot = checkpoint_state()  # every process takes part in gathering RNG states
-        if ctx.is_main:
-            save_checkpoint(ckpt_dir / LAST_CHECKPOINT, snapshot)
-        ctx.barrier()
+    def save(self, snapshot: dict, record: dict | None, history: list[dict]) -> None:
+        save_checkpoint(self.last_checkpoint, snapshot)
+        if record is None:
+            return
+        if self.improved:
+            best = {k: v for k, v in snapshot.items() if k not in ("optimizer", "scheduler", "rng")}
+            save_checkpoint(self.out / "checkpoints" / BEST_CHECKPOINT, best)
+        write_run_metrics(self.out, history, self.early, status="running")
+        plot_curves(history, self.out / "curves.png")
 
-    criterion = nn.BCEWithLogitsLoss()
-    stopped_by = "early_stopping" if early["epochs_without_improvement"] >= config.patience else None
-    from tqdm import tqdm
-
-    sync_every = sync_interval(device, on_step is not None)
-    window: list[tuple[int, torch.Tensor, int]] = []  # (step, loss on the device, samples) since the last sync
-    bar = None
-
-    def synchronise() -> None:
-        """Read the window's losses back, add them up, and stop every process if one of them saw a non-finite loss."""
-        message = None
-        if window:
-            values = torch.stack([loss for _, loss, _ in window]).double().cpu().tolist()
-            for (step, _, n), value in zip(window, values):
-                if message is None and not math.isfinite(value):
-                    message = f"loss became {value} at step {step}; lower --lr"
-                accumulators["loss_sum"] += value * n
-                if on_step is not None and ctx.is_main and message is None:
-                    on_step(step, value)
-            if bar is not None:
-                bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            window.clear()
-        failure = ctx.first_failure(message)
-        if failure is not None:
-            raise TrainingError(failure, all_processes=True)
-
-    while progress_state["epoch"] < config.epochs and stopped_by is None:
-        epoch = progress_state["epoch"]
-        train_sampler.set_epoch(epoch)
-        train_sampler.set_position(progress_state["batch_in_epoch"] * per_process_batch)
-        net.train()
-        bar = tqdm(
-            total=steps_per_epoch,
-            initial=progress_state["batch_in_epoch"],
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not (config.progress and ctx.is_main),
-            leave=False,
-        )
-        batches = iter(train_loader)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    break
-                t1 = time.perf_counter()
-                images, labels = preprocess(batch)
-                if mixer is not None:  # on the device, after upsampling/normalisation, before the flips
-                    images, labels = mixer(images, labels, batch, augment)
-            except Exception as exc:
-                if is_out_of_memory(exc):
-                    raise oom_error(per_process_batch, config.batch_size, device, precision) from None
-                raise
-            t1b = time.perf_counter()
-            try:
-                if config.flips:
-                    images = random_flips(images, augment)
-                with autocast(device, precision):
-                    logits = net(images)
-                loss = criterion(logits.float(), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            except Exception as exc:
-                if is_out_of_memory(exc):
-                    raise oom_error(per_process_batch, config.batch_size, device, precision) from None
-                raise
-            scheduler.step()
-            n = labels.shape[0]
-            window.append((progress_state["step"] + 1, loss.detach(), n))
-            if (progress_state["step"] + 1) % sync_every == 0:
-                synchronise()
-            t2 = time.perf_counter()
-            accumulators["samples"] += n
-            accumulators["wait_s"] += t1 - t0
-            accumulators["preprocess_s"] += t1b - t1
-            accumulators["step_s"] += t2 - t0
-            progress_state["batch_in_epoch"] += 1
-            progress_state["step"] += 1
-            bar.update(1)
-            if config.max_steps is not None and progress_state["step"] >= config.max_steps:
-                stopped_by = "max_steps"
-                break
-            if config.checkpoint_every and progress_state["step"] % config.checkpoint_every == 0:
-                synchronise()
-                save_last()
-        t_sync = time.perf_counter()
-        synchronise()  # the epoch's (or the run's) last losses, before any checkpoint or validation
-        accumulators["step_s"] += time.perf_counter() - t_sync  # the device work still queued belongs to the steps
-        bar.close()
-        if stopped_by is not None and progress_state["batch_in_epoch"] < steps_per_epoch:
-            save_last()  # mid-epoch: the position lets --resume continue from the next batch
-            break
-
-        record = _end_of_epoch(
-            model, val_loader, preprocess, precision, ctx, config, epoch, progress_state, accumulators, scheduler
-        )
-        history.append(record)
-        score = record["validation"].get("average_precision_macro")
-        improved = score is not None and score > early["best_score"]
-        if improved:
-            early.update(best_score=score, best_epoch=epoch + 1, epochs_without_improvement=0)
-        else:
-            early["epochs_without_improvement"] += 1
-        if config.progress and ctx.is_main:
-            print(_epoch_line(record, config.epochs, early), file=sys.stderr, flush=True)
-        progress_state.update(epoch=epoch + 1, batch_in_epoch=0)
-        accumulators = {"loss_sum": 0.0, "samples": 0, "wait_s": 0.0, "preprocess_s": 0.0, "step_s": 0.0}
-        snapshot = checkpoint_state()
-        if ctx.is_main:
-            save_checkpoint(ckpt_dir / LAST_CHECKPOINT, snapshot)
-            if improved:
-                best = {k: v for k, v in snapshot.items() if k not in ("optimizer", "scheduler", "rng")}
-                save_checkpoint(ckpt_dir / BEST_CHECKPOINT, best)
-            write_run_metrics(out, history, early, status="running")
-            plot_curves(history, out / "curves.png")
-        ctx.barrier()
-        if early["epochs_without_improvement"] >= config.patience:
-            stopped_by = "early_stopping"
-
-    finished = stopped_by in (None, "early_stopping")
-    result = {
-        "status": "finished" if finished else "stopped_at_max_steps",
-        "stopped_by": stopped_by or "epochs",
-        "steps": progress_state["step"],
-        "epochs_completed": progress_state["epoch"],
-    }
-    if finished and config.evaluate_test and early["best_epoch"] is not None:
-        result["test"] = _evaluate_best(config, ctx, dataset, out, device, precision, per_process_batch, workers)
-    if ctx.is_main:
-        metrics = write_run_metrics(out, history, early, status=result["status"], extra=result)
+    def finish(self, ctx: Distributed, result: dict, history: list[dict]) -> dict:
+        config, early = self.config, self.early
+        if result["status"] == "finished" and config.evaluate_test and early["best_epoch"] is not None:
+            result["test"] = _evaluate_best(
+                config, ctx, self.dataset, self.out, ctx.device, self.precision, self.batch, self.workers
+            )
+        if not ctx.is_main:
+            return {}
+        metrics = write_run_metrics(self.out, history, early, status=result["status"], extra=result)
         if history:
-            plot_curves(history, out / "curves.png")
-    else:
-        metrics = {}
-    ctx.barrier()
-    return metrics  # empty on processes other than the main one
+            plot_curves(history, self.out / "curves.png")
+        return metrics
 
 
 def _epoch_line(record: dict, epochs: int, early: dict) -> str:
@@ -478,36 +304,6 @@ def _epoch_line(record: dict, epochs: int, early: dict) -> str:
         f"{fmt(val.get('average_precision_micro'))} (best macro AP {fmt(early['best_score'] if early['best_epoch'] else None)}"
         f" at epoch {early['best_epoch']}), {speed or 0:.0f} samples/s"
     )
-
-
-def _end_of_epoch(
-    model, val_loader, preprocess, precision, ctx, config, epoch, progress_state, accumulators, scheduler
-) -> dict:
-    ctx.broadcast_buffers(
-        model
-    )  # validate rank 0's model on every process (DDP syncs buffers only at the next forward)
-    parts = ctx.gather(predict(model, val_loader, preprocess, precision, progress=False))
-    logits, targets = merge_predictions(parts)
-    if len(logits):
-        val = multilabel_metrics(logits, targets, class_order=config.class_order)
-        val["loss"] = float(F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(targets)))
-    else:
-        val = {"samples": 0}
-    step_s, wait_s = ctx.mean(accumulators["step_s"]), ctx.mean(accumulators["wait_s"])
-    preprocess_s = ctx.mean(accumulators["preprocess_s"])
-    loss = ctx.mean(accumulators["loss_sum"] / max(1, accumulators["samples"]))
-    samples = accumulators["samples"] * ctx.world_size
-    return {
-        "epoch": epoch + 1,
-        "step": progress_state["step"],
-        "lr": scheduler.get_last_lr()[0],
-        "train_loss": loss,
-        "train_samples": samples,
-        "train_samples_per_s": samples / step_s if step_s else None,
-        "data_wait_fraction": wait_s / step_s if step_s else None,
-        "preprocess_fraction": preprocess_s / step_s if step_s else None,
-        "validation": val,
-    }
 
 
 def _evaluate_best(config, ctx, dataset, out, device, precision, batch, workers) -> dict | None:
