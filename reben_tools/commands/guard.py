@@ -77,6 +77,7 @@ NUMBER_RULES: dict[str, Rule] = {
     "workers": AT_LEAST_0,  # DataLoader workers: 0 = load in the main process
     "max_steps": AT_LEAST_1,
     "checkpoint_every": AT_LEAST_1,
+    "accumulate": AT_LEAST_1,
     "layer_decay": SHARE,
     "mix_prob": PROBABILITY,
     "train_fraction": SHARE,
