@@ -51,6 +51,7 @@ from reben_tools.learn.data.loaders import (
     default_workers,
     make_loader,
     open_dataset,
+    run_source,
     split_indices,
     train_label_frequency,
     training_dataset,
@@ -203,14 +204,15 @@ def _train(
         raise TrainingError(f"--batch-size {config.batch_size} is not divisible by the {ctx.world_size} processes")
     per_process_batch = config.batch_size // ctx.world_size
     workers = default_workers(ctx.local_world_size) if config.workers is None else config.workers
-    identity = archive_identity(config.archive)
+    source = run_source(config.archive, config.metadata)  # recorded below, so --resume and evaluate find it
+    identity = archive_identity(source)
 
     torch.manual_seed(config.seed + ctx.rank)
     np.random.seed(config.seed + ctx.rank)
     random.seed(config.seed + ctx.rank)
 
     dataset = open_dataset(
-        config.archive,
+        source,
         bands,
         config.class_order,
         config.include_snow_cloud,
@@ -285,6 +287,7 @@ def _train(
                 "warmup_steps_used": warmup,
                 "precision_used": precision,
                 "archive_identity": identity,
+                "source": source.record(),
                 "batchnorm": batchnorm,
             },
         )
@@ -293,6 +296,8 @@ def _train(
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         net = torch.compile(net)
+
+    source_record = source.record()
 
     def checkpoint_state() -> dict:
         ctx.broadcast_buffers(model)  # one model on every process: rank 0's BatchNorm statistics
@@ -316,6 +321,7 @@ def _train(
             "world_size": ctx.world_size,
             "archive": str(config.archive),
             "archive_identity": identity,
+            "source": source_record,
         }
 
     def save_last() -> None:

@@ -36,7 +36,7 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,14 @@ from torch import nn
 from reben_tools.format.atomic import write_json_atomic
 from reben_tools.format.bands import BAND_GROUPS
 from reben_tools.learn.data.augment import random_flips
-from reben_tools.learn.data.loaders import DevicePreprocess, default_workers, make_loader, open_dataset, split_indices
+from reben_tools.learn.data.loaders import (
+    DevicePreprocess,
+    default_workers,
+    make_loader,
+    open_dataset,
+    run_source,
+    split_indices,
+)
 from reben_tools.learn.models.croma import CONFIGS, CROMA, PUBLISHED_PARTS, croma_scale
 from reben_tools.learn.models.croma_layout import CheckpointLayoutError, load_published, published_state
 from reben_tools.learn.models.croma_losses import croma_losses
@@ -90,6 +97,8 @@ class PretrainConfig:
     archive: str
     model: str
     out: str
+    metadata: list[str] = field(default_factory=list)
+    """reBEN metadata files of a plain LMDB ``archive``; empty: its own, or found beside it."""
     mask_ratio: float = 0.75
     epochs: int = 100
     batch_size: int = 256
@@ -267,8 +276,9 @@ def _pretrain(
     model = CROMA(CONFIGS[config.model], pretraining=True)
     if config.init is not None and state is None:
         read_init(config.init, model)
+    source = run_source(config.archive, config.metadata)  # recorded in config.json for --resume
     try:
-        dataset = open_dataset(config.archive, PRETRAIN_BANDS, include_snow_cloud=config.include_snow_cloud)
+        dataset = open_dataset(source, PRETRAIN_BANDS, include_snow_cloud=config.include_snow_cloud)
     except TrainingError as exc:
         raise TrainingError(
             str(exc).split("; choose --bands")[0].split(" -- choose --bands")[0]
@@ -345,6 +355,7 @@ def _pretrain(
                 "precision_used": precision,
                 "croma_config": model.config.to_dict(),
                 "input": input_record(statistics),
+                "source": source.record(),
             },
         )
     net: nn.Module = model
