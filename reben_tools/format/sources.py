@@ -211,7 +211,7 @@ def source_from_record(record: Mapping) -> ArchiveSource:
     metadata = [Path(m["path"]) for m in record.get("metadata", [])]
     given = metadata if record.get("metadata_origin") != "archive" else None
     source = open_archive_source(record["path"], given)
-    for entry, path in zip(record.get("metadata", []), metadata):
+    for entry, path in zip(record.get("metadata", []), metadata, strict=True):
         if not path.is_file():
             raise SourceError(f"{path}: the run's metadata file is gone; pass --archive and --metadata")
         if file_sha256(path) != entry["sha256"]:

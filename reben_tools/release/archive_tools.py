@@ -354,7 +354,9 @@ def merge_archive(
                 previous = key
 
         map_size = map_size_for(sizes())
-        total = sum(s["entries"] if s["entries"] is not None else e.stat()["entries"] for s, e in zip(shards, envs))
+        total = sum(
+            s["entries"] if s["entries"] is not None else e.stat()["entries"] for s, e in zip(shards, envs, strict=True)
+        )
         tmp.mkdir(parents=True)
         writer = lmdb.open(str(tmp), map_size=map_size, subdir=True, lock=False, sync=True, metasync=True)
         entries = value_bytes = duplicates = 0
@@ -514,7 +516,7 @@ def lmdb_patch_rows(source: ArchiveSource) -> pa.Table:
     """
     table = read_metadata(source.metadata_files(include_flagged=True))
     rows = []
-    for pid, s1 in zip(table.column("patch_id").to_pylist(), table.column("s1_name").to_pylist()):
+    for pid, s1 in zip(table.column("patch_id").to_pylist(), table.column("s1_name").to_pylist(), strict=True):
         try:
             parsed = naming.parse_patch_id(pid)
             grid = tile_grid(parsed.tile)
