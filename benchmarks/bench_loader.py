@@ -17,9 +17,12 @@ round, so the figures are ratios taken under the same machine load:
       write each batch straight into shared memory, so nothing is copied on the way), its
       native mode, and ConfigILM (``default_collate`` stacks the samples into shared memory)
 
-(a)-(c) read the sharded reben-tools archive and, as ``*_merged``, the merged single
-LMDB that ConfigILM reads; ``a_per_sample_collated`` stacks (a)'s samples with ``collate``. Every reader's tensors are checked against ConfigILM's
-for the same patches before timing. Usage::
+(a)-(c) and (g) read the sharded reben-tools archive and, as ``*_merged``, the plain LMDB that
+``reben merge`` makes of it (``merge_archive``; its metadata files inside it, opened the way a
+command opens a plain LMDB: ``open_archive_source``), which ConfigILM reads too (a byte-identical
+copy: py-lmdb opens one environment once per process); ``a_per_sample_collated`` stacks (a)'s
+samples with ``collate``. Every reader's tensors are checked against ConfigILM's for the same
+patches before timing. Usage::
 
     python benchmarks/bench_loader.py --patches 3000 --configilm-site /tmp/configilm-site
 
@@ -50,7 +53,9 @@ from reben_tools.format.bands import BAND_GROUPS, PUBLISHED_STATISTICS, S1_BANDS
 from reben_tools.format.layout import FLAGGED_METADATA_FILE, METADATA_FILE, PATCHES_FILE, SHARDS_DIR
 from reben_tools.format.manifest import build_manifest, write_manifest
 from reben_tools.format.metadata import read_metadata, write_metadata
-from reben_tools.format.shards import write_lmdb, write_shard
+from reben_tools.format.shards import write_shard
+from reben_tools.format.sources import open_archive_source
+from reben_tools.release.archive_tools import merge_archive
 
 CONFIGILM_14: list[str] = list(BAND_GROUPS["ALL"])
 """Channel order of ConfigILM's 14-channel configuration; replaced at run time by the order the
@@ -134,7 +139,7 @@ def build(work: Path, n: int, shards: int, tiffs: bool) -> dict:
     gpd.GeoDataFrame(patch_rows, crs="EPSG:4326").to_parquet(root / PATCHES_FILE)
     write_manifest(root, build_manifest(infos, {"patches": n}, PUBLISHED_STATISTICS, [], {}, "bench"))
     merged = work / "merged"
-    write_lmdb(merged, [kv for items in shard_items for kv in items])
+    merge_archive(root, merged)  # `reben merge`: one sorted LMDB, the metadata files copied inside
     # ConfigILM gets its own copy: py-lmdb refuses to open one environment twice in a process
     shutil.copytree(merged, work / "merged-configilm")
     for name in (METADATA_FILE, FLAGGED_METADATA_FILE):
@@ -231,8 +236,11 @@ def main() -> None:
     common = dict(bands=CONFIGILM_14, normalisation=stats, include_snow_cloud=True)
     ds_archive = ReBENDataset(data["archive"], **common)
     metadata = [work / METADATA_FILE, work / FLAGGED_METADATA_FILE]
-    ds_merged = ReBENDataset(data["merged"], metadata=metadata, **common)
+    merged_source = open_archive_source(data["merged"])  # what `reben ... merged/` resolves to
+    assert merged_source.is_plain_lmdb and merged_source.origin == "beside", merged_source
+    ds_merged = ReBENDataset(merged_source, **common)
     ds_native = ReBENDataset(data["archive"], native=True, **common)
+    ds_native_merged = ReBENDataset(merged_source, native=True, **common)
     to_image = ds_native.native_transform()
     mean_t, inv_t = to_image.mean, to_image.inv_std
 
@@ -269,6 +277,7 @@ def main() -> None:
         "b": collate(ds_archive.__getitems__(check))["image"],
         "b_merged": collate(ds_merged.__getitems__(check))["image"],
         "c": to_image(collate(ds_native.__getitems__(check))),
+        "c_merged": to_image(collate(ds_native_merged.__getitems__(check))),
         "c_torch": upsample_and_normalise(collate(ds_native.__getitems__(check)), ds_native.layout, mean_t, inv_t),
         "e": torch.stack([tiffs[i] for i in check]),
     }
@@ -314,6 +323,8 @@ def main() -> None:
         "b_batched_merged": batched(lambda ix: collate(ds_merged.__getitems__(ix))["image"]),
         "c_native_fetch": batched(lambda ix: collate(ds_native.__getitems__(ix))),
         "c_native_cpu_transform": batched(lambda ix: to_image(collate(ds_native.__getitems__(ix)))),
+        "c_native_fetch_merged": batched(lambda ix: collate(ds_native_merged.__getitems__(ix))),
+        "c_native_cpu_transform_merged": batched(lambda ix: to_image(collate(ds_native_merged.__getitems__(ix)))),
         "c_native_torch_ops_cpu": batched(
             lambda ix: upsample_and_normalise(collate(ds_native.__getitems__(ix)), ds_native.layout, mean_t, inv_t)
         ),
@@ -361,7 +372,9 @@ def main() -> None:
             return run
 
         readers["g_loader_workers_batched"] = through_loader(ds_archive, collate)
+        readers["g_loader_workers_batched_merged"] = through_loader(ds_merged, collate)
         readers["g_loader_workers_native"] = through_loader(ds_native, collate)
+        readers["g_loader_workers_native_merged"] = through_loader(ds_native_merged, collate)
         readers["g_loader_workers_configilm"] = through_loader(cilm, default_collate)
     for name, run in readers.items():  # warm-up: page cache, memory maps, header caches
         run(rng.permutation(n)[: min(n, 2 * bs)])
@@ -401,8 +414,14 @@ def main() -> None:
                 "b_batched_merged",
                 "a_per_sample_collated",
                 "c_native_fetch",
+                "c_native_fetch_merged",
                 "c_native_cpu_transform",
+                "c_native_cpu_transform_merged",
             )
+        }
+        | {  # the plain LMDB `reben merge` made against the archive's shards it came from
+            f"{k}_merged/{k}": round(ratio(f"{k}_merged", k), 2)
+            for k in ("a_per_sample", "b_batched", "c_native_fetch", "c_native_cpu_transform")
         }
         | {
             "b_batched/a_per_sample": round(ratio("b_batched", "a_per_sample"), 2),
@@ -417,6 +436,14 @@ def main() -> None:
     if args.workers:
         result["ratios_median_per_round"] |= {
             f"{k}/g_loader_workers_configilm": round(ratio(k, "g_loader_workers_configilm"), 2)
+            for k in (
+                "g_loader_workers_batched",
+                "g_loader_workers_batched_merged",
+                "g_loader_workers_native",
+                "g_loader_workers_native_merged",
+            )
+        } | {
+            f"{k}_merged/{k}": round(ratio(f"{k}_merged", k), 2)
             for k in ("g_loader_workers_batched", "g_loader_workers_native")
         }
     print(json.dumps(result, indent=2))

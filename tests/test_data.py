@@ -8,6 +8,7 @@ below, labels and masks from literal class lists and CLC code tables.
 from __future__ import annotations
 
 import pickle
+import shutil
 from pathlib import Path
 
 import geopandas as gpd
@@ -291,9 +292,16 @@ def test_plain_lmdb_with_metadata_gives_the_same_samples(archive_dir, plain, pat
     assert len(only_clean) == 10
 
 
-def test_plain_lmdb_without_metadata_is_refused(plain):
-    with pytest.raises(ValueError, match="metadata"):
-        ReBENDataset(plain[0])
+def test_plain_lmdb_finds_rebens_metadata_beside_it_and_refuses_without(plain, tmp_path):
+    lmdb_dir, metadata = plain
+    found = ReBENDataset(lmdb_dir)  # metadata.parquet sits beside it under reBEN's name
+    assert found.source.origin == "beside" and found.source.metadata[0] == lmdb_dir.parent / "metadata.parquet"
+    assert len(found) == len(ReBENDataset(lmdb_dir, metadata=metadata[:1]))
+    found.close()
+    alone = tmp_path / "alone"
+    shutil.copytree(lmdb_dir, alone)
+    with pytest.raises(ValueError, match=r"needs its metadata: give --metadata metadata.parquet"):
+        ReBENDataset(alone)
 
 
 @pytest.mark.parametrize("order,names", [("alphabetical", ALPHABETICAL), ("original", ORIGINAL)])

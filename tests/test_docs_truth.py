@@ -72,6 +72,8 @@ def test_readme_split_example_works_on_the_archive_metadata():
         "audit/report.md",
         "with_split.parquet",
         "reben-demo/archive/manifest.json",
+        "train-10.parquet",
+        "BigEarthNet-V2-LMDB/data.mdb",
     ],
 )
 def test_readme_example_outputs_are_ignored_by_git(path):

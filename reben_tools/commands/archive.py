@@ -7,56 +7,38 @@ from pathlib import Path
 import typer
 
 from reben_tools.commands.outputs import guarded_output
+from reben_tools.commands.sources import ARCHIVE_HELP, METADATA_OPTION, resolve_archive
 
 
 def verify(
-    archive_dir: Path = typer.Argument(
-        ...,
-        help="The archive directory (with manifest.json), or a bare reBEN LMDB directory (with data.mdb) together with --metadata.",
-    ),
-    metadata: list[Path] = typer.Option(
-        None, "--metadata", help="reBEN metadata parquet file(s) of a bare LMDB directory (repeat for several)."
-    ),
+    archive_dir: Path = typer.Argument(..., help=ARCHIVE_HELP),
+    metadata: list[Path] | None = METADATA_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Check every shard against the manifest and every value against its declared tensors.
 
-    For a bare reBEN LMDB (``reben verify LMDB_DIR --metadata metadata.parquet [--metadata ...]``):
-    every value decodes as its kind, every metadata row has its values, and no key is left
-    that no row names. A truncated data.mdb is reported as such and the other shards are
-    still checked. Exits 1 and prints one line per fault, naming the shard and the key.
+    For a plain reBEN LMDB (``reben verify BigEarthNet-V2-LMDB [--metadata metadata.parquet ...]``):
+    every value decodes as its kind, every metadata row has its S2 and S1 values, and no key is
+    left that no row names. Reference maps are optional: one line says whether it holds none or
+    all of them; a partial set is a fault. A truncated data.mdb is reported as such and the other
+    shards are still checked. Exits 1 and prints one line per fault, naming the shard and the key.
     """
-    from reben_tools.format.layout import MANIFEST_FILE
     from reben_tools.release.archive_tools import verify_archive
     from reben_tools.release.lmdb_verify import verify_lmdb
 
-    if (archive_dir / MANIFEST_FILE).is_file():
-        if metadata:
+    source = resolve_archive(archive_dir, metadata)
+    if source.kind == "archive":
+        if source.origin == "given":
             typer.echo(
-                f"error: {archive_dir} is a reben-tools archive; --metadata is only for a bare LMDB directory", err=True
-            )
-            raise typer.Exit(2)
-        report = verify_archive(archive_dir, progress=not quiet)
-    elif (archive_dir / "data.mdb").is_file():
-        for path in metadata or ():  # before a single value is read
-            if not path.is_file():
-                what = "a folder" if path.is_dir() else "not found"
-                typer.echo(f"error: --metadata {path}: {what}; expected a reBEN metadata parquet file", err=True)
-                raise typer.Exit(2)
-        if not metadata:
-            typer.echo(
-                f"error: {archive_dir} is a bare LMDB directory (no manifest.json); "
-                "give its reBEN metadata with --metadata metadata.parquet [--metadata ...]",
+                f"error: {archive_dir} is a reben-tools archive; --metadata is only for a plain LMDB directory",
                 err=True,
             )
             raise typer.Exit(2)
-        report = verify_lmdb(archive_dir, metadata, progress=not quiet)
+        report = verify_archive(source.path, progress=not quiet)
     else:
-        typer.echo(
-            f"error: {archive_dir}: neither a reben-tools archive (manifest.json) nor an LMDB directory (data.mdb)",
-            err=True,
-        )
-        raise typer.Exit(2)
+        report = verify_lmdb(source.path, source.metadata_files(), progress=not quiet)
+    for note in report.notes:
+        typer.echo(f"{archive_dir}: {note}")
     for fault in report.faults:
         typer.echo(f"FAULT {fault}", err=True)
     if report.faults:
@@ -69,16 +51,18 @@ def verify(
 
 
 def merge(
-    archive_dir: Path = typer.Argument(..., help="The archive directory (with manifest.json)."),
+    archive_dir: Path = typer.Argument(..., help=ARCHIVE_HELP),
     out_dir: Path = typer.Argument(..., callback=guarded_output, help="New directory for the single LMDB environment."),
+    metadata: list[Path] | None = METADATA_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Write all shards into one LMDB environment with sorted keys (reBEN's single-LMDB layout)."""
+    """Write all shards into one LMDB environment with sorted keys (reBEN's single-LMDB layout), with the metadata files inside it."""
     from reben_tools.format.layout import ArchiveError
     from reben_tools.release.archive_tools import merge_archive
 
+    source = resolve_archive(archive_dir, metadata)
     try:
-        summary = merge_archive(archive_dir, out_dir, progress=not quiet)
+        summary = merge_archive(source, out_dir, progress=not quiet)
     except ArchiveError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -89,22 +73,26 @@ def merge(
 
 
 def export_tiff(
-    archive_dir: Path = typer.Argument(..., help="The archive directory (with manifest.json)."),
+    archive_dir: Path = typer.Argument(..., help=ARCHIVE_HELP),
     out_dir: Path = typer.Argument(
         ..., callback=guarded_output, help="Where to write BigEarthNet-S2/, BigEarthNet-S1/, Reference_Maps/."
     ),
+    metadata: list[Path] | None = METADATA_OPTION,
     flat: bool = typer.Option(False, "--flat", help="Patch folders directly under each part, no product level."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Write the archive back as reBEN's GeoTIFF release, georeferenced from patches.parquet."""
+    """Write the archive back as reBEN's GeoTIFF release, georeferenced from patches.parquet (a plain LMDB: from the patch ids' MGRS tiles)."""
     from reben_tools.format.layout import ArchiveError
     from reben_tools.release.archive_tools import export_geotiffs
 
+    source = resolve_archive(archive_dir, metadata)
     try:
-        summary = export_geotiffs(archive_dir, out_dir, nested=not flat, progress=not quiet)
+        summary = export_geotiffs(source, out_dir, nested=not flat, progress=not quiet)
     except ArchiveError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    for note in summary.notes:
+        typer.echo(note, err=True)
     for error in summary.errors:
         typer.echo(f"ERROR {error}", err=True)
     typer.echo(f"{out_dir}: {summary.patches} patch(es), {summary.files} GeoTIFF(s)")

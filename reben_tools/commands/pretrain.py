@@ -14,10 +14,14 @@ from pathlib import Path
 import typer
 
 from reben_tools.commands.outputs import guarded_output
+from reben_tools.commands.sources import ARCHIVE_HELP, METADATA_OPTION, resolve_archive
 
 
 def pretrain(
-    archive: Path | None = typer.Option(None, "--archive", help="Archive directory with S1 and S2 values."),
+    archive: Path | None = typer.Option(
+        None, "--archive", help=ARCHIVE_HELP + " With S1 and S2 values; with --resume, default: the run's."
+    ),
+    metadata: list[Path] | None = METADATA_OPTION,
     out: Path = typer.Option(
         ...,
         "--out",
@@ -91,15 +95,30 @@ def pretrain(
     if not resume and (archive is None or model is None):
         typer.echo("error: --archive and --model are required (unless --resume continues a run)", err=True)
         raise typer.Exit(2)
+    if metadata and archive is None:
+        typer.echo("error: --metadata goes with --archive", err=True)
+        raise typer.Exit(2)
     if resume and archive is None:
         stored = Path(out) / "config.json"
         if not stored.is_file():
             typer.echo(f"error: {stored}: no run to resume", err=True)
             raise typer.Exit(1)
-        archive = Path(json.loads(stored.read_text())["archive"])
+        run = json.loads(stored.read_text())
+        if run.get("source"):  # the archive or plain LMDB and the metadata files the run read, checked unchanged
+            from reben_tools.learn.data.loaders import recorded_source
+
+            try:
+                archive, metadata = recorded_source(run["source"])
+            except TrainingError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from None
+        else:
+            archive, metadata = run["archive"], run.get("metadata") or []
+    source = resolve_archive(archive, metadata, statistics=True)
     values = {k: (v if v is not None else DEFAULTS.get(k)) for k, v in given_values.items()}
     config = PretrainConfig(
-        archive=str(archive),
+        archive=str(source.path),
+        metadata=[] if source.origin == "archive" else [str(p) for p in source.metadata],
         out=str(out),
         device=device,
         precision=precision,
@@ -131,7 +150,8 @@ def _run_files(out: Path) -> dict:
 
 
 def embed(
-    archive: Path = typer.Option(..., "--archive", help="Archive directory."),
+    archive: Path = typer.Option(..., "--archive", help=ARCHIVE_HELP),
+    metadata: list[Path] | None = METADATA_OPTION,
     encoder: str = typer.Option(
         ...,
         "--encoder",
@@ -163,6 +183,7 @@ def embed(
     from reben_tools.learn.runtime.config import TrainingError
 
     band_arg = [b.strip() for b in bands.split(",")] if bands and "," in bands else bands
+    source = resolve_archive(archive, metadata, statistics=True)
     try:
         module = load_encoder(encoder)
         if input_mode is not None:
@@ -172,7 +193,7 @@ def embed(
                 raise EncoderError(f"unknown --input-mode {input_mode!r}; expected interpolate or resize")
             module.model.input_mode = input_mode
         summary = embed_archive(
-            archive,
+            source,
             module,
             out,
             split=split,

@@ -3,7 +3,7 @@
 Owns: the ``show`` command.
 Does not own: the drawing (``learn.sample_figure`` through ``ReBENDataset.plot``), reading samples
 (``learn.dataset``).
-May import: ``reben_tools.learn``, ``reben_tools.format``, ``reben_tools.commands.outputs``, typer.
+May import: ``reben_tools.learn``, ``reben_tools.format``, ``reben_tools.commands.outputs``, ``.sources``, typer.
 """
 
 from __future__ import annotations
@@ -13,29 +13,31 @@ from pathlib import Path
 import typer
 
 from reben_tools.commands.outputs import guarded_output
+from reben_tools.commands.sources import ARCHIVE_HELP, METADATA_OPTION, resolve_archive
 
 
 def show(
-    archive: Path = typer.Argument(..., help="The archive directory (or a plain reBEN LMDB with --metadata)."),
+    archive: Path = typer.Argument(..., help=ARCHIVE_HELP),
     patch_id: str = typer.Argument(
         ..., help="The S2 patch id, e.g. S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57."
     ),
     out: Path = typer.Option(Path("patch.png"), "--out", "-o", callback=guarded_output, help="PNG to write."),
-    metadata: list[Path] = typer.Option([], "--metadata", help="reBEN metadata parquet(s), for a plain reBEN LMDB."),
+    metadata: list[Path] | None = METADATA_OPTION,
 ) -> None:
-    """Draw PATCH_ID: Sentinel-2 RGB, Sentinel-1 VV and VH, the reference map in CORINE colours, the labels as title."""
+    """Draw PATCH_ID: Sentinel-2 RGB, Sentinel-1 VV and VH, the reference map in CORINE colours (when the archive holds
+    it; a plain LMDB of S1/S2 values only is drawn without), the labels as title."""
     import matplotlib.pyplot as plt
 
     from reben_tools.format.codec import ValueDecodeError
     from reben_tools.format.layout import ArchiveError
     from reben_tools.learn.data.dataset import ReBENDataset
 
+    source = resolve_archive(archive, metadata, statistics=True)
     try:
-        dataset = ReBENDataset(
-            archive, bands="ALL", include_snow_cloud=True, metadata=[str(m) for m in metadata] or None
-        )
+        dataset = ReBENDataset(source, bands="ALL", include_snow_cloud=True)
         sample = dataset[dataset.index_of(patch_id)]
         figure = dataset.plot(sample)
+        figure_has_map = any(axis.get_title().startswith("Reference map") for axis in figure.axes)
     except KeyError as exc:
         typer.echo(f"error: {exc.args[0]}", err=True)
         raise typer.Exit(1) from None
@@ -45,7 +47,7 @@ def show(
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
     plt.close(figure)
-    typer.echo(f"{out}: {patch_id}")
+    typer.echo(f"{out}: {patch_id}" + ("" if figure_has_map else " (no reference map in the archive: drawn without)"))
 
 
 def register(app: typer.Typer) -> None:

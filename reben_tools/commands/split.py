@@ -7,15 +7,30 @@ from pathlib import Path
 import typer
 
 from reben_tools.commands.outputs import guarded_output
+from reben_tools.commands.sources import METADATA_OPTION, announce, names_an_archive, resolve_archive
 
 _INPUT_HELP = (
-    "An archive directory (its patches.parquet), a patches.parquet, or any parquet with a patch_id column "
-    "(e.g. reBEN's metadata.parquet)."
+    "An archive directory (its patches.parquet: every patch, snow/cloud-flagged ones included, as one line says), "
+    "a plain reBEN LMDB directory (its metadata files: --metadata, or reBEN's files inside or beside it), "
+    "a patches.parquet, or any parquet with a patch_id column (e.g. reBEN's metadata.parquet)."
 )
+
+
+def _input(input_path: Path, metadata: list[Path] | None, what: str):
+    """INPUT as split/audit read it: an ArchiveSource for archive and LMDB directories (saying in
+    one line which patches are used and why), else the path itself."""
+    from reben_tools.format.sources import describe_rows
+
+    if not (names_an_archive(input_path) or metadata):
+        return input_path
+    source = resolve_archive(input_path, metadata)
+    announce(describe_rows(source, what))
+    return source
 
 
 def split(
     input_path: Path = typer.Argument(..., help=_INPUT_HELP),
+    metadata: list[Path] | None = METADATA_OPTION,
     strategy: str = typer.Option("reben", "--strategy", "-s", help="reben, v1-blocks or spatial-blocks."),
     out: Path = typer.Option(
         ..., "--out", "-o", callback=guarded_output, help="Output parquet: the input's rows with 'split' set."
@@ -52,7 +67,8 @@ def split(
         options["balance_countries"] = False
     try:
         info: dict = {}
-        counts = split_file(input_path, out, strategy, tile_side_m=tile_side_m, info=info, **options)
+        source = _input(input_path, metadata, "splitting")
+        counts = split_file(source, out, strategy, tile_side_m=tile_side_m, info=info, **options)
     except (SplitInputError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -68,6 +84,7 @@ def split(
 
 def audit(
     input_path: Path = typer.Argument(..., help=_INPUT_HELP),
+    metadata: list[Path] | None = METADATA_OPTION,
     out: Path = typer.Option(
         ..., "--out", "-o", callback=guarded_output, help="Report directory (report.json, report.md, PNG figures)."
     ),
@@ -92,8 +109,9 @@ def audit(
     from reben_tools.splits.patches import SplitInputError
 
     try:
+        source = _input(input_path, metadata, "auditing")
         report = run_audit(
-            input_path,
+            source,
             out,
             split_columns=split_column or None,
             strategies=strategy or None,

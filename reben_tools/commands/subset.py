@@ -7,12 +7,16 @@ from pathlib import Path
 import typer
 
 from reben_tools.commands.outputs import guarded_output
+from reben_tools.commands.sources import METADATA_OPTION, announce, names_an_archive, resolve_archive
 
 
 def subset(
     input_path: Path = typer.Argument(
-        ..., help="A reBEN metadata parquet, or an archive directory (its metadata.parquet)."
+        ...,
+        help="A reBEN metadata parquet, an archive directory (its metadata.parquet), or a plain reBEN LMDB directory "
+        "(with --metadata, or reBEN's metadata files inside or beside it).",
     ),
+    metadata: list[Path] | None = METADATA_OPTION,
     fraction: float = typer.Option(..., "--fraction", "-f", help="Share of the train split to keep, in (0, 1]."),
     out: Path = typer.Option(
         ...,
@@ -23,7 +27,9 @@ def subset(
     ),
     seed: int = typer.Option(0, "--seed", help="Draw seed."),
     include_snow_cloud: bool = typer.Option(
-        False, "--include-snow-cloud", help="Archive input: also draw from the snow/cloud/shadow metadata file."
+        False,
+        "--include-snow-cloud",
+        help="Archive or LMDB input: also draw from the patches flagged for snow/cloud/shadow.",
     ),
     report: Path | None = typer.Option(None, "--report", help="Also write the label distribution as JSON here."),
 ) -> None:
@@ -32,10 +38,21 @@ def subset(
     Prints the subset's label distribution against the full train split.
     """
     from reben_tools.format.atomic import write_json_atomic
-    from reben_tools.splits.subsets import SubsetError, distribution_markdown, write_subset
+    from reben_tools.format.layout import ArchiveError
+    from reben_tools.format.sources import source_rows
+    from reben_tools.splits.subsets import SubsetError, distribution_markdown, write_subset, write_subset_rows
 
     try:
-        result = write_subset(input_path, out, fraction, seed, include_snow_cloud)
+        if names_an_archive(input_path) or metadata:
+            source = resolve_archive(input_path, metadata)
+            try:
+                table, line = source_rows(source, include_snow_cloud)
+            except ArchiveError as exc:
+                raise SubsetError(str(exc)) from None
+            announce(line)
+            result = write_subset_rows(table, ", ".join(str(p) for p in source.metadata), out, fraction, seed)
+        else:
+            result = write_subset(input_path, out, fraction, seed, include_snow_cloud)
     except SubsetError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from reben_tools.commands.outputs import guarded_output
+from reben_tools.commands.sources import ARCHIVE_HELP, METADATA_OPTION, announce, resolve_archive
 
 _RECIPE = "default: reBEN's published recipe"
 
@@ -17,8 +18,9 @@ def train(
     archive: Path | None = typer.Option(
         None,
         "--archive",
-        help="Archive directory (manifest.json, shards/, metadata); with --resume, default: the run's.",
+        help=ARCHIVE_HELP + " With --resume, default: the run's.",
     ),
+    metadata: list[Path] | None = METADATA_OPTION,
     out: Path = typer.Option(
         ..., "--out", callback=guarded_output, help="Run directory: checkpoints/, metrics.json, curves.png, test/."
     ),
@@ -182,13 +184,15 @@ def train(
         _fail(exc)
     values = {k: (v if v is not None else DEFAULTS.get(k)) for k, v in given_values.items()}
     values["model_kwargs"] = values["model_kwargs"] or {}
+    archive_path, metadata_files = _archive_and_metadata(archive, metadata)
     if input_mode is None and not resume:
         from reben_tools.learn.models.dofa import input_mode_for_init
 
         if (mode := input_mode_for_init(init)) is not None:  # published DOFA weights: resize to 224
             values["model_kwargs"] = {**values["model_kwargs"], "input_mode": mode}
     config = TrainConfig(
-        archive=str(archive) if archive is not None else "",
+        archive=archive_path,
+        metadata=metadata_files,
         out=str(out),
         device=device,
         precision=precision,
@@ -227,6 +231,46 @@ def train(
         typer.echo(json.dumps(summary, indent=2))
 
 
+def _archive_and_metadata(archive: Path | None, metadata: list[Path] | None) -> tuple[str, list[str]]:
+    """``(archive path, metadata files)`` for a run's config from ``--archive``/``--metadata``
+    (announcing metadata found beside a plain LMDB and its statistics); ``("", [])`` without --archive."""
+    if archive is None:
+        if metadata:
+            typer.echo("error: --metadata goes with --archive", err=True)
+            raise typer.Exit(2)
+        return "", []
+    source = resolve_archive(archive, metadata, statistics=True)
+    return str(source.path), [] if source.origin == "archive" else [str(p) for p in source.metadata]
+
+
+def _archive_of_run(checkpoint: Path) -> tuple[str, list[str]]:
+    """The archive and metadata files a checkpoint's run recorded (its run directory's config.json), checked."""
+    from reben_tools.learn.data.loaders import recorded_source
+    from reben_tools.learn.runtime.config import TrainingError
+
+    config = checkpoint.resolve().parent.parent / "config.json"
+    try:
+        stored = json.loads(config.read_text())
+    except (OSError, ValueError):
+        stored = {}
+    try:
+        if stored.get("source"):
+            archive, metadata = recorded_source(stored["source"])
+        elif stored.get("archive"):
+            archive, metadata = stored["archive"], list(stored.get("metadata") or [])
+        else:
+            typer.echo(
+                f"error: {checkpoint}: its run directory records no archive ({config}); pass --archive", err=True
+            )
+            raise typer.Exit(2)
+    except TrainingError as exc:
+        _fail(exc)
+    announce(
+        f"{checkpoint}: reading the run's archive {archive}" + (f" with {', '.join(metadata)}" if metadata else "")
+    )
+    return archive, metadata
+
+
 def _run_files(out: Path) -> dict:
     """Where a finished run's checkpoints, metrics and plots are (those that exist)."""
     names = {
@@ -250,7 +294,10 @@ def _fail(exc: Exception) -> None:
 
 
 def evaluate(
-    archive: Path = typer.Option(..., "--archive", help="Archive directory."),
+    archive: Path | None = typer.Option(
+        None, "--archive", help=ARCHIVE_HELP + " Default: the archive the checkpoint's run recorded."
+    ),
+    metadata: list[Path] | None = METADATA_OPTION,
     checkpoint: Path = typer.Option(
         ..., "--checkpoint", help="A checkpoint written by reben train (best.pt or last.pt)."
     ),
@@ -274,12 +321,18 @@ def evaluate(
     from reben_tools.learn.evaluation.predict import evaluate as run_evaluation
     from reben_tools.learn.runtime.config import TrainingError, check_numbers
 
+    if archive is None:
+        if metadata:
+            typer.echo("error: --metadata goes with --archive", err=True)
+            raise typer.Exit(2)
+        archive, metadata = _archive_of_run(checkpoint)
+    source = resolve_archive(archive, metadata, statistics=True)
     try:
         check_numbers({"batch_size": batch_size, "workers": workers})
         if not 0 < threshold < 1:
             raise TrainingError(f"--threshold must be a probability in (0, 1) (got {threshold})")
         metrics = run_evaluation(
-            archive,
+            source,
             checkpoint,
             split=split,
             out=out,
@@ -309,8 +362,9 @@ def evaluate(
 
 def probe(
     archive: Path | None = typer.Option(
-        None, "--archive", help="Archive directory (with --checkpoint, or --model/--bands)."
+        None, "--archive", help=ARCHIVE_HELP + " With --checkpoint, --model/--bands or --encoder."
     ),
+    metadata: list[Path] | None = METADATA_OPTION,
     embeddings: Path | None = typer.Option(
         None, "--embeddings", help="An embeddings parquet written by `reben embed` (instead of --archive)."
     ),
@@ -394,6 +448,10 @@ def probe(
             "error: --encoder goes with --archive alone (not with --embeddings, --checkpoint or --model)", err=True
         )
         raise typer.Exit(2)
+    if metadata and archive is None:
+        typer.echo("error: --metadata goes with --archive", err=True)
+        raise typer.Exit(2)
+    source = resolve_archive(archive, metadata, statistics=True) if archive is not None else None
     try:
         if encoder is not None:
             from reben_tools.learn.evaluation.embed import embed_archive
@@ -401,7 +459,7 @@ def probe(
 
             embeddings = Path(out) / "embeddings.parquet"
             embed_archive(
-                archive,
+                source,
                 load_encoder(encoder),
                 embeddings,
                 bands=_band_arg(bands),
@@ -426,7 +484,7 @@ def probe(
             )
         else:
             results = run_probe(
-                archive,
+                source,
                 checkpoint,
                 out,
                 model=model,

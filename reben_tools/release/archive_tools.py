@@ -13,7 +13,7 @@
 Owns: :func:`verify_archive`, :func:`merge_archive`, :func:`export_geotiffs`.
 Does not own: the archive format and its writers/readers (``format``), encoding a release
 (``release.encode*``), the GeoTIFF layout (``release.geotiff_release``, ``release.geotiff_write``).
-May import: ``format``, ``release.geotiff_release``, ``release.geotiff_write``, lmdb, pyarrow, numpy.
+May import: ``format``, ``geo.mgrs_grid``, ``release.geotiff_release``, ``release.geotiff_write``, lmdb, pyarrow, numpy.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lmdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reben_tools.format import codec, naming
@@ -45,6 +46,8 @@ from reben_tools.format.manifest import read_manifest
 from reben_tools.format.metadata import read_metadata
 from reben_tools.format.reader import Archive, shared_environment
 from reben_tools.format.shards import ContentDigest, map_size_for
+from reben_tools.format.sources import ArchiveSource, open_archive_source
+from reben_tools.geo.mgrs_grid import tile_grid
 from reben_tools.release.geotiff_release import REFERENCE_MAP_BAND
 from reben_tools.release.geotiff_write import write_patch
 
@@ -75,6 +78,8 @@ class VerifyReport:
     shards: int = 0
     values: int = 0
     faults: list[Fault] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Findings that are not faults, one line each (e.g. a plain LMDB without reference maps)."""
 
     @property
     def ok(self) -> bool:
@@ -297,13 +302,17 @@ def _shard_stream(index: int, env: lmdb.Environment) -> Iterator[tuple[bytes, in
             yield bytes(key), index, value
 
 
-def merge_archive(path: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = False) -> MergeSummary:
+def merge_archive(
+    path: str | os.PathLike | ArchiveSource, out_dir: str | os.PathLike, progress: bool = False
+) -> MergeSummary:
     """Write every shard of an archive into one LMDB environment ``out_dir`` (sorted keys).
 
     ``out_dir`` must not exist or be empty; the environment is written into a temporary
-    sibling and renamed into place, and the archive's metadata parquet files are copied
-    next to ``data.mdb``. A key that several shards hold is written once; their values
-    must be byte-identical.
+    sibling and renamed into place, and the source's metadata parquet files (the archive's
+    own, or the files given with a plain LMDB) are copied next to ``data.mdb``, where
+    :func:`reben_tools.format.sources.open_archive_source` finds them. A key that several
+    shards hold is written once; their values must be byte-identical. A plain LMDB
+    (``path`` an :class:`ArchiveSource` or LMDB directory) is copied as one shard.
 
     Raises:
         ArchiveError: the archive is unreadable, ``out_dir`` is not empty, or two shards
@@ -311,18 +320,21 @@ def merge_archive(path: str | os.PathLike, out_dir: str | os.PathLike, progress:
     """
     from tqdm import tqdm
 
-    root = Path(path)
+    source = open_archive_source(path)
+    root = source.path
     out = Path(out_dir)
-    manifest = read_manifest(root)
+    if source.kind == "archive":
+        shards = read_manifest(root)["shards"]
+        places = [(root / SHARDS_DIR / s["name"], s.get("file_bytes")) for s in shards]
+    else:
+        shards = [{"name": root.name, "entries": None}]
+        places = [(root, None)]
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ArchiveError(f"{out}: exists and is not an empty directory")
-    names = [s["name"] for s in manifest["shards"]]
+    names = [s["name"] for s in shards]
     scopes = ExitStack()  # every shard's size is checked before any is read (truncated -> ArchiveError)
     try:
-        envs = [
-            scopes.enter_context(shared_environment(root / SHARDS_DIR / s["name"], s.get("file_bytes")))
-            for s in manifest["shards"]
-        ]
+        envs = [scopes.enter_context(shared_environment(place, recorded)) for place, recorded in places]
     except BaseException:
         scopes.close()
         raise
@@ -342,7 +354,9 @@ def merge_archive(path: str | os.PathLike, out_dir: str | os.PathLike, progress:
                 previous = key
 
         map_size = map_size_for(sizes())
-        total = sum(s["entries"] for s in manifest["shards"])
+        total = sum(
+            s["entries"] if s["entries"] is not None else e.stat()["entries"] for s, e in zip(shards, envs, strict=True)
+        )
         tmp.mkdir(parents=True)
         writer = lmdb.open(str(tmp), map_size=map_size, subdir=True, lock=False, sync=True, metasync=True)
         entries = value_bytes = duplicates = 0
@@ -369,9 +383,9 @@ def merge_archive(path: str | os.PathLike, out_dir: str | os.PathLike, progress:
             writer.sync(True)
         finally:
             writer.close()
-        for metadata_name in (METADATA_FILE, FLAGGED_METADATA_FILE):
-            if (root / metadata_name).is_file():
-                shutil.copyfile(root / metadata_name, tmp / metadata_name)
+        for metadata_file in source.metadata:
+            if metadata_file.is_file():
+                shutil.copyfile(metadata_file, tmp / metadata_file.name)
         try:
             if out.exists():
                 out.rmdir()
@@ -397,6 +411,8 @@ class ExportSummary:
     patches: int = 0
     files: int = 0
     errors: list[str] = field(default_factory=list)
+    reference_maps: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
 def _shown(key: str) -> str:
@@ -407,7 +423,7 @@ def _shown(key: str) -> str:
 def export_geotiffs(
     path: str | os.PathLike, out_dir: str | os.PathLike, nested: bool = True, progress: bool = False
 ) -> ExportSummary:
-    """Write an archive back as reBEN's GeoTIFF release under ``out_dir``.
+    """Write an archive (or a plain reBEN LMDB, see :func:`lmdb_patch_rows`) back as reBEN's GeoTIFF release under ``out_dir``.
 
     Layout: ``BigEarthNet-S2/<product>/<patch_id>/<patch_id>_<band>.tif`` (uint16,
     uncompressed), ``BigEarthNet-S1/<s1 product>/<s1_name>/<s1_name>_<VV|VH>.tif``
@@ -419,12 +435,16 @@ def export_geotiffs(
     """
     from tqdm import tqdm
 
-    root = Path(path)
+    source = open_archive_source(path)
+    root = source.path
     patches_path = root / PATCHES_FILE
-    try:
-        table = pq.read_table(patches_path)
-    except (OSError, ValueError) as exc:
-        raise ArchiveError(f"{patches_path}: cannot read ({exc})") from None
+    if source.is_plain_lmdb:  # no patches.parquet: rows from the metadata, georeferenced from the patch ids
+        table, patches_path = lmdb_patch_rows(source), source.metadata[0]
+    else:
+        try:
+            table = pq.read_table(patches_path)
+        except (OSError, ValueError) as exc:
+            raise ArchiveError(f"{patches_path}: cannot read ({exc})") from None
     missing = [c for c in ("patch_id", "crs", "ulx", "uly") if c not in table.column_names]
     if missing:
         raise ArchiveError(f"{patches_path}: missing column(s) {missing}")
@@ -449,7 +469,7 @@ def export_geotiffs(
             usable.append(row)
     rows = sorted(usable, key=lambda r: r["patch_id"])
     out = Path(out_dir)
-    with Archive(root) as source:
+    with Archive(root) as reader:
         for row in tqdm(rows, desc="export-tiff", unit="patch", disable=not progress):
             pid = row["patch_id"]
             crs, ulx, uly = row["crs"], row["ulx"], row["uly"]
@@ -461,9 +481,9 @@ def export_geotiffs(
             wrote_any = False
             for kind, key, name in wanted:
                 try:
-                    value = source.get(key)
+                    value = reader.get(key)
                 except KeyError:
-                    if kind == "S2" or "has_s1" in row:
+                    if kind == "S2" or f"has_{kind.lower()}" in row:
                         summary.errors.append(f"key {_shown(key)}: not found in the archive")
                     continue
                 try:
@@ -479,9 +499,43 @@ def export_geotiffs(
                     summary.errors.append(f"key {_shown(key)}: cannot write GeoTIFFs ({exc})")
                     continue
                 summary.files += len(arrays)
+                summary.reference_maps += kind == "reference_map"
                 wrote_any = True
             summary.patches += int(wrote_any)
+    if source.is_plain_lmdb and rows and not summary.reference_maps:
+        summary.notes.append(f"reference maps: none in {root} (S1/S2 values only); no Reference_Maps/ written")
     return summary
+
+
+def lmdb_patch_rows(source: ArchiveSource) -> pa.Table:
+    """``patch_id``, ``s1_name``, ``has_s1``, ``crs``, ``ulx``, ``uly`` of a plain LMDB's metadata rows.
+
+    The upper-left corner follows from the patch id: its MGRS tile's corner plus 1,200 m per
+    column and row (``geo.mgrs_grid``); ids that are not reBEN patch ids get null coordinates
+    (and are reported by the export).
+    """
+    table = read_metadata(source.metadata_files(include_flagged=True))
+    rows = []
+    for pid, s1 in zip(table.column("patch_id").to_pylist(), table.column("s1_name").to_pylist(), strict=True):
+        try:
+            parsed = naming.parse_patch_id(pid)
+            grid = tile_grid(parsed.tile)
+        except ValueError:
+            rows.append({"patch_id": pid, "s1_name": s1, "has_s1": bool(s1), "crs": None, "ulx": None, "uly": None})
+            continue
+        ulx, uly = grid.patch_upper_left(parsed.x, parsed.y)
+        rows.append({"patch_id": pid, "s1_name": s1, "has_s1": bool(s1), "crs": grid.crs, "ulx": ulx, "uly": uly})
+    schema = pa.schema(
+        [
+            ("patch_id", pa.string()),
+            ("s1_name", pa.string()),
+            ("has_s1", pa.bool_()),
+            ("crs", pa.string()),
+            ("ulx", pa.float64()),
+            ("uly", pa.float64()),
+        ]
+    )
+    return pa.Table.from_pylist(rows, schema=schema)
 
 
 __all__ = [

@@ -7,8 +7,10 @@ This is how the official release is distributed: one ``data.mdb`` plus ``metadat
 * the data file holds every page its LMDB meta page names (a truncated file is reported,
   never opened);
 * every value decodes as its kind (S2 patch, S1 patch, reference map; by key form);
-* every metadata row has its values: ``patch_id`` (S2), ``s1_name`` (S1) and
-  ``<patch_id>_reference_map``;
+* every metadata row has its values: ``patch_id`` (S2) and ``s1_name`` (S1);
+* reference maps (``<patch_id>_reference_map``) are optional: an LMDB of S1 and S2 values
+  only is a normal release (what most ConfigILM users hold). One line says whether it holds
+  none or all of them; only a partial set is a fault, and that line names the missing ones;
 * no key is left that no metadata row names.
 
 Owns: :func:`verify_lmdb`.
@@ -58,10 +60,11 @@ def verify_lmdb(path: str | os.PathLike, metadata: Iterable[str | os.PathLike], 
         report.faults.append(Fault("-", None, str(exc)))
         table = None
     wanted: dict[str, str] = {}  # key -> what names it
+    maps: set[str] = set()  # reference-map keys the rows name (optional, all or none)
     if table is not None:
         for pid, s1 in zip(table.column("patch_id").to_pylist(), table.column("s1_name").to_pylist()):
             wanted[pid] = f"S2 patch of {pid}"
-            wanted[naming.reference_map_key(pid)] = f"reference map of {pid}"
+            maps.add(naming.reference_map_key(pid))
             if s1:
                 wanted[s1] = f"S1 partner of {pid}"
     seen: set[str] = set()
@@ -89,7 +92,7 @@ def verify_lmdb(path: str | os.PathLike, metadata: Iterable[str | os.PathLike], 
                     codec.check_value(key, value, codec.kind_of_key(key))
                 except ValueError as exc:
                     report.faults.append(Fault(name, key, str(exc)))
-                if table is not None and key not in wanted:
+                if table is not None and key not in wanted and key not in maps:
                     unnamed.append(key)
     except lmdb.Error as exc:
         after = f" after key {last_key}" if last_key else ""
@@ -99,6 +102,7 @@ def verify_lmdb(path: str | os.PathLike, metadata: Iterable[str | os.PathLike], 
         scope.__exit__(None, None, None)
     if table is None:
         return report
+    _reference_map_census(name, maps, seen, report)
     missing = [key for key in wanted if key not in seen]
     for key in sorted(missing)[:MAX_LISTED]:
         report.faults.append(Fault(name, key, f"the metadata names this key ({wanted[key]}), but the LMDB lacks it"))
@@ -113,6 +117,27 @@ def verify_lmdb(path: str | os.PathLike, metadata: Iterable[str | os.PathLike], 
             Fault(name, None, f"... and {len(unnamed) - MAX_LISTED} more key(s) no metadata row names")
         )
     return report
+
+
+def _reference_map_census(name: str, maps: set[str], seen: set[str], report: VerifyReport) -> None:
+    """One line on the reference maps: a note when the LMDB holds none or all, a fault naming the missing ones otherwise."""
+    present = len(maps & seen)
+    if not maps:
+        return
+    if present == 0:
+        report.notes.append(
+            f"reference maps: none ({len(maps):,} patches, S1/S2 values only; show draws no map panel, --mix cutmix-lp and masks are off)"
+        )
+    elif present == len(maps):
+        report.notes.append(f"reference maps: all {len(maps):,}")
+    else:
+        missing = sorted(maps - seen)
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5:,} more" if len(missing) > 5 else "")
+        report.faults.append(
+            Fault(
+                name, None, f"reference maps: {present:,} of {len(maps):,} present, {len(missing):,} missing: {shown}"
+            )
+        )
 
 
 __all__ = ["verify_lmdb"]

@@ -42,6 +42,7 @@ import numpy as np
 
 from reben_tools.format.layout import SPLITS
 from reben_tools.format.outputs import check_output_path
+from reben_tools.format.sources import ArchiveSource
 from reben_tools.splits.audit_figures import distance_histogram_figure, label_figure, split_map_figure
 from reben_tools.splits.audit_measures import (
     ADJACENCY_M,
@@ -401,7 +402,7 @@ def _write_outputs(out_dir: Path, files: Mapping[str, bytes]) -> None:
 
 
 def run_audit(
-    input_path: str | Path,
+    input_path: str | Path | ArchiveSource,
     out_dir: str | Path,
     split_columns: Sequence[str] | None = None,
     strategies: Sequence[str | SplitStrategy] | None = None,
@@ -416,7 +417,8 @@ def run_audit(
     """Audit splits of INPUT and write ``report.json``, ``report.md`` and PNG figures to ``out_dir``.
 
     Args:
-        input_path: archive directory, ``patches.parquet`` or any parquet with ``patch_id``.
+        input_path: archive directory, ``patches.parquet`` or any parquet with ``patch_id``, or an
+            ArchiveSource (see :func:`reben_tools.splits.patches.load_patches`).
         out_dir: report directory (created; files in it are replaced).
         split_columns: columns of the input holding splits. With neither this nor
             ``strategies`` given: the input's ``split`` column (if any) and every strategy.

@@ -14,7 +14,7 @@ Owns: :class:`PatchTable`, :class:`SplitInputError`, reading and validating INPU
 :func:`load_patches`), :func:`categorical`, and the grid constants (patch side, common grid CRS).
 Does not own: split strategies and writing split files (``splits.strategies``), the audit
 (``splits.audit*``), MGRS tile geometry (``geo.mgrs_grid``).
-May import: ``format`` (layout, naming), ``geo``, numpy, pyarrow, pyproj (lazily).
+May import: ``format`` (layout, metadata, naming, sources), ``geo``, numpy, pyarrow, pyproj (lazily).
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from reben_tools.format.layout import FLAGGED_METADATA_FILE, METADATA_FILE, PATCHES_FILE
+from reben_tools.format.layout import FLAGGED_METADATA_FILE, METADATA_FILE, PATCHES_FILE, ArchiveError
+from reben_tools.format.metadata import read_metadata
 from reben_tools.format.naming import PATCH_ID_PATTERN
+from reben_tools.format.sources import ArchiveSource
 from reben_tools.geo.mgrs_grid import TILE_SIDE_M, UnknownTileError, tile_grid
 
 FULL_TILE_SIDE_M = TILE_SIDE_M
@@ -432,15 +434,26 @@ def grid_tile_side(tile_index: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.n
     return sides[tile_index].astype(np.float64)
 
 
-def load_patches(path: str | Path, tile_side_m: float | None = None) -> PatchTable:
-    """Read and validate INPUT (archive directory, ``patches.parquet`` or any parquet with ``patch_id``).
+def load_patches(path: str | Path | ArchiveSource, tile_side_m: float | None = None) -> PatchTable:
+    """Read and validate INPUT (archive directory, ``patches.parquet`` or any parquet with ``patch_id``,
+    or an :class:`ArchiveSource`: an archive's own files as its directory, otherwise the rows of its
+    metadata files, e.g. a plain reBEN LMDB's).
 
     A file without a ``tile_side_m`` column (reBEN's ``metadata.parquet``) takes the tile side
     of each patch from the archive's ``patches.parquet`` beside it, where there is one and no
     ``tile_side_m`` option is given; otherwise see :func:`patches_from_table`.
     """
-    table, file = read_input_table(path)
-    beside = file.parent / PATCHES_FILE
+    if isinstance(path, ArchiveSource) and path.origin == "archive":
+        path = path.path
+    if isinstance(path, ArchiveSource):
+        try:
+            table, file = read_metadata(path.metadata_files(include_flagged=True)), path.metadata[0]
+        except ArchiveError as exc:
+            raise SplitInputError(str(exc)) from None
+        beside = (path.path if path.kind == "archive" else file.parent) / PATCHES_FILE
+    else:
+        table, file = read_input_table(path)
+        beside = file.parent / PATCHES_FILE
     if (
         tile_side_m is None
         and "tile_side_m" not in table.column_names

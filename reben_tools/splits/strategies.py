@@ -41,6 +41,7 @@ import pyarrow as pa
 from reben_tools.format.atomic import write_parquet_atomic
 from reben_tools.format.layout import SPLITS
 from reben_tools.format.outputs import check_output_path
+from reben_tools.format.sources import ArchiveSource
 from reben_tools.geo.split_rule import reben_split
 from reben_tools.splits.patches import COMMON_GRID_CRS, PATCH_SIDE_M, PatchTable, load_patches
 
@@ -347,7 +348,7 @@ def with_split_column(table: pa.Table, splits: np.ndarray, column: str = "split"
 
 
 def split_file(
-    input_path: str | Path,
+    input_path: str | Path | ArchiveSource,
     out_path: str | Path,
     strategy: str | SplitStrategy = "reben",
     tile_side_m: float | None = None,

@@ -22,7 +22,7 @@ labels alone, so the same function serves metadata files (``reben subset``), the
 The subset has exactly ``n`` rows, unless the coverage rule alone needs more (only in very
 small splits: then it is the coverage rows); ``fraction == 1`` returns every row.
 
-Owns: fraction_indices, labels_matrix, subset_table, label_distribution, write_subset, SubsetError.
+Owns: fraction_indices, labels_matrix, subset_table, label_distribution, write_subset, write_subset_rows, SubsetError.
 Does not own: the metadata schema and files (``format.metadata``), split strategies (``splits.strategies``).
 May import: ``format`` (labels, layout, metadata, atomic), numpy, pyarrow.
 """
@@ -259,6 +259,11 @@ def write_subset(
     reader (``ReBENDataset(metadata=out)``, ConfigILM). Returns :func:`label_distribution`.
     """
     table, source = read_subset_input(path, include_snow_cloud)
+    return write_subset_rows(table, source, out, fraction, seed)
+
+
+def write_subset_rows(table: pa.Table, source: str, out: str | Path, fraction: float, seed: int = 0) -> dict:
+    """:func:`write_subset` of metadata rows already read (``source`` names them in messages and the report)."""
     subset = metadata_table(subset_table(table, fraction, seed, source=source))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +47,7 @@ from reben_tools.format.labels import NUM_CLASSES, class_names, code_to_class_in
 from reben_tools.format.layout import PATCHES_FILE, SPLITS, ArchiveError
 from reben_tools.format.metadata import read_metadata
 from reben_tools.format.reader import Archive, BatchReader
+from reben_tools.format.sources import open_archive_source
 from reben_tools.learn.data.batches import SampleBatch, collate, empty_batch
 from reben_tools.learn.data.transforms import (
     UPSAMPLING_MODES,
@@ -104,8 +104,10 @@ class ReBENDataset(Dataset):
 
     Args:
         root: a reben-tools archive directory (``manifest.json``, ``shards/``, metadata
-            files, ``patches.parquet``) or a plain reBEN LMDB directory (``data.mdb``), as
-            reBEN users hold it; the latter needs ``metadata``.
+            files, ``patches.parquet``), a plain reBEN LMDB directory (``data.mdb``), as
+            reBEN users hold it, or an :class:`reben_tools.format.sources.ArchiveSource`
+            (see :func:`reben_tools.format.sources.open_archive_source`). A plain LMDB takes
+            ``metadata``, else reBEN's metadata files found inside or beside it.
         split: ``"train"``, ``"validation"``, ``"test"`` or None for all patches.
         bands: a band group (``"ALL"``, ``"S2"``, ``"S1"``, ``"10m"``, ``"20m"``, ``"60m"``,
             ``"RGB"``, ``"10m_20m"``, ``"S1_10m_20m"``) or a list of band names; channel
@@ -126,8 +128,8 @@ class ReBENDataset(Dataset):
         return_mask: also return ``mask``: the reference map as 19-class indices (120, 120),
             ``255`` (``labels.MASK_IGNORE_INDEX``) where the CLC class is unlabelled.
         native: return native-resolution groups instead of ``image`` (see :class:`NativeLayout`).
-        metadata: reBEN metadata parquet file(s) to use instead of the archive's own; required
-            for a plain LMDB directory. Rows flagged for snow or cloud/shadow are dropped unless
+        metadata: reBEN metadata parquet file(s) to use instead of the archive's own (a plain
+            LMDB directory without them: reBEN's files inside or beside it). Rows flagged for snow or cloud/shadow are dropped unless
             ``include_snowy`` / ``include_cloudy`` keep them.
         mask_dtype: ``torch.uint8`` (default, compact) or ``torch.int64`` (ready for
             ``cross_entropy(ignore_index=255)``).
@@ -186,7 +188,9 @@ class ReBENDataset(Dataset):
             raise ValueError(f"unknown upsampling {upsampling!r}; expected one of {list(UPSAMPLING_MODES)}")
         if mask_dtype not in (torch.uint8, torch.int64):
             raise ValueError(f"mask_dtype must be torch.uint8 or torch.int64, got {mask_dtype}")
-        self.root = Path(root)
+        self.source = open_archive_source(root, metadata)
+        """Where the patches come from (archive or plain LMDB, and which metadata files)."""
+        self.root = self.source.path
         self.archive = Archive(self.root)
         self.archive.check_files()  # a truncated data.mdb is named now, not met by SIGBUS later
         self.split = split
@@ -209,7 +213,7 @@ class ReBENDataset(Dataset):
         arrays = statistics_arrays(self.bands, self.statistics)
         self._mean, self._inv_std = arrays if arrays is not None else (None, None)
 
-        table = self._read_rows(metadata)
+        table = self._read_rows()
         self.metadata: pa.Table = table
         """The metadata rows in use (reBEN schema), one per sample, sorted by patch id."""
         ids = table.column("patch_id").to_pylist()
@@ -224,6 +228,11 @@ class ReBENDataset(Dataset):
         self._layouts = LayoutCache()
         self._mask_table = code_to_class_index_table(class_order)
         self._writer = NearestWriter(self.layout, self._mean, self._inv_std)
+        if (return_mask or return_reference_map) and len(self) and not self.has_reference_maps():
+            raise ValueError(
+                f"{self.root}: {'return_mask' if return_mask else 'return_reference_map'} needs reference maps, "
+                f"and this LMDB holds none ({self.patch_ids[0]}_reference_map is absent: S1/S2 values only)"
+            )
 
     # -- construction helpers ----------------------------------------------------------
 
@@ -236,7 +245,10 @@ class ReBENDataset(Dataset):
             stats = dict(PUBLISHED_STATISTICS)
         elif normalisation == "manifest":
             if self.archive.manifest is None:
-                raise ValueError(f"{self.root}: normalisation='manifest' needs a reben-tools archive (manifest.json)")
+                raise ValueError(
+                    f"{self.root}: a plain LMDB has no manifest statistics; use normalisation='published' "
+                    "(reBEN's 120_nearest table) or a mapping {band: (mean, std)}"
+                )
             try:
                 table = self.archive.manifest["statistics"]["bands"]
                 stats = {b: (float(v["mean"]), float(v["std"])) for b, v in table.items()}
@@ -253,19 +265,8 @@ class ReBENDataset(Dataset):
             )
         return {b: stats[b] for b in self.bands}
 
-    def _read_rows(self, metadata) -> pa.Table:
-        if metadata is None:
-            if not self.archive.is_sharded:
-                raise ValueError(
-                    f"{self.root}: a plain LMDB directory needs metadata=[metadata.parquet, ...] "
-                    "(reBEN's metadata file(s))"
-                )
-            paths = self.archive.metadata_paths(include_flagged=self.include_snowy or self.include_cloudy)
-        elif isinstance(metadata, (str, os.PathLike)):
-            paths = [Path(metadata)]
-        else:
-            paths = [Path(p) for p in metadata]
-        table = read_metadata(paths)
+    def _read_rows(self) -> pa.Table:
+        table = read_metadata(self.source.metadata_files(include_flagged=self.include_snowy or self.include_cloudy))
         for column, keep in (
             ("contains_seasonal_snow", self.include_snowy),
             ("contains_cloud_or_shadow", self.include_cloudy),
@@ -500,11 +501,15 @@ class ReBENDataset(Dataset):
         prediction = None
         if "prediction" in sample:
             prediction = [self.class_names[i] for i in np.flatnonzero(np.asarray(sample["prediction"]) > 0.5)]
+        try:
+            reference_map = self.reference_map(self.index_of(patch_id))
+        except KeyError:  # a plain LMDB of S1/S2 values only: drawn without the map panel
+            reference_map = None
         return plot_sample(
             np.asarray(sample["image"]),
             self.bands,
             names,
-            reference_map=self.reference_map(self.index_of(patch_id)),
+            reference_map=reference_map,
             patch_id=suptitle if suptitle is not None else patch_id,
             statistics=self.statistics,
             prediction=prediction,
@@ -533,6 +538,19 @@ class ReBENDataset(Dataset):
                 key.decode("utf-8"), f"reference map holds code {top}, outside the CLC code range"
             )
         return codes
+
+    def has_reference_maps(self) -> bool:
+        """Whether the archive holds reference maps: the first sample's map is there (one lookup).
+
+        A plain reBEN LMDB of S1 and S2 values only (what most ConfigILM users hold) has none."""
+        if not len(self):
+            return False
+        try:
+            with self.archive.batch_reader() as reader:
+                reader.get(self._keys[0] + b"_reference_map", int(self._shards[0]))
+        except KeyError:
+            return False
+        return True
 
     def with_reference_maps(self) -> ReBENDataset:
         """A shallow copy of this dataset (same archive handle, rows and labels) that also returns ``reference_map``."""

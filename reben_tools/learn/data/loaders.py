@@ -4,7 +4,7 @@ Data move at native resolution (uint16 S2 at 10/20/60 m, float32 S1) through a D
 with pinned memory; upsampling to 120x120 and normalisation run on the training device
 (on a CPU with workers, in the workers instead).
 
-Owns: default_workers, archive_identity, open_dataset, split_indices, train_label_frequency,
+Owns: default_workers, archive_identity, run_source, recorded_source, open_dataset, split_indices, train_label_frequency,
 training_dataset (reference maps for mixing), CollateToImages, make_loader, DevicePreprocess.
 Does not own: the dataset itself (dataset.py), upsampling kernels (transforms.py), samplers (distributed.py),
 augmentation (augment.py).
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,13 @@ from torch.utils.data import DataLoader, Sampler
 
 from reben_tools.format.codec import ValueDecodeError
 from reben_tools.format.layout import MANIFEST_FILE, SPLITS, ArchiveError
+from reben_tools.format.sources import (
+    ArchiveSource,
+    SourceError,
+    open_archive_source,
+    plain_statistics_line,
+    source_from_record,
+)
 from reben_tools.learn.data.batches import collate
 from reben_tools.learn.data.dataset import ReBENDataset
 from reben_tools.learn.runtime.config import TrainingError
@@ -39,12 +47,19 @@ def default_workers(local_processes: int = 1) -> int:
     return max(0, min(8, cores // max(1, local_processes) - 1))
 
 
-def archive_identity(archive: str | os.PathLike) -> str | None:
+def archive_identity(archive: str | os.PathLike | ArchiveSource) -> str | None:
     """The identity of an archive: sha256 (hex) of its ``manifest.json`` bytes; ``None`` without one.
 
     The manifest lists every shard's content digest, so two archives with the same manifest
     hold the same values wherever they are copied; a resumed run refuses another archive.
+    An :class:`ArchiveSource` gives :attr:`ArchiveSource.identity` (a plain LMDB's covers its
+    entry count and its metadata files' digests).
     """
+    if isinstance(archive, ArchiveSource):
+        try:
+            return archive.identity
+        except ArchiveError as exc:
+            raise TrainingError(str(exc)) from None
     path = Path(archive) / MANIFEST_FILE
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -54,8 +69,37 @@ def archive_identity(archive: str | os.PathLike) -> str | None:
         raise TrainingError(f"{path}: cannot read ({exc})") from None
 
 
+def run_source(
+    archive: str | os.PathLike | ArchiveSource, metadata: Sequence[str | os.PathLike] | None = None
+) -> ArchiveSource:
+    """The :class:`ArchiveSource` of a run's ``archive`` and ``metadata`` (see ``format.sources``).
+
+    Raises:
+        TrainingError: the one line of :class:`SourceError` (names the path and what to give).
+    """
+    try:
+        return open_archive_source(archive, list(metadata or []) or None)
+    except SourceError as exc:  # every process resolves the same files
+        raise TrainingError(str(exc), all_processes=True) from None
+
+
+def recorded_source(record: dict) -> tuple[str, list[str]]:
+    """``(archive, metadata files)`` of the source a run recorded (``ArchiveSource.record``), checked
+    unchanged: what ``--resume`` and ``reben evaluate`` read when no ``--archive`` is given.
+
+    Raises:
+        TrainingError: the path or a metadata file is gone, or a metadata file changed (one line naming it).
+    """
+    try:
+        source = source_from_record(record)
+    except SourceError as exc:
+        raise TrainingError(str(exc), all_processes=True) from None
+    given = [] if source.origin == "archive" else [str(p) for p in source.metadata]
+    return str(source.path), given
+
+
 def open_dataset(
-    archive: str | os.PathLike,
+    archive: str | os.PathLike | ArchiveSource,
     bands: tuple[str, ...],
     class_order: str = "alphabetical",
     include_snow_cloud: bool = False,
@@ -70,6 +114,9 @@ def open_dataset(
     environment can be open only once per process. ``train_fraction`` keeps that stratified
     share of the train split (:class:`ReBENDataset`'s ``train_fraction``/``subset_seed``);
     ``include_snowy`` / ``include_cloudy`` keep flagged patches as the dataset's flags do.
+
+    ``archive`` may be an :class:`ArchiveSource` (a plain reBEN LMDB with its metadata files):
+    its values must hold reBEN's band set, which reBEN's published statistics normalise.
 
     Raises:
         TrainingError: the archive cannot be opened or lacks values for some of the bands
@@ -100,6 +147,12 @@ def open_dataset(
 
 def _check_dataset(dataset: ReBENDataset, archive, bands: tuple[str, ...]) -> None:
     manifest = dataset.archive.manifest
+    if manifest is None and len(dataset):
+        first = dataset.metadata.slice(0, 1).to_pylist()[0]
+        try:
+            plain_statistics_line(dataset.source, first["patch_id"], first["s1_name"])
+        except SourceError as exc:
+            raise TrainingError(str(exc)) from None
     if manifest is not None:
         stored = {b["name"] for b in manifest.get("bands", [])}
         missing = [b for b in bands if b not in stored]
@@ -151,6 +204,13 @@ def training_dataset(dataset: ReBENDataset, indices: np.ndarray, needs_reference
     """
     if not needs_reference_maps:
         return dataset
+    if not dataset.has_reference_maps():
+        raise TrainingError(
+            f"{dataset.root}: --mix cutmix-lp needs reference maps, and this "
+            f"{'LMDB' if dataset.archive.manifest is None else 'archive'} holds none "
+            f"({dataset.patch_ids[0]}_reference_map is absent: S1/S2 values only); "
+            "use --mix cutmix, or an LMDB with the maps"
+        )
     try:
         dataset.check_reference_maps(indices)
     except KeyError as exc:

@@ -73,6 +73,9 @@ class TrainConfig(RunSettings):
     bands: str | list[str]
     model: str
     out: str
+    metadata: list[str] = field(default_factory=list)
+    """reBEN metadata files of a plain LMDB ``archive`` (``--metadata``); empty: the archive's own,
+    or reBEN's files found beside the LMDB (``format.sources.open_archive_source``)."""
     epochs: int = 100
     batch_size: int = 512
     lr: float = 1e-3

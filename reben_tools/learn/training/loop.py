@@ -38,6 +38,7 @@ from reben_tools.learn.data.loaders import (
     archive_identity,
     make_loader,
     open_dataset,
+    run_source,
     split_indices,
     train_label_frequency,
     training_dataset,
@@ -135,13 +136,14 @@ class Supervised(skeleton.Objective):
             config.mix_area = parse_area_range(config.mix_area)
         except ValueError as exc:
             raise TrainingError(str(exc)) from None
-        self.identity = archive_identity(config.archive)
+        self.source = run_source(config.archive, config.metadata)  # recorded, so --resume and evaluate find it
+        self.identity = archive_identity(self.source)
 
     def open_data(self, ctx: Distributed, batch: int, workers: int, cleanup: ExitStack):
         config, device = self.config, ctx.device
         self.batch, self.workers = batch, workers
         dataset = open_dataset(
-            config.archive,
+            self.source,
             self.bands,
             config.class_order,
             config.include_snow_cloud,
@@ -196,7 +198,11 @@ class Supervised(skeleton.Objective):
         self.early = dict(state["early_stopping"])
 
     def run_record(self) -> tuple[dict, dict]:
-        return {"bands": list(self.bands)}, {"archive_identity": self.identity, "batchnorm": self.batchnorm}
+        return {"bands": list(self.bands)}, {
+            "archive_identity": self.identity,
+            "source": self.source.record(),
+            "batchnorm": self.batchnorm,
+        }
 
     # --- steps
     def inputs(self, batch, generator: torch.Generator) -> tuple:
@@ -264,6 +270,7 @@ class Supervised(skeleton.Objective):
             **{k: common[k] for k in ("history", "rng", "world_size")},
             "archive": str(config.archive),
             "archive_identity": self.identity,
+            "source": self.source.record(),
         }
 
     def save(self, snapshot: dict, record: dict | None, history: list[dict]) -> None:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +46,7 @@ from torch import nn
 from reben_tools.format.atomic import write_json_atomic
 from reben_tools.format.bands import BAND_GROUPS
 from reben_tools.learn.data.augment import random_flips
-from reben_tools.learn.data.loaders import DevicePreprocess, make_loader, open_dataset, split_indices
+from reben_tools.learn.data.loaders import DevicePreprocess, make_loader, open_dataset, run_source, split_indices
 from reben_tools.learn.models.croma import CONFIGS, CROMA, PUBLISHED_PARTS, croma_scale
 from reben_tools.learn.models.croma_layout import CheckpointLayoutError, load_published, published_state
 from reben_tools.learn.models.croma_losses import croma_losses, gather_rows, patch_normalise
@@ -91,6 +91,8 @@ class PretrainConfig(RunSettings):
     archive: str
     model: str
     out: str
+    metadata: list[str] = field(default_factory=list)
+    """reBEN metadata files of a plain LMDB ``archive``; empty: its own, or found beside it."""
     mask_ratio: float = 0.75
     epochs: int = 100
     batch_size: int = 256
@@ -226,7 +228,8 @@ class Croma(skeleton.Objective):
     def open_data(self, ctx: Distributed, batch: int, workers: int, cleanup: ExitStack):
         config, device = self.config, ctx.device
         try:
-            dataset = open_dataset(config.archive, PRETRAIN_BANDS, include_snow_cloud=config.include_snow_cloud)
+            self.source = run_source(config.archive, config.metadata)  # recorded in config.json for --resume
+            dataset = open_dataset(self.source, PRETRAIN_BANDS, include_snow_cloud=config.include_snow_cloud)
         except TrainingError as exc:
             raise TrainingError(
                 str(exc).split("; choose --bands")[0].split(" -- choose --bands")[0]
@@ -280,7 +283,11 @@ class Croma(skeleton.Objective):
         self.log.truncate(position["step"])
 
     def run_record(self) -> tuple[dict, dict]:
-        return {}, {"croma_config": self.model.config.to_dict(), "input": input_record(self.statistics)}
+        return {}, {
+            "croma_config": self.model.config.to_dict(),
+            "input": input_record(self.statistics),
+            "source": self.source.record(),
+        }
 
     # --- steps
     def inputs(self, batch, generator: torch.Generator) -> tuple:

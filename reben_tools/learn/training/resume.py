@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from reben_tools.format.bands import resolve_bands
-from reben_tools.learn.data.loaders import archive_identity
+from reben_tools.learn.data.loaders import archive_identity, recorded_source, run_source
 from reben_tools.learn.runtime.checkpoints import CheckpointError, load_checkpoint
 from reben_tools.learn.runtime.config import DEFAULTS, TRAJECTORY_FIELDS, TrainConfig
 from reben_tools.learn.runtime.distributed import Distributed
@@ -66,16 +66,19 @@ def resume_state(config: TrainConfig, ctx: Distributed, given: set[str]) -> dict
         setattr(config, name, _stored(state["train_config"], name))
     stored_archive, stored_identity = state.get("archive"), state.get("archive_identity")
     if not config.archive:
-        if not stored_archive:  # a checkpoint from before archives were stored: the run's config.json
-            stored_archive = _config_json(Path(config.out)).get("archive")
-        if not stored_archive:
-            raise CheckpointError(f"{path}: the checkpoint does not name its archive; pass --archive")
-        config.archive = stored_archive
+        if state.get("source"):  # the archive or plain LMDB with the metadata files the run read, checked
+            config.archive, config.metadata = recorded_source(state["source"])
+        else:
+            if not stored_archive:  # a checkpoint from before archives were stored: the run's config.json
+                stored_archive = _config_json(Path(config.out)).get("archive")
+            if not stored_archive:
+                raise CheckpointError(f"{path}: the checkpoint does not name its archive; pass --archive")
+            config.archive = stored_archive
     if stored_identity is not None:
-        identity = archive_identity(config.archive)
+        identity = archive_identity(run_source(config.archive, config.metadata))
         if identity != stored_identity:
             raise CheckpointError(
-                f"--archive {config.archive} is not the archive this run was trained on ({stored_archive}, manifest "
+                f"--archive {config.archive} is not the archive this run was trained on ({stored_archive}, identity "
                 f"sha256 {stored_identity[:12]}..., here {str(identity)[:12]}...): resume with that archive, or "
                 "start a new run with another --out",
                 all_processes=True,

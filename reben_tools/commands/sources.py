@@ -1,0 +1,91 @@
+"""The ARCHIVE argument every command shares: ``--metadata FILE`` (repeatable) and one resolver.
+
+An ARCHIVE is an archive directory, a plain reBEN LMDB directory plus ``--metadata`` files, or
+a plain LMDB with reBEN's metadata files inside or beside it (found and announced in one line);
+see :func:`reben_tools.format.sources.open_archive_source`. Commands declare
+``metadata: list[Path] | None = METADATA_OPTION`` and call :func:`resolve_archive`.
+
+Owns: :data:`METADATA_OPTION`, :data:`ARCHIVE_HELP`, :func:`resolve_archive`, :func:`announce`,
+:func:`names_an_archive`.
+Does not own: what an archive is (``format.sources``), the commands.
+May import: ``reben_tools.format``, typer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from reben_tools.format.sources import ArchiveSource
+
+ARCHIVE_HELP = (
+    "An archive directory (manifest.json), or a plain reBEN LMDB directory (data.mdb, e.g. BigEarthNet-V2-LMDB) "
+    "with --metadata, or with reBEN's metadata files inside or beside it."
+)
+METADATA_OPTION = typer.Option(
+    None,
+    "--metadata",
+    help="reBEN metadata parquet file (repeat for several: metadata.parquet, "
+    "metadata_for_patches_with_snow_cloud_or_shadow.parquet). With a plain LMDB: its patches (default: reBEN's "
+    "files found inside or beside it); with an archive: replaces the archive's own (e.g. a `reben subset` file).",
+)
+
+
+def announce(line: str | None) -> None:
+    """Print one informational line on stderr (only the main process under torchrun)."""
+    if line and os.environ.get("RANK", "0") == "0":
+        typer.echo(line, err=True)
+
+
+def resolve_archive(
+    path: Path | str | ArchiveSource,
+    metadata: list[Path] | None = None,
+    *,
+    statistics: bool = False,
+) -> ArchiveSource:
+    """ARCHIVE (+ ``--metadata``) of a command as an :class:`ArchiveSource`, or exit with one line.
+
+    Announces metadata found beside a plain LMDB; with ``statistics`` (commands that normalise
+    pixels) also which statistics a plain LMDB is normalised with, after checking its band set.
+    Exits 2 when ARCHIVE names no readable archive, 1 when a plain LMDB holds another band set.
+    """
+    from reben_tools.format.sources import SourceError, open_archive_source, plain_statistics_line
+
+    try:
+        source = open_archive_source(path, [str(m) for m in metadata or []] or None)
+    except SourceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    announce(source.announcement)
+    if statistics and source.is_plain_lmdb:
+        try:
+            announce(plain_statistics_line(source, *_first_patch(source)))
+        except SourceError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+    return source
+
+
+def names_an_archive(path: Path) -> bool:
+    """Whether a command's INPUT path is an archive directory or a plain LMDB directory (else a file, e.g. a parquet)."""
+    path = Path(path)
+    return path.is_dir() and ((path / "manifest.json").is_file() or (path / "data.mdb").is_file())
+
+
+def _first_patch(source: ArchiveSource) -> tuple[str | None, str | None]:
+    """The first metadata row's patch id and S1 name (None, None when none can be read: reported later)."""
+    import pyarrow.parquet as pq
+
+    for path in source.metadata_files():
+        try:
+            table = pq.read_table(path, columns=["patch_id", "s1_name"])
+        except (OSError, ValueError, KeyError):
+            continue
+        if table.num_rows:
+            row = table.slice(0, 1).to_pylist()[0]
+            return row["patch_id"], row["s1_name"]
+    return None, None
