@@ -92,6 +92,7 @@ ZERO_ALLOWED = {
     ("probe", "workers"),
     ("pretrain", "workers"),
     ("embed", "workers"),
+    ("retrieve", "workers"),
 }
 """Options for which 0 is a meaningful value (no weight decay, no buffer, load in the main process ...)."""
 
