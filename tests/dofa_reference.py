@@ -78,9 +78,9 @@ def hand_built_checkpoint(embed: int, depth: int, seed: int = 0) -> dict[str, to
     gen = torch.Generator().manual_seed(seed)
     state = {}
     for name, shape in published_layout(embed, depth).items():
-        if name.endswith("norm1.weight") or name.endswith("norm2.weight"):
+        if name.endswith(("norm1.weight", "norm2.weight")):
             value = 1.0 + 0.1 * torch.randn(shape, generator=gen)
-        elif len(shape) == 2 and not name.endswith("_tokens") and not name.endswith("_token"):
+        elif len(shape) == 2 and not name.endswith(("_tokens", "_token")):
             value = torch.randn(shape, generator=gen) / math.sqrt(shape[1])
         else:
             value = 0.3 * torch.randn(shape, generator=gen)
@@ -168,7 +168,7 @@ def reference_features(
     tokens = cells.reshape(x.shape[0], n_h * n_w, -1) @ kernel.reshape(embed, -1).T + bias
     # position embeddings (bicubic resize of the stored grid when the grid differs)
     pe = sd["pos_embed"]
-    side = int(round(math.sqrt(pe.shape[1] - 1)))
+    side = round(math.sqrt(pe.shape[1] - 1))
     grid_pe = pe[:, 1:]
     if (n_h, n_w) != (side, side):
         img = grid_pe.reshape(1, side, side, embed).permute(0, 3, 1, 2)

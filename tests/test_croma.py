@@ -109,7 +109,7 @@ def hand_built_checkpoint(d: int, depth: int, seed: int = 0) -> dict:
     for part, keys in published_layout(d, depth).items():
         out[part] = {}
         for key, shape in keys.items():
-            if key.endswith("norm.weight") or key.endswith("norm_out.weight") or key == "0.weight":
+            if key.endswith(("norm.weight", "norm_out.weight")) or key == "0.weight":
                 t = 1.0 + 0.1 * torch.randn(shape, generator=g)
             else:
                 t = torch.randn(shape, generator=g) * (0.5 / math.sqrt(shape[-1]))
@@ -144,7 +144,10 @@ def ln(x, w, b):
 
 def ref_attend(q, k, v, bias, heads):
     bsz, n, d = q.shape
-    split = lambda t: t.reshape(bsz, t.shape[1], heads, d // heads).permute(0, 2, 1, 3)
+
+    def split(t):
+        return t.reshape(bsz, t.shape[1], heads, d // heads).permute(0, 2, 1, 3)
+
     q, k, v = split(q), split(k), split(v)
     scores = torch.einsum("bhid,bhjd->bhij", q, k) * (d // heads) ** -0.5 + bias
     attn = torch.exp(scores - scores.amax(-1, keepdim=True))
@@ -176,12 +179,13 @@ def ref_ffn(sd, p, x):
 
 
 def ref_vit(sd, imgs, bias, heads):
-    bsz, c, hh, ww = imgs.shape
+    bsz, _, hh, ww = imgs.shape
     # b c (h i) (w j) -> b (h w) (c i j), written with explicit loops over patches
-    patches = []
-    for r in range(hh // 8):
-        for col in range(ww // 8):
-            patches.append(imgs[:, :, r * 8 : (r + 1) * 8, col * 8 : (col + 1) * 8].reshape(bsz, -1))
+    patches = [
+        imgs[:, :, r * 8 : (r + 1) * 8, col * 8 : (col + 1) * 8].reshape(bsz, -1)
+        for r in range(hh // 8)
+        for col in range(ww // 8)
+    ]
     x = torch.stack(patches, dim=1) @ sd["linear_input.weight"].t() + sd["linear_input.bias"]
     layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.layers.")})
     for i in range(layers):
@@ -267,7 +271,7 @@ def test_wrong_layout_names_the_key(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and "ck.pt" in msg and "s2_encoder.transformer.layers.0.0.to_qkv.weight" in msg
     del ckpt["joint_encoder"]
-    with pytest.raises(CheckpointLayoutError, match="ck.pt: not a CROMA checkpoint: missing part 'joint_encoder'"):
+    with pytest.raises(CheckpointLayoutError, match=r"ck\.pt: not a CROMA checkpoint: missing part 'joint_encoder'"):
         load_published(CROMA(SMALL), ckpt, "ck.pt")
 
 

@@ -108,7 +108,7 @@ def test_reben_embed_any_band_group(archive, weights, tmp_path, bands, column_se
     raw = torch.stack([ds[i]["image"] for i in range(len(ds))])
     mean = torch.tensor([PUBLISHED_STATISTICS[b][0] for b in channels]).view(1, -1, 1, 1)
     std = torch.tensor([PUBLISHED_STATISTICS[b][1] for b in channels]).view(1, -1, 1, 1)
-    waves = {"VV": 5.405, "VH": 5.405, **dict(zip(BAND_GROUPS["S2"], S2_UM))}
+    waves = {"VV": 5.405, "VH": 5.405, **dict(zip(BAND_GROUPS["S2"], S2_UM, strict=True))}
     with torch.no_grad():
         want = reference_features(state, (raw - mean) / std, [waves[b] for b in channels], heads=4)
     assert table.column("patch_id").to_pylist() == ds.patch_ids

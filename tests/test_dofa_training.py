@@ -85,7 +85,7 @@ def test_init_loads_published_weights_into_every_dofa_encoder(micro_weights) -> 
         init_encoders(late, f"dofa_base:{path}")
     with pytest.raises(ValueError, match="not a DOFA weight spec"):
         init_encoders(late, f"croma_base:{path}")
-    with pytest.raises(FileNotFoundError, match="nope.pth: no such DOFA checkpoint"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.pth: no such DOFA checkpoint"):
         init_encoders(late, "dofa_micro:nope.pth")
     with pytest.raises(ValueError, match="the model has no DOFA encoder"):
         init_encoders(build_model("resnet_micro", "RGB"), f"dofa_micro:{path}")
@@ -123,7 +123,7 @@ def test_fine_tune_from_init_with_layer_decay(archive, micro_weights, tmp_path) 
     assert ckpt["train_config"]["init"] == f"dofa_micro:{path}"
 
     bad = TrainConfig(**{**config.__dict__, "out": str(tmp_path / "bad"), "init": f"dofa_large:{path}"})
-    with pytest.raises(TrainingError, match="--init: .*weights for dofa_large_patch16, but the model is dofa_micro"):
+    with pytest.raises(TrainingError, match=r"--init: .*weights for dofa_large_patch16, but the model is dofa_micro"):
         train(bad)
 
 

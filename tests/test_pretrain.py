@@ -205,7 +205,7 @@ def test_embed_writes_the_schema_and_the_reference_embeddings(run, archive, tmp_
     assert str(table.schema.field("joint").type) == "fixed_size_list<element: float>[64]"
     meta = json.loads(table.schema.metadata[b"reben_tools.encoder"])
     assert meta["model"] == "croma_micro" and meta["dim"] == 64 and meta["input"]["scaling"] == "croma_2std"
-    ids, s1, s2, labels = _croma_reference_inputs(archive["root"], "test")
+    ids, s1, s2, _ = _croma_reference_inputs(archive["root"], "test")
     assert table.column("patch_id").to_pylist() == ids == sorted(archive["patch_ids"]["test"])
     assert set(table.column("split").to_pylist()) == {"test"}
     assert table.column("labels").to_pylist() == [archive["labels"][p] for p in ids]
@@ -238,7 +238,7 @@ def test_embed_bad_input_and_one_modality(archive, tmp_path):
         str(err.value) == f"{path}: s1_encoder.linear_input.weight has shape (64, 128), croma_base expects (768, 128)"
     )
     torch.save({"s1_encoder": {}, "model": {}}, tmp_path / "other.pt")
-    with pytest.raises(EncoderError, match="other.pt: not a CROMA checkpoint: missing part 's1_GAP_FFN'"):
+    with pytest.raises(EncoderError, match=r"other\.pt: not a CROMA checkpoint: missing part 's1_GAP_FFN'"):
         load_encoder(f"croma_base:{tmp_path / 'other.pt'}")
     with pytest.raises(EncoderError, match="unknown encoder 'crome_base'"):
         load_encoder(f"crome_base:{path}")

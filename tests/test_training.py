@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -341,10 +342,10 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 def test_truncated_or_foreign_checkpoint_is_named(tmp_path, trained_run):
     data = (trained_run["out"] / "checkpoints" / "best.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="cut.pt: not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match=r"cut\.pt: not a readable checkpoint"):
         load_checkpoint(tmp_path / "cut.pt")
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match="other.pt: not a reben-tools checkpoint"):
+    with pytest.raises(CheckpointError, match=r"other\.pt: not a reben-tools checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
 
 
@@ -393,14 +394,14 @@ def test_existing_run_needs_resume(trained_run, archive):
 
 def test_archive_without_split_or_bands_or_model(tmp_path):
     no_validation = build_learnable_archive(tmp_path / "a", counts={"train": 8, "test": 4}, shards=1)
-    with pytest.raises(TrainingError, match="no patches in split 'validation'.*'test', 'train'"):
+    with pytest.raises(TrainingError, match=r"no patches in split 'validation'.*'test', 'train'"):
         train(config(no_validation["root"], tmp_path / "r1"))
     s2_only = build_learnable_archive(tmp_path / "b", counts={"train": 8, "validation": 4}, shards=1, with_s1=False)
     with pytest.raises(TrainingError, match="may lack S1 values"):
         train(config(s2_only["root"], tmp_path / "r2", bands="S1"))
     with pytest.raises(TrainingError, match="unknown model 'resnet5'"):
         train(config(s2_only["root"], tmp_path / "r3", model="resnet5"))
-    with pytest.raises(TrainingError, match="not a reben-tools archive|neither"):
+    with pytest.raises(TrainingError, match=r"not a reben-tools archive|neither"):
         train(config(tmp_path / "nothing-here", tmp_path / "r4"))
     result = CliRunner().invoke(
         app,
@@ -471,16 +472,16 @@ def test_epoch_sampler_splits_epochs_between_processes_and_resumes():
         s.set_epoch(2)
     lists = [list(s) for s in shares]
     assert all(len(lst) == 4 for lst in lists)  # padded to 12
-    assert set(sum(lists, [])) == set(indices)
+    assert set(itertools.chain.from_iterable(lists)) == set(indices)
     again = EpochSampler(indices, rank=1, world_size=3, seed=5)
     again.set_epoch(2)
     again.set_position(3)
     assert list(again) == lists[1][3:] and len(again) == 1
     other_epoch = EpochSampler(indices, seed=5)
     other_epoch.set_epoch(3)
-    assert list(other_epoch) != sum(zip(*lists), ())[:11]
+    assert list(other_epoch) != sum(zip(*lists, strict=True), ())[:11]
     val = [list(EpochSampler(indices, rank=r, world_size=3, shuffle=False, pad=False)) for r in range(3)]
-    assert sorted(sum(val, [])) == indices
+    assert sorted(itertools.chain.from_iterable(val)) == indices
 
 
 # --------------------------------------------------------------------------- torchrun

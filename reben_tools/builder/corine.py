@@ -339,7 +339,7 @@ def rasterise(geometries: list, codes: np.ndarray, transform, shape: tuple[int, 
     if not geometries:
         return np.full(shape, NO_POLYGON_CODE, dtype=np.uint16)
     return rasterize(
-        zip(geometries, (int(c) for c in codes)),
+        zip(geometries, (int(c) for c in codes), strict=True),
         out_shape=shape,
         transform=transform,
         fill=NO_POLYGON_CODE,

@@ -151,7 +151,7 @@ class Archive:
         if self._pid != os.getpid():
             envs: list[lmdb.Environment] = []
             try:
-                for p, recorded in zip(self.shard_paths, self.shard_bytes):
+                for p, recorded in zip(self.shard_paths, self.shard_bytes, strict=True):
                     envs.append(_acquire_environment(p, recorded))
             except BaseException:
                 for p in self.shard_paths[: len(envs)]:
@@ -167,7 +167,7 @@ class Archive:
             TruncatedEnvironmentError: a shard's data file is truncated (names the file).
             ArchiveError: a shard has no readable ``data.mdb``.
         """
-        for p, recorded in zip(self.shard_paths, self.shard_bytes):
+        for p, recorded in zip(self.shard_paths, self.shard_bytes, strict=True):
             check_data_file(p, recorded)
 
     def environments(self) -> list[lmdb.Environment]:
@@ -188,7 +188,9 @@ class Archive:
         if not (self.path / PATCHES_FILE).is_file():  # e.g. an archive of S1-only values: no patch rows
             return mapping
         table = pq.read_table(self.path / PATCHES_FILE, columns=["patch_id", "s1_name", "shard"])
-        for pid, s1, shard in zip(*(table.column(c).to_pylist() for c in ("patch_id", "s1_name", "shard"))):
+        for pid, s1, shard in zip(
+            *(table.column(c).to_pylist() for c in ("patch_id", "s1_name", "shard")), strict=True
+        ):
             i = index_of[shard]
             mapping[pid] = i
             mapping[pid + "_reference_map"] = i

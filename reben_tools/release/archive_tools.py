@@ -90,7 +90,8 @@ def read_key_checksums(shard_dir: Path) -> dict[str, tuple[int, int]] | None:
     return dict(
         zip(
             table.column("key").to_pylist(),
-            zip(table.column("value_bytes").to_pylist(), table.column("crc32").to_pylist()),
+            zip(table.column("value_bytes").to_pylist(), table.column("crc32").to_pylist(), strict=True),
+            strict=True,
         )
     )
 
@@ -259,6 +260,7 @@ def _verify_patch_rows(
         column("s1_name", None),
         column("has_reference_map", False),
         column("has_s2", True),
+        strict=False,  # without a patch_id column there are no rows to check, whatever the other columns hold
     )
     for pid, shard, has_s1, s1_name, has_reference_map, has_s2 in rows:
         seen = keys_seen.get(shard)

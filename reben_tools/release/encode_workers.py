@@ -50,10 +50,8 @@ def _grid_position(patch_id: str, s1_name: str | None) -> tuple[str | None, int 
     if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
         x, y = int(parts[1]), int(parts[2])
     if s1_name:
-        try:
+        with contextlib.suppress(ValueError):
             tile = naming.parse_s1_patch_name(s1_name)[1]
-        except ValueError:
-            pass
     return tile, x, y
 
 
@@ -265,12 +263,14 @@ def run_shards(
     total = sum(len(j.patches) for j in jobs)
     results: list[ShardResult] = []
     if workers <= 1 or len(jobs) <= 1:
-        with tqdm(total=total, desc="encode", unit="patch", disable=not progress, smoothing=0.1) as bar:
-            with reading_environment():
-                for job in jobs:
-                    results.append(encode_shard(job, shards_dir, on_patch=lambda: bar.update(1)))
-                    if on_result is not None:
-                        on_result(results[-1])
+        with (
+            tqdm(total=total, desc="encode", unit="patch", disable=not progress, smoothing=0.1) as bar,
+            reading_environment(),
+        ):
+            for job in jobs:
+                results.append(encode_shard(job, shards_dir, on_patch=lambda: bar.update(1)))
+                if on_result is not None:
+                    on_result(results[-1])
         return results, "inline"
     start_method = pool_start_method()
     context = multiprocessing.get_context(start_method)

@@ -152,7 +152,9 @@ def _splits_to_audit(
 
 def _same_split(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two split columns assign every patch alike (None equal to None)."""
-    return len(a) == len(b) and all(x == y or (x is None and y is None) for x, y in zip(a.tolist(), b.tolist()))
+    return len(a) == len(b) and all(
+        x == y or (x is None and y is None) for x, y in zip(a.tolist(), b.tolist(), strict=True)
+    )
 
 
 def audit_patches(

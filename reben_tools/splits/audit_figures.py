@@ -72,7 +72,7 @@ def split_map_plot(patches: PatchTable, split: SplitUnderAudit):
     )
     value = np.where(split.codes >= 0, split.codes + 1, 4).astype(np.uint8)
     xy = patches.common_grid
-    for axis, index in zip(axes.flat, order):
+    for axis, index in zip(axes.flat, order, strict=False):
         members = np.flatnonzero(inverse == index)
         east, north = xy[members, 0], xy[members, 1]
         extent = max(east.max() - east.min(), north.max() - north.min()) + PATCH_SIDE_M
@@ -136,7 +136,7 @@ def distance_histogram_plot(raw: Mapping[str, Mapping[str, np.ndarray]], thresho
     upper = min(step * (math.floor(largest / step + 1e-9) + 2), 100.0)
     bins = np.arange(0.0, upper + step / 2, step)
     capped = largest > bins[-1]
-    for axis, name in zip(axes[:, 0], names):
+    for axis, name in zip(axes[:, 0], names, strict=True):
         for key, split in (("validation_to_train", "validation"), ("test_to_train", "test")):
             distance = raw[name].get(key, np.empty(0)) / 1000
             if len(distance):
@@ -191,8 +191,8 @@ def label_plot(report: dict):
         1, len(entries), figsize=(4 * len(entries) + 3.5, height), squeeze=False, sharey=True, layout="constrained"
     )
     positions = np.arange(len(names))
-    for axis, entry in zip(axes[0], entries):
-        for offset, split in zip((-0.27, 0.0, 0.27), SPLITS):
+    for axis, entry in zip(axes[0], entries, strict=True):
+        for offset, split in zip((-0.27, 0.0, 0.27), SPLITS, strict=True):
             values = [v if v is not None else 0.0 for v in entry["labels"]["prevalence"][split]]
             axis.barh(positions + offset, values, height=0.27, color=SPLIT_COLOURS[split], label=split)
         axis.set_title(entry["name"], fontsize=9)

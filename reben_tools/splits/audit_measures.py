@@ -87,7 +87,7 @@ def distance_summary(
     quantiles = np.quantile(distance, QUANTILES)
     summary = {
         "patches": len(distance),
-        "quantiles_m": {f"{q:g}": float(v) for q, v in zip(QUANTILES, quantiles)},
+        "quantiles_m": {f"{q:g}": float(v) for q, v in zip(QUANTILES, quantiles, strict=True)},
         "mean_m": float(distance.mean()),
         "share_within": {f"{t:g}": float(np.mean(distance <= t * DISTANCE_TOLERANCE)) for t in thresholds_m},
         "nearest_in": None,
@@ -152,7 +152,7 @@ def nearest_split_distances(
         )
         parts[name] = (distance, same_tile, colocated)
     parts["evaluation_to_train"] = tuple(
-        np.concatenate([a, b]) for a, b in zip(parts["validation_to_train"], parts["test_to_train"])
+        np.concatenate([a, b]) for a, b in zip(parts["validation_to_train"], parts["test_to_train"], strict=True)
     )
     query_counts = {
         "validation_to_train": int(np.sum(codes == 1)),
@@ -293,7 +293,10 @@ def country_distributions(index: np.ndarray, vocabulary: Sequence[str], codes: n
     for i, split in enumerate(SPLITS):
         counts[split] = np.bincount(index[codes == i], minlength=len(vocabulary)).astype(np.float64)
     shares = {
-        s: {str(v): (float(c / counts[s].sum()) if counts[s].sum() else None) for v, c in zip(vocabulary, counts[s])}
+        s: {
+            str(v): (float(c / counts[s].sum()) if counts[s].sum() else None)
+            for v, c in zip(vocabulary, counts[s], strict=True)
+        }
         for s in SPLITS
     }
     return {

@@ -52,7 +52,9 @@ class SplitInputError(ValueError):
 
 def _offending(source: str, what: str, rows: np.ndarray, values: Sequence, hint: str = "") -> SplitInputError:
     rows = np.asarray(rows)
-    listed = ", ".join(f"row {int(r)}: {v!r}" for r, v in zip(rows[:MAX_LISTED_ROWS], values[:MAX_LISTED_ROWS]))
+    listed = ", ".join(
+        f"row {int(r)}: {v!r}" for r, v in zip(rows[:MAX_LISTED_ROWS], values[:MAX_LISTED_ROWS], strict=True)
+    )
     more = f" (and {len(rows) - MAX_LISTED_ROWS} more)" if len(rows) > MAX_LISTED_ROWS else ""
     return SplitInputError(f"{source}: {len(rows)} {what}: {listed}{more}{hint}")
 
@@ -465,5 +467,5 @@ def _sides_beside(beside: Path, table: pa.Table) -> pa.Array | None:
         return None
     ids = other.column("patch_id").to_pylist()
     values = pc.cast(other.column("tile_side_m"), pa.float64()).to_pylist()
-    lookup = dict(zip(ids, values))
+    lookup = dict(zip(ids, values, strict=True))
     return pa.array([lookup.get(pid) for pid in table.column("patch_id").to_pylist()], pa.float64())

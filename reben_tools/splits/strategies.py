@@ -31,8 +31,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import ClassVar
 
 import numpy as np
@@ -57,7 +58,7 @@ class SplitStrategy:
 
     name: ClassVar[str]
     description: ClassVar[str]
-    intended_ratios: dict[str, float] = {"train": 0.5, "validation": 0.25, "test": 0.25}
+    intended_ratios: Mapping[str, float] = MappingProxyType({"train": 0.5, "validation": 0.25, "test": 0.25})
 
     def assign(self, patches: PatchTable) -> np.ndarray:
         raise NotImplementedError
@@ -187,7 +188,7 @@ class SpatialBlockSplit(SplitStrategy):
         self.balance_labels = bool(balance_labels)
         self.balance_countries = bool(balance_countries)
         self.seed = int(seed)
-        self.intended_ratios = dict(zip(SPLITS, (float(r) for r in ratios)))
+        self.intended_ratios = dict(zip(SPLITS, (float(r) for r in ratios), strict=True))
 
     def options(self) -> dict:
         return {

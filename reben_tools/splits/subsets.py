@@ -205,7 +205,7 @@ def label_distribution(full: pa.Table, subset: pa.Table, split: str = "train") -
         part = table.filter(pc.fill_null(pc.equal(table["split"], split), False))
         counts = labels_matrix(part).sum(axis=0)
         out["patches"][which] = int(part.num_rows)
-        for name, count in zip(names, counts):
+        for name, count in zip(names, counts, strict=True):
             out["classes"][name][which] = int(count)
             out["classes"][name][f"{which}_share"] = float(count / part.num_rows) if part.num_rows else 0.0
     out["max_share_difference"] = max(abs(c["full_share"] - c["subset_share"]) for c in out["classes"].values())

@@ -117,7 +117,7 @@ def _build_corine(frames: dict[str, _Frame], seed: int, cell_km2: float = 0.9):
             if feature.tile != tile:
                 continue
             utm = shapely.segmentize(frame.rect_to_utm(feature.rect), 20.0)
-            polygon = shapely.transform(utm, lambda xy: np.column_stack(to_3035.transform(xy[:, 0], xy[:, 1])))
+            polygon = shapely.transform(utm, lambda xy, t=to_3035: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
             designed.append((polygon, feature.code))
         if designed:
             cut = shapely.union_all([g for g, _ in designed])

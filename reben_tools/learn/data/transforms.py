@@ -109,7 +109,9 @@ def statistics_arrays(
         return None
     mean, std = normalisation_arrays(bands, dict(statistics))
     if np.any(~np.isfinite(std)) or np.any(std <= 0):
-        raise ValueError(f"standard deviations must be positive and finite, got {dict(zip(bands, std.tolist()))}")
+        raise ValueError(
+            f"standard deviations must be positive and finite, got {dict(zip(bands, std.tolist(), strict=True))}"
+        )
     return mean, np.float32(1.0) / std
 
 
@@ -166,7 +168,7 @@ def _upsample_and_normalise(
     first = native[layout.groups[0].name]
     batch, device = first.shape[0], first.device
     out = torch.empty((batch, layout.num_channels, OUTPUT_SIZE, OUTPUT_SIZE), dtype=torch.float32, device=device)
-    for group, (channels, m, s) in zip(layout.groups, plans):
+    for group, (channels, m, s) in zip(layout.groups, plans, strict=True):
         x = native[group.name]
         expected = (batch, len(group.bands), group.size, group.size)
         if tuple(x.shape) != expected:

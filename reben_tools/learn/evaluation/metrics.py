@@ -231,7 +231,7 @@ def per_class_figure(metrics: dict, title: str = ""):
     ap = [metrics["per_class"][n]["average_precision"] for n in names]
     f1 = [metrics["per_class"][n]["f1"] for n in names]
     ap = [np.nan if v is None else v for v in ap]
-    shown = [textwrap.fill(n + (" (no positives)" if np.isnan(a) else ""), 42) for n, a in zip(names, ap)]
+    shown = [textwrap.fill(n + (" (no positives)" if np.isnan(a) else ""), 42) for n, a in zip(names, ap, strict=True)]
     y = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(10, 0.42 * sum(1 + 0.6 * t.count("\n") for t in shown) + 2.0), layout="constrained")
     ax.barh(y - 0.2, ap, height=0.4, label="average precision")
