@@ -364,7 +364,8 @@ def _encode_locked(
     }  # metadata: S2 patches
     counts.update(
         patches=rows.num_rows,
-        s1_only_values=sum(r.values.get("S1", 0) for r in results) - sum(rows.column("has_s1").to_pylist()),
+        s1_only_values=sum(r.values.get("S1", 0) for r in results)
+        - sum(bool(v) for v in rows.column("has_s1").to_pylist()),
         skipped=len(skipped),
         s2_values=sum(r.values.get("S2", 0) for r in results),
         s1_values=sum(r.values.get("S1", 0) for r in results),

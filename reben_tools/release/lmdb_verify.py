@@ -60,6 +60,9 @@ def verify_lmdb(path: str | os.PathLike, metadata: Iterable[str | os.PathLike], 
     wanted: dict[str, str] = {}  # key -> what names it
     if table is not None:
         for pid, s1 in zip(table.column("patch_id").to_pylist(), table.column("s1_name").to_pylist(), strict=True):
+            if not isinstance(pid, str):
+                report.faults.append(Fault("-", None, f"a metadata row has patch_id {pid!r}"))
+                continue
             wanted[pid] = f"S2 patch of {pid}"
             wanted[naming.reference_map_key(pid)] = f"reference map of {pid}"
             if s1:
