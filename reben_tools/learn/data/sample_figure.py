@@ -106,7 +106,12 @@ def plot_sample(
                 "no CORINE polygon" if code == NO_POLYGON_CODE else (legend[code].name if code in legend else "unknown")
             )
             legend_handles.append(
-                Patch(facecolor=colour, edgecolor="#555555", linewidth=0.5, label=textwrap.fill(f"{code} {name}", 48))
+                Patch(
+                    facecolor=(float(colour[0]), float(colour[1]), float(colour[2])),
+                    edgecolor="#555555",
+                    linewidth=0.5,
+                    label=textwrap.fill(f"{code} {name}", 48),
+                )
             )
     if not panels:
         raise ValueError(f"nothing to plot: the sample has none of {RGB_BANDS + ('VV', 'VH')} and no reference map")
