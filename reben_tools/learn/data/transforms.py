@@ -80,7 +80,7 @@ class NativeLayout:
     @classmethod
     def for_bands(cls, bands: str | Sequence[str]) -> NativeLayout:
         """The layout of a band group name (``"ALL"``) or a list of band names."""
-        names = resolve_bands(bands if isinstance(bands, str) else tuple(bands))
+        names = resolve_bands(bands)
         groups = []
         for group in NATIVE_GROUPS:
             members = [(b, c) for c, b in enumerate(names) if _GROUP_OF_BAND[b] == group]

@@ -14,6 +14,7 @@ May import: numpy, matplotlib (lazily); reben_tools.format.atomic.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ def markdown_table(results: dict) -> str:
         f"Test patches: {results['test_samples']:,}. Scores in %; Hamming loss as a fraction; "
         "AP = macro average precision; decisions at probability 0.5."
     ]
-    first = next(iter(results["runs"][0]["probes"].values()), {}) if results["runs"] else {}
+    first: dict[str, Any] = next(iter(results["runs"][0]["probes"].values()), {}) if results["runs"] else {}
     empty = first.get("classes_without_positives") or []
     if empty:
         lines.append("")
