@@ -178,7 +178,9 @@ KILL_BLOCK = """
     """
 
 
-def test_a_worker_killed_in_a_block_costs_that_block_one_retry_not_its_chain(config_path, reference, tmp_path):
+def test_a_worker_killed_in_a_block_costs_that_block_one_retry_not_its_chain(
+    config_path, reference, tmp_path, monkeypatch
+):
     """The first attempt of product 1's middle block kills its worker (as the OOM killer would).
 
     With one allowed failure per task (``allowed-failures = 0``), Dask fails that block at
@@ -189,17 +191,10 @@ def test_a_worker_killed_in_a_block_costs_that_block_one_retry_not_its_chain(con
 
     out = tmp_path / "archive"
     fault = f"MARKER = {str(tmp_path / 'killed-once')!r}\n" + KILL_BLOCK.replace("\n    ", "\n")
-    env_before = os.environ.get("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES")
-    os.environ["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = "0"  # the first death -> KilledWorker
-    try:
-        done = run_cli_with_fault(
-            ["build", str(config_path), "--out", str(out), "--workers", "1", "--no-progress"], fault, timeout=300
-        )
-    finally:
-        if env_before is None:
-            os.environ.pop("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES")
-        else:
-            os.environ["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = env_before
+    monkeypatch.setenv("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "0")  # the first death -> KilledWorker
+    done = run_cli_with_fault(
+        ["build", str(config_path), "--out", str(out), "--workers", "1", "--no-progress"], fault, timeout=300
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "killed-once").exists()  # the worker did die
     assert _files(out) == _files(reference), done.stdout + done.stderr
