@@ -70,10 +70,52 @@ def _reben(*args: str, **kwargs) -> subprocess.Popen:
     )
 
 
+SLOW_LATER_BLOCKS = """
+    import reben_tools.builder.pipeline.execution as ex
+    _make_client = ex._make_client
+    def _install_fault():
+        import os, time
+        import reben_tools.builder.pipeline.block as blk
+        import reben_tools.builder.pipeline.execution as ex
+        _run = blk.run_block
+        def run_block(task):
+            try:  # the first block to start runs at full speed, every later one 5 s late
+                os.close(os.open(MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                time.sleep(5)
+            return _run(task)
+        blk.run_block = run_block
+        ex.run_block = run_block
+    def make_client(*a, **k):
+        client, cluster = _make_client(*a, **k)
+        client.register_plugin(_Plugin())
+        return client, cluster
+    from distributed.diagnostics.plugin import WorkerPlugin
+    class _Plugin(WorkerPlugin):
+        def setup(self, worker):
+            _install_fault()
+    ex._make_client = make_client
+    """
+"""Slows every block but the first, so Ctrl-C lands mid-build however loaded the machine is
+(on 2 busy cores the whole build could finish between two polls of the test)."""
+
+
 def test_ctrl_c_stops_quietly_with_one_line_and_the_rerun_resumes(config_path, reference, tmp_path):
+    sys.path.insert(0, str(REPO / "tests"))
+    from reliability_helpers import _fault_command
+
     out = tmp_path / "archive"
     args = ("build", str(config_path), "--out", str(out), "--workers", "1", "--no-progress")
-    proc = _reben(*args, start_new_session=True)
+    fault = f"MARKER = {str(tmp_path / 'first-block')!r}\n" + SLOW_LATER_BLOCKS.replace("\n    ", "\n")
+    proc = subprocess.Popen(
+        _fault_command(list(args), fault, new_session=False),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
     shards = out / "shards"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
