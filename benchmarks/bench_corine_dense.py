@@ -88,7 +88,7 @@ def _read_polygons_before(source, bounds, crs):
     frame = frame.sort_index()
     known = set(clc_codes())
     issues, kept_geometries, codes = [], [], []
-    for fid, raw_code, geometry in zip(frame.index, frame[source.code_column], frame.geometry):
+    for fid, raw_code, geometry in zip(frame.index, frame[source.code_column], frame.geometry, strict=True):
         code_text = "" if raw_code is None else str(raw_code).strip()
         try:
             code = int(float(code_text))
@@ -167,8 +167,10 @@ def run(copies: tuple[int, int], patches: int, rows_per_block: int, repeats: int
             for row0, nrows in blocks:
                 transform = Affine(10, 0, ulx, 0, -10, uly - 1200 * row0)
                 shape = (nrows * 120, patches * 120)
-                (old, read), s_old, m_old = _measure(lambda: _reference_before(source, crs, transform, shape))
-                (new, _), s_new, m_new = _measure(lambda: reference_block(source, crs, transform, shape, area=area))
+                (old, read), s_old, m_old = _measure(lambda t=transform, s=shape: _reference_before(source, crs, t, s))
+                (new, _), s_new, m_new = _measure(
+                    lambda t=transform, s=shape: reference_block(source, crs, t, s, area=area)
+                )
                 assert np.array_equal(old, new), "the two methods disagree"
                 before_s.append(s_old)
                 after_s.append(s_new)

@@ -189,9 +189,9 @@ def main() -> None:
                 ),
             ]
             fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-            for ax, (title, values) in zip(axes, panels):
+            for ax, (title, values) in zip(axes, panels, strict=True):
                 bars = ax.bar(labels, values, color=["#999999"] + ["#1f77b4"] * len(args.workers))
-                for bar, value in zip(bars, values):
+                for bar, value in zip(bars, values, strict=True):
                     ax.text(
                         bar.get_x() + bar.get_width() / 2,
                         value,

@@ -376,7 +376,7 @@ def main() -> None:
         readers["g_loader_workers_native"] = through_loader(ds_native, collate)
         readers["g_loader_workers_native_merged"] = through_loader(ds_native_merged, collate)
         readers["g_loader_workers_configilm"] = through_loader(cilm, default_collate)
-    for name, run in readers.items():  # warm-up: page cache, memory maps, header caches
+    for run in readers.values():  # warm-up: page cache, memory maps, header caches
         run(rng.permutation(n)[: min(n, 2 * bs)])
     rates: dict[str, list[float]] = {k: [] for k in readers}
     for r in range(args.rounds):
@@ -389,7 +389,7 @@ def main() -> None:
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in rates.items()), flush=True)
 
     def ratio(a: str, b: str) -> float:
-        return statistics.median(x / y for x, y in zip(rates[a], rates[b]))
+        return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
 
     best_bound = (
         "f_bound_batch_numpy"

@@ -194,7 +194,7 @@ def bench_scaling(config: PipelineConfig, work: Path, repeats: int) -> dict:
     }
     clients = {n: Client(c) for n, c in clusters.items()}
     try:
-        for n, client in clients.items():  # warm-up: imports in the worker processes
+        for client in clients.values():  # warm-up: imports in the worker processes
             client.run(lambda: __import__("reben_tools.builder.pipeline.block"))
         for _ in range(repeats):
             for n in (1, 2):

@@ -225,7 +225,7 @@ def main() -> None:
     results["chance_recall_at_1"] = 1 / results["random"][0]["test_patches"]
     results["torch_threads"] = torch.get_num_threads()
     Path(args.out).write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: v for k, v in results.items() if k.startswith("margin") or k.startswith("chance")}, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k.startswith(("margin", "chance"))}, indent=2))
 
 
 if __name__ == "__main__":

@@ -148,7 +148,11 @@ def run(args: argparse.Namespace) -> dict:
     dataset = ReBENDataset(root, bands="ALL", normalisation=None, include_snow_cloud=True)
     n = len(dataset)
     ids = dataset.patch_ids
-    s1_of = dict(zip(dataset.metadata.column("patch_id").to_pylist(), dataset.metadata.column("s1_name").to_pylist()))
+    s1_of = dict(
+        zip(
+            dataset.metadata.column("patch_id").to_pylist(), dataset.metadata.column("s1_name").to_pylist(), strict=True
+        )
+    )
     label_of = {pid: dataset.labels[i] for i, pid in enumerate(ids)}
     rng = np.random.default_rng(1)
     probe = {

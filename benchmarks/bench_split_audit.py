@@ -76,7 +76,7 @@ def generate(n_tiles: int = 100, n_repeat_tiles: int = 25, keep: float = 0.53, s
         field = coarse[x * 12 // 91, y * 12 // 91] + 0.35 * rng.random(len(x))
         kept = field > np.quantile(field, 1.0 - keep)
         prefix = f"S2{'AB'[index % 2]}_MSIL2A_{sensing}_N9999_R022_T{tile}"
-        ids.extend(f"{prefix}_{a:02d}_{b:02d}" for a, b in zip(x[kept], y[kept]))
+        ids.extend(f"{prefix}_{a:02d}_{b:02d}" for a, b in zip(x[kept], y[kept], strict=True))
         mix = rng.dirichlet(np.full(19, 0.3)) * 3.0
         presence = rng.random((int(kept.sum()), 19)) < np.minimum(mix, 0.95)
         presence[presence.sum(axis=1) == 0, int(np.argmax(mix))] = True
@@ -146,7 +146,7 @@ def main() -> None:
         timed("load_patches (validate ids, MGRS positions)", lambda: load_patches(source))
         for name in STRATEGIES:
             strategy = get_strategy(name)
-            timed(f"load + split {name}", lambda: strategy.assign(load_patches(source)))
+            timed(f"load + split {name}", lambda s=strategy: s.assign(load_patches(source)))
         timed("audit: split column + 3 strategies, with figures", lambda: run_audit(source, out_dir))
         timed(
             "audit: split column only, no figures",

@@ -217,7 +217,7 @@ def loader_rate(spec, archive: Path, device: torch.device, batches: int) -> tupl
         while done < batches + 2:
             sampler.set_epoch(epoch)
             for batch in loader:
-                preprocess(batch)
+                preprocess(batch)  # the host-to-device work being timed; the result is not needed
                 done += 1
                 if done == 2:  # workers started, first batches out
                     sync(device)

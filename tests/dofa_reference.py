@@ -103,7 +103,7 @@ def hand_built_checkpoint(embed: int, depth: int, seed: int = 0) -> dict[str, to
     for name, shape in published_layout(embed, depth).items():
         if name.endswith(("norm1.weight", "norm2.weight")):
             value = 1.0 + 0.1 * torch.randn(shape, generator=gen)
-        elif len(shape) == 2 and not name.endswith("_tokens") and not name.endswith("_token"):
+        elif len(shape) == 2 and not name.endswith(("_tokens", "_token")):
             value = torch.randn(shape, generator=gen) / math.sqrt(shape[1])
         else:
             value = 0.3 * torch.randn(shape, generator=gen)

@@ -63,5 +63,5 @@ def assert_readable(figure) -> None:
     assert not overlaps, f"overlapping texts: {overlaps[:5]}"
     outside = texts_outside(figure)
     assert not outside, f"texts cut off at the figure's edge: {outside[:5]}"
-    shortened = [text for text, _ in text_boxes(figure) if text.endswith("...") or text.endswith("\u2026")]
+    shortened = [text for text, _ in text_boxes(figure) if text.endswith(("...", "\u2026"))]
     assert not shortened, f"texts cut with an ellipsis: {shortened[:5]}"

@@ -146,10 +146,10 @@ def test_export_tiff_never_writes_outside_its_output(tmp_path, nested):
             "values": {second: s2, evil_s1: s1, naming.reference_map_key(second): reference_map},
         }
     )
-    for name in BAD_NAMES.values():
-        patches.append(
-            {"patch_id": name, "s1_name": None, "values": {name: s2, naming.reference_map_key(name): reference_map}}
-        )
+    patches.extend(
+        {"patch_id": name, "s1_name": None, "values": {name: s2, naming.reference_map_key(name): reference_map}}
+        for name in BAD_NAMES.values()
+    )
     source = craft_archive(tmp_path / "archive", patches)
     out = tmp_path / "deep" / "er" / "still" / "export"
     before = files_under(tmp_path)
@@ -294,7 +294,7 @@ def hostile_values(valid: bytes) -> dict[str, tuple[bytes, str]]:
 
 @pytest.fixture(scope="module")
 def hostile_archive(tmp_path_factory):
-    s2, s1, reference_map = real_values(1)
+    s2, _, _ = real_values(1)
     cases = hostile_values(s2)
     patches = [{"patch_id": GOOD_ID, "s1_name": None, "values": {GOOD_ID: s2}}]
     expected = {}
@@ -388,7 +388,7 @@ def test_fuzz_structured_headers_are_valid_or_rejected_naming_the_key(dtype, sha
     try:
         arrays = check_value("fuzzed-key", value, "S2")
     except ValueDecodeError as exc:
-        assert exc.key == "fuzzed-key" and str(exc).startswith("archive value 'fuzzed-key': ")
+        assert exc.key == "fuzzed-key" and str(exc).startswith("archive value 'fuzzed-key': ")  # noqa: PT017 -- fuzzing: rejection is a valid outcome, so pytest.raises does not apply
     else:
         assert sorted(arrays) == sorted(_header_and_data(valid)[0])
 
@@ -460,7 +460,7 @@ def test_fuzz_patch_id_parser_accepts_only_safe_ids(text):
     try:
         parsed = naming.parse_patch_id(text)
     except ValueError as exc:
-        assert "patch id" in str(exc)
+        assert "patch id" in str(exc)  # noqa: PT017 -- fuzzing: rejection is a valid outcome, so pytest.raises does not apply
         return
     assert _is_safe_component(text) and text.isascii()
     assert naming.parse_patch_id(str(parsed)) == parsed  # canonical form parses to the same patch
@@ -472,7 +472,7 @@ def test_fuzz_s1_name_parser_accepts_only_safe_names(text):
     try:
         prefix, tile, x, y = naming.parse_s1_patch_name(text)
     except ValueError as exc:
-        assert "S1 patch name" in str(exc)
+        assert "S1 patch name" in str(exc)  # noqa: PT017 -- fuzzing: rejection is a valid outcome, so pytest.raises does not apply
         return
     assert _is_safe_component(text) and text.isascii()
     assert naming.parse_s1_patch_name(f"{prefix}_{tile}_{x}_{y}") == (prefix, tile, x, y)

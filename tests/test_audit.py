@@ -29,7 +29,7 @@ RATIOS = {"train": 0.5, "validation": 0.25, "test": 0.25}
 
 
 def ids_for(product, xs, ys):
-    return [f"{product}_{x:02d}_{y:02d}" for x, y in zip(xs, ys)]
+    return [f"{product}_{x:02d}_{y:02d}" for x, y in zip(xs, ys, strict=True)]
 
 
 def grid(n):

@@ -79,7 +79,7 @@ def test_real_clc_extract_case_insensitive_column_and_crs():
     ref, _ = reference_block(source, "EPSG:25830", transform, (120, 120))
     xs, ys = np.meshgrid(left + 10 * np.arange(120) + 5, top - 10 * np.arange(120) - 5)
     expected = np.full((120, 120), 999, dtype=np.uint16)
-    for code, geometry in zip(frame[source.code_column], frame.geometry):
+    for code, geometry in zip(frame[source.code_column], frame.geometry, strict=True):
         expected[shapely.contains_xy(geometry, xs, ys)] = int(code)
     assert (ref == expected).mean() > 0.999  # pixel centres on an edge may go either way
     assert len(set(np.unique(ref).tolist()) - {999}) >= 2
@@ -104,7 +104,7 @@ def test_strip_rasterisation_gives_the_bytes_of_one_pass_over_unclipped_polygons
     ref, _ = reference_block(source, "EPSG:32630", transform, shape)
     geometries, codes, _ = read_polygons(source, (left, top - 3000, left + 2400, top), "EPSG:32630")
     one_pass = rasterize(
-        zip(geometries, (int(c) for c in codes)),
+        zip(geometries, (int(c) for c in codes), strict=True),
         out_shape=shape,
         transform=transform,
         fill=999,
@@ -160,7 +160,7 @@ def test_errors_name_the_file(tmp_path):
         open_clc(path)
     broken = tmp_path / "broken.gpkg"
     broken.write_bytes(b"not a geopackage")
-    with pytest.raises(CorineError, match="broken.gpkg"):
+    with pytest.raises(CorineError, match=r"broken\.gpkg"):
         open_clc(broken)
 
 
@@ -174,7 +174,7 @@ def test_raster_clc_is_sampled_exactly_at_the_pixel_centres(tmp_path):
     """
     from pyproj import Transformer
 
-    codes = np.array([c for c in (111, 112, 121, 211, 231, 311, 312, 313, 321, 512)], dtype=np.uint16)
+    codes = np.array([111, 112, 121, 211, 231, 311, 312, 313, 321, 512], dtype=np.uint16)
     rng = np.random.default_rng(7)
     to_3035 = Transformer.from_crs("EPSG:32633", "EPSG:3035", always_xy=True)
     x0, y0 = to_3035.transform(fx.ULX, fx.ULY)

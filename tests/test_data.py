@@ -141,10 +141,11 @@ def close(actual: torch.Tensor, expected: np.ndarray) -> None:
 
 
 # ---- fixtures: a sharded archive and a plain LMDB -----------------------------------------
+# (named apart from their functions so test_interop can import them without shadowing a name)
 
 
-@pytest.fixture(scope="module")
-def patches() -> list[dict]:
+@pytest.fixture(scope="module", name="patches")
+def patches_fixture() -> list[dict]:
     rng = np.random.default_rng(7)
     codes = np.array(list(CODE_CLASS), dtype=np.uint16)
     out = []
@@ -200,8 +201,8 @@ def values_of(p: dict) -> list[tuple[str, bytes]]:
 MANIFEST_STATS = {b: (1000.0 + 10 * k, 400.0 + k) for k, b in enumerate(ALL)}
 
 
-@pytest.fixture(scope="module")
-def archive_dir(tmp_path_factory, patches) -> Path:
+@pytest.fixture(scope="module", name="archive_dir")
+def archive_dir_fixture(tmp_path_factory, patches) -> Path:
     root = tmp_path_factory.mktemp("archive")
     shard_of = {p["id"]: f"part-{i % 3}" for i, p in enumerate(patches)}
     infos = []
@@ -246,8 +247,8 @@ def write_plain(directory: Path, items: list[tuple[str, bytes]]) -> None:
     env.close()
 
 
-@pytest.fixture(scope="module")
-def plain(tmp_path_factory, patches) -> tuple[Path, list[Path]]:
+@pytest.fixture(scope="module", name="plain")
+def plain_fixture(tmp_path_factory, patches) -> tuple[Path, list[Path]]:
     base = tmp_path_factory.mktemp("plain")
     write_plain(base / "BigEarthNet-V2-LMDB", [kv for p in patches for kv in values_of(p)])
     rows = metadata_rows(patches)

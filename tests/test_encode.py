@@ -53,7 +53,7 @@ def read_tif(path):
 def reference_value(folder, name, bands, tensor_names=None):
     """safetensors bytes of the GeoTIFFs ``<folder>/<name>_<band>.tif``, read independently."""
     tensor_names = tensor_names or bands
-    return safetensors_save({t: read_tif(folder / f"{name}_{b}.tif") for t, b in zip(tensor_names, bands)})
+    return safetensors_save({t: read_tif(folder / f"{name}_{b}.tif") for t, b in zip(tensor_names, bands, strict=True)})
 
 
 def product(name):

@@ -164,7 +164,7 @@ def test_datasets_over_a_partial_archive(release, partial, tmp_path):
     assert sorted(listed) == ids[2:]  # the metadata lists the patches whose S2 value was written
     with ReBENDataset(out, bands="S2", include_snow_cloud=True) as ds:
         assert len(ds) == N - 2 and ds[0]["image"].shape == (12, 120, 120)
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match=r"3 value\(s\)") as info:
         ReBENDataset(out, bands="ALL", include_snow_cloud=True)
     message = str(info.value)
     assert "3 value(s)" in message

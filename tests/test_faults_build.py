@@ -93,29 +93,11 @@ def test_a_dask_worker_killed_mid_block_the_build_still_completes(config_path, r
             assert time.monotonic() < deadline, "the scheduler did not start"
             time.sleep(0.1)
         address = json.loads(scheduler_file.read_text())["address"]
-        for _ in range(2):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        "dask",
-                        "worker",
-                        address,
-                        "--nthreads",
-                        "1",
-                        "--nworkers",
-                        "1",
-                        "--no-nanny",
-                        "--no-dashboard",
-                        "--host",
-                        "127.0.0.1",
-                        "--memory-limit",
-                        "2GiB",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    env=env,
-                )
-            )
+        worker = ["dask", "worker", address, "--nthreads", "1", "--nworkers", "1", "--no-nanny", "--no-dashboard"]
+        worker += ["--host", "127.0.0.1", "--memory-limit", "2GiB"]
+        procs.extend(
+            subprocess.Popen(worker, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env) for _ in range(2)
+        )
         with Client(address, timeout="30s") as client:
             client.wait_for_workers(2, timeout=60)
             pids = client.run(os.getpid)  # worker address -> its process id
@@ -294,5 +276,5 @@ def test_build_with_hostile_input_folder_names_skips_them_by_name_and_stays_insi
     )
     built = archive_digest(out)
     for path, digest in reference[1].items():  # the shards and metadata are the undisturbed build's
-        if path.startswith("shards/") or path.startswith("metadata"):
+        if path.startswith(("shards/", "metadata")):
             assert built[path] == digest, path

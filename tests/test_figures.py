@@ -36,19 +36,18 @@ def _close_figures():
 def audited(tmp_path_factory):
     """Two dense 10 x 10 tiles (12,600 m) with every class name, their reBEN split, audited."""
     names = class_names()
-    rows = []
-    for product, country in PRODUCTS.items():
-        for y in range(10):
-            for x in range(10):
-                rows.append(
-                    {
-                        "patch_id": f"{product}_{x:02d}_{y:02d}",
-                        "country": country,
-                        "tile_side_m": 12_600.0,
-                        "labels": [names[(x + 3 * y) % 19], names[(2 * x + y) % 19]],
-                        "split": str(reben_split(np.array([x]), np.array([y]), 12_600.0)[0]),
-                    }
-                )
+    rows = [
+        {
+            "patch_id": f"{product}_{x:02d}_{y:02d}",
+            "country": country,
+            "tile_side_m": 12_600.0,
+            "labels": [names[(x + 3 * y) % 19], names[(2 * x + y) % 19]],
+            "split": str(reben_split(np.array([x]), np.array([y]), 12_600.0)[0]),
+        }
+        for product, country in PRODUCTS.items()
+        for y in range(10)
+        for x in range(10)
+    ]
     path = tmp_path_factory.mktemp("fig") / "patches.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     patches = load_patches(path)
@@ -287,7 +286,7 @@ def test_embedding_map_names_every_class_in_full_and_its_text_is_readable():
     figure, summary = embedding_map_figure(x, labels, [f"p{i:03d}" for i in range(60)], method="tsne")
     titles = [" ".join(ax.get_title().split()) for ax in figure.axes if ax.get_title()]
     assert len(titles) == len(names) == len(summary["classes"])
-    for name, title in zip(names, titles):
+    for name, title in zip(names, titles, strict=True):
         assert title.startswith(name), (name, title)
     assert_readable(figure)
 

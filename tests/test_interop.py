@@ -14,15 +14,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from test_data import (  # noqa: F401  (module fixtures)
+from test_data import (  # noqa: F401  (the *_fixture imports register module fixtures)
     ALL,
     CLOUDY,
     REBEN_SCHEMA,
     SNOWY,
-    archive_dir,
+    archive_dir_fixture,
     metadata_rows,
-    patches,
-    plain,
+    patches_fixture,
+    plain_fixture,
     upsample,
     values_of,
     write_plain,
@@ -94,7 +94,7 @@ def test_normalised_tensors_equal_configilm_plus_normalize(archive_dir, patches,
         batch = ds.__getitems__([0, 1, 2]).collated
         images = ds.native_transform()(batch) if mode == "native" else batch["image"]
         ids = batch["patch_id"]
-    for image, pid in zip(images, ids):
+    for image, pid in zip(images, ids, strict=True):
         expected = configilm_normalised(by_id[pid])
         # float32 rounding: the dataset multiplies by 1/std where Normalize divides
         torch.testing.assert_close(image, expected, rtol=0, atol=4e-7 * float(expected.abs().max()))

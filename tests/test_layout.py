@@ -44,11 +44,11 @@ def _part_of(path: Path) -> str | None:
     return relative[0] if len(relative) > 1 else None
 
 
-def _imported_parts(path: Path) -> set[tuple[str, int]]:
-    """(part, line) for every import of ``reben_tools.<part>`` in a module, at any depth."""
+def _imported_parts(path: Path, package: Path = PACKAGE) -> set[tuple[str, int]]:
+    """(part, line) for every import of ``reben_tools.<part>`` in a module of ``package``, at any depth."""
     tree = ast.parse(path.read_text("utf-8"), filename=str(path))
     found: set[tuple[str, int]] = set()
-    package_parts = path.relative_to(PACKAGE).parts[:-1]
+    package_parts = path.relative_to(package).parts[:-1]
     for node in ast.walk(tree):
         names: list[str] = []
         if isinstance(node, ast.Import):
@@ -98,13 +98,15 @@ def test_top_level_modules_are_only_entry_points() -> None:
 
 
 def test_direction_check_catches_a_violation(tmp_path: Path) -> None:
-    """The checker itself: a format module that imports learn is reported."""
-    fake = PACKAGE / "format" / "__layout_probe__.py"
-    try:
-        fake.write_text('"""probe"""\nfrom reben_tools.learn import dataset\nfrom ..builder import scenes\n')
-        assert _imported_parts(fake) == {("learn", 2), ("builder", 3)}
-    finally:
-        fake.unlink()
+    """The checker itself: a format module that imports learn is reported.
+
+    The probe lives in a copy's layout under ``tmp_path``, not in the package, where tests
+    running in parallel (ruff, mypy and the file lists) would see it.
+    """
+    fake = tmp_path / "reben_tools" / "format" / "__layout_probe__.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text('"""probe"""\nfrom reben_tools.learn import dataset\nfrom ..builder import scenes\n')
+    assert _imported_parts(fake, tmp_path / "reben_tools") == {("learn", 2), ("builder", 3)}
 
 
 def _imported_learn_floors(path: Path) -> set[tuple[str, int]]:

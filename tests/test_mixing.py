@@ -249,7 +249,7 @@ def test_same_seed_same_batch_other_seed_other_boxes(real_maps):
     m1, m2 = CutMix("cutmix-lp", seed=4), CutMix("cutmix-lp", seed=4)
     first = [m1(images, labels, maps).labels for _ in range(3)]
     second = [m2(images, labels, maps).labels for _ in range(3)]
-    assert all(torch.equal(x, y) for x, y in zip(first, second))
+    assert all(torch.equal(x, y) for x, y in zip(first, second, strict=True))
     assert not torch.equal(first[0], first[1])
 
 

@@ -82,9 +82,8 @@ def test_parse_patch_id_round_trip():
     ],
 )
 def test_malformed_patch_ids_are_rejected_with_the_name(bad):
-    with pytest.raises(ValueError) as excinfo:
+    with pytest.raises(ValueError, match="patch id"):
         parse_patch_id(bad)
-    assert "patch id" in str(excinfo.value)
 
 
 def test_product_name_rejects_non_sentinel2():

@@ -96,7 +96,7 @@ def test_patch_names_and_grid_positions(patches):
     assert row.s1_name == "S1B_IW_GRDH_1SDV_20170615T101031_33UUP_1_2"
     assert row.s2v1_name == "S2A_MSIL2A_20170613T101031_1_2"
     assert row.shard == "S2A_MSIL2A_20170613T101031_N0500_R022_T33UUP_rows02-02"
-    for pid, r in patches.iterrows():
+    for _, r in patches.iterrows():
         assert r.ulx == 300000.0 + 1200 * r.x and r.uly == 5400000.0 - 1200 * r.y
         lon0, lat0, lon1, lat1 = r.geometry.bounds
         t = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
@@ -448,7 +448,7 @@ def test_report_lists_every_dropped_patch_with_its_reason(built):
 
 def test_missing_clc_is_a_clear_error(region, tmp_path):
     config = PipelineConfig(s2=[str(region.s2_dir)], clc=str(tmp_path / "nope.gpkg"))
-    with pytest.raises(BuildError, match="nope.gpkg"):
+    with pytest.raises(BuildError, match=r"nope\.gpkg"):
         build_archive(config, out=tmp_path / "a", progress=False, echo=_quiet)
 
 

@@ -70,10 +70,52 @@ def _reben(*args: str, **kwargs) -> subprocess.Popen:
     )
 
 
+SLOW_LATER_BLOCKS = """
+    import reben_tools.builder.pipeline.execution as ex
+    _make_client = ex._make_client
+    def _install_fault():
+        import os, time
+        import reben_tools.builder.pipeline.block as blk
+        import reben_tools.builder.pipeline.execution as ex
+        _run = blk.run_block
+        def run_block(task):
+            try:  # the first block to start runs at full speed, every later one 5 s late
+                os.close(os.open(MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                time.sleep(5)
+            return _run(task)
+        blk.run_block = run_block
+        ex.run_block = run_block
+    def make_client(*a, **k):
+        client, cluster = _make_client(*a, **k)
+        client.register_plugin(_Plugin())
+        return client, cluster
+    from distributed.diagnostics.plugin import WorkerPlugin
+    class _Plugin(WorkerPlugin):
+        def setup(self, worker):
+            _install_fault()
+    ex._make_client = make_client
+    """
+"""Slows every block but the first, so Ctrl-C lands mid-build however loaded the machine is
+(on 2 busy cores the whole build could finish between two polls of the test)."""
+
+
 def test_ctrl_c_stops_quietly_with_one_line_and_the_rerun_resumes(config_path, reference, tmp_path):
+    sys.path.insert(0, str(REPO / "tests"))
+    from reliability_helpers import _fault_command
+
     out = tmp_path / "archive"
     args = ("build", str(config_path), "--out", str(out), "--workers", "1", "--no-progress")
-    proc = _reben(*args, start_new_session=True)
+    fault = f"MARKER = {str(tmp_path / 'first-block')!r}\n" + SLOW_LATER_BLOCKS.replace("\n    ", "\n")
+    proc = subprocess.Popen(
+        _fault_command(list(args), fault, new_session=False),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
     shards = out / "shards"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -178,7 +220,9 @@ KILL_BLOCK = """
     """
 
 
-def test_a_worker_killed_in_a_block_costs_that_block_one_retry_not_its_chain(config_path, reference, tmp_path):
+def test_a_worker_killed_in_a_block_costs_that_block_one_retry_not_its_chain(
+    config_path, reference, tmp_path, monkeypatch
+):
     """The first attempt of product 1's middle block kills its worker (as the OOM killer would).
 
     With one allowed failure per task (``allowed-failures = 0``), Dask fails that block at
@@ -189,17 +233,10 @@ def test_a_worker_killed_in_a_block_costs_that_block_one_retry_not_its_chain(con
 
     out = tmp_path / "archive"
     fault = f"MARKER = {str(tmp_path / 'killed-once')!r}\n" + KILL_BLOCK.replace("\n    ", "\n")
-    env_before = os.environ.get("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES")
-    os.environ["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = "0"  # the first death -> KilledWorker
-    try:
-        done = run_cli_with_fault(
-            ["build", str(config_path), "--out", str(out), "--workers", "1", "--no-progress"], fault, timeout=300
-        )
-    finally:
-        if env_before is None:
-            os.environ.pop("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES")
-        else:
-            os.environ["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = env_before
+    monkeypatch.setenv("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "0")  # the first death -> KilledWorker
+    done = run_cli_with_fault(
+        ["build", str(config_path), "--out", str(out), "--workers", "1", "--no-progress"], fault, timeout=300
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "killed-once").exists()  # the worker did die
     assert _files(out) == _files(reference), done.stdout + done.stderr

@@ -146,7 +146,7 @@ def test_expected_dimension_and_unreadable_file(embeddings, tmp_path):
         read_embeddings(embeddings["path"], expected_dim=768)
     junk = tmp_path / "junk.parquet"
     junk.write_bytes(b"not parquet")
-    with pytest.raises(EmbeddingsError, match="junk.parquet: cannot read parquet"):
+    with pytest.raises(EmbeddingsError, match=r"junk\.parquet: cannot read parquet"):
         read_embeddings(junk)
     result = CliRunner().invoke(app, ["probe", "--embeddings", str(junk), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "junk.parquet: cannot read parquet" in result.output

@@ -69,7 +69,7 @@ def _archive(tmp_path, n=10, side=12_600.0, products=(PRODUCT,)):
     (archive / MANIFEST_FILE).write_text(json.dumps({"format": FORMAT_NAME}))
     xs, ys = np.meshgrid(np.arange(n), np.arange(n))
     xs, ys = xs.ravel(), ys.ravel()
-    ids = [f"{p}_{x:02d}_{y:02d}" for p in products for x, y in zip(xs, ys)]
+    ids = [f"{p}_{x:02d}_{y:02d}" for p in products for x, y in zip(xs, ys, strict=True)]
     split = list(reben_split(np.tile(xs, len(products)), np.tile(ys, len(products)), side))
     pq.write_table(pa.table({"patch_id": ids, "split": split}), archive / METADATA_FILE)
     pq.write_table(

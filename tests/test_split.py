@@ -33,7 +33,7 @@ PRODUCT_LATER = "S2B_MSIL2A_20170923T101031_N9999_R022_T33UUP"
 
 
 def ids_for(product: str, xs, ys) -> list[str]:
-    return [f"{product}_{x:02d}_{y:02d}" for x, y in zip(xs, ys)]
+    return [f"{product}_{x:02d}_{y:02d}" for x, y in zip(xs, ys, strict=True)]
 
 
 def grid(n: int, m: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +99,7 @@ def test_reben_small_tile_uses_its_side():
     x, y = grid(10)
     got = reben_split(x, y, 12_000.0)
     rank = {"train": 0, "validation": 1, "test": 2}
-    expected = [min(per_axis[a], per_axis[b], key=rank.get) for a, b in zip(x, y)]
+    expected = [min(per_axis[a], per_axis[b], key=rank.get) for a, b in zip(x, y, strict=True)]
     assert list(got) == expected
     assert split_counts(got) == {"train": 36, "validation": 28, "test": 36, "excluded": 0}
     # the same positions in a full tile are all train
@@ -305,7 +305,7 @@ def test_missing_column_and_missing_file(tmp_path):
         load_patches(source)
     with pytest.raises(SplitInputError, match="no such file"):
         load_patches(tmp_path / "missing.parquet")
-    with pytest.raises(SplitInputError, match="neither patches.parquet nor metadata.parquet"):
+    with pytest.raises(SplitInputError, match=r"neither patches\.parquet nor metadata\.parquet"):
         load_patches(tmp_path)
 
 
@@ -345,7 +345,7 @@ def test_metadata_parquet_input_keeps_schema(tmp_path):
             "contains_seasonal_snow": False,
             "contains_cloud_or_shadow": flagged,
         }
-        for pid, flagged in zip(ids, [False, True])
+        for pid, flagged in zip(ids, [False, True], strict=True)
     ]
     table = pa.Table.from_pylist(rows, schema=METADATA_SCHEMA)
     (tmp_path / "a").mkdir()

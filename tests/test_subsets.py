@@ -133,10 +133,10 @@ def test_subset_command_keeps_schema_and_other_splits(archive, tmp_path):
     expected_ids = sorted(train.column("patch_id").to_pylist()[i] for i in expected)
     splits = table.column("split").to_pylist()
     ids = table.column("patch_id").to_pylist()
-    assert sorted(p for p, s in zip(ids, splits) if s == "train") == expected_ids
+    assert sorted(p for p, s in zip(ids, splits, strict=True) if s == "train") == expected_ids
     assert len(expected_ids) == 10  # 0.25 * 40
     for split in ("validation", "test"):
-        assert sorted(p for p, s in zip(ids, splits) if s == split) == sorted(archive["patch_ids"][split])
+        assert sorted(p for p, s in zip(ids, splits, strict=True) if s == split) == sorted(archive["patch_ids"][split])
     dist = json.loads(report.read_text())
     assert dist["patches"] == {"full": 40, "subset": 10}
     sub_labels = [archive["labels"][p] for p in expected_ids]

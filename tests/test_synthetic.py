@@ -291,7 +291,7 @@ def _reference_map(region: DemoRegion, product) -> np.ndarray:
     frame = gpd.read_file(region.corine_path, layer="clc").to_crs(f"EPSG:{product.epsg}")
     transform = from_origin(product.ulx, product.uly, 10, 10)
     return rasterize(
-        ((g, int(c)) for g, c in zip(frame.geometry, frame["Code_18"])),
+        ((g, int(c)) for g, c in zip(frame.geometry, frame["Code_18"], strict=True)),
         out_shape=(1260, 1260),
         transform=transform,
         fill=999,
@@ -395,6 +395,23 @@ def test_s1_partners_match_an_independent_warp(region):
     for scene in region.s1_scenes:
         with rasterio.open(scene.vv_path) as ds:
             arrays[scene.name] = (ds.read(1), ds.transform)
+
+    def fully_valid(scene, product, x, y) -> bool:
+        data, transform = arrays[scene.name]
+        dst = np.full((120, 120), np.nan, dtype=np.float32)
+        reproject(
+            data,
+            dst,
+            src_transform=transform,
+            src_crs="EPSG:4326",
+            src_nodata=np.nan,
+            dst_transform=from_origin(product.ulx + 1200 * x, product.uly - 1200 * y, 10, 10),
+            dst_crs=f"EPSG:{product.epsg}",
+            dst_nodata=np.nan,
+            resampling=Resampling.bilinear,
+        )
+        return bool(np.isfinite(dst).all())
+
     checked = 0
     for product in region.products:
         t2 = product.sensing_time
@@ -402,27 +419,10 @@ def test_s1_partners_match_an_independent_warp(region):
             (s for s in region.s1_scenes if s.tile == product.tile and abs((s.acquisition_time - t2).days) <= 6),
             key=lambda s: abs((s.acquisition_time - t2).total_seconds()),
         )
-
-        def fully_valid(scene, x, y) -> bool:
-            data, transform = arrays[scene.name]
-            dst = np.full((120, 120), np.nan, dtype=np.float32)
-            reproject(
-                data,
-                dst,
-                src_transform=transform,
-                src_crs="EPSG:4326",
-                src_nodata=np.nan,
-                dst_transform=from_origin(product.ulx + 1200 * x, product.uly - 1200 * y, 10, 10),
-                dst_crs=f"EPSG:{product.epsg}",
-                dst_nodata=np.nan,
-                resampling=Resampling.bilinear,
-            )
-            return bool(np.isfinite(dst).all())
-
         for (x, y), patch in product.patches.items():
             if not patch.s1_certain:
                 continue
-            valid = [fully_valid(s, x, y) for s in scenes]
+            valid = [fully_valid(s, product, x, y) for s in scenes]
             if patch.s1_name is None:
                 assert not any(valid), patch.patch_id
                 continue

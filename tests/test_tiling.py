@@ -42,5 +42,5 @@ def test_blocks_cover_every_row_once():
     assert grid.block_bounds(blocks[1]) == (0, -16 * 1200, 91 * 1200, -8 * 1200)
     t = grid.block_transform(blocks[1], 60)
     assert (t.a, t.c, t.f) == (60, 0, -9600)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rows_per_block must be at least 1, got 0"):
         grid.blocks(0)

@@ -92,7 +92,7 @@ def test_dataloader_workers_raise_instead_of_dying_by_signal(pristine, tmp_path,
     ds = ReBENDataset(root, bands="S2")
     _truncate(root / "shards" / "shard-000" / "data.mdb", cut)
     loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate, multiprocessing_context="fork")
-    with pytest.raises(Exception) as info:
+    with pytest.raises(Exception, match="truncated LMDB data file") as info:
         for _ in loader:
             pass
     message = str(info.value)

@@ -87,7 +87,7 @@ def build_learnable_archive(
                 s1_bands[band] = (mean + std * z).astype(np.float32)
             reference = np.zeros((120, 120), dtype=np.uint16)
             stripes = np.array_split(np.arange(120), len(chosen))
-            for c, cols in zip(chosen, stripes):
+            for c, cols in zip(chosen, stripes, strict=True):
                 reference[:, cols] = code_of[ALPHABETICAL_ORDER[c]]
             shard = n % shards
             items = items_per_shard[shard]

@@ -266,11 +266,13 @@ def read_polygons(
             geometries[i] = repaired
             keep[i] = True
     kept = geometries[keep]
-    if len(kept) and not frame.crs.equals(crs):
+    layer_crs = frame.crs
+    assert layer_crs is not None  # open_clc refuses a vector layer without a CRS
+    if len(kept) and not layer_crs.equals(crs):
         # densify before reprojecting so that edges straight in the source CRS stay within
         # a fraction of a millimetre of their true course in the target CRS
-        step = DENSIFY_DEGREES if frame.crs.is_geographic else DENSIFY_METRES
-        kept = gpd.GeoSeries(shapely.segmentize(kept, step), crs=frame.crs).to_crs(crs).values
+        step = DENSIFY_DEGREES if layer_crs.is_geographic else DENSIFY_METRES
+        kept = np.asarray(gpd.GeoSeries(shapely.segmentize(kept, step), crs=layer_crs).to_crs(crs).values)
     return list(kept), codes[keep].astype(np.uint16), issues
 
 
@@ -339,7 +341,7 @@ def rasterise(geometries: list, codes: np.ndarray, transform, shape: tuple[int, 
     if not geometries:
         return np.full(shape, NO_POLYGON_CODE, dtype=np.uint16)
     return rasterize(
-        zip(geometries, (int(c) for c in codes)),
+        zip(geometries, (int(c) for c in codes), strict=True),
         out_shape=shape,
         transform=transform,
         fill=NO_POLYGON_CODE,

@@ -148,7 +148,7 @@ def footprints_in(crs_of_rows: list[str], ulx: np.ndarray, uly: np.ndarray, size
     t = np.linspace(0.0, 1.0, 9)[:-1]
     ring_x = np.concatenate([t, np.ones_like(t), 1 - t, np.zeros_like(t)]) * size_m
     ring_y = -np.concatenate([np.zeros_like(t), t, np.ones_like(t), 1 - t]) * size_m
-    out = [None] * len(ulx)
+    out: list[shapely.Polygon | None] = [None] * len(ulx)
     crs_arr = np.asarray(crs_of_rows, dtype=object)
     for crs in sorted(set(crs_of_rows)):
         idx = np.flatnonzero(crs_arr == crs)
@@ -157,5 +157,5 @@ def footprints_in(crs_of_rows: list[str], ulx: np.ndarray, uly: np.ndarray, size
         ys = uly[idx, None] + ring_y[None, :]
         tx, ty = transformer.transform(xs, ys)
         for k, i in enumerate(idx):
-            out[i] = shapely.Polygon(np.column_stack([tx[k], ty[k]]))
+            out[int(i)] = shapely.Polygon(np.column_stack([tx[k], ty[k]]))
     return out

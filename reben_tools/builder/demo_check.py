@@ -106,7 +106,10 @@ def check_demo_archive(expected_json: str | Path, archive_dir: str | Path) -> De
     archive = {
         pid: (tuple(labels or ()), split)
         for pid, labels, split in zip(
-            table.column("patch_id").to_pylist(), table.column("labels").to_pylist(), table.column("split").to_pylist()
+            table.column("patch_id").to_pylist(),
+            table.column("labels").to_pylist(),
+            table.column("split").to_pylist(),
+            strict=True,
         )
     }
     verdict = DemoVerdict(kept=len(archive))
@@ -115,7 +118,7 @@ def check_demo_archive(expected_json: str | Path, archive_dir: str | Path) -> De
         splits = reben_split(
             np.array([p["x"] for p in patches]), np.array([p["y"] for p in patches]), float(product["size_m"])
         )
-        for patch, split in zip(patches, splits):
+        for patch, split in zip(patches, splits, strict=True):
             pid, kept = patch["patch_id"], patch["kept"]
             verdict.candidates += 1
             if kept is None:

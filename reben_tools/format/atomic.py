@@ -6,7 +6,7 @@ A reader never sees a half-written file; an interrupted write leaves at most a
 Owns: :func:`replaced_atomically`, :func:`write_json_atomic`, :func:`write_parquet_atomic`,
 :func:`save_figure_atomic`, :func:`fsync_dir`.
 Does not own: what is written (archive layout, schemas: the other ``format`` modules).
-May import: the standard library and pyarrow.
+May import: the standard library and pyarrow (matplotlib for type hints only).
 """
 
 from __future__ import annotations
@@ -17,9 +17,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def fsync_dir(path: Path) -> None:
@@ -61,7 +65,7 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
         pq.write_table(table, tmp)
 
 
-def save_figure_atomic(figure, path: Path, **savefig_options) -> None:
+def save_figure_atomic(figure: Figure, path: Path, **savefig_options: Any) -> None:
     """Save a matplotlib Figure to ``path`` through a temporary file and a rename.
 
     The image format follows ``path``'s suffix (PNG when it has none); ``savefig_options`` go

@@ -118,7 +118,7 @@ S2_VALUE_NBYTES = 160_832
 S1_VALUE_NBYTES = 115_344
 
 
-def resolve_bands(bands: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+def resolve_bands(bands: str | Sequence[str]) -> tuple[str, ...]:
     """Turn a group name (``"S1_10m_20m"``) or a list of band names into band names.
 
     Raises:

@@ -18,6 +18,7 @@ import json
 import math
 import struct
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import save as _safetensors_save
@@ -28,7 +29,7 @@ REFERENCE_MAP_TENSOR = "Data"
 MAX_HEADER_BYTES = 100_000
 """Largest header accepted when decoding; reBEN's are under 1 KB."""
 
-_DTYPES = {
+_DTYPES: dict[str, np.dtype[Any] | None] = {  # None: a safetensors dtype numpy cannot hold
     "U8": np.dtype("uint8"),
     "I8": np.dtype("int8"),
     "U16": np.dtype("<u2"),
@@ -53,7 +54,7 @@ class ValueDecodeError(ValueError):
         self.key = key
         self.reason = reason
 
-    def __reduce__(self):  # picklable across worker processes
+    def __reduce__(self) -> tuple[type[ValueDecodeError], tuple[str, str]]:  # picklable across worker processes
         return type(self), (self.key, self.reason)
 
 
@@ -62,7 +63,7 @@ def encode_tensors(tensors: Mapping[str, np.ndarray]) -> bytes:
     return _safetensors_save({name: np.ascontiguousarray(a) for name, a in tensors.items()})
 
 
-def _check_band_array(name: str, array: np.ndarray, expected: dict) -> None:
+def _check_band_array(name: str, array: np.ndarray, expected: Mapping[str, Any]) -> None:
     band = expected[name]
     if array.dtype != np.dtype(band.dtype):
         raise ValueError(f"band {name}: dtype {array.dtype}, expected {band.dtype}")
@@ -102,7 +103,7 @@ def encode_reference_map(reference_map: np.ndarray) -> bytes:
     return encode_tensors({REFERENCE_MAP_TENSOR: reference_map})
 
 
-def read_header(key: str, value: bytes | memoryview) -> dict[str, dict]:
+def read_header(key: str, value: bytes | memoryview) -> dict[str, dict[str, Any]]:
     """Parse and validate a safetensors header without touching the tensor data.
 
     Returns ``{tensor name: {"dtype", "shape", "data_offsets"}}`` where every

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 from reben_tools.format.layout import ArchiveError
@@ -52,7 +53,8 @@ class TruncatedEnvironmentError(ArchiveError):
         self.required = required
         super().__init__(f"{path}: truncated LMDB data file ({size} bytes; {why})")
 
-    def __reduce__(self):  # picklable, so a DataLoader worker can hand it to the main process
+    def __reduce__(self) -> tuple[Callable[..., TruncatedEnvironmentError], tuple[str, int, int | None, str]]:
+        # picklable, so a DataLoader worker can hand it to the main process
         return (_rebuild, (str(self.path), self.size, self.required, str(self)))
 
 
@@ -77,7 +79,7 @@ def _read_meta(head: bytes, offset: int) -> tuple[int, int, int] | None:
     return page_size, last_page, txn_id
 
 
-def lmdb_required_bytes(data_file: str | os.PathLike) -> int:
+def lmdb_required_bytes(data_file: str | os.PathLike[str]) -> int:
     """Bytes an LMDB data file must hold: ``(last used page + 1) * page size`` of its current meta page.
 
     Args:
@@ -115,7 +117,7 @@ def lmdb_required_bytes(data_file: str | os.PathLike) -> int:
     return required
 
 
-def check_data_file(env_dir: str | os.PathLike, recorded_bytes: int | None = None) -> int:
+def check_data_file(env_dir: str | os.PathLike[str], recorded_bytes: int | None = None) -> int:
     """Refuse an LMDB environment whose ``data.mdb`` is shorter than it must be.
 
     Args:

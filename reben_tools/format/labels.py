@@ -112,7 +112,8 @@ def reference_map_to_mask(reference_map: np.ndarray, order: str = "alphabetical"
     codes = np.asarray(reference_map)
     if codes.size and int(codes.max()) >= 1000:
         raise ValueError(f"reference map holds code {int(codes.max())}, outside the CLC code range")
-    return code_to_class_index_table(order)[codes]
+    mask: np.ndarray = code_to_class_index_table(order)[codes]
+    return mask
 
 
 def unlabeled_fraction(reference_map: np.ndarray) -> float:

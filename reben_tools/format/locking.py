@@ -30,6 +30,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 LOCK_FILE = ".reben.lock"
 
@@ -42,7 +43,7 @@ class OutputLockedError(RuntimeError):
         holder: what the holder wrote into the lock file (``pid``, ``host``, ``command``), or {}.
     """
 
-    def __init__(self, path: Path, holder: dict):
+    def __init__(self, path: Path, holder: dict[str, Any]):
         self.path = path
         self.holder = holder
         pid = holder.get("pid")
@@ -59,7 +60,7 @@ class OutputLockedError(RuntimeError):
             "Wait for it to finish or choose another output directory."
         )
 
-    def __reduce__(self):  # picklable across worker processes
+    def __reduce__(self) -> tuple[type[OutputLockedError], tuple[Path, dict[str, Any]]]:  # picklable across processes
         return type(self), (self.path, self.holder)
 
 
@@ -73,7 +74,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def read_holder(lock_path: Path) -> dict:
+def read_holder(lock_path: Path) -> dict[str, Any]:
     """What the holder wrote into the lock file, or {} when unreadable or still empty."""
     try:
         data = json.loads(Path(lock_path).read_text("utf-8"))
@@ -93,7 +94,7 @@ class OutputLock:
         OutputLockedError: on entering, when another process holds the lock.
     """
 
-    def __init__(self, directory: str | os.PathLike, command: str = "") -> None:
+    def __init__(self, directory: str | os.PathLike[str], command: str = "") -> None:
         self.directory = Path(directory)
         self.path = self.directory / LOCK_FILE
         self.command = command or " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))[:200]
@@ -126,10 +127,7 @@ class OutputLock:
     def release(self) -> None:
         if self._fd is None:
             return
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        self.path.unlink(missing_ok=True)
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None

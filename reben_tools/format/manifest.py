@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from reben_tools import __version__
 from reben_tools.format.atomic import write_json_atomic
@@ -21,7 +22,7 @@ from reben_tools.format.layout import FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE
 from reben_tools.format.shards import ShardInfo
 
 
-def band_table() -> list[dict]:
+def band_table() -> list[dict[str, Any]]:
     """The manifest's band table: name, modality, native resolution, dtype and patch shape."""
     return [
         {
@@ -42,7 +43,7 @@ def build_manifest(
     inputs: list[str],
     config: Mapping[str, object],
     tool: str,
-) -> dict:
+) -> dict[str, Any]:
     """The manifest dictionary (see ``schemas/manifest.schema.json``); no timestamps, so it is reproducible."""
     shard_list = sorted(shards, key=lambda s: s.name)
     return {
@@ -79,11 +80,11 @@ def build_manifest(
     }
 
 
-def write_manifest(archive_dir: Path, manifest: Mapping) -> None:
+def write_manifest(archive_dir: Path, manifest: Mapping[str, Any]) -> None:
     write_json_atomic(archive_dir / MANIFEST_FILE, manifest)
 
 
-def read_manifest(archive_dir: Path) -> dict:
+def read_manifest(archive_dir: Path) -> dict[str, Any]:
     path = Path(archive_dir) / MANIFEST_FILE
     try:
         manifest = json.loads(path.read_text("utf-8"))

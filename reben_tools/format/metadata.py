@@ -5,19 +5,23 @@ two metadata files, the patch-index columns (:data:`PATCH_INDEX_FIELDS`) and wri
 GeoParquet patch index.
 Does not own: file names (``format.layout``), shards (``format.shards``), the manifest
 (``format.manifest``), reading values (``format.reader``).
-May import: ``format.layout``, ``format.atomic``, pyarrow, geopandas (lazily).
+May import: ``format.layout``, ``format.atomic``, pyarrow, geopandas (lazily), shapely (type hints only).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reben_tools.format.atomic import replaced_atomically, write_parquet_atomic
 from reben_tools.format.layout import FLAGGED_METADATA_FILE, METADATA_FILE, SPLITS, ArchiveError
+
+if TYPE_CHECKING:
+    from shapely.geometry.base import BaseGeometry
 
 METADATA_SCHEMA = pa.schema(
     [
@@ -34,7 +38,7 @@ METADATA_SCHEMA = pa.schema(
 """The exact schema of reBEN's two metadata files."""
 METADATA_COLUMNS = tuple(METADATA_SCHEMA.names)
 
-PATCH_INDEX_FIELDS: tuple[pa.Field, ...] = (
+PATCH_INDEX_FIELDS: tuple[pa.Field[Any], ...] = (
     pa.field("patch_id", pa.string()),
     pa.field("s1_name", pa.string()),
     pa.field("s2v1_name", pa.string()),
@@ -59,19 +63,22 @@ def patch_rows_schema(*extra: tuple[str, pa.DataType]) -> pa.Schema:
     return pa.schema(list(PATCH_INDEX_FIELDS) + [pa.field(name, type_) for name, type_ in extra])
 
 
-def write_patches_parquet(path: Path, rows: pa.Table, footprints: list) -> None:
+def write_patches_parquet(path: Path, rows: pa.Table, footprints: Sequence[BaseGeometry]) -> None:
     """Write ``patches.parquet``: GeoParquet of ``rows`` with ``footprints`` (shapely polygons in
     EPSG:4326, one per row, same order) as its geometry, through a temporary file and a rename."""
     import geopandas as gpd
     import pandas as pd
 
-    frame = rows.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
-    frame = gpd.GeoDataFrame(frame, geometry=list(footprints), crs="EPSG:4326")
+    def nullable_int32(type_: pa.DataType) -> pd.api.extensions.ExtensionDtype | None:
+        return pd.Int32Dtype() if type_ == pa.int32() else None
+
+    columns = rows.to_pandas(types_mapper=nullable_int32)
+    frame = gpd.GeoDataFrame(columns, geometry=list(footprints), crs="EPSG:4326")
     with replaced_atomically(path) as tmp:
         frame.to_parquet(tmp, index=False)
 
 
-def metadata_table(rows: pa.Table | Iterable[Mapping]) -> pa.Table:
+def metadata_table(rows: pa.Table | Iterable[Mapping[str, Any]]) -> pa.Table:
     """Rows in reBEN's metadata schema, sorted by ``patch_id``.
 
     Accepts a pyarrow table (extra columns are dropped) or dict rows.
@@ -102,7 +109,7 @@ def metadata_table(rows: pa.Table | Iterable[Mapping]) -> pa.Table:
     return table.sort_by("patch_id")
 
 
-def write_metadata(archive_dir: Path, rows: pa.Table | Iterable[Mapping]) -> tuple[int, int]:
+def write_metadata(archive_dir: Path, rows: pa.Table | Iterable[Mapping[str, Any]]) -> tuple[int, int]:
     """Write ``metadata.parquet`` and the snow/cloud/shadow file; returns their row counts."""
     table = metadata_table(rows)
     flagged = pa.compute.or_(table["contains_seasonal_snow"], table["contains_cloud_or_shadow"])

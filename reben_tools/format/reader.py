@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import lmdb
 import pyarrow.parquet as pq
@@ -51,8 +53,15 @@ def open_lmdb_readonly(path: Path, recorded_bytes: int | None = None) -> lmdb.En
         raise ArchiveError(f"{path}: cannot open LMDB environment ({exc})") from None
 
 
-_SHARED_ENVIRONMENTS: dict[str, list] = {}
-"""Open read-only environments of this process: resolved path -> [pid, environment, users].
+@dataclass
+class _SharedEnvironment:
+    pid: int  # the process that opened it
+    env: lmdb.Environment
+    users: int = 0
+
+
+_SHARED_ENVIRONMENTS: dict[str, _SharedEnvironment] = {}
+"""Open read-only environments of this process, by resolved path.
 py-lmdb refuses to open one environment twice in a process, so Archives over the same
 files (e.g. a train and a validation dataset) share one handle."""
 
@@ -60,26 +69,26 @@ files (e.g. a train and a validation dataset) share one handle."""
 def _acquire_environment(path: Path, recorded_bytes: int | None = None) -> lmdb.Environment:
     key = str(Path(path).resolve())
     entry = _SHARED_ENVIRONMENTS.get(key)
-    if entry is not None and entry[0] != os.getpid():
+    if entry is not None and entry.pid != os.getpid():
         # inherited through fork: LMDB handles must not cross a fork, and py-lmdb refuses a
         # second open while this process's copy is open, so close the copy (the parent's
         # handle is unaffected) and open afresh
-        entry[1].close()
+        entry.env.close()
         entry = None
     if entry is None:
-        entry = [os.getpid(), open_lmdb_readonly(path, recorded_bytes), 0]
+        entry = _SharedEnvironment(os.getpid(), open_lmdb_readonly(path, recorded_bytes))
         _SHARED_ENVIRONMENTS[key] = entry
-    entry[2] += 1
-    return entry[1]
+    entry.users += 1
+    return entry.env
 
 
 def _release_environment(path: Path) -> None:
     key = str(Path(path).resolve())
     entry = _SHARED_ENVIRONMENTS.get(key)
-    if entry is not None and entry[0] == os.getpid():
-        entry[2] -= 1
-        if entry[2] <= 0:
-            entry[1].close()
+    if entry is not None and entry.pid == os.getpid():
+        entry.users -= 1
+        if entry.users <= 0:
+            entry.env.close()
             del _SHARED_ENVIRONMENTS[key]
 
 
@@ -118,10 +127,10 @@ class Archive:
         path: an archive directory (with ``manifest.json``) or an LMDB directory (with ``data.mdb``).
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         if (self.path / MANIFEST_FILE).is_file():
-            self.manifest: dict | None = read_manifest(self.path)
+            self.manifest: dict[str, Any] | None = read_manifest(self.path)
             self.shard_names = [s["name"] for s in self.manifest["shards"]]
             self.shard_paths = [self.path / SHARDS_DIR / n for n in self.shard_names]
             self.shard_bytes: list[int | None] = [s.get("file_bytes") for s in self.manifest["shards"]]
@@ -151,7 +160,7 @@ class Archive:
         if self._pid != os.getpid():
             envs: list[lmdb.Environment] = []
             try:
-                for p, recorded in zip(self.shard_paths, self.shard_bytes):
+                for p, recorded in zip(self.shard_paths, self.shard_bytes, strict=True):
                     envs.append(_acquire_environment(p, recorded))
             except BaseException:
                 for p in self.shard_paths[: len(envs)]:
@@ -167,7 +176,7 @@ class Archive:
             TruncatedEnvironmentError: a shard's data file is truncated (names the file).
             ArchiveError: a shard has no readable ``data.mdb``.
         """
-        for p, recorded in zip(self.shard_paths, self.shard_bytes):
+        for p, recorded in zip(self.shard_paths, self.shard_bytes, strict=True):
             check_data_file(p, recorded)
 
     def environments(self) -> list[lmdb.Environment]:
@@ -188,7 +197,9 @@ class Archive:
         if not (self.path / PATCHES_FILE).is_file():  # e.g. an archive of S1-only values: no patch rows
             return mapping
         table = pq.read_table(self.path / PATCHES_FILE, columns=["patch_id", "s1_name", "shard"])
-        for pid, s1, shard in zip(*(table.column(c).to_pylist() for c in ("patch_id", "s1_name", "shard"))):
+        for pid, s1, shard in zip(
+            *(table.column(c).to_pylist() for c in ("patch_id", "s1_name", "shard")), strict=True
+        ):
             i = index_of[shard]
             mapping[pid] = i
             mapping[pid + "_reference_map"] = i
@@ -251,7 +262,7 @@ class Archive:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_envs"] = []
         state["_pid"] = None
@@ -297,7 +308,7 @@ class BatchReader:
         txn = self._txns[shard]
         if txn is None:
             txn = self._txns[shard] = self._envs[shard].begin(buffers=True)
-        return txn.get(raw)
+        return cast("memoryview | None", txn.get(raw))  # a buffers=True transaction gives memoryviews
 
     def close(self) -> None:
         for txn in self._txns:

@@ -11,7 +11,9 @@ May import: numpy and the standard library only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -38,11 +40,11 @@ class BandMoments:
             out.total_sq[band] = out.total_sq.get(band, 0.0) + other.total_sq[band]
         return out
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, dict[str, Any]]:
         return {"count": self.count, "total": self.total, "total_sq": self.total_sq}
 
     @classmethod
-    def from_dict(cls, data: dict) -> BandMoments:
+    def from_dict(cls, data: Mapping[str, Mapping[str, Any]]) -> BandMoments:
         return cls(dict(data["count"]), dict(data["total"]), dict(data["total_sq"]))
 
     def mean_std(self) -> dict[str, tuple[float, float]]:

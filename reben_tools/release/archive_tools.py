@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import lmdb
 import pyarrow as pa
@@ -92,12 +93,14 @@ def read_key_checksums(shard_dir: Path) -> dict[str, tuple[int, int]] | None:
     if not path.is_file():
         return None
     table = pq.read_table(path)
-    return dict(
+    checksums = dict(
         zip(
             table.column("key").to_pylist(),
-            zip(table.column("value_bytes").to_pylist(), table.column("crc32").to_pylist()),
+            zip(table.column("value_bytes").to_pylist(), table.column("crc32").to_pylist(), strict=True),
+            strict=True,
         )
     )
+    return cast("dict[str, tuple[int, int]]", checksums)  # the columns keys.parquet is written with
 
 
 def _verify_shard(shard_dir: Path, expected: dict, report: VerifyReport, keys_seen: dict[str, set[str]]) -> None:
@@ -124,8 +127,8 @@ def _verify_shard(shard_dir: Path, expected: dict, report: VerifyReport, keys_se
         return
     try:
         with env.begin(buffers=True) as txn:
-            for raw_key, value in txn.cursor():
-                raw_key = bytes(raw_key)
+            for cursor_key, value in txn.cursor():
+                raw_key = bytes(cursor_key)
                 try:
                     key = raw_key.decode("utf-8")
                 except UnicodeDecodeError:
@@ -205,7 +208,8 @@ def verify_archive(path: str | os.PathLike, progress: bool = False) -> VerifyRep
     for expected in tqdm(manifest["shards"], desc="verify", unit="shard", disable=not progress):
         report.shards += 1
         _verify_shard(shards_dir / expected["name"], expected, report, keys_seen)
-    counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
+    recorded_counts = manifest.get("counts")
+    counts = recorded_counts if isinstance(recorded_counts, dict) else {}
     patch_ids = _verify_patch_rows(root, keys_seen, report, patch_rows_expected=counts.get("patches") != 0)
     _verify_metadata(root, patch_ids, report)
     return report
@@ -264,6 +268,7 @@ def _verify_patch_rows(
         column("s1_name", None),
         column("has_reference_map", False),
         column("has_s2", True),
+        strict=False,  # without a patch_id column there are no rows to check, whatever the other columns hold
     )
     for pid, shard, has_s1, s1_name, has_reference_map, has_s2 in rows:
         seen = keys_seen.get(shard)
@@ -279,7 +284,7 @@ def _verify_patch_rows(
                 report.faults.append(
                     Fault(shard, key, f"patches.parquet lists this key for patch {pid}, but the shard does not hold it")
                 )
-    return set(counts)
+    return {pid for pid in counts if isinstance(pid, str)}
 
 
 # ---------------------------------------------------------------------------- merge
@@ -365,6 +370,7 @@ def merge_archive(
             previous_key, previous_value, previous_shard = None, None, None
             for key, index, value in tqdm(merged(), total=total, desc="merge", unit="value", disable=not progress):
                 if key == previous_key:
+                    assert previous_shard is not None  # set with the previous key
                     if bytes(value) != previous_value:
                         raise ArchiveError(
                             f"key {key.decode('utf-8', 'replace')!r} has different values in shards "

@@ -359,10 +359,13 @@ def _encode_locked(
     for r in results:
         moments = moments.merge(r.moments)
     has_s2 = rows.column("has_s2").to_pylist()
-    written = {pid for pid, s2 in zip(rows.column("patch_id").to_pylist(), has_s2) if s2}  # metadata: S2 patches
+    written = {
+        pid for pid, s2 in zip(rows.column("patch_id").to_pylist(), has_s2, strict=True) if s2
+    }  # metadata: S2 patches
     counts.update(
         patches=rows.num_rows,
-        s1_only_values=sum(r.values.get("S1", 0) for r in results) - sum(rows.column("has_s1").to_pylist()),
+        s1_only_values=sum(r.values.get("S1", 0) for r in results)
+        - sum(bool(v) for v in rows.column("has_s1").to_pylist()),
         skipped=len(skipped),
         s2_values=sum(r.values.get("S2", 0) for r in results),
         s1_values=sum(r.values.get("S1", 0) for r in results),

@@ -118,7 +118,7 @@ class ShardResult:
 
 def _s1_side_car_partners(s1_patches: dict[str, PatchFiles]) -> dict[str, str]:
     """S2 name -> S1 name from BigEarthNet v1's ``<s1_name>_labels_metadata.json`` side-cars."""
-    partners = {}
+    partners: dict[str, str] = {}
     for name, patch in s1_patches.items():
         side_car = patch.folder / f"{name}_labels_metadata.json"
         try:
@@ -235,7 +235,7 @@ def plan_patches(
             problem = (str(where), f"{pid} not found in the release (no S2 patch, S1 partner or reference map)")
         elif require_pairs and s1_dir is not None and not s1_name:
             problem = (str(folder), f"no S1 patch under {s1_dir} pairs with {pid}")
-        elif require_pairs and s1_dir is not None and s1 is None:
+        elif require_pairs and s1_dir is not None and s1_name and s1 is None:
             problem = (str(_expected_s1_folder(s1_dir, s1_name)), f"S1 partner {s1_name} of {pid} not found")
         elif require_pairs and reference_maps_dir is not None and reference_map is None:
             problem = (

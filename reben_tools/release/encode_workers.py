@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +34,10 @@ from reben_tools.format import codec, naming
 from reben_tools.format.shards import write_shard
 from reben_tools.format.stats import BandMoments
 from reben_tools.release.encode_plan import PATCH_ROWS_SCHEMA, PatchJob, ShardJob, ShardResult
-from reben_tools.release.geotiff_release import ReleaseError, read_patch, reading_environment
+from reben_tools.release.geotiff_release import Georeference, PatchFiles, ReleaseError, read_patch, reading_environment
+
+if TYPE_CHECKING:
+    from multiprocessing.sharedctypes import Synchronized
 
 # ---------------------------------------------------------------------------- encoding
 
@@ -50,14 +54,14 @@ def _grid_position(patch_id: str, s1_name: str | None) -> tuple[str | None, int 
     if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
         x, y = int(parts[1]), int(parts[2])
     if s1_name:
-        try:
+        with contextlib.suppress(ValueError):
             tile = naming.parse_s1_patch_name(s1_name)[1]
-        except ValueError:
-            pass
     return tile, x, y
 
 
-def _encode_kind(files, kind: str, key: str, georeferenced: bool):
+def _encode_kind(
+    files: PatchFiles, kind: str, key: str, georeferenced: bool
+) -> tuple[bytes, dict[str, np.ndarray], Georeference | None]:
     """(value bytes, arrays, georeference or None) of one patch folder; ReleaseError names the file."""
     arrays, georeference = read_patch(files, georeferenced=georeferenced)
     try:
@@ -96,9 +100,9 @@ def encode_patch(
     items: list[tuple[str, bytes]] = []
     arrays: dict[str, dict[str, np.ndarray]] = {}
     failed: list[tuple[str, ReleaseError]] = []
-    georeference = None
+    georeference: Georeference | None = None
     reference_map = None
-    parts = [
+    parts: list[tuple[str, PatchFiles | None, str | None]] = [
         ("S2", job.s2, job.patch_id),
         ("reference_map", None if job.s1_only else job.reference_map, naming.reference_map_key(job.patch_id)),
         ("S1", job.s1, job.s1_name),
@@ -106,6 +110,7 @@ def encode_patch(
     for kind, files, key in parts:
         if files is None:
             continue
+        assert key is not None, f"{job.patch_id}: {kind} files without a name"  # the planner names what it finds
         try:  # only the first part read is opened with its georeferencing (the rest: faster)
             wanted = georeference is None and not job.s1_only
             value, kind_arrays, georef = _encode_kind(files, kind, key, georeferenced=wanted)
@@ -127,6 +132,7 @@ def encode_patch(
         return items, None, arrays, skipped
     meta = job.metadata or {}
     tile, x, y = _grid_position(job.patch_id, job.s1_name)
+    assert georeference is not None  # the first part read, whichever it was, was opened with it
     left, bottom, right, top = georeference.bounds
     labels = meta.get("labels")
     if labels is None and reference_map is not None:
@@ -160,7 +166,7 @@ def encode_patch(
     return items, row, arrays, skipped
 
 
-def encode_shard(job: ShardJob, shards_dir: Path, on_patch: Callable[[], None] | None = None) -> ShardResult:
+def encode_shard(job: ShardJob, shards_dir: Path, on_patch: Callable[[], object] | None = None) -> ShardResult:
     """Encode every patch of a shard and write the shard atomically.
 
     Bad patches are skipped and returned in ``skipped``. Train-split moments (metadata
@@ -207,7 +213,7 @@ def encode_shard(job: ShardJob, shards_dir: Path, on_patch: Callable[[], None] |
     return ShardResult(job.index, job.name, info, table, skipped, moments, values)
 
 
-_WORKER_COUNTER = None
+_WORKER_COUNTER: Synchronized[int] | None = None
 _WORKER_ENVIRONMENT = None
 
 
@@ -232,7 +238,7 @@ def _die_with_parent(parent_pid: int | None) -> None:
         os._exit(1)
 
 
-def _init_worker(counter, parent_pid: int | None = None) -> None:
+def _init_worker(counter: Synchronized[int], parent_pid: int | None = None) -> None:
     """Pool initializer: die with the parent; keep one GDAL environment open for the worker's lifetime."""
     global _WORKER_COUNTER, _WORKER_ENVIRONMENT
     _die_with_parent(parent_pid)
@@ -242,6 +248,7 @@ def _init_worker(counter, parent_pid: int | None = None) -> None:
 
 
 def _bump_counter() -> None:
+    assert _WORKER_COUNTER is not None, "called outside a pool worker"  # _init_worker sets it
     with _WORKER_COUNTER.get_lock():
         _WORKER_COUNTER.value += 1
 
@@ -265,12 +272,14 @@ def run_shards(
     total = sum(len(j.patches) for j in jobs)
     results: list[ShardResult] = []
     if workers <= 1 or len(jobs) <= 1:
-        with tqdm(total=total, desc="encode", unit="patch", disable=not progress, smoothing=0.1) as bar:
-            with reading_environment():
-                for job in jobs:
-                    results.append(encode_shard(job, shards_dir, on_patch=lambda: bar.update(1)))
-                    if on_result is not None:
-                        on_result(results[-1])
+        with (
+            tqdm(total=total, desc="encode", unit="patch", disable=not progress, smoothing=0.1) as bar,
+            reading_environment(),
+        ):
+            for job in jobs:
+                results.append(encode_shard(job, shards_dir, on_patch=lambda: bar.update(1)))
+                if on_result is not None:
+                    on_result(results[-1])
         return results, "inline"
     start_method = pool_start_method()
     context = multiprocessing.get_context(start_method)

@@ -35,10 +35,15 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from reben_tools.format.bands import S1_BANDS, S2_BANDS
+
+if TYPE_CHECKING:
+    from affine import Affine
+    from rasterio.crs import CRS
 
 S2_RELEASE_DIR = "BigEarthNet-S2"
 S1_RELEASE_DIR = "BigEarthNet-S1"
@@ -136,7 +141,7 @@ class Georeference:
     """
 
     crs: str
-    transform: object
+    transform: Affine
     width: int
     height: int
 
@@ -242,7 +247,7 @@ _OPEN_IN_ACTIVE_ENVIRONMENT = _open_in_active_environment()
 _CRS_STRINGS: dict[str, str] = {}
 
 
-def _crs_string(crs: object) -> str:
+def _crs_string(crs: CRS) -> str:
     """``EPSG:<code>`` if the CRS has one, else WKT; cached per WKT (identifying is slow)."""
     wkt = crs.to_wkt()
     text = _CRS_STRINGS.get(wkt)

@@ -62,7 +62,10 @@ def verify_lmdb(path: str | os.PathLike, metadata: Iterable[str | os.PathLike], 
     wanted: dict[str, str] = {}  # key -> what names it
     maps: set[str] = set()  # reference-map keys the rows name (optional, all or none)
     if table is not None:
-        for pid, s1 in zip(table.column("patch_id").to_pylist(), table.column("s1_name").to_pylist()):
+        for pid, s1 in zip(table.column("patch_id").to_pylist(), table.column("s1_name").to_pylist(), strict=True):
+            if not isinstance(pid, str):
+                report.faults.append(Fault("-", None, f"a metadata row has patch_id {pid!r}"))
+                continue
             wanted[pid] = f"S2 patch of {pid}"
             maps.add(naming.reference_map_key(pid))
             if s1:

@@ -172,7 +172,7 @@ def write_synthetic_release(
     rows = []
     s1_names = {}
     jobs = []
-    for (tile, product, s1_product), count in zip(products, per_product):
+    for (tile, product, s1_product), count in zip(products, per_product, strict=True):
         cells = rng.choice(91 * 91, size=count, replace=False)
         for cell in sorted(int(c) for c in cells):
             x, y = cell % 91, cell // 91

@@ -37,6 +37,7 @@ import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,7 @@ REPORT_FORMAT = "reben-tools-split-audit"
 REPORT_VERSION = 1
 
 
-def _clean(value):
+def _clean(value: object) -> object:
     """JSON-safe: numpy scalars to Python, NaN/inf to None."""
     if isinstance(value, dict):
         return {str(k): _clean(v) for k, v in value.items()}
@@ -91,7 +92,7 @@ def _splits_to_audit(
     patches: PatchTable,
     split_columns: Sequence[str] | None,
     strategies: Sequence[str | SplitStrategy] | None,
-    strategy_options: Mapping[str, Mapping] | None,
+    strategy_options: Mapping[str, Mapping[str, Any]] | None,
 ) -> list[SplitUnderAudit]:
     table = patches.table
     if split_columns is None:
@@ -128,12 +129,12 @@ def _splits_to_audit(
         same = next((i for i, s in enumerate(out) if s.source == "column" and _same_split(s.values, values)), None)
         if same is not None:
             # one row for identical splits: "split = reben" rather than two rows that repeat each other
-            column = out[same]
+            matching = out[same]
             out[same] = SplitUnderAudit(
-                f"{column.name} = {chosen.name}",
+                f"{matching.name} = {chosen.name}",
                 "column",
-                column.values,
-                column.intended_ratios,
+                matching.values,
+                matching.intended_ratios,
                 {"name": chosen.name, "options": chosen.options()},
             )
             continue
@@ -153,7 +154,9 @@ def _splits_to_audit(
 
 def _same_split(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two split columns assign every patch alike (None equal to None)."""
-    return len(a) == len(b) and all(x == y or (x is None and y is None) for x, y in zip(a.tolist(), b.tolist()))
+    return len(a) == len(b) and all(
+        x == y or (x is None and y is None) for x, y in zip(a.tolist(), b.tolist(), strict=True)
+    )
 
 
 def audit_patches(
@@ -163,7 +166,7 @@ def audit_patches(
     permutations: int = 20,
     seed: int = 0,
     progress: bool = True,
-) -> tuple[dict, dict]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The report dictionary and the raw arrays the figures need (``progress``: a bar over the splits)."""
     from tqdm.auto import tqdm
 
@@ -181,7 +184,7 @@ def audit_patches(
             "joins": join_counts(split.codes, pairs, permutations=permutations, seed=seed),
             "labels": label_distributions(labels[0], labels[1], split.codes) if labels is not None else None,
             "countries": country_distributions(patches.country_codes, patches.country_names, split.codes)
-            if patches.country_codes is not None
+            if patches.country_codes is not None and patches.country_names is not None
             else None,
         }
         entries.append(entry)
@@ -217,7 +220,9 @@ def audit_patches(
         "findings": [],
     }
     report["findings"] = findings(report)
-    return _clean(report), raw
+    cleaned = _clean(report)
+    assert isinstance(cleaned, dict)  # a dict stays a dict
+    return cleaned, raw
 
 
 def _pct(value: float | None) -> str:
@@ -228,7 +233,7 @@ def _km(value: float | None) -> str:
     return "n/a" if value is None else f"{value / 1000:.1f} km"
 
 
-def findings(report: dict) -> list[str]:
+def findings(report: dict[str, Any]) -> list[str]:
     """Plain-language findings derived from the report's numbers."""
     out = []
     first = report["settings"]["thresholds_m"][0]
@@ -285,7 +290,7 @@ def findings(report: dict) -> list[str]:
 # --------------------------------------------------------------------------- report
 
 
-def markdown_report(report: dict) -> str:
+def markdown_report(report: dict[str, Any]) -> str:
     """An analyst's summary of the audit."""
     inp = report["input"]
     thresholds = report["settings"]["thresholds_m"]
@@ -407,13 +412,13 @@ def run_audit(
     split_columns: Sequence[str] | None = None,
     strategies: Sequence[str | SplitStrategy] | None = None,
     tile_side_m: float | None = None,
-    strategy_options: Mapping[str, Mapping] | None = None,
+    strategy_options: Mapping[str, Mapping[str, Any]] | None = None,
     thresholds_m: Sequence[float] = DEFAULT_THRESHOLDS_M,
     permutations: int = 20,
     seed: int = 0,
     figures: bool = True,
     progress: bool = True,
-) -> dict:
+) -> dict[str, Any]:
     """Audit splits of INPUT and write ``report.json``, ``report.md`` and PNG figures to ``out_dir``.
 
     Args:

@@ -14,12 +14,16 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from reben_tools.format.layout import SPLITS
 from reben_tools.splits.audit_measures import SplitUnderAudit
 from reben_tools.splits.patches import PATCH_SIDE_M, PatchTable
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SPLIT_COLOURS = {"train": "#1f77b4", "validation": "#ff7f0e", "test": "#d62728", "excluded": "#b0b0b0"}
 MAX_MAP_REGIONS = 12
@@ -29,7 +33,7 @@ MAX_MAP_PIXELS = 480
 # --------------------------------------------------------------------------- figures
 
 
-def _png(figure, tight: bool = True) -> bytes:
+def _png(figure: Figure, tight: bool = True) -> bytes:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -38,13 +42,23 @@ def _png(figure, tight: bool = True) -> bytes:
     return buffer.getvalue()
 
 
+def _set_pads(figure: Figure, h_pad: float | None = None, w_pad: float | None = None) -> None:
+    """Padding of a figure made with ``layout="constrained"`` (inches; None keeps the current one)."""
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    engine = figure.get_layout_engine()
+    if not isinstance(engine, ConstrainedLayoutEngine):
+        raise TypeError(f"expected a constrained-layout figure, got {type(engine).__name__}")
+    engine.set(h_pad=h_pad, w_pad=w_pad)
+
+
 def split_map_figure(patches: PatchTable, split: SplitUnderAudit) -> bytes:
     """Patches by split, one panel per region (country, else UTM grid zone), rasterised at the
     patch size in EPSG:3035 (largest regions first, at most ``MAX_MAP_REGIONS``); PNG bytes."""
     return _png(split_map_plot(patches, split))
 
 
-def split_map_plot(patches: PatchTable, split: SplitUnderAudit):
+def split_map_plot(patches: PatchTable, split: SplitUnderAudit) -> Figure:
     """The :func:`split_map_figure` as a matplotlib Figure (constrained layout: the title,
     panel titles and legend never overlap)."""
     import matplotlib
@@ -54,7 +68,8 @@ def split_map_plot(patches: PatchTable, split: SplitUnderAudit):
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    if patches.country_codes is not None:
+    names: list[str]
+    if patches.country_codes is not None and patches.country_names is not None:
         inverse, names = patches.country_codes, patches.country_names
     else:
         zones = sorted({t[:3] for t in patches.tile_names})
@@ -72,7 +87,7 @@ def split_map_plot(patches: PatchTable, split: SplitUnderAudit):
     )
     value = np.where(split.codes >= 0, split.codes + 1, 4).astype(np.uint8)
     xy = patches.common_grid
-    for axis, index in zip(axes.flat, order):
+    for axis, index in zip(axes.flat, order, strict=False):
         members = np.flatnonzero(inverse == index)
         east, north = xy[members, 0], xy[members, 1]
         extent = max(east.max() - east.min(), north.max() - north.min()) + PATCH_SIDE_M
@@ -107,7 +122,7 @@ def split_map_plot(patches: PatchTable, split: SplitUnderAudit):
     handles.append(Patch(facecolor="white", edgecolor="black", linewidth=0.6, label="no patch (dropped or not imaged)"))
     figure.legend(handles=handles, loc="outside lower center", ncol=3 if columns < 3 else 5, fontsize=8)
     figure.suptitle(f"Patches by split: {split.name} (EPSG:3035, north up)", fontsize=11)
-    figure.get_layout_engine().set(h_pad=0.1, w_pad=0.1)
+    _set_pads(figure, h_pad=0.1, w_pad=0.1)
     return figure
 
 
@@ -116,7 +131,7 @@ def distance_histogram_figure(raw: Mapping[str, Mapping[str, np.ndarray]], thres
     return _png(distance_histogram_plot(raw, thresholds_m))
 
 
-def distance_histogram_plot(raw: Mapping[str, Mapping[str, np.ndarray]], thresholds_m: Sequence[float]):
+def distance_histogram_plot(raw: Mapping[str, Mapping[str, np.ndarray]], thresholds_m: Sequence[float]) -> Figure:
     """The :func:`distance_histogram_figure` as a Figure: 1.2 km bins up to one bin past the
     largest distance (at most 100 km, the last bin holding everything beyond), patch counts on a
     linear axis, thresholds drawn where they fall inside the range."""
@@ -136,7 +151,7 @@ def distance_histogram_plot(raw: Mapping[str, Mapping[str, np.ndarray]], thresho
     upper = min(step * (math.floor(largest / step + 1e-9) + 2), 100.0)
     bins = np.arange(0.0, upper + step / 2, step)
     capped = largest > bins[-1]
-    for axis, name in zip(axes[:, 0], names):
+    for axis, name in zip(axes[:, 0], names, strict=True):
         for key, split in (("validation_to_train", "validation"), ("test_to_train", "test")):
             distance = raw[name].get(key, np.empty(0)) / 1000
             if len(distance):
@@ -161,17 +176,17 @@ def distance_histogram_plot(raw: Mapping[str, Mapping[str, np.ndarray]], thresho
     beyond = f"; last bin holds >= {bins[-2]:.0f} km" if capped else ""
     axes[-1, 0].set_xlabel(f"distance to the nearest train patch (km{beyond}); dotted: thresholds")
     figure.suptitle("Nearest train patch, any tile or acquisition", fontsize=11)
-    figure.get_layout_engine().set(h_pad=0.15)
+    _set_pads(figure, h_pad=0.15)
     return figure
 
 
-def label_figure(report: dict) -> bytes | None:
+def label_figure(report: dict[str, Any]) -> bytes | None:
     """Label prevalence per split, one panel per audited split; PNG bytes (None without labels)."""
     figure = label_plot(report)
     return None if figure is None else _png(figure)
 
 
-def label_plot(report: dict):
+def label_plot(report: dict[str, Any]) -> Figure | None:
     """The :func:`label_figure` as a Figure: full class names, wrapped onto two lines where long."""
     entries = [e for e in report["splits"] if e["labels"]]
     if not entries:
@@ -191,8 +206,8 @@ def label_plot(report: dict):
         1, len(entries), figsize=(4 * len(entries) + 3.5, height), squeeze=False, sharey=True, layout="constrained"
     )
     positions = np.arange(len(names))
-    for axis, entry in zip(axes[0], entries):
-        for offset, split in zip((-0.27, 0.0, 0.27), SPLITS):
+    for axis, entry in zip(axes[0], entries, strict=True):
+        for offset, split in zip((-0.27, 0.0, 0.27), SPLITS, strict=True):
             values = [v if v is not None else 0.0 for v in entry["labels"]["prevalence"][split]]
             axis.barh(positions + offset, values, height=0.27, color=SPLIT_COLOURS[split], label=split)
         axis.set_title(entry["name"], fontsize=9)
@@ -204,5 +219,5 @@ def label_plot(report: dict):
     handles, labels = axes[0, 0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
     figure.suptitle("Label distribution per split", fontsize=11)
-    figure.get_layout_engine().set(w_pad=0.15)
+    _set_pads(figure, w_pad=0.15)
     return figure

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from reben_tools.format.layout import SPLITS
 from reben_tools.splits.patches import PATCH_SIDE_M, PatchTable
 from reben_tools.splits.strategies import split_counts
+
+if TYPE_CHECKING:
+    from scipy.spatial import cKDTree
 
 DEFAULT_THRESHOLDS_M = (1200.0, 5000.0, 10000.0, 25000.0)
 DISTANCE_TOLERANCE = 1.01
@@ -48,7 +52,7 @@ class SplitUnderAudit:
     source: str
     values: np.ndarray
     intended_ratios: dict[str, float]
-    strategy: dict | None = None
+    strategy: dict[str, Any] | None = None
     codes: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -61,7 +65,9 @@ class SplitUnderAudit:
 # --------------------------------------------------------------------------- measures
 
 
-def nearest_distances(query: np.ndarray, reference: np.ndarray, tree=None) -> tuple[np.ndarray, np.ndarray]:
+def nearest_distances(
+    query: np.ndarray, reference: np.ndarray, tree: cKDTree | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Distance (float64[m], metres) and index into ``reference`` of the nearest reference point."""
     from scipy.spatial import cKDTree
 
@@ -75,7 +81,7 @@ def distance_summary(
     thresholds_m: Sequence[float],
     same_tile: np.ndarray | None = None,
     colocated_other_acquisition: np.ndarray | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Quantiles, mean and share within each threshold of nearest distances (metres).
 
     ``same_tile``: bool per query, its nearest reference patch lies in the same tile;
@@ -87,7 +93,7 @@ def distance_summary(
     quantiles = np.quantile(distance, QUANTILES)
     summary = {
         "patches": len(distance),
-        "quantiles_m": {f"{q:g}": float(v) for q, v in zip(QUANTILES, quantiles)},
+        "quantiles_m": {f"{q:g}": float(v) for q, v in zip(QUANTILES, quantiles, strict=True)},
         "mean_m": float(distance.mean()),
         "share_within": {f"{t:g}": float(np.mean(distance <= t * DISTANCE_TOLERANCE)) for t in thresholds_m},
         "nearest_in": None,
@@ -106,7 +112,11 @@ COLOCATED_M = PATCH_SIDE_M / 2
 
 
 def colocated_with_other_acquisition(
-    query: np.ndarray, reference: np.ndarray, query_product: np.ndarray, reference_product: np.ndarray, tree=None
+    query: np.ndarray,
+    reference: np.ndarray,
+    query_product: np.ndarray,
+    reference_product: np.ndarray,
+    tree: cKDTree | None = None,
 ) -> np.ndarray:
     """bool[m]: some reference patch of another acquisition lies within :data:`COLOCATED_M`
     (checked among the 8 nearest reference patches)."""
@@ -115,23 +125,26 @@ def colocated_with_other_acquisition(
     tree = tree if tree is not None else cKDTree(reference)
     k = min(8, len(reference))
     distance, index = tree.query(query, k=k, distance_upper_bound=COLOCATED_M, workers=QUERY_WORKERS)
-    distance = distance.reshape(len(query), k)
-    index = index.reshape(len(query), k)
+    distance = np.asarray(distance).reshape(len(query), k)
+    index = np.asarray(index).reshape(len(query), k)
     found = np.isfinite(distance)
     other = np.zeros(found.shape, dtype=bool)
     other[found] = reference_product[index[found]] != np.repeat(query_product, k).reshape(found.shape)[found]
-    return other.any(axis=1)
+    return np.asarray(other.any(axis=1))
 
 
 def nearest_split_distances(
     patches: PatchTable, codes: np.ndarray, thresholds_m: Sequence[float]
-) -> tuple[dict, dict[str, np.ndarray]]:
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Nearest-distance summaries for validation->train, test->train, evaluation (validation and
     test)->train and test->validation, and the raw distances per query set (for figures)."""
     from scipy.spatial import cKDTree
 
     points = patches.geocentric
-    summaries, raw, parts, trees = {}, {}, {}, {}
+    summaries: dict[str, Any] = {}
+    raw: dict[str, np.ndarray] = {}
+    parts: dict[str, tuple[np.ndarray, ...]] = {}
+    trees: dict[int, cKDTree] = {}
     for name, query_code, reference_code in (
         ("validation_to_train", 1, 0),
         ("test_to_train", 2, 0),
@@ -152,7 +165,7 @@ def nearest_split_distances(
         )
         parts[name] = (distance, same_tile, colocated)
     parts["evaluation_to_train"] = tuple(
-        np.concatenate([a, b]) for a, b in zip(parts["validation_to_train"], parts["test_to_train"])
+        np.concatenate([a, b]) for a, b in zip(parts["validation_to_train"], parts["test_to_train"], strict=True)
     )
     query_counts = {
         "validation_to_train": int(np.sum(codes == 1)),
@@ -186,7 +199,7 @@ def _pair_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.triu(counts + counts.T - np.diag(np.diag(counts)))
 
 
-def join_counts(codes: np.ndarray, pairs: np.ndarray, permutations: int = 20, seed: int = 0) -> dict:
+def join_counts(codes: np.ndarray, pairs: np.ndarray, permutations: int = 20, seed: int = 0) -> dict[str, Any]:
     """Join counts of adjacent pairs across splits vs a random permutation of the same labels.
 
     Only pairs whose patches both have a split count. The expectation under random
@@ -204,7 +217,7 @@ def join_counts(codes: np.ndarray, pairs: np.ndarray, permutations: int = 20, se
     observed = _pair_counts(a, b)
     rng = np.random.default_rng(seed)
     assigned_pairs = pairs[keep]
-    simulated = []
+    runs: list[np.ndarray] = []
     if n_pairs and permutations > 0:
         labels = codes[assigned]
         position = np.full(len(codes), -1, dtype=np.int64)
@@ -212,10 +225,10 @@ def join_counts(codes: np.ndarray, pairs: np.ndarray, permutations: int = 20, se
         left, right = position[assigned_pairs[:, 0]], position[assigned_pairs[:, 1]]
         for _ in range(permutations):
             shuffled = rng.permutation(labels)
-            simulated.append(_pair_counts(shuffled[left], shuffled[right]))
-    simulated = np.array(simulated, dtype=np.float64) if simulated else np.zeros((0, 3, 3))
+            runs.append(_pair_counts(shuffled[left], shuffled[right]))
+    simulated = np.array(runs, dtype=np.float64) if runs else np.zeros((0, 3, 3))
 
-    def entry(obs: float, expected: float, sims: np.ndarray) -> dict:
+    def entry(obs: float, expected: float, sims: np.ndarray) -> dict[str, Any]:
         std = float(sims.std(ddof=1)) if len(sims) > 1 else None
         return {
             "observed": int(obs),
@@ -262,7 +275,7 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> float | None:
     return max(0.0, 0.5 * kl(p) + 0.5 * kl(q))
 
 
-def label_distributions(matrix: np.ndarray, names: list[str], codes: np.ndarray) -> dict:
+def label_distributions(matrix: np.ndarray, names: list[str], codes: np.ndarray) -> dict[str, Any]:
     """Per-split label prevalence (share of the split's patches carrying each label), label
     frequency divergence from train, and the largest prevalence gap to train."""
     prevalence, occurrences = {}, {}
@@ -271,7 +284,7 @@ def label_distributions(matrix: np.ndarray, names: list[str], codes: np.ndarray)
         occurrences[split] = rows.sum(axis=0).astype(np.float64)
         prevalence[split] = (rows.mean(axis=0) if len(rows) else np.full(len(names), np.nan)).tolist()
     divergence = {s: js_divergence(occurrences[s], occurrences["train"]) for s in SPLITS[1:]}
-    gap = {}
+    gap: dict[str, dict[str, object] | None] = {}
     for split in SPLITS[1:]:
         difference = np.abs(np.asarray(prevalence[split]) - np.asarray(prevalence["train"]))
         if np.all(np.isnan(difference)):
@@ -287,13 +300,16 @@ def label_distributions(matrix: np.ndarray, names: list[str], codes: np.ndarray)
     }
 
 
-def country_distributions(index: np.ndarray, vocabulary: Sequence[str], codes: np.ndarray) -> dict:
+def country_distributions(index: np.ndarray, vocabulary: Sequence[str], codes: np.ndarray) -> dict[str, Any]:
     """Per-split country shares and their divergence from train (``index``: int[n] into ``vocabulary``)."""
     counts = {}
     for i, split in enumerate(SPLITS):
         counts[split] = np.bincount(index[codes == i], minlength=len(vocabulary)).astype(np.float64)
     shares = {
-        s: {str(v): (float(c / counts[s].sum()) if counts[s].sum() else None) for v, c in zip(vocabulary, counts[s])}
+        s: {
+            str(v): (float(c / counts[s].sum()) if counts[s].sum() else None)
+            for v, c in zip(vocabulary, counts[s], strict=True)
+        }
         for s in SPLITS
     }
     return {
@@ -303,7 +319,7 @@ def country_distributions(index: np.ndarray, vocabulary: Sequence[str], codes: n
     }
 
 
-def count_summary(values: np.ndarray, intended: Mapping[str, float]) -> dict:
+def count_summary(values: np.ndarray, intended: Mapping[str, float]) -> dict[str, Any]:
     """Patches per split and their shares among the assigned (not excluded) patches, against
     the intended ratios."""
     counts = split_counts(values)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +35,7 @@ from reben_tools.format.layout import FLAGGED_METADATA_FILE, METADATA_FILE, PATC
 from reben_tools.format.metadata import read_metadata
 from reben_tools.format.naming import PATCH_ID_PATTERN
 from reben_tools.format.sources import ArchiveSource
-from reben_tools.geo.mgrs_grid import TILE_SIDE_M, UnknownTileError, tile_grid
+from reben_tools.geo.mgrs_grid import TILE_SIDE_M, TileGrid, UnknownTileError, tile_grid
 
 FULL_TILE_SIDE_M = TILE_SIDE_M
 PATCH_SIDE_M = 1200.0
@@ -52,9 +53,13 @@ class SplitInputError(ValueError):
     """The input cannot be split or audited; the message names the file and the first offending rows."""
 
 
-def _offending(source: str, what: str, rows: np.ndarray, values: Sequence, hint: str = "") -> SplitInputError:
+def _offending(
+    source: str, what: str, rows: np.ndarray, values: Sequence[object] | np.ndarray, hint: str = ""
+) -> SplitInputError:
     rows = np.asarray(rows)
-    listed = ", ".join(f"row {int(r)}: {v!r}" for r, v in zip(rows[:MAX_LISTED_ROWS], values[:MAX_LISTED_ROWS]))
+    listed = ", ".join(
+        f"row {int(r)}: {v!r}" for r, v in zip(rows[:MAX_LISTED_ROWS], values[:MAX_LISTED_ROWS], strict=True)
+    )
     more = f" (and {len(rows) - MAX_LISTED_ROWS} more)" if len(rows) > MAX_LISTED_ROWS else ""
     return SplitInputError(f"{source}: {len(rows)} {what}: {listed}{more}{hint}")
 
@@ -113,24 +118,25 @@ def _epsg_codes(values: np.ndarray, source: str) -> np.ndarray:
     return out
 
 
-def categorical(values: pa.Array | pa.ChunkedArray, null_name: str | None = None) -> tuple[np.ndarray, list[str]]:
+def categorical(
+    values: pa.Array[Any] | pa.ChunkedArray[Any], null_name: str | None = None
+) -> tuple[np.ndarray, list[str]]:
     """Integer codes of string values and the sorted distinct names (Arrow hashing, no Python loop).
 
     Returns:
         (int64[n] index into the names, -1 for nulls unless ``null_name`` replaces them; names).
     """
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    if pa.types.is_dictionary(values.type):
-        values = values.cast(values.type.value_type)
+    array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pa.types.is_dictionary(array.type):
+        array = array.cast(array.type.value_type)
     if null_name is not None:
-        values = pc.fill_null(values.cast(pa.string()), null_name)
-    encoded = pc.dictionary_encode(values)
+        array = array.cast(pa.string()).fill_null(null_name)
+    encoded = cast("pa.DictionaryArray[Any, Any]", pc.dictionary_encode(array))
     names = [str(v) for v in encoded.dictionary.to_pylist()]
     order = np.argsort(np.array(names, dtype=object), kind="stable") if names else np.empty(0, np.int64)
     rank = np.empty(len(names), dtype=np.int64)
     rank[order] = np.arange(len(names))
-    indices = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    indices = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     codes = np.where(indices >= 0, rank[np.maximum(indices, 0)] if len(names) else -1, -1)
     return codes, [names[i] for i in order]
 
@@ -169,11 +175,11 @@ class PatchTable:
     centre_x: np.ndarray
     centre_y: np.ndarray
     tile_side_m: np.ndarray
-    labels: pa.ChunkedArray | None = None
+    labels: pa.ChunkedArray[Any] | None = None
     country_codes: np.ndarray | None = None
     country_names: list[str] | None = None
     tile_side_source: str = "the tile_side_m column"
-    _cache: dict = field(default_factory=dict, repr=False)
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.patch_id)
@@ -181,19 +187,19 @@ class PatchTable:
     @property
     def tile(self) -> np.ndarray:
         """object[n] MGRS tile of each patch."""
-        return np.array(self.tile_names, dtype=object)[self.tile_codes]
+        return np.asarray(np.array(self.tile_names, dtype=object)[self.tile_codes])
 
     @property
     def product(self) -> np.ndarray:
         """object[n] product prefix (acquisition) of each patch."""
-        return np.array(self.product_names, dtype=object)[self.product_codes]
+        return np.asarray(np.array(self.product_names, dtype=object)[self.product_codes])
 
     @property
     def country(self) -> np.ndarray | None:
         """object[n] country of each patch (``unknown`` for nulls), or None."""
         if self.country_codes is None:
             return None
-        return np.array(self.country_names, dtype=object)[self.country_codes]
+        return np.asarray(np.array(self.country_names, dtype=object)[self.country_codes])
 
     @cached_property
     def lonlat(self) -> np.ndarray:
@@ -250,10 +256,10 @@ class PatchTable:
             matrix = np.zeros((len(self), len(vocabulary)), dtype=bool)
             matrix[parents[valid], index[valid]] = True
             self._cache["label_matrix"] = (matrix, vocabulary)
-        return self._cache["label_matrix"]
+        return cast("tuple[np.ndarray, list[str]] | None", self._cache["label_matrix"])
 
 
-def _string_column(table: pa.Table, name: str, source: str) -> pa.Array:
+def _string_column(table: pa.Table, name: str, source: str) -> pa.Array[Any]:
     column = table.column(name).combine_chunks()
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
@@ -315,8 +321,8 @@ def patches_from_table(table: pa.Table, source: str = "<table>", tile_side_m: fl
     parsed_product = parts.field("product")
     parsed_tile = pc.utf8_slice_codeunits(parsed_product, -5)
     valid = parts.is_valid()  # the children of unmatched rows hold empty strings
-    parsed_x = pc.cast(pc.if_else(valid, parts.field("x"), "-1"), pa.int64()).to_numpy()
-    parsed_y = pc.cast(pc.if_else(valid, parts.field("y"), "-1"), pa.int64()).to_numpy()
+    parsed_x = cast("pa.Array[Any]", pc.cast(pc.if_else(valid, parts.field("x"), "-1"), pa.int64())).to_numpy()
+    parsed_y = cast("pa.Array[Any]", pc.cast(pc.if_else(valid, parts.field("y"), "-1"), pa.int64())).to_numpy()
     if has_grid_columns:
         both = parsed & placed
         tile_text = column_tile.to_numpy(zero_copy_only=False).astype(object)
@@ -341,12 +347,12 @@ def patches_from_table(table: pa.Table, source: str = "<table>", tile_side_m: fl
         raise _offending(source, "row(s) with a negative x or y", rows, patch_ids[rows])
     product_codes, product_names = categorical(products)
     tile_index, unique_tiles = categorical(tiles)
-    grids, unknown = [], []
+    grids: list[TileGrid] = []
+    unknown: list[int] = []
     for i, name in enumerate(unique_tiles):
         try:
             grids.append(tile_grid(str(name)))
         except UnknownTileError:
-            grids.append(None)
             unknown.append(i)
     if unknown:
         rows = np.flatnonzero(np.isin(tile_index, unknown))
@@ -379,11 +385,11 @@ def patches_from_table(table: pa.Table, source: str = "<table>", tile_side_m: fl
     if np.any(side <= 0):
         rows = np.flatnonzero(side <= 0)
         raise _offending(source, "row(s) with a non-positive tile side", rows, side[rows])
-    labels = None
+    labels: pa.ChunkedArray[Any] | None = None
     if "labels" in table.column_names:
-        column = table.column("labels")
-        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-            labels = column
+        labels_column = table.column("labels")
+        if pa.types.is_list(labels_column.type) or pa.types.is_large_list(labels_column.type):
+            labels = labels_column
     country_codes = country_names = None
     if "country" in table.column_names:
         country_codes, country_names = categorical(table.column("country"), null_name="unknown")
@@ -431,7 +437,7 @@ def grid_tile_side(tile_index: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.n
     filled = np.bincount(positions[0], minlength=len(reach))
     sides = np.minimum(reach * PATCH_SIDE_M + PATCH_SIDE_M / 2, FULL_TILE_SIDE_M)
     sides = np.where(filled * 2 >= reach * reach, sides, FULL_TILE_SIDE_M)
-    return sides[tile_index].astype(np.float64)
+    return np.asarray(sides[tile_index], dtype=np.float64)
 
 
 def load_patches(path: str | Path | ArchiveSource, tile_side_m: float | None = None) -> PatchTable:
@@ -470,7 +476,7 @@ def load_patches(path: str | Path | ArchiveSource, tile_side_m: float | None = N
     return patches_from_table(table, source=str(file), tile_side_m=tile_side_m)
 
 
-def _sides_beside(beside: Path, table: pa.Table) -> pa.Array | None:
+def _sides_beside(beside: Path, table: pa.Table) -> pa.Array[Any] | None:
     """``tile_side_m`` of ``table``'s patches from an archive's ``patches.parquet`` (nulls where absent)."""
     try:
         other = pq.read_table(beside, columns=["patch_id", "tile_side_m"])
@@ -478,5 +484,5 @@ def _sides_beside(beside: Path, table: pa.Table) -> pa.Array | None:
         return None
     ids = other.column("patch_id").to_pylist()
     values = pc.cast(other.column("tile_side_m"), pa.float64()).to_pylist()
-    lookup = dict(zip(ids, values))
+    lookup = dict(zip(ids, values, strict=True))
     return pa.array([lookup.get(pid) for pid in table.column("patch_id").to_pylist()], pa.float64())

@@ -31,9 +31,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -58,12 +59,12 @@ class SplitStrategy:
 
     name: ClassVar[str]
     description: ClassVar[str]
-    intended_ratios: dict[str, float] = {"train": 0.5, "validation": 0.25, "test": 0.25}
+    intended_ratios: Mapping[str, float] = MappingProxyType({"train": 0.5, "validation": 0.25, "test": 0.25})
 
     def assign(self, patches: PatchTable) -> np.ndarray:
         raise NotImplementedError
 
-    def options(self) -> dict:
+    def options(self) -> dict[str, Any]:
         """The strategy's parameters, for reports."""
         return {}
 
@@ -85,7 +86,7 @@ class RebenSplit(SplitStrategy):
         side = patches.tile_side_m if self.tile_side_m is None else self.tile_side_m
         return reben_split(patches.x, patches.y, side)
 
-    def options(self) -> dict:
+    def options(self) -> dict[str, Any]:
         return {"tile_side_m": self.tile_side_m}
 
 
@@ -105,7 +106,7 @@ def _tile_hashes(tile_codes: np.ndarray, tile_names: Sequence[str], seed: int) -
         [int.from_bytes(hashlib.blake2b(f"{seed}:{t}".encode(), digest_size=8).digest(), "little") for t in tile_names],
         dtype=np.uint64,
     )
-    return hashes[tile_codes]
+    return np.asarray(hashes[tile_codes])
 
 
 class V1BlockSplit(SplitStrategy):
@@ -128,9 +129,9 @@ class V1BlockSplit(SplitStrategy):
             key ^= _splitmix64((patches.x // 2).astype(np.uint64) << np.uint64(32) | (patches.y // 2).astype(np.uint64))
             arrangement = (_splitmix64(key) % np.uint64(len(_V1_ARRANGEMENTS))).astype(np.int64)
         position = (patches.x % 2) + 2 * (patches.y % 2)
-        return _V1_ARRANGEMENTS[arrangement, position]
+        return np.asarray(_V1_ARRANGEMENTS[arrangement, position])
 
-    def options(self) -> dict:
+    def options(self) -> dict[str, Any]:
         return {"seed": self.seed}
 
 
@@ -178,19 +179,19 @@ class SpatialBlockSplit(SplitStrategy):
     ) -> None:
         if (block_size_m is not None and block_size_m <= 0) or buffer_m < 0:
             raise ValueError(f"block_size_m must be > 0 and buffer_m >= 0, got {block_size_m}, {buffer_m}")
-        ratios = np.asarray(ratios, dtype=np.float64)
-        if ratios.shape != (3,) or np.any(ratios < 0) or not math.isclose(ratios.sum(), 1.0, abs_tol=1e-6):
-            raise ValueError(f"ratios must be three non-negative shares summing to 1, got {list(ratios)}")
+        shares = np.asarray(ratios, dtype=np.float64)
+        if shares.shape != (3,) or np.any(shares < 0) or not math.isclose(shares.sum(), 1.0, abs_tol=1e-6):
+            raise ValueError(f"ratios must be three non-negative shares summing to 1, got {list(shares)}")
         self.block_size_m = None if block_size_m is None else float(block_size_m)
         self.used_block_size_m: float | None = self.block_size_m
         self.buffer_m = float(buffer_m)
-        self.ratios = ratios
+        self.ratios = shares
         self.balance_labels = bool(balance_labels)
         self.balance_countries = bool(balance_countries)
         self.seed = int(seed)
-        self.intended_ratios = dict(zip(SPLITS, (float(r) for r in ratios)))
+        self.intended_ratios = dict(zip(SPLITS, (float(r) for r in shares), strict=True))
 
-    def options(self) -> dict:
+    def options(self) -> dict[str, Any]:
         return {
             "block_size_m": self.used_block_size_m,
             "block_size_auto": self.block_size_m is None,
@@ -208,7 +209,7 @@ class SpatialBlockSplit(SplitStrategy):
         cells -= cells.min(axis=0)
         keys = cells[:, 0] * (int(cells[:, 1].max()) + 1) + cells[:, 1]
         _, inverse = np.unique(keys, return_inverse=True)
-        return inverse.reshape(-1)
+        return np.asarray(inverse).reshape(-1)
 
     def block_size_for(self, patches: PatchTable) -> float:
         """The block side used for ``patches`` (see ``block_size_m``)."""
@@ -239,13 +240,13 @@ class SpatialBlockSplit(SplitStrategy):
         totals = features.sum(axis=0)
         totals[totals == 0] = 1.0
         scaled = features / totals
-        ratios = self.ratios if ratios is None else np.asarray(ratios, dtype=np.float64)
-        target = ratios[:, None] * (features.sum(axis=0) / totals)[None, :]
+        shares = self.ratios if ratios is None else np.asarray(ratios, dtype=np.float64)
+        target = shares[:, None] * (features.sum(axis=0) / totals)[None, :]
         assigned = np.zeros_like(target)
         rng = np.random.default_rng(self.seed)
         order = np.lexsort((rng.random(len(features)), -features[:, 0]))
         choice = np.empty(len(features), dtype=np.int64)
-        active = ratios > 0
+        active = shares > 0
         for block in order:
             row = scaled[block]
             before = ((assigned - target) ** 2) @ weights
@@ -268,16 +269,17 @@ class SpatialBlockSplit(SplitStrategy):
             np.add.at(per_block, blocks, matrix.astype(np.float64))
             columns.extend(per_block.T)
             weights.extend([1.0] * matrix.shape[1])
-        if self.balance_countries and patches.country_codes is not None and len(patches.country_names) > 1:
-            per_block = np.zeros((n_blocks, len(patches.country_names)))
+        countries = patches.country_names or []
+        if self.balance_countries and patches.country_codes is not None and len(countries) > 1:
+            per_block = np.zeros((n_blocks, len(countries)))
             np.add.at(per_block, (blocks, patches.country_codes), 1.0)
             columns.extend(per_block.T)
-            weights.extend([1.0] * len(patches.country_names))
+            weights.extend([1.0] * len(countries))
         # the patch count weighs as much as all label and country columns together
         weights[0] = max(1.0, float(len(weights) - 1))
         features = np.column_stack(columns)
-        weights = np.asarray(weights)
-        split_index = self.assign_blocks(features, weights)[blocks]
+        weight_of = np.asarray(weights)
+        split_index = self.assign_blocks(features, weight_of)[blocks]
         drop = np.zeros(len(split_index), dtype=bool)
         if self.buffer_m > 0:
             drop = self.buffer_mask(patches.geocentric, split_index)
@@ -287,9 +289,9 @@ class SpatialBlockSplit(SplitStrategy):
             kept = np.bincount(split_index[~drop], minlength=3).astype(np.float64)
             keep_rate = np.where(kept > 0, kept / np.maximum(assigned, 1.0), 1.0)
             adjusted = self.ratios / keep_rate
-            split_index = self.assign_blocks(features, weights, adjusted / adjusted.sum())[blocks]
+            split_index = self.assign_blocks(features, weight_of, adjusted / adjusted.sum())[blocks]
             drop = self.buffer_mask(patches.geocentric, split_index)
-        out = np.array(SPLITS, dtype=object)[split_index]
+        out = np.asarray(np.array(SPLITS, dtype=object)[split_index])
         out[drop] = None
         return out
 
@@ -316,7 +318,7 @@ STRATEGIES: dict[str, type[SplitStrategy]] = {
 }
 
 
-def get_strategy(name: str, **options) -> SplitStrategy:
+def get_strategy(name: str, **options: Any) -> SplitStrategy:
     """An instance of the strategy called ``name`` with ``options`` (None values are dropped)."""
     try:
         cls = STRATEGIES[name]
@@ -352,8 +354,8 @@ def split_file(
     out_path: str | Path,
     strategy: str | SplitStrategy = "reben",
     tile_side_m: float | None = None,
-    info: dict | None = None,
-    **options,
+    info: dict[str, Any] | None = None,
+    **options: Any,
 ) -> dict[str, int]:
     """Assign ``strategy``'s split to every row of INPUT and write them to ``out_path`` (parquet).
 

@@ -33,6 +33,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -170,15 +171,15 @@ def subset_table(
     for column in ("patch_id", "labels", "split"):
         if column not in table.column_names:
             raise SubsetError(f"{source}: no {column!r} column")
-    in_split = np.asarray(pc.fill_null(pc.equal(table["split"], split), False).to_numpy(zero_copy_only=False))
+    in_split = _in_split(table, split)
     rows = np.flatnonzero(in_split)
     if rows.size == 0:
         present = sorted({s for s in table.column("split").to_pylist() if s is not None})
         raise SubsetError(f"{source}: no {split!r} rows to draw from (splits present: {present})")
-    part = table.take(pa.array(rows))
+    part = table.take(rows)
     keep_in_split = rows[
         fraction_indices(
-            part.column("patch_id").to_pylist(),
+            cast(list[str], part.column("patch_id").to_pylist()),  # ids are strings (a null would hash as 'None')
             labels_matrix(part, source),
             fraction,
             seed,
@@ -190,7 +191,12 @@ def subset_table(
     return table.filter(pa.array(keep))
 
 
-def label_distribution(full: pa.Table, subset: pa.Table, split: str = "train") -> dict:
+def _in_split(table: pa.Table, split: str) -> np.ndarray:
+    """bool[rows]: the rows whose ``split`` is ``split`` (nulls are in none)."""
+    return np.asarray(pc.equal(table["split"], pa.scalar(split)).fill_null(False).to_numpy(zero_copy_only=False))
+
+
+def label_distribution(full: pa.Table, subset: pa.Table, split: str = "train") -> dict[str, Any]:
     """Per-class positives of ``split`` in the full table and in the subset.
 
     Returns:
@@ -200,12 +206,12 @@ def label_distribution(full: pa.Table, subset: pa.Table, split: str = "train") -
         with positives in the full split and none in the subset.
     """
     names = class_names("alphabetical")
-    out: dict = {"split": split, "patches": {}, "classes": {n: {} for n in names}}
+    out: dict[str, Any] = {"split": split, "patches": {}, "classes": {n: {} for n in names}}
     for which, table in (("full", full), ("subset", subset)):
-        part = table.filter(pc.fill_null(pc.equal(table["split"], split), False))
+        part = table.filter(_in_split(table, split))
         counts = labels_matrix(part).sum(axis=0)
         out["patches"][which] = int(part.num_rows)
-        for name, count in zip(names, counts):
+        for name, count in zip(names, counts, strict=True):
             out["classes"][name][which] = int(count)
             out["classes"][name][f"{which}_share"] = float(count / part.num_rows) if part.num_rows else 0.0
     out["max_share_difference"] = max(abs(c["full_share"] - c["subset_share"]) for c in out["classes"].values())
@@ -213,7 +219,7 @@ def label_distribution(full: pa.Table, subset: pa.Table, split: str = "train") -
     return out
 
 
-def distribution_markdown(report: dict) -> str:
+def distribution_markdown(report: dict[str, Any]) -> str:
     """The label distribution of :func:`label_distribution` as a Markdown table."""
     p = report["patches"]
     lines = [f"| class | full {report['split']} ({p['full']:,}) | subset ({p['subset']:,}) |", "|---|---:|---:|"]
@@ -252,7 +258,7 @@ def read_subset_input(path: str | Path, include_snow_cloud: bool = False) -> tup
 
 def write_subset(
     path: str | Path, out: str | Path, fraction: float, seed: int = 0, include_snow_cloud: bool = False
-) -> dict:
+) -> dict[str, Any]:
     """Draw the train subset of METADATA_OR_ARCHIVE and write it, in reBEN's metadata schema, to ``out``.
 
     Validation and test rows are kept unchanged, so ``out`` replaces the metadata file for any

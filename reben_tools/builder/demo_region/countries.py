@@ -31,7 +31,7 @@ def _expected_countries(frame: _Frame, n: int, names: list[str], geometries: lis
     keys = [(x, y) for y in range(n) for x in range(n)]
     boxes = _to_crs([frame.patch_box(x, y) for x, y in keys], frame.crs, "EPSG:3035")
     out = {}
-    for key, patch in zip(keys, boxes):
+    for key, patch in zip(keys, boxes, strict=True):
         distances = [g.distance(patch) for g in geometries]
         order = np.argsort(distances, kind="stable")
         if distances[order[1]] - distances[order[0]] < 2000.0:

@@ -67,7 +67,7 @@ def _unlabeled_fraction(tile: str, x: int, y: int) -> float:
         w = max(0.0, min(fu1, u0 + 1200.0) - max(fu0, u0))
         h = max(0.0, min(fv1, v0 + 1200.0) - max(fv0, v0))
         area += w * h
-    pixels = int(round(area / 100.0))  # 10 m x 10 m pixels, exactly
+    pixels = round(area / 100.0)  # 10 m x 10 m pixels, exactly
     return pixels / 14400
 
 

@@ -10,16 +10,30 @@ May import: .design, .geometry, shapely, rasterio, geopandas, pyogrio.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from reben_tools.builder.demo_region.design import _FEATURES
 from reben_tools.builder.demo_region.geometry import _Frame, _rng, _to_crs, _transformer
 
+if TYPE_CHECKING:
+    from pyproj import Transformer
+
 _MOSAIC_CODES_FOREST = ((311, 0.4), (312, 0.3), (313, 0.3))
 _MOSAIC_CODES_MIXED = ((243, 0.3), (324, 0.25), (231, 0.25), (313, 0.1), (222, 0.1))
 _MOSAIC_CODES_FARM = ((211, 0.45), (231, 0.3), (242, 0.2), (321, 0.05))
+
+
+def _project_with(transformer: Transformer) -> Callable[[np.ndarray], np.ndarray]:
+    """A function of (n, 2) coordinate rows through ``transformer``, for ``shapely.transform``."""
+
+    def project(xy: np.ndarray) -> np.ndarray:
+        return np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
+
+    return project
 
 
 def _choose(rng: np.random.Generator, options: tuple[tuple[int, float], ...]) -> int:
@@ -117,7 +131,7 @@ def _build_corine(frames: dict[str, _Frame], seed: int, cell_km2: float = 0.9):
             if feature.tile != tile:
                 continue
             utm = shapely.segmentize(frame.rect_to_utm(feature.rect), 20.0)
-            polygon = shapely.transform(utm, lambda xy: np.column_stack(to_3035.transform(xy[:, 0], xy[:, 1])))
+            polygon = shapely.transform(utm, _project_with(to_3035))
             designed.append((polygon, feature.code))
         if designed:
             cut = shapely.union_all([g for g, _ in designed])

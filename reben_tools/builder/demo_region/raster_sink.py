@@ -41,7 +41,7 @@ class _RasterSink:
         self.driver = driver
         path.parent.mkdir(parents=True, exist_ok=True)
         if driver == "JP2OpenJPEG":
-            self.tmp = path.with_name(path.name + ".tmp.tif")
+            self.tmp: Path | None = path.with_name(path.name + ".tmp.tif")
             self.dataset = rasterio.open(
                 self.tmp,
                 "w",

@@ -203,8 +203,7 @@ class DemoRegion:
             f"demo region in {self.root} (seed {self.seed}, {self.patches_per_side}x{self.patches_per_side} patches per product)",
             f"  Sentinel-2: {len(self.products)} products in {self.s2_dir}",
         ]
-        for product in self.products:
-            lines.append(f"    {product.name} ({product.layout}, offset {product.boa_add_offset})")
+        lines.extend(f"    {p.name} ({p.layout}, offset {p.boa_add_offset})" for p in self.products)
         lines += [
             f"  Sentinel-1: {len(self.s1_scenes)} scenes (EPSG:4326) in {self.s1_dir}",
             f"  CORINE:     {self.corine_path}",

@@ -49,7 +49,7 @@ def _s1_grid(frame: _Frame, row0: int | None = None, nrows: int | None = None) -
     dx, dy = S1_PIXEL_DEG
     west, east = math.floor(west / dx) * dx, math.ceil(east / dx) * dx
     south, north = math.floor(south / dy) * dy, math.ceil(north / dy) * dy
-    width, height = int(round((east - west) / dx)), int(round((north - south) / dy))
+    width, height = round((east - west) / dx), round((north - south) / dy)
     transform = from_origin(round(west, 6), round(north, 6), dx, dy)
     r0 = 0 if row0 is None else row0
     n = height if nrows is None else nrows

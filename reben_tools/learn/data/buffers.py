@@ -22,6 +22,7 @@ import sys
 
 import numpy as np
 import torch
+from numpy.typing import DTypeLike
 
 
 def _free_refcount() -> int:
@@ -49,7 +50,7 @@ class BufferPool:
         self._pid = os.getpid()
         self._buffers: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
 
-    def take(self, shape: tuple[int, ...], dtype: np.dtype | str) -> tuple[np.ndarray, torch.Tensor]:
+    def take(self, shape: tuple[int, ...], dtype: DTypeLike) -> tuple[np.ndarray, torch.Tensor]:
         """An uninitialised array of ``shape``/``dtype`` nobody else holds, and a tensor sharing it."""
         if os.getpid() != self._pid:  # inherited through fork: the parent's buffers are not ours
             self._buffers, self._pid = {}, os.getpid()
@@ -73,7 +74,10 @@ class BufferPool:
         return {"per_shape": self.per_shape}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["per_shape"])
+        # a fresh, empty pool in the receiving process (buffers are never pickled)
+        self.per_shape = state["per_shape"]
+        self._pid = os.getpid()
+        self._buffers = {}
 
 
 __all__ = ["BufferPool"]

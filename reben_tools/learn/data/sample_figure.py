@@ -100,9 +100,11 @@ def plot_sample(
     if all(b in index for b in RGB_BANDS):
         rgb = np.stack([stretch(band(b)) for b in RGB_BANDS], axis=-1)
         panels.append(("Sentinel-2 RGB (B04, B03, B02)", rgb, {}))
-    for name in ("VV", "VH"):
-        if name in index:
-            panels.append((f"Sentinel-1 {name}", stretch(band(name)), {"cmap": "gray", "vmin": 0, "vmax": 1}))
+    panels.extend(
+        (f"Sentinel-1 {name}", stretch(band(name)), {"cmap": "gray", "vmin": 0, "vmax": 1})
+        for name in ("VV", "VH")
+        if name in index
+    )
     legend_handles = []
     if reference_map is not None:
         legend = clc_legend()
@@ -117,12 +119,17 @@ def plot_sample(
                 {"cmap": ListedColormap(colours), "vmin": -0.5, "vmax": len(present) - 0.5, "interpolation": "nearest"},
             )
         )
-        for code, colour in zip(present, colours):
+        for code, colour in zip(present, colours, strict=True):
             name = (
                 "no CORINE polygon" if code == NO_POLYGON_CODE else (legend[code].name if code in legend else "unknown")
             )
             legend_handles.append(
-                Patch(facecolor=colour, edgecolor="#555555", linewidth=0.5, label=textwrap.fill(f"{code} {name}", 48))
+                Patch(
+                    facecolor=(float(colour[0]), float(colour[1]), float(colour[2])),
+                    edgecolor="#555555",
+                    linewidth=0.5,
+                    label=textwrap.fill(f"{code} {name}", 48),
+                )
             )
     if not panels:
         raise ValueError(f"nothing to plot: the sample has none of {RGB_BANDS + ('VV', 'VH')} and no reference map")
@@ -133,7 +140,7 @@ def plot_sample(
         squeeze=False,
         layout="constrained",
     )
-    for axis, (title, data, style) in zip(axes[0], panels):
+    for axis, (title, data, style) in zip(axes[0], panels, strict=True):
         axis.imshow(data, **style)
         axis.set_xticks([])
         axis.set_yticks([])

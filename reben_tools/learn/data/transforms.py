@@ -109,7 +109,9 @@ def statistics_arrays(
         return None
     mean, std = normalisation_arrays(bands, dict(statistics))
     if np.any(~np.isfinite(std)) or np.any(std <= 0):
-        raise ValueError(f"standard deviations must be positive and finite, got {dict(zip(bands, std.tolist()))}")
+        raise ValueError(
+            f"standard deviations must be positive and finite, got {dict(zip(bands, std.tolist(), strict=True))}"
+        )
     return mean, np.float32(1.0) / std
 
 
@@ -142,10 +144,10 @@ def upsample_and_normalise(
     if (mean is None) != (inv_std is None):
         raise ValueError("give both mean and inv_std, or neither")
     device = native[layout.groups[0].name].device
-    plans = []
+    plans: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
     for group in layout.groups:
         channels = torch.as_tensor(group.channels, device=device)
-        if mean is None:
+        if mean is None or inv_std is None:
             plans.append((channels, None, None))
         else:
             plans.append(
@@ -166,21 +168,21 @@ def _upsample_and_normalise(
     first = native[layout.groups[0].name]
     batch, device = first.shape[0], first.device
     out = torch.empty((batch, layout.num_channels, OUTPUT_SIZE, OUTPUT_SIZE), dtype=torch.float32, device=device)
-    for group, (channels, m, s) in zip(layout.groups, plans):
+    for group, (channels, m, s) in zip(layout.groups, plans, strict=True):
         x = native[group.name]
         expected = (batch, len(group.bands), group.size, group.size)
         if tuple(x.shape) != expected:
             raise ValueError(f"native group {group.name!r}: shape {tuple(x.shape)}, expected {expected}")
         x = x.to(device=device, dtype=torch.float32)
         if upsampling == "nearest":
-            if m is not None:
+            if m is not None and s is not None:
                 x = (x - m) * s
             if group.factor != 1:
                 x = F.interpolate(x, size=(OUTPUT_SIZE, OUTPUT_SIZE), mode="nearest")
         else:
             if group.factor != 1:
                 x = F.interpolate(x, size=(OUTPUT_SIZE, OUTPUT_SIZE), mode="bilinear", align_corners=False)
-            if m is not None:
+            if m is not None and s is not None:
                 x = (x - m) * s
         out.index_copy_(1, channels, x)
     return out
@@ -200,6 +202,9 @@ class NativeToImage(torch.nn.Module):
         statistics: ``{band: (mean, std)}`` or None for no normalisation.
         upsampling: ``"nearest"`` or ``"bilinear"``.
     """
+
+    mean: torch.Tensor  # buffers (registered in __init__)
+    inv_std: torch.Tensor
 
     def __init__(
         self, layout: NativeLayout, statistics: Mapping[str, tuple[float, float]] | None, upsampling: str = "nearest"
@@ -261,12 +266,13 @@ class BatchNearestWriter:
 
     def __init__(self, layout: NativeLayout, mean: np.ndarray | None, inv_std: np.ndarray | None) -> None:
         self.normalise = mean is not None
-        self.plan = []
+        self.plan: list[tuple[NativeGroup, np.ndarray | None, np.ndarray | None, list[tuple[int, int, int]]]] = []
         for group in layout.groups:
             channels = np.array(group.channels)
             m = np.asarray(mean, np.float32)[channels].reshape(1, -1, 1, 1) if self.normalise else None
             inv = np.asarray(inv_std, np.float32)[channels].reshape(1, -1, 1, 1) if self.normalise else None
-            runs = []  # (first j, first channel, length): consecutive in both the group and the output
+            # (first j, first channel, length): consecutive in both the group and the output
+            runs: list[tuple[int, int, int]] = []
             for j, c in enumerate(group.channels):
                 if runs and runs[-1][0] + runs[-1][2] == j and runs[-1][1] + runs[-1][2] == c:
                     runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
@@ -285,14 +291,14 @@ class BatchNearestWriter:
                 if factor == 1:
                     for j, c, length in runs:
                         target = out[chunk, c : c + length]
-                        if m is None:
+                        if m is None or inv is None:
                             np.copyto(target, native[:, j : j + length], casting="unsafe")
                         else:
                             np.subtract(native[:, j : j + length], m[:, j : j + length], out=target)
                             target *= inv[:, j : j + length]
                     continue
                 scratch = np.empty((n, len(group.bands), size, size), np.float32)
-                if m is None:
+                if m is None or inv is None:
                     np.copyto(scratch, native, casting="unsafe")
                 else:
                     np.subtract(native, m, out=scratch)
@@ -350,23 +356,25 @@ class NearestWriter:
 
     def __init__(self, layout: NativeLayout, mean: np.ndarray | None, inv_std: np.ndarray | None) -> None:
         self.normalise = mean is not None
+        # (band, channel, mean); the mean is 0 (and unused) without normalisation
         self.full: list[tuple[str, int, np.float32]] = []
         self.full_runs: list[tuple[int, int]] = []
         self.low_plan: list[
             tuple[NativeGroup, list[tuple[str, np.float32]], list[tuple[int, int, int]], np.ndarray | None]
         ] = []
-        if self.normalise:
-            mean = np.ascontiguousarray(mean, np.float32)
+        means = np.zeros(layout.num_channels, np.float32)
+        if mean is not None:
+            means = np.ascontiguousarray(mean, np.float32)
             self.inv = np.ascontiguousarray(inv_std, np.float32).reshape(-1, 1, 1)
         for group in layout.groups:
             order = sorted(range(len(group.bands)), key=lambda j: group.channels[j])
             members = [(group.bands[j], group.channels[j]) for j in order]
             if group.factor == 1:
-                self.full.extend((b, c, mean[c] if self.normalise else None) for b, c in members)
+                self.full.extend((b, c, means[c]) for b, c in members)
             else:
                 channels = [c for _, c in members]
                 inv = self.inv[np.array(channels)].copy() if self.normalise else None
-                bands = [(b, mean[c] if self.normalise else None) for b, c in members]
+                bands = [(b, means[c]) for b, c in members]
                 self.low_plan.append((group, bands, _runs(channels), inv))
         self.full.sort(key=lambda m: m[1])
         if self.normalise:

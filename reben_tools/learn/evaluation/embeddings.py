@@ -218,10 +218,11 @@ def read_embeddings(
     empty = [i for i, pid in enumerate(ids) if not pid]
     if empty:
         raise EmbeddingsError(f"{path}: {len(empty)} row(s) with a null or empty patch_id, first row {empty[0]}")
-    if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        dupe = next(pid for pid in ids if pid in seen or seen.add(pid))
-        raise EmbeddingsError(f"{path}: patch_id {dupe!r} appears more than once")
+    seen: set[str] = set()
+    for pid in ids:
+        if pid in seen:
+            raise EmbeddingsError(f"{path}: patch_id {pid!r} appears more than once")
+        seen.add(pid)
     splits = _strings(table, "split", path)
     bad_splits = sorted({s for s in splits if s not in SPLITS}, key=str)
     if bad_splits:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -45,13 +46,32 @@ def logits_fp32(model: nn.Module, images: torch.Tensor, precision: str) -> torch
     autocast and its output is cast to float32.
     """
     device = images.device
-    parts = all(hasattr(model, name) for name in ("forward_features", "dropout", "head"))
+    parts = _classifier_parts(model)
     with autocast(device, precision):
-        out = model.forward_features(images) if parts else model(images)
-    if not parts:
+        out = parts.forward_features(images) if parts is not None else model(images)
+    if parts is None:
         return out.float()
     with torch.autocast(device_type=device.type, enabled=False):
-        return model.head(model.dropout(out.float()))
+        return parts.head(parts.dropout(out.float()))
+
+
+class _ClassifierParts(Protocol):
+    """What :class:`ReBENClassifier` offers (also through ``torch.compile``'s wrapper)."""
+
+    num_features: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def dropout(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def head(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def _classifier_parts(model: nn.Module) -> _ClassifierParts | None:
+    """``model`` seen as encoder features, dropout and head, when it has them; else None."""
+    if all(hasattr(model, name) for name in ("forward_features", "dropout", "head")):
+        return cast(_ClassifierParts, model)
+    return None
 
 
 @torch.no_grad()
@@ -75,22 +95,25 @@ def predict(
     from tqdm import tqdm
 
     model.eval()
+    encoder = _classifier_parts(model) if features else None
+    if features and encoder is None:
+        raise TypeError(f"{type(model).__name__} has no forward_features, dropout and head: no features to predict")
     outs, targets = [], []
     device = preprocess.device
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         images, labels = preprocess(batch)
-        if features:
+        if encoder is not None:
             with autocast(device, precision):
-                out = model.forward_features(images).float()
+                out = encoder.forward_features(images).float()
         else:
             out = logits_fp32(model, images, precision)
         outs.append(out.cpu())
         targets.append(labels.cpu())
     indices = np.asarray(list(iter(loader.sampler)), dtype=np.int64)
-    width = model.num_features if features else NUM_CLASSES
-    out = torch.cat(outs).numpy() if outs else np.zeros((0, width), np.float32)
+    width = encoder.num_features if encoder is not None else NUM_CLASSES
+    predicted = torch.cat(outs).numpy() if outs else np.zeros((0, width), np.float32)
     tgt = torch.cat(targets).numpy() if targets else np.zeros((0, NUM_CLASSES), np.float32)
-    return out, tgt, indices
+    return predicted, tgt, indices
 
 
 def merge_predictions(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -146,7 +169,7 @@ def evaluate(
     state, net = checked_model(checkpoint, model, bands, None)
     net = net.to(dev)
     if dev.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes it; its stub lacks it
     config = split_config(str(archive), state)
     dataset = open_dataset(
         archive,

@@ -14,6 +14,7 @@ May import: numpy, matplotlib (lazily); reben_tools.format.atomic.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ def markdown_table(results: dict) -> str:
         f"Test patches: {results['test_samples']:,}. Scores in %; Hamming loss as a fraction; "
         "AP = macro average precision; decisions at probability 0.5."
     ]
-    first = next(iter(results["runs"][0]["probes"].values()), {}) if results["runs"] else {}
+    first: dict[str, Any] = next(iter(results["runs"][0]["probes"].values()), {}) if results["runs"] else {}
     empty = first.get("classes_without_positives") or []
     if empty:
         lines.append("")
@@ -114,13 +115,13 @@ def per_class_f2_figure(results: dict):
     names = list(first["per_class"])
     support = [first["per_class"][n]["support"] for n in names]
     kinds = [k for k, _ in TABLE_ROWS if k in runs[0]["probes"]]
-    labels = {k: row for k, row in TABLE_ROWS}
+    labels = dict(TABLE_ROWS)
     y = np.arange(len(names))
     height = 0.8 / max(1, len(kinds))
     fig, axes = plt.subplots(
         1, len(runs), figsize=(4.2 * len(runs) + 4.8, 0.36 * len(names) + 2.6), sharey=True, squeeze=False
     )
-    for ax, run in zip(axes[0], runs):
+    for ax, run in zip(axes[0], runs, strict=True):
         for i, kind in enumerate(kinds):
             values = [run["probes"][kind]["per_class"][n]["f2"] for n in names]
             macro = run["probes"][kind]["f2_macro"]
@@ -140,7 +141,10 @@ def per_class_f2_figure(results: dict):
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(
         y,
-        [textwrap.fill(f"{n} ({s:,})" if s else f"{n} (no positives)", 48) for n, s in zip(names, support)],
+        [
+            textwrap.fill(f"{n} ({s:,})" if s else f"{n} (no positives)", 48)
+            for n, s in zip(names, support, strict=True)
+        ],
         fontsize=8,
     )
     axes[0][0].invert_yaxis()

@@ -124,7 +124,7 @@ class ResNet(Encoder):
         )
         rates = iter(drop_path_rates(drop_path, sum(layers)))
         stages, ch = [], stem_width
-        for i, (n, width) in enumerate(zip(layers, widths)):
+        for i, (n, width) in enumerate(zip(layers, widths, strict=True)):
             blocks = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
@@ -294,7 +294,7 @@ class ConvNeXt(Encoder):
         self.in_channels = in_channels
         rates = iter(drop_path_rates(drop_path, sum(depths)))
         layers: list[nn.Module] = [nn.Conv2d(in_channels, dims[0], 4, 4), LayerNorm2d(dims[0], eps=1e-6)]
-        for i, (depth, dim) in enumerate(zip(depths, dims)):
+        for i, (depth, dim) in enumerate(zip(depths, dims, strict=True)):
             if i > 0:
                 layers += [LayerNorm2d(dims[i - 1], eps=1e-6), nn.Conv2d(dims[i - 1], dim, 2, 2)]
             layers += [ConvNeXtBlock(dim, next(rates)) for _ in range(depth)]
@@ -304,7 +304,8 @@ class ConvNeXt(Encoder):
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.features(x).mean(dim=(2, 3)))

@@ -108,11 +108,14 @@ def build_model(
     if fusion not in FUSIONS:
         raise ValueError(f"unknown fusion {fusion!r}; expected one of {list(FUSIONS)}")
     band_names = resolve_bands(bands) if bands is not None else None
-    if band_names is None and in_channels is None:
+    if band_names is not None:
+        if in_channels is not None and in_channels != len(band_names):
+            raise ValueError(f"in_channels={in_channels} but {len(band_names)} bands given: {list(band_names)}")
+        channels = len(band_names)
+    elif in_channels is not None:
+        channels = int(in_channels)
+    else:
         raise ValueError("build_model needs bands or in_channels")
-    if band_names is not None and in_channels is not None and in_channels != len(band_names):
-        raise ValueError(f"in_channels={in_channels} but {len(band_names)} bands given: {list(band_names)}")
-    channels = len(band_names) if band_names is not None else int(in_channels)
     config = dict(
         name=name,
         bands=list(band_names) if band_names else None,
@@ -128,6 +131,7 @@ def build_model(
 
     def encoder_for(subset: Sequence[str] | None, count: int) -> Encoder:
         if name in DOFA_CONFIGS:
+            assert subset is not None  # refused above: DOFA needs band names
             return DOFABandEncoder(DOFAEncoder(name, drop_path=drop_path, **kwargs), subset)
         return build_encoder(name, count, drop_path=drop_path, **kwargs)
 

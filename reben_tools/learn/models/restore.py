@@ -8,6 +8,7 @@ May import: torch; reben_tools.learn.runtime, reben_tools.learn.models.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from reben_tools.learn.models.classifier import ReBENClassifier, build_model_from_config
@@ -26,12 +27,13 @@ def model_from_checkpoint(state: dict, path: Path | str) -> ReBENClassifier:
 
 
 def checked_model(
-    checkpoint: str | os.PathLike, model: str | None, bands, fusion: str | None
+    checkpoint: str | os.PathLike[str], model: str | None, bands: str | Sequence[str] | None, fusion: str | None
 ) -> tuple[dict, ReBENClassifier]:
     """The checkpoint's state and its rebuilt model, after checking it matches ``model``/``bands``/``fusion``."""
-    state = load_checkpoint(checkpoint)
-    check_checkpoint_matches(state, checkpoint, model=model, bands=bands, fusion=fusion)
-    return state, model_from_checkpoint(state, checkpoint)
+    path = os.fspath(checkpoint)
+    state = load_checkpoint(path)
+    check_checkpoint_matches(state, path, model=model, bands=bands, fusion=fusion)
+    return state, model_from_checkpoint(state, path)
 
 
 def split_config(archive: str, state: dict) -> TrainConfig:
