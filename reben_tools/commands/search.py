@@ -31,8 +31,9 @@ def search(
     """
     from reben_tools.builder.pipeline.config import BuildError, PipelineConfig
     from reben_tools.builder.scenes import SceneError
-    from reben_tools.builder.stac import bbox_of, item_kind, item_tile, write_item_collection
-    from reben_tools.builder.stac import search as stac_search
+    from reben_tools.builder.stac import item_kind, item_tile
+    from reben_tools.builder.stac_search import bbox_of, write_item_collection
+    from reben_tools.builder.stac_search import search as stac_search
 
     try:
         assets = PipelineConfig.from_file(config).stac_assets if config else {}
