@@ -13,6 +13,13 @@ on a machine whose cores are shared:
    1 worker and with 2 workers (cluster start-up excluded), interleaved; goal >= 1.7x.
 4. ``projection``: hours to rebuild reBEN's 115 products on 32 cores from the
    measured per-product cost and the measured parallel efficiency.
+5. ``remote``: one demo product as Cloud-Optimised GeoTIFFs (``tests/cloud_demo.py``) read
+   through its STAC item from the loopback Range HTTP server (``tests/servers.py``) against the
+   same COGs on local disk, every block run serially in this process, interleaved and
+   repeated (fresh URLs and closed rasters each time: no cache carried over): the time ratio
+   (goal <= 1.3), the bytes fetched against the bytes the reads need (full-resolution tiles
+   under the blocks' windows plus each file's header; goal <= 1.1) and against the files'
+   sizes, and the request count.
 
 Usage::
 
@@ -233,13 +240,113 @@ def bench_scaling(config: PipelineConfig, work: Path, repeats: int) -> dict:
     return row
 
 
+REMOTE_ITEM = "S2A_31UGR_20170613_0_L2A"
+COG_HEADER_BYTES = 16384
+
+
+def _needed_bytes(product, tasks) -> int:
+    """Bytes a reader needs: every full-resolution tile under the blocks' windows, plus each file's header."""
+    from reben_tools.builder.scenes import PRODUCT_BANDS, block_window
+
+    total = 0
+    for band, path in product.band_paths.items():
+        with rasterio.open(path) as ds:
+            bh, bw = ds.block_shapes[0]
+            tiles = set()
+            for task in tasks:
+                w = block_window(task.block, PRODUCT_BANDS[band], product.grid)
+                for r in range(int(w.row_off) // bh, (int(w.row_off + w.height) - 1) // bh + 1):
+                    for c in range(int(w.col_off) // bw, (int(w.col_off + w.width) - 1) // bw + 1):
+                        tiles.add((r, c))
+            for r, c in tiles:
+                total += int(ds.get_tag_item(f"BLOCK_SIZE_{c}_{r}", "TIFF", bidx=1) or 0)
+        # the header: the IFDs of a COG sit in its first bytes, which GDAL ingests at open (16 KiB)
+        total += min(COG_HEADER_BYTES, Path(path).stat().st_size)
+    return total
+
+
+def _remote_run(items, demo: Path, work: Path, label: str) -> tuple[float, list]:
+    from reben_tools.builder.pipeline.discovery import discover as discover_inputs
+    from reben_tools.builder.scenes import OPEN_RASTERS, forget_tile_rows
+
+    config = demo_config(demo, 5).model_copy(update={"s2": []})
+    inputs = discover_inputs(config, items=items)
+    assert len(inputs.products) == 1, inputs.skipped
+    clc = open_clc(config.clc, config.clc_code_column)
+    shards = Path(tempfile.mkdtemp(dir=work, prefix=label))
+    tasks = plan_tasks(config, inputs, clc, shards)
+    OPEN_RASTERS.close_all()
+    forget_tile_rows()
+    return inputs.products[0], tasks, shards
+
+
+def bench_remote(demo: Path, work: Path, repeats: int) -> dict:
+    """The same COG product from local disk and from the loopback HTTP server (see the module docstring)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from cloud_demo import cog_catalogue
+    from servers import range_http_server
+
+    from reben_tools.builder.stac import StacItem
+
+    cloud_dir = work / "cloud"
+    if not (cloud_dir / "items.json").is_file():
+        cog_catalogue(demo, cloud_dir)
+    document = json.loads((cloud_dir / "items.json").read_text())
+    item = next(f for f in document["features"] if f["id"] == REMOTE_ITEM)
+    times: dict[str, list[float]] = {"disk": [], "http": []}
+    fetched, requests, needed, file_bytes = [], [], 0, 0
+    with range_http_server(cloud_dir) as server:
+        for rep in range(repeats):
+            for where in ("disk", "http"):
+                copy = json.loads(json.dumps(item))
+                for asset in copy["assets"].values():
+                    href = asset["href"]
+                    asset["href"] = str(cloud_dir / href) if where == "disk" else f"{server.url}/{href}?rep={rep}"
+                server.stats.reset()  # discovery's reads (headers, the offset check) count too
+                started = time.perf_counter()
+                product, tasks, shards = _remote_run([StacItem(copy, None)], demo, work, where)
+                opened = time.perf_counter() - started
+                if where == "disk" and rep == 0:
+                    needed = _needed_bytes(product, tasks)
+                    file_bytes = sum(Path(p).stat().st_size for p in product.band_paths.values())
+                start = time.perf_counter() - opened
+                for task in tasks:
+                    result = run_block(task)
+                    assert result["status"] == "ok", result
+                times[where].append(time.perf_counter() - start)
+                if where == "http":
+                    fetched.append(server.stats.bytes_sent)
+                    requests.append(len(server.stats.requests))
+                shutil.rmtree(shards)
+    row = {
+        "item": REMOTE_ITEM,
+        "blocks": len(tasks),
+        "disk_s": times["disk"],
+        "http_s": times["http"],
+        "time_ratio": statistics.median(times["http"]) / statistics.median(times["disk"]),
+        "bytes_fetched": fetched,
+        "bytes_needed": needed,
+        "bytes_in_files": file_bytes,
+        "fetched_over_needed": statistics.median(fetched) / needed,
+        "fetched_over_files": statistics.median(fetched) / file_bytes,
+        "requests": requests,
+        "repeats": repeats,
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo-dir", type=Path, default=Path("/tmp/reben-bench/demo"))
     parser.add_argument("--full-dir", type=Path, default=Path("/tmp/reben-bench/full"))
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/reben-bench/work"))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["decode", "full-decode", "memory", "scaling"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["decode", "full-decode", "memory", "scaling", "remote"]
+    )
     parser.add_argument("--scaling-set", choices=["demo", "full"], default="demo")
     parser.add_argument("--scaling-rows", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
@@ -251,6 +358,8 @@ def main() -> None:
     }
 
     demo = ensure_demo(args.demo_dir)
+    if "remote" not in args.skip:
+        results["remote"] = bench_remote(demo, args.work_dir, args.repeats)
     if "decode" not in args.skip:
         results["decode_demo"] = bench_decode(demo_config(demo, 5), args.work_dir, args.repeats, "demo")
     if "scaling" not in args.skip:

@@ -36,3 +36,25 @@ def s3_env(s3_endpoint, monkeypatch):
     for name, value in s3_endpoint.env().items():
         monkeypatch.setenv(name, value)
     return s3_endpoint
+
+
+@pytest.fixture(scope="session")
+def demo_inputs(tmp_path_factory):
+    """The generated demo region (seed 0), once per session: its inputs folder."""
+    from reben_tools.builder.demo_region.region import generate_region
+
+    root = tmp_path_factory.mktemp("demo") / "inputs"
+    generate_region(root, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_reference(demo_inputs, tmp_path_factory):
+    """The demo region built from local disk (2 workers), once per session: the archive folder."""
+    from cloud_demo import demo_config
+
+    from reben_tools.builder.pipeline.run import build_archive
+
+    out = tmp_path_factory.mktemp("demo-local") / "archive"
+    build_archive(demo_config(demo_inputs), out=out, workers=2, progress=False, echo=lambda _: None)
+    return out

@@ -19,16 +19,22 @@ sampled at the 10 m pixel centres (nearest neighbour).
 Owns: opening a CORINE source (:func:`open_clc`, :class:`ClcSource`), geometry repair and
 code checks (reported as issues), rasterising reference maps of a block (:func:`reference_block`).
 Does not own: the CLC legend and label rules (reben_tools.format.labels), the 25 % rule (build.pipeline).
-May import: reben_tools.format, rasterio, pyogrio, geopandas, pandas, pyproj, shapely, numpy.
+The file may be local, under ``s3://`` or at an ``https://`` URL (read through GDAL's
+``/vsis3/`` and ``/vsicurl/``; a local copy is faster, since every worker reads it).
+
+May import: reben_tools.format, reben_tools.builder.locations, rasterio, pyogrio, geopandas, pandas, pyproj,
+shapely, numpy.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from reben_tools.builder.locations import RemoteError, location, redact
 from reben_tools.format.labels import NO_POLYGON_CODE, clc_legend
 
 DEFAULT_CODE_COLUMN = "Code_18"
@@ -44,8 +50,9 @@ class CorineError(ValueError):
     """A CORINE source cannot be used; the message names the file."""
 
     def __init__(self, path: Path | str, reason: str):
+        path, reason = redact(str(path)), redact(str(reason))
         super().__init__(f"{path}: {reason}")
-        self.path = str(path)
+        self.path = path
         self.reason = reason
 
 
@@ -116,8 +123,12 @@ def open_clc(
     Raises:
         CorineError: unreadable file, no CRS, no code column.
     """
-    path = Path(path)
-    if not path.exists():
+    path = location(path)
+    try:
+        exists = path.exists()
+    except RemoteError as exc:
+        raise CorineError(path, f"cannot reach the CORINE file ({exc})") from None
+    if not exists:
         raise CorineError(path, "CORINE file does not exist")
     if path.suffix.lower() in RASTER_EXTENSIONS:
         return _open_raster(path, raster_values)
@@ -125,10 +136,10 @@ def open_clc(
 
     try:
         if layer is None:
-            layers = pyogrio.list_layers(path)
+            layers = pyogrio.list_layers(os.fspath(path))
             spatial = [str(name) for name, geometry_type in layers if geometry_type]
             layer = spatial[0] if spatial else str(layers[0][0])
-        info = pyogrio.read_info(path, layer=layer)
+        info = pyogrio.read_info(os.fspath(path), layer=layer)
     except Exception as exc:
         raise CorineError(path, f"cannot read as a vector dataset ({exc})") from None
     if not info.get("crs"):
@@ -215,7 +226,7 @@ def read_polygons(
     try:
         mask = _footprint(bounds, crs, source.crs)
         frame = gpd.read_file(
-            source.path,
+            os.fspath(source.path),
             layer=source.layer,
             mask=mask,
             columns=[source.code_column],

@@ -13,7 +13,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from reben_tools.builder.scenes import S1Scene, SceneError
+from reben_tools.builder.scenes import S1Scene, SceneError, error_text
 
 
 class S1Warper:
@@ -41,7 +41,7 @@ class S1Warper:
             self._vh = self._stack.enter_context(rasterio.open(self.scene.vh))
         except rasterio.errors.RasterioError as exc:
             self._stack.close()
-            raise SceneError(self.scene.path, f"cannot open S1 rasters ({exc})") from None
+            raise SceneError(self.scene.path, f"cannot open S1 rasters ({error_text(exc)})") from None
         self._transformers: dict[str, object] = {}
         return self
 
@@ -100,7 +100,8 @@ class S1Warper:
             try:
                 src[i] = ds.read(1, window=window)
             except rasterio.errors.RasterioError as exc:
-                raise SceneError(ds.name, f"cannot read S1 raster ({exc})") from None
+                file = self.scene.vv if i == 0 else self.scene.vh
+                raise SceneError(file, f"cannot read S1 raster ({error_text(exc)})") from None
         nodata = self.scene.nodata
         if nodata is not None and not np.isnan(nodata):
             src[src == np.float32(nodata)] = np.nan

@@ -11,13 +11,19 @@ Sentinel-1 scenes are folders named like the S1 product
 (``S1B_IW_GRDH_1SDV_20170612T165809...``) holding ``*_VV.tif`` and ``*_VH.tif``
 (float32 backscatter in dB) in any CRS.
 
-Every failure raises :class:`SceneError` naming the file at fault.
+A product or scene folder may be local or under an ``s3://`` prefix (a
+:class:`~reben_tools.builder.locations.RemotePath`, listed through s3fs and read through GDAL's
+``/vsis3/``); products and scenes described by STAC items (``builder.stac``) reuse the
+raster checks here (:func:`check_band_rasters`, :func:`s1_scene_from_files`).
+
+Every failure raises :class:`SceneError` naming the file at fault (credentials, endpoints
+and signed query strings removed: ``locations.redact``).
 
 Owns: recognising and opening S2 products (:func:`open_s2_product`) and S1 scenes
 (:func:`open_s1_scene`), reading a block's bands (:func:`read_block`), :class:`SceneError`.
 Does not own: warping S1 onto patches (s1_warp.py), product naming rules (reben_tools.format.naming), the patch grid (build.tiling),
 pairing S1 with S2 (build.pipeline.discovery).
-May import: reben_tools.format, reben_tools.geo, reben_tools.builder.tiling, rasterio, numpy.
+May import: reben_tools.format, reben_tools.geo, reben_tools.builder.tiling / locations, rasterio, numpy.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from reben_tools.builder.locations import RemoteError, RemotePath, location, redact
 from reben_tools.builder.tiling import Block, PatchGrid, tile_patch_grid
 from reben_tools.format import naming
 from reben_tools.format.bands import PATCH_SIZE_M, S2_BANDS, SCL_BAND
@@ -49,9 +56,10 @@ _ALIGN_TOL_M = 1e-3
 class SceneError(ValueError):
     """A product or scene cannot be used; ``path`` is the file or folder at fault."""
 
-    def __init__(self, path: Path | str, reason: str):
+    def __init__(self, path: Path | RemotePath | str, reason: str):
+        path, reason = redact(str(path)), redact(str(reason))
         super().__init__(f"{path}: {reason}")
-        self.path = str(path)
+        self.path = path
         self.reason = reason
 
 
@@ -60,9 +68,11 @@ class S2Product:
     """A Sentinel-2 L2A product whose rasters were checked to agree.
 
     Attributes:
-        path: the product folder (``.SAFE`` or GeoTIFF folder).
+        path: the product folder (``.SAFE`` or GeoTIFF folder; a local ``Path`` or an ``s3://``
+            :class:`~reben_tools.builder.locations.RemotePath`), or the STAC item (``stac.ItemRef``,
+            named like the product).
         name: the parsed product name.
-        layout: ``"SAFE"`` or ``"GeoTIFF"``.
+        layout: ``"SAFE"``, ``"GeoTIFF"`` or ``"STAC"``.
         band_paths: raster file of each of the 12 bands and ``SCL``.
         crs: the rasters' CRS as an EPSG string (``"EPSG:32633"``) or WKT when it has no EPSG code.
         grid: the 1,200 m patch grid cut from the rasters' extent.
@@ -97,7 +107,10 @@ class S1Scene:
         bounds: ``(left, bottom, right, top)`` in ``crs``.
         nodata: no-data besides NaN (None: only NaN); by default the nodata tag, else exact 0
             (SNAP / Earth Engine exports write an untagged 0; 0 dB does not occur in real scenes).
-        linear: the rasters hold linear sigma0, converted to dB when read.
+        linear: the rasters hold linear power, converted to dB when read.
+        product_type: ``"GRD sigma0"`` (reBEN's input: SNAP-processed GRD) or ``"RTC gamma0"``
+            (radiometrically terrain-corrected, e.g. Planetary Computer's ``sentinel-1-rtc``);
+            recorded in the manifest.
     """
 
     path: Path
@@ -109,6 +122,16 @@ class S1Scene:
     bounds: tuple[float, float, float, float]
     nodata: float | None = field(default=None)
     linear: bool = False
+    product_type: str = "GRD sigma0"
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception's message with the GDAL error that caused it (rasterio's says "see previous exception")."""
+    text = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text = f"{text}: {cause}"
+    return text
 
 
 def crs_string(crs: rasterio.crs.CRS) -> str:
@@ -173,7 +196,7 @@ def read_boa_add_offset(mtd_path: Path) -> int:
         SceneError: the file is not readable XML, or its offsets differ between bands.
     """
     try:
-        root = ET.parse(mtd_path).getroot()
+        root = ET.fromstring(mtd_path.read_bytes())
     except (OSError, ET.ParseError) as exc:
         raise SceneError(mtd_path, f"cannot parse product metadata ({exc})") from None
     values = set()
@@ -188,11 +211,11 @@ def read_boa_add_offset(mtd_path: Path) -> int:
     return values.pop() if values else 0
 
 
-def open_s2_product(path: str | Path, boa_add_offset: int | None = None) -> S2Product:
+def open_s2_product(path: str | Path | RemotePath, boa_add_offset: int | None = None) -> S2Product:
     """Find, parse and check a Sentinel-2 L2A product (headers only; no pixels are decoded).
 
     Args:
-        path: a ``.SAFE`` folder or a folder of band GeoTIFFs.
+        path: a ``.SAFE`` folder or a folder of band GeoTIFFs, local or under ``s3://``.
         boa_add_offset: the offset to record when the product has no ``MTD_MSIL2A.xml``
             (None: unknown). A metadata file always wins.
 
@@ -200,8 +223,21 @@ def open_s2_product(path: str | Path, boa_add_offset: int | None = None) -> S2Pr
         SceneError: the folder is named unlike a Sentinel-2 L2A product, a band is
             missing or unreadable, or the rasters disagree in CRS, resolution or extent.
     """
-    path = Path(path)
+    path = location(path)
+    try:
+        return _open_s2_product(path, boa_add_offset)
+    except RemoteError as exc:
+        raise SceneError(path, f"cannot list or read ({exc})") from None
+
+
+def _open_s2_product(path: Path | RemotePath, boa_add_offset: int | None) -> S2Product:
     if not path.is_dir():
+        if isinstance(path, RemotePath) and path.scheme != "s3":
+            raise SceneError(
+                path,
+                f"an {path.scheme}:// URL names a single file, not a product folder; give products on an "
+                "HTTP server through STAC (--stac-items), or folders under s3://",
+            )
         raise SceneError(path, "not a folder (expected a .SAFE product or a folder of band GeoTIFFs)")
     stem = path.name
     try:
@@ -212,7 +248,24 @@ def open_s2_product(path: str | Path, boa_add_offset: int | None = None) -> S2Pr
         layout, band_paths = "SAFE", _find_safe_bands(path)
     else:
         layout, band_paths = "GeoTIFF", _find_geotiff_bands(path)
+    crs, grid = check_band_rasters(path, name, band_paths)
+    mtd = path / "MTD_MSIL2A.xml"
+    if mtd.is_file():
+        offset = read_boa_add_offset(mtd)
+    else:
+        offset = boa_add_offset
+    return S2Product(path, name, layout, band_paths, crs, grid, offset)
 
+
+def check_band_rasters(path, name: naming.S2ProductName, band_paths: dict) -> tuple[str, PatchGrid]:
+    """Open every band's header and check they agree; returns ``(crs string, patch grid)``.
+
+    Every band must be north-up at its native resolution, all in one CRS with one
+    extent, on the product's MGRS tile grid, holding at least one complete patch.
+
+    Raises:
+        SceneError: naming the first raster at fault.
+    """
     reference = None
     for band, file in band_paths.items():
         res = PRODUCT_BANDS[band]
@@ -242,21 +295,14 @@ def open_s2_product(path: str | Path, boa_add_offset: int | None = None) -> S2Pr
             )
     assert reference is not None
     _, ref_crs, (ulx, uly, width_m, height_m) = reference
-    crs = crs_string(ref_crs)
     grid = _tile_grid_of(path, name, ref_crs, ulx, uly, width_m, height_m)
     if grid.num_patches == 0:
         raise SceneError(path, f"extent {width_m} x {height_m} m holds no complete {PATCH_SIZE_M} m patch")
-
-    mtd = path / "MTD_MSIL2A.xml"
-    if mtd.is_file():
-        offset = read_boa_add_offset(mtd)
-    else:
-        offset = boa_add_offset
-    return S2Product(path, name, layout, band_paths, crs, grid, offset)
+    return crs_string(ref_crs), grid
 
 
 def _tile_grid_of(
-    path: Path,
+    path,
     name: naming.S2ProductName,
     crs: rasterio.crs.CRS,
     ulx: float,
@@ -402,8 +448,11 @@ def read_block(
                     data = ds.read(1, window=window, boundless=False)
         except (rasterio.errors.RasterioError, ValueError) as exc:
             OPEN_RASTERS.discard(file)
+            where = " (a remote read that failed after its retries)" if isinstance(file, RemotePath) else ""
             raise SceneError(
-                file, f"cannot read band {band} rows {window.row_off}..{window.row_off + window.height} ({exc})"
+                file,
+                f"cannot read band {band} rows {window.row_off}..{window.row_off + window.height}{where} "
+                f"({error_text(exc)})",
             ) from None
         if data.shape != (window.height, window.width):
             raise SceneError(
@@ -422,11 +471,11 @@ S1_LINEAR_MAX = 2.0
 """Largest 99th-percentile value of a scene taken as linear sigma0 (dB scenes reach below 0)."""
 
 
-def open_s1_scene(path: str | Path, nodata: str | float = "auto", values: str = "db") -> S1Scene:
+def open_s1_scene(path: str | Path | RemotePath, nodata: str | float = "auto", values: str = "db") -> S1Scene:
     """Parse and check a Sentinel-1 scene folder (headers and a decimated overview of VV).
 
     Args:
-        path: the scene folder.
+        path: the scene folder, local or under ``s3://``.
         nodata: ``"auto"`` (the nodata tag, else exact 0), ``"nan"`` (only NaN), or a number.
         values: ``"db"`` (refuse a scene that looks linear: no negative value and the 99th
             percentile at most :data:`S1_LINEAR_MAX`) or ``"linear"`` (convert with 10 log10).
@@ -435,18 +484,40 @@ def open_s1_scene(path: str | Path, nodata: str | float = "auto", values: str = 
         SceneError: the name is not a Sentinel-1 product name, a polarisation is missing,
             VV and VH are not on the same grid, or dB values were expected and the scene is linear.
     """
-    path = Path(path)
+    path = location(path)
     try:
         prefix = naming.s1_product_prefix(path.name)
         acquired = naming.s1_acquisition_time(path.name)
     except ValueError as exc:
         raise SceneError(path, str(exc)) from None
     files = {}
-    for pol in ("VV", "VH"):
-        matches = sorted(path.glob(f"*_{pol}.tif")) + sorted(path.glob(f"*_{pol}.tiff"))
-        if len(matches) != 1:
-            raise SceneError(path, f"expected one *_{pol}.tif file, found {len(matches)}")
-        files[pol] = matches[0]
+    try:
+        for pol in ("VV", "VH"):
+            matches = sorted(path.glob(f"*_{pol}.tif")) + sorted(path.glob(f"*_{pol}.tiff"))
+            if len(matches) != 1:
+                raise SceneError(path, f"expected one *_{pol}.tif file, found {len(matches)}")
+            files[pol] = matches[0]
+    except RemoteError as exc:
+        raise SceneError(path, f"cannot list or read ({exc})") from None
+    return s1_scene_from_files(path, prefix, acquired, files["VV"], files["VH"], nodata, values)
+
+
+def s1_scene_from_files(
+    path,
+    prefix: str,
+    acquired: datetime,
+    vv,
+    vh,
+    nodata: str | float = "auto",
+    values: str = "db",
+    product_type: str = "GRD sigma0",
+) -> S1Scene:
+    """Check a scene's VV and VH rasters (same grid, a CRS, dB unless ``values='linear'``) and describe it.
+
+    Raises:
+        SceneError: naming the raster at fault.
+    """
+    files = {"VV": vv, "VH": vh}
     headers = {}
     for pol, file in files.items():
         try:
@@ -467,9 +538,12 @@ def open_s1_scene(path: str | Path, nodata: str | float = "auto", values: str = 
         value = float(nodata)
     linear = values == "linear"
     if not linear:
-        with rasterio.open(files["VV"]) as ds:
-            step = max(1, max(width, height) // 512)
-            sample = ds.read(1, out_shape=(max(1, height // step), max(1, width // step))).astype(np.float64)
+        try:
+            with rasterio.open(files["VV"]) as ds:
+                step = max(1, max(width, height) // 512)
+                sample = ds.read(1, out_shape=(max(1, height // step), max(1, width // step))).astype(np.float64)
+        except rasterio.errors.RasterioError as exc:
+            raise SceneError(files["VV"], f"cannot read raster ({exc})") from None
         sample = sample[
             np.isfinite(sample) & ((sample != value) if value is not None and not np.isnan(value) else True)
         ]
@@ -479,4 +553,6 @@ def open_s1_scene(path: str | Path, nodata: str | float = "auto", values: str = 
                 "values look like linear sigma0 (none negative, 99% at most "
                 f"{S1_LINEAR_MAX}), not dB; convert them, or set s1_values = 'linear'",
             )
-    return S1Scene(path, prefix, acquired, files["VV"], files["VH"], crs_string(crs), tuple(bounds), value, linear)
+    return S1Scene(
+        path, prefix, acquired, files["VV"], files["VH"], crs_string(crs), tuple(bounds), value, linear, product_type
+    )

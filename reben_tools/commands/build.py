@@ -1,4 +1,5 @@
-"""``reben build`` (scenes -> archive on Dask) and ``reben demo`` (generate a region, build it, audit it)."""
+"""``reben build`` (scenes -> archive on Dask), ``reben demo`` (generate a region, build it, audit it) and
+``reben search`` (STAC API -> the items a build needs, ``commands.search``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
+    from reben_tools.commands.search import search
+
     app.command("build")(build)
     app.command("demo")(demo)
+    app.command("search")(search)
 
 
 def build(
@@ -18,13 +22,31 @@ def build(
         help="pipeline config (TOML or JSON, see pipelines/); optional: without it, reBEN's defaults "
         "(the values of pipelines/reben.toml)",
     ),
-    s2: list[Path] | None = typer.Option(
-        None, "--s2", help="S2 L2A product (.SAFE or GeoTIFF folder) or a folder of them; repeatable"
+    s2: list[str] | None = typer.Option(
+        None,
+        "--s2",
+        help="S2 L2A product (.SAFE or GeoTIFF folder) or a folder of them, local or s3://bucket/prefix/; repeatable",
     ),
-    s1: list[Path] | None = typer.Option(
-        None, "--s1", help="S1 scene folder (*_VV.tif, *_VH.tif) or a folder of them; repeatable"
+    s1: list[str] | None = typer.Option(
+        None,
+        "--s1",
+        help="S1 scene folder (*_VV.tif, *_VH.tif) or a folder of them, local or s3://bucket/prefix/; repeatable",
     ),
-    clc: Path | None = typer.Option(None, "--clc", help="CORINE Land Cover 2018: vector (any OGR format) or raster"),
+    clc: str | None = typer.Option(
+        None, "--clc", help="CORINE Land Cover 2018: vector (any OGR format) or raster; local, s3:// or https://"
+    ),
+    stac_items: list[str] | None = typer.Option(
+        None,
+        "--stac-items",
+        help="STAC ItemCollection (file or URL, e.g. from `reben search`) of S2 L2A and S1 items; repeatable, "
+        "combines with --s2/--s1",
+    ),
+    stac: str | None = typer.Option(None, "--stac", help="STAC API to search in this build (with --collections ...)"),
+    collections: str | None = typer.Option(None, "--collections", help="with --stac: collections, C[,C]"),
+    bbox: str | None = typer.Option(None, "--bbox", help="with --stac: search box W,S,E,N (degrees)"),
+    datetime_range: str | None = typer.Option(None, "--datetime", help="with --stac: S2 acquisition interval A/B"),
+    max_cloud: float | None = typer.Option(None, "--max-cloud", help="with --stac: largest eo:cloud_cover, %"),
+    tiles: str | None = typer.Option(None, "--tiles", help="with --stac: MGRS tiles kept, 32ULV[,31UGR]"),
     countries: Path | None = typer.Option(
         None, "--countries", help="country polygons (default: shipped Natural Earth)"
     ),
@@ -54,9 +76,12 @@ def build(
             updates["s2"] = [str(p) for p in s2]
         if s1:
             updates["s1"] = [str(p) for p in s1]
-        for key, value in (("clc", clc), ("countries_file", countries), ("out", out)):
+        if stac_items:
+            updates["stac_items"] = list(stac_items)
+        for key, value in (("clc", clc), ("countries_file", countries), ("out", out), ("stac", stac)):
             if value is not None:
                 updates[key] = str(value)
+        updates.update(_search_options(collections, bbox, datetime_range, max_cloud, tiles))
         for key, value in (
             ("scheduler", scheduler),
             ("workers", workers),
@@ -66,8 +91,8 @@ def build(
             if value is not None:
                 updates[key] = value
         cfg = PipelineConfig.model_validate({**cfg.model_dump(), **updates})
-        if not cfg.s2:
-            raise BuildError("no Sentinel-2 input given (--s2 or 's2' in the config)")
+        if not (cfg.s2 or cfg.stac_items or cfg.stac):
+            raise BuildError("no Sentinel-2 input given (--s2, --stac-items or --stac, or 's2' in the config)")
         result = build_archive(cfg, progress=not (quiet or no_progress), echo=typer.echo)
     except BuildInterrupted as exc:
         typer.echo(str(exc), err=True)
@@ -86,6 +111,24 @@ def build(
     typer.echo(f"report:  {result.archive_dir / 'report.json'}")
     if result.map_png:
         typer.echo(f"map:     {result.map_png}")
+
+
+def _search_options(collections, bbox, datetime_range, max_cloud, tiles) -> dict:
+    """The ``stac_*`` search settings given on the command line."""
+    from reben_tools.builder.stac_search import bbox_of
+
+    out: dict = {}
+    if collections:
+        out["stac_collections"] = [c.strip() for c in collections.split(",") if c.strip()]
+    if bbox:
+        out["stac_bbox"] = bbox_of(bbox)
+    if datetime_range:
+        out["stac_datetime"] = datetime_range
+    if max_cloud is not None:
+        out["stac_max_cloud"] = max_cloud
+    if tiles:
+        out["stac_tiles"] = [t.strip() for t in tiles.split(",") if t.strip()]
+    return out
 
 
 def demo(

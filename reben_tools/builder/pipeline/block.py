@@ -5,7 +5,7 @@ warping, SCL fractions, encoding, the block's train-split moments and writing it
 shard with its rows (:func:`run_block`).
 Does not own: scheduling (execution), deciding which blocks to build (planning, run),
 merging shards (finalise).
-May import: reben_tools.format, reben_tools.geo, reben_tools.builder.corine / quality / scenes,
+May import: reben_tools.format, reben_tools.geo, reben_tools.builder.corine / quality / locations / scenes,
 .planning, .rows.
 """
 
@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from reben_tools.builder.corine import CorineError, reference_block
+from reben_tools.builder.locations import configure_gdal, redact
 from reben_tools.builder.pipeline.planning import BlockTask
 from reben_tools.builder.pipeline.rows import DROP_REASONS, ROWS_METADATA_KEY, ROWS_SCHEMA
 from reben_tools.builder.quality import scl_fractions
@@ -56,6 +57,7 @@ def run_block(task: BlockTask) -> dict:
 
     started, cpu_started = time.perf_counter(), time.process_time()
     try:
+        configure_gdal(task.remote)  # remote-read retries and cache: once per worker process
         with rasterio.Env(GDAL_NUM_THREADS="1", OPJ_NUM_THREADS="1", GDAL_CACHEMAX=int(task.gdal_cache_mb)):
             summary = _run_block(task)
         summary["seconds"] = time.perf_counter() - started
@@ -65,7 +67,7 @@ def run_block(task: BlockTask) -> dict:
         return {"shard": task.shard_name, "status": "failed", "error": exc.reason, "path": exc.path}
     except Exception as exc:
         log.exception("block %s failed", task.shard_name)
-        return {"shard": task.shard_name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        return {"shard": task.shard_name, "status": "failed", "error": redact(f"{type(exc).__name__}: {exc}")}
 
 
 def _run_block(task: BlockTask) -> dict:

@@ -1,9 +1,10 @@
 """Settings of a scene-to-archive build: :class:`PipelineConfig` and :class:`BuildError`.
 
 Owns: the config model (fields, defaults, validation, TOML / JSON loading with paths made
-relative to the file), its JSON Schema, the error type every build step raises, the tool name.
+relative to the file, URLs kept as they are), its JSON Schema, the error type every build
+step raises, the tool name, the settings no manifest records (:data:`INPUT_LOCATION_FIELDS`).
 Does not own: what the settings do (discovery, planning, execution, finalisation modules).
-May import: reben_tools.format, reben_tools.builder.countries / quality (defaults), pydantic.
+May import: reben_tools.format, reben_tools.builder.countries / quality (defaults) / locations, pydantic.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from reben_tools.builder.countries import BIGEARTHNET_COUNTRIES
+from reben_tools.builder.locations import RemoteSettings, _resolve_against
 from reben_tools.builder.quality import DEFAULT_CLOUD_THRESHOLD, DEFAULT_SNOW_THRESHOLD
 
 TOOL_NAME = "reben build"
@@ -37,12 +39,49 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     s2: list[str] = Field(
-        default_factory=list, description="S2 L2A products (.SAFE or GeoTIFF folders) or folders of products"
+        default_factory=list,
+        description="S2 L2A products (.SAFE or GeoTIFF folders) or folders of products; local or s3://bucket/prefix/",
     )
     s1: list[str] = Field(
-        default_factory=list, description="S1 scene folders (*_VV.tif, *_VH.tif) or folders of scenes"
+        default_factory=list,
+        description="S1 scene folders (*_VV.tif, *_VH.tif) or folders of scenes; local or s3://bucket/prefix/",
     )
-    clc: str | None = Field(None, description="CORINE Land Cover 2018: vector file (any OGR format) or raster")
+    clc: str | None = Field(
+        None, description="CORINE Land Cover 2018: vector file (any OGR format) or raster; local, s3:// or https://"
+    )
+    stac_items: list[str] = Field(
+        default_factory=list,
+        description="STAC ItemCollections (or Items): files or URLs, e.g. written by `reben search`; "
+        "S2 L2A and S1 items, combined with s2 / s1",
+    )
+    stac: str | None = Field(
+        None, description="STAC API to search in the build itself (with the stac_* search options)"
+    )
+    stac_collections: list[str] = Field(default_factory=list, description="collections searched in the STAC API")
+    stac_bbox: list[float] | None = Field(
+        None, min_length=4, max_length=4, description="search box, west, south, east, north (degrees)"
+    )
+    stac_datetime: str | None = Field(None, description="search interval of the S2 acquisitions, A/B (RFC 3339)")
+    stac_max_cloud: float | None = Field(None, ge=0, le=100, description="largest eo:cloud_cover of an S2 item, %")
+    stac_tiles: list[str] = Field(default_factory=list, description="MGRS tiles kept (e.g. 32ULV); empty: all")
+    stac_assets: dict[str, str] = Field(
+        default_factory=dict,
+        description="band -> asset key, for catalogues other than Earth Search, Planetary Computer and CDSE "
+        "(keys B01..B12, B8A, SCL, VV, VH)",
+    )
+    stac_offset_disagreement: Literal["refuse", "flag"] = Field(
+        "refuse",
+        description="an S2 item whose recorded BOA offset disagrees with its baseline or its pixels: 'refuse' "
+        "(skipped, in report.json) or 'flag' (built with the offset its pixels show, listed in report.json)",
+    )
+    stac_s1_values: Literal["db", "linear"] | None = Field(
+        None, description="values of S1 STAC items (RTC: 'linear' power); unset: s1_values"
+    )
+    remote_retries: int = Field(5, ge=0, le=20, description="retries of a remote read on 429, 5xx and time-outs")
+    remote_timeout_s: float = Field(60.0, gt=0, description="time-out of one remote request, seconds")
+    remote_cache_mb: int = Field(
+        256, ge=0, description="GDAL's in-memory cache of fetched remote headers and tiles per process, MB"
+    )
     clc_code_column: str = Field("Code_18", description="code column of vector CORINE, matched case-insensitively")
     clc_layer: str | None = Field(None, description="vector layer (default: the first)")
     clc_raster_values: Literal["auto", "codes", "grid_codes"] = Field(
@@ -96,6 +135,12 @@ class PipelineConfig(BaseModel):
     scheduler: str | None = Field(None, description="address of an existing Dask scheduler, e.g. tcp://127.0.0.1:8786")
     gdal_cache_mb: int = Field(128, ge=8, description="GDAL block cache per worker process, MB")
 
+    def remote_settings(self) -> RemoteSettings:
+        """How remote reads retry and cache (``builder.locations``)."""
+        return RemoteSettings(
+            retries=self.remote_retries, timeout_s=self.remote_timeout_s, cache_mb=self.remote_cache_mb
+        )
+
     @classmethod
     def from_file(cls, path: str | Path) -> PipelineConfig:
         """Load a TOML or JSON config; relative paths become relative to the file's folder."""
@@ -111,9 +156,9 @@ class PipelineConfig(BaseModel):
         base = path.resolve().parent
 
         def resolve(p: str) -> str:
-            return str((base / p).resolve()) if not Path(p).is_absolute() else p
+            return _resolve_against(base, p)
 
-        for key in ("s2", "s1"):
+        for key in ("s2", "s1", "stac_items"):
             if key in data and isinstance(data[key], list):
                 data[key] = [resolve(p) if isinstance(p, str) else p for p in data[key]]
         for key in ("clc", "countries_file", "snow_ids_file", "cloud_ids_file", "out"):
@@ -125,6 +170,31 @@ class PipelineConfig(BaseModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             raise BuildError(f"{path}: invalid pipeline config:\n{exc}") from None
+
+
+INPUT_LOCATION_FIELDS = (
+    "s2",
+    "s1",
+    "clc",
+    "countries_file",
+    "snow_ids_file",
+    "cloud_ids_file",
+    "out",
+    "stac_items",
+    "stac",
+    "stac_collections",
+    "stac_bbox",
+    "stac_datetime",
+    "stac_max_cloud",
+    "stac_tiles",
+    "stac_assets",
+    "remote_retries",
+    "remote_timeout_s",
+    "remote_cache_mb",
+)
+"""Settings that say where the inputs are or how they are fetched, not what the archive holds:
+never recorded in the manifest (the same products from a folder, a bucket or a catalogue give
+the same archive)."""
 
 
 def config_json_schema() -> dict:

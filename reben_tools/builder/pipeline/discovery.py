@@ -1,11 +1,13 @@
 """Input discovery: the S2 products and S1 scenes a config names, and the S1 candidates of a product.
 
-Owns: expanding folders of items, opening each product / scene once, choosing among
-duplicate products (same patch ids, different generation time: the one covering most
-pixels), recording what cannot be used (``Inputs.skipped``), and matching S1 scenes to a
-product by time gap and footprint.
-Does not own: reading pixels (build.scenes), planning blocks (planning).
-May import: reben_tools.builder.scenes, .config, rasterio.
+Owns: expanding folders of items (local, or ``s3://`` prefixes listed through s3fs), opening
+each product / scene once (remote ones on a few threads: header reads wait on the network),
+adding the products and scenes of STAC items (``builder.stac``), choosing among duplicate
+products (same patch ids, different generation time: the one covering most pixels),
+recording what cannot be used (``Inputs.skipped``) or was flagged (``Inputs.flagged``), and
+matching S1 scenes to a product by time gap and footprint.
+Does not own: reading pixels (build.scenes), STAC conventions (build.stac), planning blocks (planning).
+May import: reben_tools.builder.scenes / locations / stac / stac_search, .config, rasterio.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reben_tools.builder.pipeline.config import PipelineConfig
+from reben_tools.builder.locations import RemoteError, RemotePath, configure_gdal, location
+from reben_tools.builder.pipeline.config import BuildError, PipelineConfig
 from reben_tools.builder.scenes import (
     S1Scene,
     S2Product,
@@ -33,18 +36,45 @@ class Inputs:
     products: list[S2Product] = field(default_factory=list)
     scenes: list[S1Scene] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
+    flagged: list[dict] = field(default_factory=list)
 
 
-def _expand(paths: list[str], is_item: Callable[[Path], bool]) -> list[Path]:
+OPEN_THREADS = 16
+"""Threads opening remote products and scenes at once (each open is a few small ranged reads)."""
+
+
+def _expand(paths: list[str], is_item: Callable[[Path], bool]) -> list[Path | RemotePath]:
     out = []
     for raw in paths:
-        path = Path(raw)
-        if path.is_dir() and not is_item(path):
-            children = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-            out.extend(children)
-        else:
-            out.append(path)
+        path = location(raw)
+        try:
+            if path.is_dir() and not is_item(path):
+                children = sorted(
+                    (p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
+                )
+                out.extend(children)
+            else:
+                out.append(path)
+        except RemoteError as exc:
+            raise BuildError(f"cannot list {path}: {exc}") from None
     return out
+
+
+def _open_all(paths: list, opener: Callable) -> list:
+    """``[(path, item or SceneError)]`` in the order of ``paths``; remote ones opened on threads."""
+
+    def one(path):
+        try:
+            return path, opener(path)
+        except SceneError as exc:
+            return path, exc
+
+    if any(isinstance(p, RemotePath) for p in paths) and len(paths) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(OPEN_THREADS, len(paths))) as pool:
+            return list(pool.map(one, paths))
+    return [one(p) for p in paths]
 
 
 def _open_unique(
@@ -53,20 +83,22 @@ def _open_unique(
     opener: Callable[[Path], S2Product | S1Scene],
     kind: str,
     skipped: list[dict],
+    extra: list | None = None,
 ) -> list:
     """Open every item ``paths`` name (folders of items expanded), one per prefix; sorted by prefix.
 
-    Among items sharing a prefix the one with the largest :func:`coverage` is kept (ties:
-    the latest name, i.e. the newest generation); the others, and items that cannot be
-    opened, are recorded in ``skipped`` with the reason.
+    ``extra`` items (opened elsewhere: STAC) join the same choice. Among items sharing a
+    prefix the one with the largest :func:`coverage` is kept (ties: the latest name, i.e.
+    the newest generation); the others, and items that cannot be opened, are recorded in
+    ``skipped`` with the reason.
     """
     groups: dict[str, list] = {}
-    for path in _expand(paths, is_item):
-        try:
-            item = opener(path)
-        except SceneError as exc:
-            skipped.append({"item": path.name, "kind": kind, "path": exc.path, "reason": exc.reason})
+    for path, item in _open_all(_expand(paths, is_item), opener):
+        if isinstance(item, SceneError):
+            skipped.append({"item": path.name, "kind": kind, "path": item.path, "reason": item.reason})
             continue
+        groups.setdefault(item.prefix, []).append(item)
+    for item in extra or []:
         groups.setdefault(item.prefix, []).append(item)
     opened = []
     for prefix, items in groups.items():
@@ -111,15 +143,37 @@ def coverage(item: S2Product | S1Scene) -> float:
     return float(np.count_nonzero(valid)) / data.size
 
 
-def discover(config: PipelineConfig) -> Inputs:
-    """Open every S2 product and S1 scene named by the config; record what cannot be used."""
+def discover(config: PipelineConfig, items: list | None = None) -> Inputs:
+    """Open every S2 product and S1 scene named by the config; record what cannot be used.
+
+    Args:
+        items: STAC items (``stac.StacItem``) already loaded; None loads those the config
+            names (``stac_items``, or a search of ``stac``).
+    """
+    from reben_tools.builder import stac
+
+    configure_gdal(config.remote_settings())
     inputs = Inputs()
+    if items is None:
+        items = stac_items(config)
+    stac_products, stac_scenes = stac.open_items(
+        items,
+        inputs.skipped,
+        inputs.flagged,
+        assets=config.stac_assets or None,
+        default_offset=config.boa_add_offset,
+        mode=config.stac_offset_disagreement,
+        s1_nodata=config.s1_nodata,
+        s1_values=config.stac_s1_values or config.s1_values,
+        threads=OPEN_THREADS,
+    )
     inputs.products = _open_unique(
         config.s2,
         looks_like_s2_product,
         lambda path: open_s2_product(path, config.boa_add_offset),
         "s2_product",
         inputs.skipped,
+        stac_products,
     )
     inputs.scenes = _open_unique(
         config.s1,
@@ -127,8 +181,37 @@ def discover(config: PipelineConfig) -> Inputs:
         lambda path: open_s1_scene(path, config.s1_nodata, config.s1_values),
         "s1_scene",
         inputs.skipped,
+        stac_scenes,
     )
     return inputs
+
+
+def stac_items(config: PipelineConfig) -> list:
+    """The STAC items a config names: its ItemCollections, then the results of its STAC API search.
+
+    Raises:
+        BuildError: an ItemCollection cannot be read, or the search fails (one line).
+    """
+    from reben_tools.builder import stac, stac_search
+
+    try:
+        items = stac.load_items(config.stac_items) if config.stac_items else []
+        if config.stac:
+            items += stac_search.search(
+                config.stac,
+                config.stac_collections,
+                config.stac_bbox,
+                config.stac_datetime,
+                config.stac_max_cloud,
+                config.stac_tiles,
+                config.s1_max_gap_days,
+                config.stac_assets or None,
+                config.remote_retries,
+                config.remote_timeout_s,
+            )
+    except SceneError as exc:
+        raise BuildError(str(exc)) from None
+    return items
 
 
 def _bounds_intersect(a: tuple, b: tuple) -> bool:

@@ -51,8 +51,11 @@ def _make_client(config: PipelineConfig, scheduler: str | None, workers: int):
     return Client(cluster), cluster
 
 
-def probe_worker(out: str, token: str, inputs: list[str]) -> dict:
+def probe_worker(out: str, token: str, inputs: list) -> dict:
     """Runs on each worker: write a probe file into ``out`` and check every input can be opened.
+
+    Remote inputs (``RemotePath``) are checked with a HEAD request or an S3 stat from the worker
+    (its own network and credentials).
 
     Returns:
         ``{"probe": name written or None, "error": first problem or None, "host": hostname}``.
@@ -67,7 +70,14 @@ def probe_worker(out: str, token: str, inputs: list[str]) -> dict:
             "error": f"{out}: cannot write the output ({exc.strerror or exc})",
             "host": socket.gethostname(),
         }
+    from reben_tools.builder.locations import RemotePath, check_readable
+
     for path in inputs:
+        if isinstance(path, RemotePath):
+            problem = check_readable(path)
+            if problem:
+                return {"probe": name, "error": problem, "host": socket.gethostname()}
+            continue
         try:
             with open(path, "rb") as f:
                 f.read(1)

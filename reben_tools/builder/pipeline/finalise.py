@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 
 from reben_tools.builder.corine import ClcSource
 from reben_tools.builder.countries import CountryIndex, footprints_in
-from reben_tools.builder.pipeline.config import TOOL_NAME, PipelineConfig
+from reben_tools.builder.locations import redact
+from reben_tools.builder.pipeline.config import INPUT_LOCATION_FIELDS, TOOL_NAME, PipelineConfig
 from reben_tools.builder.pipeline.discovery import Inputs
 from reben_tools.builder.pipeline.planning import BlockTask
 from reben_tools.builder.pipeline.rows import ROWS_METADATA_KEY, ROWS_SCHEMA
@@ -58,6 +59,7 @@ class BuildResult:
     execute_seconds: float = 0.0
     task_seconds: float = 0.0
     task_cpu_seconds: float = 0.0
+    s1_product_types: dict | None = None
 
 
 def _read_shard_rows(shard_dir: Path) -> tuple[pa.Table, dict]:
@@ -119,6 +121,7 @@ def finalise(
 
     statistics = moments.mean_std()
     summary = make_summary(rows, dropped, candidates, inputs, clc_issues)
+    s1_types = s1_product_types(rows, inputs)
     report = _write_report(
         out,
         inputs.skipped,
@@ -136,6 +139,7 @@ def finalise(
         summary,
         {"s1_max_gap_days": config.s1_max_gap_days},
         dropped_patches,
+        {"s1_product_types": s1_types, **({"flagged_inputs": inputs.flagged} if inputs.flagged else {})},
     )
     counts = {
         "patches": n,
@@ -149,13 +153,7 @@ def finalise(
         for k, v in config.model_dump().items()
         if k
         not in (
-            "s2",
-            "s1",
-            "clc",
-            "countries_file",
-            "snow_ids_file",
-            "cloud_ids_file",
-            "out",
+            *INPUT_LOCATION_FIELDS,
             "workers",
             "scheduler",
             "memory_limit",
@@ -165,6 +163,7 @@ def finalise(
     }
     inputs_record = [p.path.name for p in inputs.products] + [s.path.name for s in inputs.scenes] + [clc.path.name]
     manifest = build_manifest(infos, counts, statistics, inputs_record, config_record, TOOL_NAME)
+    manifest["provenance"]["s1_product_types"] = s1_types  # patches per S1 product type (GRD sigma0, RTC gamma0)
     write_manifest(out, manifest)
     map_png = None
     if n:
@@ -176,7 +175,25 @@ def finalise(
             map_png,
             [f"tile {t}" for t in rows.column("tile").to_pylist()],
         )
-    return BuildResult(out, clean, flagged, summary, report, map_png, 0, 0)
+    return BuildResult(out, clean, flagged, summary, report, map_png, 0, 0, s1_product_types=s1_types)
+
+
+def _redacted(value):
+    """``value`` with every string passed through ``locations.redact`` (keys and values, recursively)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {_redacted(k): _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
+
+
+def s1_product_types(rows: pa.Table, inputs: Inputs) -> dict[str, int]:
+    """Kept patches per S1 product type of their partner scene (``{"GRD sigma0": n, "RTC gamma0": m}``)."""
+    kind = {scene.prefix: scene.product_type for scene in inputs.scenes}
+    counts = Counter(kind.get(prefix, "unknown") for prefix in rows.column("s1_product").to_pylist())
+    return dict(sorted(counts.items()))
 
 
 def _write_empty_metadata(out: Path) -> tuple[int, int]:
@@ -187,9 +204,19 @@ def _write_empty_metadata(out: Path) -> tuple[int, int]:
 
 
 def _write_report(
-    out: Path, skipped: list[dict], issues: list[dict], summary: dict, settings: dict, dropped: list[dict] | None = None
+    out: Path,
+    skipped: list[dict],
+    issues: list[dict],
+    summary: dict,
+    settings: dict,
+    dropped: list[dict] | None = None,
+    extra: dict | None = None,
 ) -> dict:
-    """``report.json``: skipped inputs, the id and reason of every dropped patch, CORINE issues, counts."""
+    """``report.json``: skipped inputs, the id and reason of every dropped patch, CORINE issues, counts.
+
+    No credential, endpoint or signed query string reaches it: the whole text goes through
+    ``locations.redact`` before it is written.
+    """
     counts = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
     report = {
         "tool": TOOL_NAME,
@@ -199,6 +226,8 @@ def _write_report(
         "clc_issues": issues,
         "summary": summary,
         "settings": settings,
+        **(extra or {}),
     }
+    report = _redacted(report)
     write_json_atomic(out / REPORT_FILE, report)
     return report

@@ -3,23 +3,26 @@
 Owns: the task a worker receives, the deterministic shard name of a block, the
 fingerprint of every input that decides a shard's content, reading back the
 fingerprint a finished shard recorded, and the input stamps (size and modification
-time of every file a block reads) kept beside the shards: what makes a build resumable
-and a changed input rebuild exactly the shards that read it.
-Does not own: discovery (discovery), running tasks (block, execution).
-May import: reben_tools.format, reben_tools.builder.corine / scenes / tiling, .config, .discovery, .rows.
+time of every local file a block reads; ETag, size and last-modified of every remote one)
+kept beside the shards: what makes a build resumable and a changed input rebuild exactly
+the shards that read it.
+Does not own: discovery (discovery), running tasks (block, execution), remote reads (builder.locations).
+May import: reben_tools.format, reben_tools.builder.corine / scenes / tiling / locations, .config, .discovery, .rows.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reben_tools.builder.corine import ClcSource
+from reben_tools.builder.locations import RemotePath, RemoteSettings, prefetch_stamps
+from reben_tools.builder.locations import stamp as remote_stamp
 from reben_tools.builder.pipeline.config import PipelineConfig
 from reben_tools.builder.pipeline.discovery import Inputs, s1_candidates
 from reben_tools.builder.pipeline.rows import ROWS_METADATA_KEY
@@ -40,12 +43,16 @@ class BlockTask:
         clc: the CORINE source.
         s1_candidates: S1 scenes that may pair with the product, closest in time first.
         tile_side_m: tile side used for the split.
-        fingerprint: digest of every input that decides the shard's content (names, sizes, settings;
-            recorded in the shard's rows, so it is the same on every machine).
-        input_stamp: digest of the size and modification time of every file the block reads
-            (recorded beside the shard, see :func:`stamp_path`): a file changed in place since
-            the shard was built makes the shard stale.
+        fingerprint: digest of what decides the shard's content (product and S1 names, CORINE
+            name and settings, offsets, tile side; recorded in the shard's rows, so it is the
+            same on every machine and whether the pixels come from a folder, a bucket or a
+            STAC catalogue).
+        input_stamp: digest of the identity of every file the block reads: path, size and
+            modification time of local files, URL, ETag, size and last-modified of remote ones
+            (recorded beside the shard, see :func:`stamp_path`): a file changed since the shard
+            was built makes the shard stale.
         gdal_cache_mb: GDAL block cache of the worker process.
+        remote: retries, time-out and cache of remote reads (set once per worker process).
     """
 
     product: S2Product
@@ -58,6 +65,7 @@ class BlockTask:
     fingerprint: str
     input_stamp: str = ""
     gdal_cache_mb: int = 128
+    remote: RemoteSettings = field(default_factory=RemoteSettings)
 
 
 STAMPS_DIR = ".reben-build"
@@ -69,14 +77,9 @@ def shard_name_for(product: S2Product, block: Block) -> str:
     return f"{product.prefix}_rows{block.row_start:02d}-{block.row_stop - 1:02d}"
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return -1
-
-
-def _stamp(path: Path) -> list:
+def _stamp(path: Path | RemotePath) -> list:
+    if isinstance(path, RemotePath):
+        return remote_stamp(path)
     try:
         st = path.stat()
     except OSError:
@@ -93,12 +96,14 @@ def _block_files(product: S2Product, clc: ClcSource, candidates: list[S1Scene]) 
 
 
 def _fingerprint(product: S2Product, block: Block, clc: ClcSource, candidates: list[S1Scene], tile_side: float) -> str:
+    # file identity (paths, sizes, mtimes, ETags) is the input stamp's: the fingerprint stays the
+    # same for the same products read from a folder, a bucket or COGs of a STAC catalogue
     data = {
         "product": product.path.name,
         "block": [block.row_start, block.row_stop, block.ncols],
-        "bands": {b: [p.name, _size(p)] for b, p in sorted(product.band_paths.items())},
-        "clc": [clc.path.name, _size(clc.path), clc.layer, clc.code_column, clc.raster_values],
-        "s1": [[s.prefix, s.vv.name, _size(s.vv), s.vh.name, _size(s.vh), s.nodata, s.linear] for s in candidates],
+        "bands": sorted(product.band_paths),
+        "clc": [clc.path.name, clc.layer, clc.code_column, clc.raster_values],
+        "s1": [[s.prefix, s.nodata, s.linear] for s in candidates],
         "tile_side": tile_side,
         "offset": product.boa_add_offset,
         "version": FORMAT_VERSION,
@@ -107,7 +112,8 @@ def _fingerprint(product: S2Product, block: Block, clc: ClcSource, candidates: l
 
 
 def input_stamp(product: S2Product, clc: ClcSource, candidates: list[S1Scene]) -> str:
-    """Digest of (path, size, mtime in ns) of every file a block of ``product`` reads."""
+    """Digest of (path, size, mtime in ns) of every local file a block of ``product`` reads, and of
+    (URL, ETag, size, last-modified) of every remote one."""
     stamps = [_stamp(p) for p in _block_files(product, clc, candidates)]
     return hashlib.sha256(json.dumps(stamps).encode()).hexdigest()[:16]
 
@@ -151,6 +157,10 @@ def _finished_fingerprint(shard_dir: Path) -> str | None:
 def plan_tasks(config: PipelineConfig, inputs: Inputs, clc: ClcSource, shards_dir: Path) -> list[BlockTask]:
     """One task per (product, block), in product then row order."""
     tasks = []
+    files = [p for product in inputs.products for p in product.band_paths.values()]
+    files += [f for scene in inputs.scenes for f in (scene.vv, scene.vh)] + [clc.path]
+    prefetch_stamps([p for p in files if isinstance(p, RemotePath)])  # HEAD requests in parallel
+    settings = config.remote_settings()
     for product in inputs.products:
         candidates = s1_candidates(product, inputs.scenes, config.s1_max_gap_days)
         side = product.grid.tile_side_m() if config.tile_side == "extent" else float(config.tile_side)
@@ -168,6 +178,7 @@ def plan_tasks(config: PipelineConfig, inputs: Inputs, clc: ClcSource, shards_di
                     _fingerprint(product, block, clc, candidates, side),
                     stamp,
                     config.gdal_cache_mb,
+                    settings,
                 )
             )
     return tasks

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from reben_tools.builder.corine import CorineError, open_clc
 from reben_tools.builder.countries import CountryError, CountryIndex
+from reben_tools.builder.locations import RemotePath, absolute, configure_gdal, forget_listings
 from reben_tools.builder.pipeline.config import TOOL_NAME, BuildError, BuildInterrupted, PipelineConfig
 from reben_tools.builder.pipeline.discovery import _scene_overlaps_any, discover
 from reben_tools.builder.pipeline.execution import execute
@@ -73,12 +74,12 @@ def build_archive(
 
 
 def absolute_paths(config: PipelineConfig) -> PipelineConfig:
-    """The config with every input path absolute (relative to the current folder)."""
-    updates: dict = {key: [os.path.abspath(p) for p in getattr(config, key)] for key in ("s2", "s1")}
+    """The config with every input path absolute (relative to the current folder); URLs are kept as they are."""
+    updates: dict = {key: [absolute(p) for p in getattr(config, key)] for key in ("s2", "s1", "stac_items")}
     for key in ("clc", "countries_file", "snow_ids_file", "cloud_ids_file", "out"):
         value = getattr(config, key)
         if value:
-            updates[key] = os.path.abspath(value)
+            updates[key] = absolute(value)
     return config.model_copy(update=updates)
 
 
@@ -97,6 +98,8 @@ def _build_locked(
 
     if not config.clc:
         raise BuildError("no CORINE source given (--clc or 'clc' in the config)")
+    configure_gdal(config.remote_settings())  # endpoint, retries and cache of remote reads, for this process
+    forget_listings()  # a rerun in this process sees the object stores and servers as they are now
     try:
         clc = open_clc(config.clc, config.clc_code_column, config.clc_layer, config.clc_raster_values)
         countries = CountryIndex.load(
@@ -119,8 +122,9 @@ def _build_locked(
     s2_skipped = [s for s in inputs.skipped if s["kind"] == "s2_product"]
     if not inputs.products and all(s["reason"].startswith(NOT_S2_NAME) for s in s2_skipped):
         others = sorted(s["item"] for s in s2_skipped)
+        named = ", ".join(config.s2 + config.stac_items + ([config.stac] if config.stac else []))
         raise BuildError(
-            f"{', '.join(config.s2)}: holds no Sentinel-2 product "
+            f"{named}: holds no Sentinel-2 product "
             "(a .SAFE folder or a folder of GeoTIFFs named like an S2 L2A product)"
             + (
                 f"; not named like one: {', '.join(others[:5])}" + (", ..." if len(others) > 5 else "")
@@ -142,6 +146,8 @@ def _build_locked(
         raise BuildError(
             "no usable Sentinel-2 product: " + "; ".join(f"{s['path']}: {s['reason']}" for s in inputs.skipped[:5])
         )
+    for entry in inputs.flagged:
+        echo(f"flagged: {entry['reason']}")
 
     tasks = plan_tasks(config, inputs, clc, shards_dir)
     pending = [t for t in tasks if not is_current(t)]
@@ -181,19 +187,32 @@ def _build_locked(
     result.task_seconds = sum(r.get("seconds", 0.0) for r in results)
     result.task_cpu_seconds = sum(r.get("cpu_seconds", 0.0) for r in results)
     echo(f"built {result.shards_built} shard(s), reused {reused}, in {time.perf_counter() - started:.1f} s")
+    if result.s1_product_types and len(result.s1_product_types) > 1:
+        echo(
+            "note: this archive mixes Sentinel-1 product types ("
+            + ", ".join(f"{kind}: {n} patches" for kind, n in result.s1_product_types.items())
+            + "); backscatter of different types is not directly comparable (manifest provenance.s1_product_types)"
+        )
     if result.kept == 0 and result.flagged == 0:
         raise BuildError(f"nothing could be built; see {out / REPORT_FILE}")
     return result
 
 
-def _input_paths(tasks: list[BlockTask]) -> list[str]:
-    """Every input file the blocks read (what each worker must be able to open)."""
+def _input_paths(tasks: list[BlockTask]) -> list:
+    """Every local input file the blocks read (what each worker must be able to open), and one remote
+    file per host or bucket (each worker checks it reaches the store with its own network and credentials)."""
     paths: set[str] = set()
+    remote: dict[tuple[str, str], RemotePath] = {}
     for task in tasks:
-        paths.update(str(p) for p in task.product.band_paths.values())
-        paths.update(str(p) for s in task.s1_candidates for p in (s.vv, s.vh))
-        paths.add(str(task.clc.path))
-    return sorted(paths)
+        files = [*task.product.band_paths.values(), *(p for s in task.s1_candidates for p in (s.vv, s.vh))]
+        for path in [*files, task.clc.path]:
+            if isinstance(path, RemotePath):
+                root = (path.scheme, str(path).split("/")[2])
+                if root not in remote or str(path) < str(remote[root]):
+                    remote[root] = path
+            else:
+                paths.add(str(path))
+    return sorted(paths) + [remote[k] for k in sorted(remote)]
 
 
 def _check_visible(results: list[dict], pending: list[BlockTask]) -> None:
