@@ -93,6 +93,7 @@ NUMBER_RULES: dict[str, Rule] = {
     "rows_per_block": AT_LEAST_1,
     "max_gap_days": AT_LEAST_0,
     "patches_per_shard": AT_LEAST_1,
+    "max_cloud": Rule(0, 100, noun="a percentage"),
 }
 COMMAND_RULES: dict[tuple[str, str], Rule] = {
     # (command, parameter) -> rule, where a command reads the option differently

@@ -146,9 +146,10 @@ def _given(metadata) -> tuple[Path, ...]:
     if isinstance(metadata, (str, os.PathLike)):
         metadata = [metadata]
     paths = tuple(Path(p) for p in metadata)
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise SourceError(f"--metadata {', '.join(missing)}: no such file")
+    for path in paths:  # before a single value is read
+        if not path.is_file():
+            what = "a folder" if path.is_dir() else "not found"
+            raise SourceError(f"--metadata {path}: {what}; expected a reBEN metadata parquet file")
     return paths
 
 
