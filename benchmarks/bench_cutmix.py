@@ -385,7 +385,7 @@ def accuracy(
         "lr": lr,
         "device": device,
         "seeds": seeds,
-        "test_patches": int(len(targets)),
+        "test_patches": len(targets),
         "runs": runs,
         "summary": summary,
         "comparisons": comparisons,

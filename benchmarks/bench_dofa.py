@@ -304,8 +304,8 @@ def stage_protocol(
         "epochs": epochs,
         "model": model,
         "device": device,
-        "train_patches": int(len(train_rows)),
-        "test_patches": int(len(test_rows)),
+        "train_patches": len(train_rows),
+        "test_patches": len(test_rows),
         "fine_tuned_vs_random": {g: compare(("fine_tuned", g), ("random_init", g)) for g in GROUPS},
         "band_robustness": {
             label: {g: compare((label, g), (label, "ALL")) for g in GROUPS if g != "ALL"}

@@ -316,7 +316,7 @@ def evaluate(record: dict, views: dict, args) -> None:
     y = any_views["labels"][pool]
     record["pool"] = {
         "splits": list(HELDOUT),
-        "patches": int(len(pool)),
+        "patches": len(pool),
         "train": int((any_views["split"] == "train").sum()),
     }
     t0 = time.perf_counter()

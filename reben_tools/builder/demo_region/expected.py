@@ -245,7 +245,7 @@ def expected_split_classes(design, patches_per_side: int, seed: int = 0) -> dict
         xs, ys = np.meshgrid(np.arange(n), np.arange(n))
         splits = reben_split(xs.ravel(), ys.ravel(), frame.size_m)
         products = sum(1 for p in design.products if p.tile == tile)
-        for x, y, split in zip(xs.ravel(), ys.ravel(), splits):
+        for x, y, split in zip(xs.ravel(), ys.ravel(), splits, strict=True):
             if _unlabeled_fraction(tile, int(x), int(y), design.features) > 0:
                 continue
             labels = _expected_labels(cover, frame.patch_box(int(x), int(y)))
