@@ -262,3 +262,15 @@ def test_probes_figure_uses_the_report_names(embedding_files, tmp_path):
     assert [t.get_text() for t in figure.legends[0].get_texts()] == ["linear", "RF"]
     assert_readable(figure)
     plt.close(figure)
+
+
+def test_protocol_on_too_few_held_out_patches_says_so():
+    from reben_tools.learn.evaluation.probes import probe_protocol
+    from reben_tools.learn.runtime.config import TrainingError
+
+    y = np.zeros((1, 19), bool)
+    y[0, 3] = True
+    with pytest.raises(
+        TrainingError, match=r"comparison protocol on the test patches: .* \(--repeats 0 turns it off\)"
+    ):
+        probe_protocol(np.zeros((1, 4)), y, ["p0"], repeats=2)

@@ -262,7 +262,8 @@ def test_probe_on_checkpoint_features_at_train_fractions(archive, tmp_path):
     assert [(r["train_fraction"], r["train_samples"]) for r in results["runs"]] == [(0.25, 12), (1.0, 48)]
     assert results["probes"] == results["runs"][1]["probes"] and results["train_samples"] == 48
     assert "## Train fraction 25% (12 train patches)" in (tmp_path / "probe.md").read_text()
-    assert (tmp_path / "per_class_f2.png").is_file() and (tmp_path / "metrics.json").is_file()
+    assert (tmp_path / "per_class_f2.png").is_file() and (tmp_path / "probe.json").is_file()
+    assert not (tmp_path / "metrics.json").exists()  # one name in both modes (issue 24)
 
 
 def test_late_fusion_trains(archive, tmp_path):

@@ -243,7 +243,10 @@ def probe_protocol(
         "probes": {kind: {metric: metric_interval(...)}}}`` plus, with a baseline,
         ``"baseline"`` and ``"comparison": {kind: {metric: paired_comparison(...)}}``.
     """
-    splits = repeated_splits(patch_ids, y, repeats, eval_share, seed)
+    try:
+        splits = repeated_splits(patch_ids, y, repeats, eval_share, seed)
+    except (ValueError, SubsetError) as exc:
+        raise TrainingError(f"comparison protocol on the {pool} patches: {exc} (--repeats 0 turns it off)") from None
     rows = [rest for _, rest in splits]
     fit_sizes = [len(fit) for fit, _ in splits]
     out: dict = {
