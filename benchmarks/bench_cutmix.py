@@ -15,7 +15,10 @@ ratios measured round by round against no mixing in the same process):
               ``none``, ``cutmix`` and ``cutmix-lp``, interleaved rounds, medians; the mixing
               call alone; and the loader's batched read with and without reference maps.
   accuracy    ``reben train`` (the real loop) for ``none``, ``cutmix``, ``cutmix-lp`` at the same
-              budget and seeds; test macro/micro AP of the best-validation checkpoint.
+              budget and seeds; test macro/micro AP of the best-validation checkpoint, and the
+              comparison protocol (``learn.evaluation.compare``, ``kind="seeds"``): the modes
+              paired by seed (same initialisation and data order), a standard error and a
+              bootstrap over seeds and test patches, and the verdict of each pair.
 
 Usage::
 
@@ -246,39 +249,95 @@ def throughput(
 # --------------------------------------------------------------------------- accuracy
 
 
+def checkpoint_test_scores(
+    archive: Path, checkpoint: Path, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Test logits (N, 19), targets and patch ids of a checkpoint (as ``reben evaluate`` computes them)."""
+    from reben_tools.learn.data.loaders import DevicePreprocess, make_loader, open_dataset, split_indices
+    from reben_tools.learn.evaluation.predict import predict
+    from reben_tools.learn.models.restore import checked_model, split_config
+    from reben_tools.learn.runtime.distributed import EpochSampler
+
+    state, net = checked_model(checkpoint, None, None, None)
+    dev = torch.device(device)
+    net = net.to(dev)
+    config = split_config(str(archive), state)
+    dataset = open_dataset(archive, tuple(net.config["bands"]), config.class_order, config.include_snow_cloud)
+    try:
+        indices = split_indices(dataset, "test")
+        loader = make_loader(dataset, EpochSampler(indices, shuffle=False, pad=False), 256, 0, dev, 0)
+        logits, targets, order = predict(net, loader, DevicePreprocess(dataset, dev), "fp32")
+        ids = [dataset.patch_ids[i] for i in order]
+    finally:
+        dataset.archive.close()
+    return logits, targets, ids
+
+
+PAIRS = (("cutmix-lp", "none"), ("cutmix-lp", "cutmix"), ("cutmix", "none"))
+
+
 def accuracy(
-    archive: Path, out: Path, model_name: str, bands: str, seeds: list[int], epochs: int, batch_size: int, lr: float
+    archive: Path,
+    out: Path,
+    model_name: str,
+    bands: str,
+    seeds: list[int],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    device: str = "cpu",
 ) -> dict:
-    runs = []
+    """Train every mode at every seed (cached: a run with test scores saved is not retrained), then compare
+    the modes with the protocol: paired by seed (same init and data order), bootstrap over the test patches."""
+    from reben_tools.learn.evaluation.compare import paired_comparison
+
+    runs, scores = [], {}
+    targets = ids = None
     for seed in seeds:
         for mode in MODES:
             run_dir = out / f"{mode}-seed{seed}"
-            shutil.rmtree(run_dir, ignore_errors=True)
+            cached = run_dir / "test_scores.npz"
             t0 = time.perf_counter()
-            metrics = train(
-                TrainConfig(
-                    archive=str(archive),
-                    bands=bands,
-                    model=model_name,
-                    out=str(run_dir),
-                    epochs=epochs,
-                    batch_size=batch_size,
-                    lr=lr,
-                    seed=seed,
-                    mix=mode,
-                    device="cpu",
-                    workers=0,
-                    progress=False,
+            if not cached.is_file():
+                shutil.rmtree(run_dir, ignore_errors=True)
+                metrics = train(
+                    TrainConfig(
+                        archive=str(archive),
+                        bands=bands,
+                        model=model_name,
+                        out=str(run_dir),
+                        epochs=epochs,
+                        batch_size=batch_size,
+                        lr=lr,
+                        seed=seed,
+                        mix=mode,
+                        device=device,
+                        workers=0 if device == "cpu" else None,
+                        progress=False,
+                    )
                 )
-            )
+                logits, tgt, pids = checkpoint_test_scores(archive, run_dir / "checkpoints" / "best.pt", device)
+                np.savez(cached, logits=logits, targets=tgt, ids=np.asarray(pids), best_epoch=metrics["best_epoch"],
+                         seconds=time.perf_counter() - t0)  # fmt: skip
+            with np.load(cached) as z:
+                logits, tgt, pids = z["logits"], z["targets"], [str(i) for i in z["ids"]]
+                best_epoch, seconds = int(z["best_epoch"]), float(z["seconds"])
+            if targets is None:
+                targets, ids = tgt, pids
+            if pids != ids or not np.array_equal(tgt, targets):
+                raise RuntimeError(f"{run_dir}: test patches differ between runs")
+            scores[(mode, seed)] = logits
+            from reben_tools.learn.evaluation.metrics import multilabel_metrics
+
+            m = multilabel_metrics(logits, tgt)
             runs.append(
                 {
                     "mode": mode,
                     "seed": seed,
-                    "seconds": time.perf_counter() - t0,
-                    "best_epoch": metrics["best_epoch"],
-                    "test_ap_macro": metrics["test"]["average_precision_macro"],
-                    "test_ap_micro": metrics["test"]["average_precision_micro"],
+                    "seconds": round(seconds, 1),
+                    "best_epoch": best_epoch,
+                    "test_ap_macro": m["average_precision_macro"],
+                    "test_ap_micro": m["average_precision_micro"],
                 }
             )
             print(json.dumps(runs[-1]), flush=True)
@@ -288,25 +347,52 @@ def accuracy(
         summary[mode] = {
             key: {
                 "mean": statistics.mean(r[key] for r in mine),
-                "std": statistics.stdev(r[key] for r in mine),
+                "std": statistics.stdev(r[key] for r in mine) if len(mine) > 1 else 0.0,
                 "min": min(r[key] for r in mine),
                 "max": max(r[key] for r in mine),
             }
             for key in ("test_ap_macro", "test_ap_micro")
         }
+    comparisons = {}
+    for a, b in PAIRS:
+        for metric in ("average_precision_macro", "average_precision_micro"):
+            c = paired_comparison(
+                [scores[(a, s)] for s in seeds],
+                [scores[(b, s)] for s in seeds],
+                targets,
+                None,
+                metric,
+                "seeds",
+                n_boot=2000,
+            )
+            d = c["difference"]
+            comparisons[f"{a} vs {b}, {metric}"] = {
+                "a": c["a"]["mean"],
+                "b": c["b"]["mean"],
+                "difference": d["mean"],
+                "per_seed": d["per_unit"],
+                "se": d["se"],
+                "t_interval": d["t_interval"],
+                "bootstrap_interval": d["bootstrap_interval"],
+                "interval": d["interval"],
+                "verdict": c["verdict"],
+            }
     return {
         "model": model_name,
         "bands": bands,
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
+        "device": device,
         "seeds": seeds,
+        "test_patches": len(targets),
         "runs": runs,
         "summary": summary,
+        "comparisons": comparisons,
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--archive", type=Path, required=True)
     parser.add_argument(
@@ -326,8 +412,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu", help="device of the throughput part (cuda on a GPU machine)")
-    args = parser.parse_args()
+    parser.add_argument("--device", default="cpu", help="device of the throughput and accuracy parts (cuda on a GPU)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     result_path = args.out / "results.json"
@@ -365,9 +451,18 @@ def main() -> None:
         )
     if "accuracy" in args.parts:
         results["accuracy"] = accuracy(
-            args.archive, args.out / "runs", args.model, args.bands, args.seeds, args.epochs, args.batch_size, args.lr
+            args.archive,
+            args.out / "runs",
+            args.model,
+            args.bands,
+            args.seeds,
+            args.epochs,
+            args.batch_size,
+            args.lr,
+            args.device,
         )
         print(json.dumps(results["accuracy"]["summary"], indent=1), flush=True)
+        print(json.dumps({k: v["verdict"] for k, v in results["accuracy"]["comparisons"].items()}, indent=1))
     result_path.write_text(json.dumps(results, indent=1))
 
 

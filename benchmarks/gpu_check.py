@@ -1,6 +1,7 @@
 """Every GPU measurement of the training paths in one run, for the few minutes a device is lent.
 
     python benchmarks/gpu_check.py --out gpu.json [--device cuda|cpu] [--quick] [--budget-s 450]
+    python benchmarks/gpu_check.py --suite comparisons --out cmp.json   # issue 20's comparisons, at GPU budgets
 
 Generates its own archive (4,608 patches; 96 with ``--quick``), then measures what ``reben train``
 and ``reben pretrain`` do, with their defaults (no process-wide ``cudnn.benchmark``: the loop does
@@ -391,6 +392,11 @@ def run_part(name: str, args, spec) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--suite" in argv and argv[argv.index("--suite") + 1 :][:1] == ["comparisons"]:
+        from gpu_comparisons import main as comparisons_main  # the issue-20 comparisons, in their own script
+
+        return comparisons_main(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="JSON file for the figures")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
@@ -398,6 +404,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budget-s", type=float, default=450.0, help="hard deadline of the whole check")
     parser.add_argument("--part-limit-s", type=float, help="one deadline for every part (default: each part's own)")
     parser.add_argument("--work", type=Path, help="keep the archive and runs here (default: a temporary directory)")
+    parser.add_argument(
+        "--suite",
+        choices=("training", "comparisons"),
+        default="training",
+        help="training: these parts; comparisons: issue 20's comparisons (benchmarks/gpu_comparisons.py)",
+    )
     parser.add_argument("--part", help=argparse.SUPPRESS)  # child: run this part, write --out
     parser.add_argument("--single", help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=float, default=0.0, help=argparse.SUPPRESS)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -75,3 +77,31 @@ def test_gpu_check_kills_a_part_at_its_deadline(tmp_path):
     }
     assert {p["error"] for p in report["parts"].values()} == {"killed at its deadline of 1 s"}
     assert all(p["part_s"] < 10 for p in report["parts"].values())
+
+
+@pytest.mark.slow
+def test_gpu_check_comparisons_quick_on_cpu(tmp_path):
+    """The issue-20 comparison suite, tiny budgets on a learnable archive: every part reports verdicts."""
+    out = tmp_path / "cmp.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--suite", "comparisons", "--out", str(out),
+         "--device", "cpu", "--quick"],
+        capture_output=True, text=True, timeout=2400, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    parts = json.loads(out.read_text())["parts"]
+    assert set(parts) == {"region", "protocol", "croma", "dofa", "cutmix"}
+    for name in ("protocol", "croma", "dofa", "cutmix"):
+        assert "error" not in parts[name], parts[name]
+    assert parts["protocol"]["verdicts"]["positive: fractions vs random"] == "beats"
+    assert parts["protocol"]["verdicts"]["negative: identical feature sets"] == "within noise (±0.000)"
+    assert set(parts["croma"]["linear_probe_verdicts"]) >= {"joint", "s1_pre", "pre_concat"}
+    assert set(parts["cutmix"]["verdicts"]) == {
+        f"{a} vs {b}, average_precision_{m}"
+        for a, b in (("cutmix-lp", "none"), ("cutmix-lp", "cutmix"), ("cutmix", "none"))
+        for m in ("macro", "micro")
+    }
+    for name in ("protocol", "croma", "dofa", "cutmix"):
+        assert (tmp_path / f"cmp_{name}.json").is_file()
+    assert "| protocol | verdicts: positive: fractions vs random | beats |" in proc.stdout

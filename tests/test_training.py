@@ -186,13 +186,19 @@ def test_probe_fits_three_heads_on_frozen_features(trained_run, archive, tmp_pat
         ],
     )
     assert result.exit_code == 0, result.output
-    results = json.loads((tmp_path / "p" / "metrics.json").read_text())
+    # one name for the same content in both modes (issue 24): probe.json, probe.md, probes.png
+    assert not (tmp_path / "p" / "metrics.json").exists()
+    results = json.loads((tmp_path / "p" / "probe.json").read_text())
     assert set(results["probes"]) == {"linear", "mlp", "random_forest"}
     assert results["train_samples"] == 48 and results["test_samples"] == 16 and results["features"] == 16
     for m in results["probes"].values():
         assert 0.0 <= m["average_precision_macro"] <= 1.0 and m["samples"] == 16
     assert results["probes"]["linear"]["average_precision_macro"] > 0.5
-    assert (tmp_path / "p" / "probes.png").is_file()
+    for name in ("probes.png", "probe.md", "per_class_f2.png"):
+        assert (tmp_path / "p" / name).is_file()
+    protocol = results["protocol"]  # the comparison protocol on the held-out (test) patches
+    assert protocol["pool"] == "test" and protocol["patches"] == 16 and protocol["repeats"] == 10
+    assert "## Comparison protocol" in (tmp_path / "p" / "probe.md").read_text()
 
 
 def test_probe_random_init_baseline_needs_model_and_bands(archive, tmp_path):
@@ -241,7 +247,8 @@ def test_probe_on_checkpoint_features_at_train_fractions(archive, tmp_path):
     assert [(r["train_fraction"], r["train_samples"]) for r in results["runs"]] == [(0.25, 12), (1.0, 48)]
     assert results["probes"] == results["runs"][1]["probes"] and results["train_samples"] == 48
     assert "## Train fraction 25% (12 train patches)" in (tmp_path / "probe.md").read_text()
-    assert (tmp_path / "per_class_f2.png").is_file() and (tmp_path / "metrics.json").is_file()
+    assert (tmp_path / "per_class_f2.png").is_file() and (tmp_path / "probe.json").is_file()
+    assert not (tmp_path / "metrics.json").exists()  # one name in both modes (issue 24)
 
 
 def test_late_fusion_trains(archive, tmp_path):

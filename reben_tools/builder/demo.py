@@ -22,6 +22,31 @@ from reben_tools.builder.pipeline.run import build_archive
 from reben_tools.builder.pipeline.summary import format_summary
 from reben_tools.format.layout import MANIFEST_FILE, METADATA_FILE, PATCHES_FILE, REPORT_FILE
 
+DEMO_PATCHES = 400
+"""Patches of the demo region (4 products of 10 x 10 patches; the archive keeps about 340)."""
+
+
+def region_size(patches: int | None):
+    """(region design, patches per product side) for about ``patches`` patches.
+
+    None or at most :data:`DEMO_PATCHES`: the demo (4 products of 10 x 10). More: the benchmark
+    region, ``T = min(8, patches // 100)`` tiles of ``P x P`` patches with
+    ``P = max(10, round(sqrt(patches / T)))`` (e.g. 3,200 -> 8 tiles of 20 x 20).
+
+    Raises:
+        ValueError: ``patches`` below 1.
+    """
+    from reben_tools.builder.demo_region.design import DEMO_DESIGN, benchmark_design
+
+    if patches is None or patches == DEMO_PATCHES:
+        return DEMO_DESIGN, 10
+    if patches < 1:
+        raise ValueError(f"--patches must be at least 1, got {patches}")
+    if patches < DEMO_PATCHES:
+        return DEMO_DESIGN, 10
+    tiles = min(8, patches // 100)
+    return benchmark_design(tiles), max(10, round((patches / tiles) ** 0.5))
+
 
 def run_demo(
     out: str | Path,
@@ -30,6 +55,7 @@ def run_demo(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     audit: Callable[[Path, Path], object] | None = None,
+    patches: int | None = None,
 ) -> dict[str, Path]:
     """``reben demo``: generate the demo region, build its archive on a LocalCluster, audit the split.
 
@@ -41,6 +67,9 @@ def run_demo(
         audit: ``audit(archive_dir, audit_dir)`` writing ``audit_dir/report.md``
             (``reben demo`` passes ``reben_tools.splits.audit.run_audit``; build may not
             import splits); None skips the audit.
+        patches: about how many patches to generate (:func:`region_size`): None or up to 400
+            gives the demo region; more gives the benchmark region (one product on each of
+            up to 8 tiles, all 19 classes).
 
     Returns:
         the paths worth looking at, by label.
@@ -51,6 +80,7 @@ def run_demo(
     """
     from reben_tools.builder.demo_region.region import generate_region
 
+    design, per_side = region_size(patches)
     out = Path(out)
     inputs_dir, archive_dir = out / "inputs", out / "archive"
     started = time.perf_counter()
@@ -61,7 +91,9 @@ def run_demo(
         countries_file = next((inputs_dir / "countries").glob("*.geojson"))
     else:
         echo(f"generating the demo region in {inputs_dir} ...")
-        region = generate_region(inputs_dir, seed=seed, overwrite=True, progress=progress)
+        region = generate_region(
+            inputs_dir, seed=seed, overwrite=True, progress=progress, design=design, patches_per_side=per_side
+        )
         echo(region.describe())
         s2, s1 = [str(region.s2_dir)], [str(region.s1_dir)]
         clc, countries_file = region.corine_path, region.countries_path
@@ -80,6 +112,15 @@ def run_demo(
         snow_ids_file=str(snow_ids) if snow_ids.is_file() else None,
         cloud_ids_file=str(cloud_ids) if cloud_ids.is_file() else None,
     )
+    if (inputs_dir / "expected.json").is_file():
+        import json
+
+        found = json.loads((inputs_dir / "expected.json").read_text(encoding="utf-8"))
+        if (found.get("design", "demo"), found["patches_per_side"]) != (design.name, per_side):
+            raise DemoCheckError(
+                f"{inputs_dir} holds the region {found.get('design', 'demo')!r} with {found['patches_per_side']} "
+                f"patches per side, not {design.name!r} with {per_side}: use another --out for another --patches"
+            )
     echo(f"\nbuilding the archive on a local Dask cluster ({workers} workers) ...")
     result = build_archive(config, progress=progress, echo=echo)
     echo(format_summary(result.summary))

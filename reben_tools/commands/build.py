@@ -135,6 +135,13 @@ def demo(
     out: Path = typer.Option(Path("reben-demo"), "--out", help="folder for the generated inputs and the archive"),
     workers: int = typer.Option(2, "--workers", help="LocalCluster worker processes"),
     seed: int = typer.Option(0, "--seed", help="seed of the generated region"),
+    patches: int = typer.Option(
+        400,
+        "--patches",
+        min=1,
+        help="About how many patches: 400 is the demo (4 products, 2 tiles); more gives the benchmark "
+        "region (up to 8 tiles in 8 countries, all 19 classes in every split; 3200 = 8 tiles of 20 x 20).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     no_progress: bool = typer.Option(False, "--no-progress", hidden=True),
 ) -> None:
@@ -152,6 +159,7 @@ def demo(
             seed=seed,
             progress=progress,
             echo=typer.echo,
+            patches=patches,
             audit=lambda archive_dir, audit_dir: run_audit(archive_dir, audit_dir, progress=progress),
         )
     except BuildInterrupted as exc:  # Ctrl-C during the build: 130, as `reben build`

@@ -377,7 +377,7 @@ def probe(
         ...,
         "--out",
         callback=guarded_output,
-        help="Output directory: probe.json (metrics.json with --archive), probe.md, per_class_f2.png, embedding_map.png.",
+        help="Output directory: probe.json, probe.md, probes.png, per_class_f2.png (and embedding_map.png with --embeddings).",
     ),
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", help="Encoder to freeze (omit for a random-init baseline with --model/--bands)."
@@ -404,6 +404,25 @@ def probe(
     ),
     max_train_samples: int | None = typer.Option(
         None, "--max-train-samples", help="With --archive: first cap train by a uniform random draw."
+    ),
+    repeats: int = typer.Option(
+        10,
+        "--repeats",
+        min=0,
+        help="Comparison protocol: refit each probe on this many stratified splits of the held-out patches "
+        "and report intervals (0: off).",
+    ),
+    eval_share: float = typer.Option(
+        0.5, "--eval-share", help="Comparison protocol: share of the held-out patches each split scores, in (0, 1)."
+    ),
+    heldout: str = typer.Option(
+        "test", "--heldout", help="Comparison protocol: the split(s) pooled as held-out patches, e.g. validation,test."
+    ),
+    baseline: str | None = typer.Option(
+        None,
+        "--baseline",
+        help="Compare with this baseline on the protocol's splits: an embeddings file (with --embeddings), "
+        "or 'random' / a checkpoint (with --checkpoint). probe.md states the verdict.",
     ),
     no_map: bool = typer.Option(False, "--no-map", help="With --embeddings: skip the embedding map."),
     map_points: int = typer.Option(
@@ -436,6 +455,18 @@ def probe(
         typer.echo(
             f"error: --train-fraction {train_fraction!r}: expected numbers in (0, 1], e.g. 0.01,0.1,1.0", err=True
         )
+        raise typer.Exit(2)
+    if not 0.0 < eval_share < 1.0:
+        typer.echo(f"error: --eval-share {eval_share}: expected a number in (0, 1)", err=True)
+        raise typer.Exit(2)
+    heldout_splits = tuple(h.strip() for h in heldout.split(",") if h.strip())
+    bad = [h for h in heldout_splits if h not in ("train", "validation", "test")]
+    if bad or not heldout_splits:
+        typer.echo(f"error: --heldout {heldout!r}: expected split names among train, validation, test", err=True)
+        raise typer.Exit(2)
+    protocol = {"repeats": repeats, "eval_share": eval_share, "heldout": heldout_splits, "baseline": baseline}
+    if baseline is not None and embeddings is None and encoder is None and checkpoint is None:
+        typer.echo("error: --baseline with --archive needs --checkpoint", err=True)
         raise typer.Exit(2)
     if (archive is None) == (embeddings is None):
         typer.echo(
@@ -481,6 +512,7 @@ def probe(
                 embedding_map=not no_map,
                 map_points=map_points,
                 progress=not quiet,
+                **protocol,
             )
         else:
             results = run_probe(
@@ -499,6 +531,7 @@ def probe(
                 progress=not quiet,
                 fractions=fractions,
                 subset_seed=subset_seed,
+                **protocol,
             )
     except (TrainingError, EmbeddingsError, EncoderError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -510,6 +543,20 @@ def probe(
         }
         for run in results["runs"]
     }
+    if results.get("protocol"):
+        from reben_tools.learn.evaluation.probe_report import METRIC_NAMES
+
+        proto = results["protocol"]
+        summary["protocol"] = {
+            kind: {METRIC_NAMES[key]: {"mean": m["mean"], "interval": m["interval"]} for key, m in metrics.items()}
+            for kind, metrics in proto["probes"].items()
+        }
+        if proto.get("comparison"):
+            summary["against " + proto["baseline"]] = {
+                kind: {METRIC_NAMES[key]: c["verdict"] for key, c in metrics.items()}
+                for kind, metrics in proto["comparison"].items()
+            }
+    summary["files"] = sorted(str(p) for p in Path(out).glob("*") if p.suffix in (".json", ".md", ".png"))
     typer.echo(json.dumps(summary, indent=2))
 
 

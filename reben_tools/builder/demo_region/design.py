@@ -1,8 +1,10 @@
 """The demo region's design: which products, S1 swaths and UNLABELED features it holds.
 
 Owns: the product designs (dates, baselines, layouts, clouds, snow, no-data edges, zero
-pixels), the S1 scene designs (swath strips), the designed land-cover features, and
-the sizes and margins every other module of the generator uses.
+pixels), the S1 scene designs (swath strips), the designed land-cover features, the
+sizes and margins every other module of the generator uses, and the two region designs:
+:data:`DEMO_DESIGN` (the demo: 4 products on 2 tiles) and :func:`benchmark_design` (one
+product on each of up to 8 tiles in 8 countries, every one of the 19 classes drawn).
 Does not own: rendering or writing anything (s2_render, s2_product, s1_scene), the
 expected facts (expected).
 May import: the standard library only.
@@ -172,3 +174,82 @@ _FEATURES: tuple[_Feature, ...] = (
     _Feature("32ULV", (3600.0, 7200.0, 7800.0, 9600.0), 124),  # x 3..5, y 6..7: 100 %; x 6: 50 %
     _Feature("32ULV", (1200.0, 9600.0, 1440.0, 10800.0), 131),  # x 1, y 8: 20 % (kept)
 )
+
+
+@dataclass(frozen=True)
+class RegionDesign:
+    """Everything a generated region holds: its S2 products, S1 scenes and designed features.
+
+    ``all_classes`` draws every one of the 19 classes into the land-cover mosaic (a share of
+    the mosaic's cells gets a class drawn uniformly; :func:`benchmark_design`); the demo keeps
+    its 14 classes of a Belgian / Luxembourgish landscape.
+    """
+
+    name: str
+    products: tuple[_ProductDesign, ...]
+    s1_scenes: tuple[_S1Design, ...]
+    features: tuple[_Feature, ...]
+    all_classes: bool = False
+
+    @property
+    def tiles(self) -> list[str]:
+        return sorted({d.tile for d in self.products})
+
+
+DEMO_DESIGN = RegionDesign("demo", _PRODUCTS, _S1_SCENES, _FEATURES)
+"""The demo region (``reben demo``): the constants above."""
+
+BENCHMARK_TILES: tuple[tuple[str, str], ...] = (
+    ("31UGR", "Belgium"),
+    ("32ULV", "Luxembourg"),
+    ("33TVP", "Austria"),
+    ("35VMK", "Finland"),
+    ("29SNE", "Portugal"),
+    ("29UNV", "Ireland"),
+    ("34UFG", "Lithuania"),
+    ("34TDP", "Serbia"),
+)
+"""Real MGRS tiles whose first 30 x 30 patches lie unambiguously in one BigEarthNet country."""
+
+_BENCHMARK_SEASONS = (
+    ("20170613T104021", "summer"),
+    ("20170927T103019", "autumn"),
+    ("20180415T103021", "spring"),
+    ("20170705T100031", "summer"),
+    ("20170810T112119", "summer"),
+    ("20180521T114351", "spring"),
+    ("20170906T095031", "autumn"),
+    ("20180610T093041", "summer"),
+)
+
+
+def benchmark_design(tiles: int = 8) -> RegionDesign:
+    """A larger region for comparisons that need power: one cloud-free product per tile.
+
+    Products lie on the first ``tiles`` of :data:`BENCHMARK_TILES` (one country each), every
+    product has one S1 scene 0.3 days later whose swath covers all of it, and the land-cover
+    mosaic draws all 19 classes (:attr:`RegionDesign.all_classes`). No designed features,
+    clouds or snow: every patch with labels is kept. Layouts alternate (``.SAFE`` on even
+    products, a GeoTIFF folder of baseline N0205 on odd ones).
+    """
+    if not 1 <= tiles <= len(BENCHMARK_TILES):
+        raise ValueError(f"tiles must be in 1..{len(BENCHMARK_TILES)}, got {tiles}")
+    products, scenes = [], []
+    for i, (tile, _) in enumerate(BENCHMARK_TILES[:tiles]):
+        sensing, season = _BENCHMARK_SEASONS[i]
+        layout = "SAFE" if i % 2 == 0 else "GeoTIFF"
+        products.append(
+            _ProductDesign(
+                "S2A" if i % 2 == 0 else "S2B",
+                sensing,
+                "N0205" if layout == "GeoTIFF" else "N0400",
+                f"R{8 + 10 * i:03d}",
+                tile,
+                sensing[:8] + "T120000",
+                layout,
+                season,
+            )
+        )
+        start = f"{sensing[:9]}{int(sensing[9:11]) + 7:02d}{sensing[11:]}"  # the same day, 7 h later
+        scenes.append(_S1Design("S1A", start, tile, i % 2 == 0, -1e6, 1e6))
+    return RegionDesign(f"benchmark-{tiles}", tuple(products), tuple(scenes), (), all_classes=True)

@@ -23,6 +23,7 @@ from reben_tools.builder.demo_region.design import (
     LABEL_CERTAIN_INSET_M,
     S1_CERTAIN_MARGIN_M,
     S1_MAX_GAP_DAYS,
+    _Feature,
     _ProductDesign,
     _S1Design,
 )
@@ -56,11 +57,11 @@ def _expected_labels(cover: _LandCover, patch) -> tuple[str, ...] | None:
     return tuple(sorted(sure))
 
 
-def _unlabeled_fraction(tile: str, x: int, y: int) -> float:
+def _unlabeled_fraction(tile: str, x: int, y: int, features: tuple[_Feature, ...] = _FEATURES) -> float:
     """Exact UNLABELED share: the designed features are aligned on the 10 m pixel grid."""
     u0, v0 = 1200.0 * x, 1200.0 * y
     area = 0.0
-    for feature in _FEATURES:
+    for feature in features:
         if feature.tile != tile:
             continue
         fu0, fv0, fu1, fv1 = feature.rect
@@ -71,16 +72,16 @@ def _unlabeled_fraction(tile: str, x: int, y: int) -> float:
     return pixels / 14400
 
 
-def _expected_s1(design: _ProductDesign, x: int, y: int) -> tuple[str | None, bool, float | None]:
+def _expected_s1(
+    design: _ProductDesign, x: int, y: int, scenes: tuple[_S1Design, ...] = _S1_SCENES
+) -> tuple[str | None, bool, float | None]:
     """(S1 scene name, certain, gap in days) of the closest scene valid over the whole patch."""
     sensing = datetime.strptime(design.sensing, "%Y%m%dT%H%M%S")
 
     def gap_days(scene: _S1Design) -> float:
         return abs((datetime.strptime(scene.start, "%Y%m%dT%H%M%S") - sensing).total_seconds()) / 86400.0
 
-    candidates = sorted(
-        (s for s in _S1_SCENES if s.tile == design.tile and gap_days(s) <= S1_MAX_GAP_DAYS), key=gap_days
-    )
+    candidates = sorted((s for s in scenes if s.tile == design.tile and gap_days(s) <= S1_MAX_GAP_DAYS), key=gap_days)
     us = np.array([1200.0 * x, 1200.0 * (x + 1)] * 2)
     vs = np.array([1200.0 * y] * 2 + [1200.0 * (y + 1)] * 2)
     certain = True
@@ -103,6 +104,8 @@ def _expected_product(
     n: int,
     country_names: list[str],
     country_geometries: list,
+    scenes: tuple[_S1Design, ...] = _S1_SCENES,
+    features: tuple[_Feature, ...] = _FEATURES,
 ) -> DemoProduct:
     name = parse_s2_product_name(design.name)
     patches = {}
@@ -122,13 +125,13 @@ def _expected_product(
             snow = float(np.count_nonzero(window == 11)) / window.size
             cloud = float(np.count_nonzero(np.isin(window, (3, 8, 9, 10)))) / window.size
             box = frame.patch_box(x, y)
-            s1_scene, s1_certain, gap = _expected_s1(design, x, y)
+            s1_scene, s1_certain, gap = _expected_s1(design, x, y, scenes)
             patches[(x, y)] = ExpectedPatch(
                 patch_id=patch_id(name.patch_prefix, x, y),
                 x=x,
                 y=y,
                 has_nodata=has_nodata,
-                unlabeled_fraction=_unlabeled_fraction(design.tile, x, y),
+                unlabeled_fraction=_unlabeled_fraction(design.tile, x, y, features),
                 labels=_expected_labels(cover, box),
                 s1_name=None if s1_scene is None else s1_patch_name(s1_scene, design.tile, x, y),
                 s1_certain=s1_certain,
@@ -158,7 +161,7 @@ def _region_json(region: DemoRegion) -> dict:
     def rel(p: Path) -> str:
         return p.relative_to(region.root).as_posix()
 
-    return {
+    out = {
         "seed": region.seed,
         "patches_per_side": region.patches_per_side,
         "corine": rel(region.corine_path),
@@ -215,3 +218,37 @@ def _region_json(region: DemoRegion) -> dict:
             for p in region.products
         ],
     }
+    if region.design != "demo":  # the demo's expected.json stays as it was
+        out["design"] = region.design
+    return out
+
+
+def expected_split_classes(design, patches_per_side: int, seed: int = 0) -> dict[str, dict[str, int]]:
+    """Positive patches per class in each split of a region, from the design geometry alone (no rasters).
+
+    Labels as :func:`_expected_labels` (patches whose labels a sliver makes uncertain are left
+    out, as are patches with a designed UNLABELED feature); splits by reBEN's rule on the
+    product's extent (``reben_tools.geo.split_rule``), as the pipeline assigns them.
+    Fast: what ``reben demo --patches N`` will hold, checked before anything is generated.
+    """
+    from reben_tools.builder.demo_region.geometry import _frame
+    from reben_tools.builder.demo_region.land_cover import _build_corine, _land_cover
+    from reben_tools.geo.split_rule import reben_split
+
+    frames = {tile: _frame(tile, patches_per_side) for tile in design.tiles}
+    corine = _build_corine(frames, seed, features=design.features, all_classes=design.all_classes)
+    out: dict[str, dict[str, int]] = {"train": {}, "validation": {}, "test": {}}
+    for tile in design.tiles:
+        frame = frames[tile]
+        cover = _land_cover(frame, corine[tile], seed, tile)
+        n = patches_per_side
+        xs, ys = np.meshgrid(np.arange(n), np.arange(n))
+        splits = reben_split(xs.ravel(), ys.ravel(), frame.size_m)
+        products = sum(1 for p in design.products if p.tile == tile)
+        for x, y, split in zip(xs.ravel(), ys.ravel(), splits, strict=True):
+            if _unlabeled_fraction(tile, int(x), int(y), design.features) > 0:
+                continue
+            labels = _expected_labels(cover, frame.patch_box(int(x), int(y)))
+            for name in labels or ():
+                out[split][name] = out[split].get(name, 0) + products
+    return out

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reben_tools.builder.demo_region.design import _FEATURES
+from reben_tools.builder.demo_region.design import _FEATURES, _Feature
 from reben_tools.builder.demo_region.geometry import _Frame, _rng, _to_crs, _transformer
 
 if TYPE_CHECKING:
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 _MOSAIC_CODES_FOREST = ((311, 0.4), (312, 0.3), (313, 0.3))
 _MOSAIC_CODES_MIXED = ((243, 0.3), (324, 0.25), (231, 0.25), (313, 0.1), (222, 0.1))
 _MOSAIC_CODES_FARM = ((211, 0.45), (231, 0.3), (242, 0.2), (321, 0.05))
+ALL_CLASS_CODES = (111, 121, 211, 222, 231, 242, 243, 244, 311, 312, 313, 321, 322, 324, 331, 411, 421, 511, 521)
+"""One CLC code per class of the 19-class nomenclature (alphabetical by code), for ``all_classes`` mosaics."""
+ALL_CLASSES_SHARE = 0.4
+"""Share of an ``all_classes`` mosaic's cells whose code is drawn uniformly from :data:`ALL_CLASS_CODES`."""
 
 
 def _project_with(transformer: Transformer) -> Callable[[np.ndarray], np.ndarray]:
@@ -42,8 +46,14 @@ def _choose(rng: np.random.Generator, options: tuple[tuple[int, float], ...]) ->
     return int(codes[rng.choice(len(codes), p=weights / weights.sum())])
 
 
-def _clc_mosaic(bounds_3035: tuple[float, float, float, float], rng: np.random.Generator, cell_km2: float):
+def _clc_mosaic(
+    bounds_3035: tuple[float, float, float, float], rng: np.random.Generator, cell_km2: float, all_classes: bool = False
+):
     """Polygons (EPSG:3035) tiling ``bounds`` with spatially correlated CLC codes, dissolved by code.
+
+    With ``all_classes``, :data:`ALL_CLASSES_SHARE` of the cells (drawn after the landscape,
+    towns and lake, from the same generator) get a code drawn uniformly from
+    :data:`ALL_CLASS_CODES`, so that every class of the nomenclature is common everywhere.
 
     Returns:
         list of ``(polygon, code)``, single-part polygons, no two sharing an edge and a code.
@@ -92,6 +102,9 @@ def _clc_mosaic(bounds_3035: tuple[float, float, float, float], rng: np.random.G
     codes[lake] = 512
     neighbours = np.argsort(np.hypot(cx - cx[lake], cy - cy[lake]))[1:3]
     codes[neighbours[0]] = 411
+    if all_classes:
+        recode = rng.uniform(size=len(codes)) < ALL_CLASSES_SHARE
+        codes[recode] = rng.choice(np.array(ALL_CLASS_CODES), size=int(recode.sum()))
     polygons = []
     for code in sorted(set(codes.tolist())):
         merged = shapely.union_all(cells[codes == code])
@@ -108,11 +121,18 @@ def _clc_mosaic(bounds_3035: tuple[float, float, float, float], rng: np.random.G
     return out
 
 
-def _build_corine(frames: dict[str, _Frame], seed: int, cell_km2: float = 0.9):
+def _build_corine(
+    frames: dict[str, _Frame],
+    seed: int,
+    cell_km2: float = 0.9,
+    features: tuple[_Feature, ...] = _FEATURES,
+    all_classes: bool = False,
+):
     """The CORINE polygons of every tile area: ``{tile: [(polygon EPSG:3035, code), ...]}``.
 
-    Designed features (:data:`_FEATURES`) are cut out of the mosaic and added with
-    their own code; a feature with code None stays a hole.
+    Designed ``features`` (the demo's :data:`_FEATURES` by default) are cut out of the mosaic
+    and added with their own code; a feature with code None stays a hole. ``all_classes``:
+    see :func:`_clc_mosaic`.
     """
     import shapely
     from rasterio.warp import transform_bounds
@@ -124,10 +144,10 @@ def _build_corine(frames: dict[str, _Frame], seed: int, cell_km2: float = 0.9):
         bounds = transform_bounds(
             frame.crs, "EPSG:3035", ulx - margin, uly - size - margin, ulx + size + margin, uly + margin, densify_pts=21
         )
-        mosaic = _clc_mosaic(bounds, _rng(seed, "clc", tile), cell_km2)
+        mosaic = _clc_mosaic(bounds, _rng(seed, "clc", tile), cell_km2, all_classes)
         to_3035 = _transformer(frame.crs, "EPSG:3035")
         designed = []
-        for feature in _FEATURES:
+        for feature in features:
             if feature.tile != tile:
                 continue
             utm = shapely.segmentize(frame.rect_to_utm(feature.rect), 20.0)

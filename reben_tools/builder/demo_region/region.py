@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from reben_tools.builder.demo_region.countries import _countries_3035, _write_countries
-from reben_tools.builder.demo_region.design import _FEATURES, _PRODUCTS, _S1_SCENES, MIN_PATCHES_PER_SIDE
+from reben_tools.builder.demo_region.design import DEMO_DESIGN, MIN_PATCHES_PER_SIDE, RegionDesign
 from reben_tools.builder.demo_region.expected import _expected_product, _region_json
 from reben_tools.builder.demo_region.geometry import _frame, _to_crs
 from reben_tools.builder.demo_region.land_cover import _build_corine, _land_cover, _write_corine
@@ -37,6 +37,7 @@ def generate_region(
     patches_per_side: int = 10,
     overwrite: bool = False,
     progress: bool = False,
+    design: RegionDesign = DEMO_DESIGN,
 ) -> DemoRegion:
     """Generate the demo region (about 5 to 15 s on 2 cores at the default size).
 
@@ -48,6 +49,8 @@ def generate_region(
         overwrite: remove the outputs of an earlier generation in ``out_dir`` first
             (only the entries this function writes).
         progress: show tqdm progress bars.
+        design: the products, S1 scenes and features (:data:`DEMO_DESIGN`, or
+            :func:`~.design.benchmark_design` for the larger benchmark region).
 
     Returns:
         the :class:`DemoRegion` (paths plus expected facts, also in ``expected.json``).
@@ -72,10 +75,10 @@ def generate_region(
                 target.unlink()
     root.mkdir(parents=True, exist_ok=True)
     s2_dir, s1_dir = root / "S2", root / "S1"
-    tiles = sorted({d.tile for d in _PRODUCTS})
+    tiles = design.tiles
     frames = {tile: _frame(tile, patches_per_side) for tile in tiles}
 
-    corine = _build_corine(frames, seed)
+    corine = _build_corine(frames, seed, features=design.features, all_classes=design.all_classes)
     corine_path = root / "corine" / "CLC2018_demo_BE_LU.gpkg"
     _write_corine(corine_path, corine)
     countries_path = root / "countries" / "ne_110m_admin_0_countries_bigearthnet.geojson"
@@ -84,18 +87,29 @@ def generate_region(
     covers = {tile: _land_cover(frames[tile], corine[tile], seed, tile) for tile in tiles}
 
     products: list[DemoProduct] = []
-    for design in tqdm(_PRODUCTS, desc="Sentinel-2", disable=not progress, unit="product"):
-        frame, cover = frames[design.tile], covers[design.tile]
-        path, arrays = _write_product(design, cover, frame, s2_dir, seed)
+    for product in tqdm(design.products, desc="Sentinel-2", disable=not progress, unit="product"):
+        frame, cover = frames[product.tile], covers[product.tile]
+        path, arrays = _write_product(product, cover, frame, s2_dir, seed)
         assert arrays is not None
         products.append(
-            _expected_product(design, frame, cover, path, arrays, patches_per_side, country_names, country_geometries)
+            _expected_product(
+                product,
+                frame,
+                cover,
+                path,
+                arrays,
+                patches_per_side,
+                country_names,
+                country_geometries,
+                design.s1_scenes,
+                design.features,
+            )
         )
 
     scenes: list[DemoS1Scene] = []
     polygons_4326 = {tile: _to_crs([p for p, _ in corine[tile]], "EPSG:3035", "EPSG:4326") for tile in tiles}
     codes = {tile: np.array([c for _, c in corine[tile]], dtype=np.int64) for tile in tiles}
-    for scene in tqdm(_S1_SCENES, desc="Sentinel-1", disable=not progress, unit="scene"):
+    for scene in tqdm(design.s1_scenes, desc="Sentinel-1", disable=not progress, unit="scene"):
         folder = _write_s1_scene(scene, frames[scene.tile], polygons_4326[scene.tile], codes[scene.tile], s1_dir, seed)
         scenes.append(
             DemoS1Scene(
@@ -123,8 +137,9 @@ def generate_region(
                 tuple(frames[f.tile].rect_to_utm(f.rect).bounds),
                 NO_POLYGON_CODE if f.code is None else f.code,
             )
-            for f in _FEATURES
+            for f in design.features
         ],
+        design=design.name,
     )
     region.snow_ids_path.parent.mkdir(parents=True, exist_ok=True)
     region.snow_ids_path.write_text("".join(f"{p}\n" for p in region.snow_patch_ids), encoding="utf-8")

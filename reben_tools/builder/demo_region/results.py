@@ -151,6 +151,7 @@ class DemoRegion:
         expected_path: ``expected.json``, the facts below as JSON.
         seed, patches_per_side: generation parameters.
         features: the designed UNLABELED rectangles (exact reference-map pixels).
+        design: the region design's name (``demo``, or ``benchmark-N`` for N tiles).
     """
 
     root: Path
@@ -166,6 +167,7 @@ class DemoRegion:
     seed: int
     patches_per_side: int
     features: list[DemoFeature]
+    design: str = "demo"
 
     @property
     def s2_product_dirs(self) -> list[Path]:

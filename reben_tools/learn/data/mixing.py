@@ -3,7 +3,8 @@
 Owns: box sampling, batched pasting of images and reference maps, the two label rules
 (``cutmix``: labels mixed by the pasted area, as in Yun et al. 2019; ``cutmix-lp``: labels
 recomputed from the mixed reference map, as in Burgert, Clasen, Klotz, Siebert, Demir
-2024), and the label-noise count of naive CutMix on a batch.
+2024), the label-noise count of naive CutMix on a batch, and the per-class pixel shares of
+reference maps (:func:`class_fractions_from_codes`, the comparison protocol's positive control).
 Does not own: reading archives or reference maps (``learn.dataset``), the training loop,
 the CLI, or the CLC legend (``format.labels``: the code -> 19-class table used here is the
 pipeline's own :func:`code_to_class_index_table`).
@@ -115,6 +116,23 @@ def labels_from_codes(reference_maps: torch.Tensor, table: torch.Tensor | None =
     present = torch.zeros(b, 256, dtype=torch.uint8, device=reference_maps.device)
     present.scatter_(1, classes, 1)
     return present[:, :NUM_CLASSES].to(torch.float32)
+
+
+def class_fractions_from_codes(reference_maps: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+    """Share of each class's pixels in a batch of reference maps: float32 (B, 19).
+
+    The denominator is every pixel of the map (pixels without a class count too), so a row
+    sums to the labelled share of the patch; ``labels_from_codes`` is ``fractions > 0``.
+    """
+    if reference_maps.ndim != 3:
+        raise ValueError(f"reference maps: expected (B, H, W), got shape {tuple(reference_maps.shape)}")
+    if table is None:
+        table = class_table("alphabetical", reference_maps.device)
+    b = reference_maps.shape[0]
+    classes = table[reference_maps.to(torch.int64)].reshape(b, -1).to(torch.int64)
+    counts = torch.zeros(b, 256, dtype=torch.float32, device=reference_maps.device)
+    counts.scatter_add_(1, classes, torch.ones_like(classes, dtype=torch.float32))
+    return counts[:, :NUM_CLASSES] / classes.shape[1]
 
 
 @dataclass(frozen=True)

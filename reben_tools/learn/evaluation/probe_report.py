@@ -5,7 +5,12 @@ forest / linear probe / MLP, columns F2 macro, F2 micro, Hamming loss, precision
 precision micro and AP (macro average precision). Scores are in percent with one decimal, as
 in the study; the Hamming loss is the share of wrong (patch, class) decisions, as a fraction.
 
-Owns: TABLE_ROWS, TABLE_COLUMNS, markdown_table, write_table, plot_per_class_f2, per_class_f2_figure.
+After the tables, the comparison protocol's section (when the result has one): per probe, the
+mean macro / micro AP over the repeated held-out splits with its standard error and 95%
+interval, and, against a baseline, the paired difference, its interval and the verdict.
+
+Owns: TABLE_ROWS, TABLE_COLUMNS, METRIC_NAMES, markdown_table, protocol_markdown, write_table,
+plot_per_class_f2, per_class_f2_figure.
 Does not own: the figures themselves (probes.py computes them with metrics.py), the
 embedding map (embedding_map.py).
 May import: numpy, matplotlib (lazily); reben_tools.format.atomic.
@@ -31,6 +36,14 @@ TABLE_COLUMNS = (
     ("average_precision_macro", "AP", True),
 )
 """(metric key, column name, shown in percent)."""
+METRIC_NAMES = {
+    "average_precision_macro": "AP macro",
+    "average_precision_micro": "AP micro",
+    "f1_macro": "F1 macro",
+    "f1_micro": "F1 micro",
+    **{key: name for key, name, _ in TABLE_COLUMNS if key != "average_precision_macro"},
+}
+"""The names the report gives the metrics (figures use them too)."""
 _PROBE_COLOURS = {"random_forest": "#1b9e77", "linear": "#d95f02", "mlp": "#7570b3"}
 
 
@@ -78,7 +91,62 @@ def markdown_table(results: dict) -> str:
             m = run["probes"][kind]
             lines.append(f"| {row} | " + " | ".join(_cell(m.get(key), pct) for key, _, pct in TABLE_COLUMNS) + " |")
         lines.append("")
+    if results.get("protocol"):
+        lines += protocol_markdown(results["protocol"])
     return "\n".join(lines)
+
+
+def _interval(pair) -> str:
+    return f"[{pair[0]:.3f}, {pair[1]:.3f}]"
+
+
+def protocol_markdown(protocol: dict) -> list[str]:
+    """Lines of the comparison protocol's section of ``probe.md``."""
+
+    def span(values) -> str:
+        return f"{min(values):,}" if min(values) == max(values) else f"{min(values):,}-{max(values):,}"
+
+    fit, rest = protocol["fit_samples"], protocol["eval_samples"]
+    lines = [
+        f"## Comparison protocol: {protocol['repeats']} stratified splits of the {protocol['patches']:,} "
+        f"held-out patches ({protocol['pool']})",
+        "",
+        f"Each probe is refitted on {span(fit)} of them and scored on the other "
+        f"{span(rest)}, once per split. Mean over the splits, standard error (corrected for "
+        "the splits sharing patches) and the 95% interval: the hull of the t interval and a paired "
+        "bootstrap over the patches (`reben_tools/learn/evaluation/compare.py`). AP as a fraction.",
+        "",
+        "| probe | AP macro | SE | 95% interval | AP micro | SE | 95% interval |",
+        "|---|---:|---:|---|---:|---:|---|",
+    ]
+    names = dict(TABLE_ROWS)
+    for kind, metrics in protocol["probes"].items():
+        cells = []
+        for key in ("average_precision_macro", "average_precision_micro"):
+            m = metrics[key]
+            cells += [f"{m['mean']:.3f}", f"{m['se']:.3f}", _interval(m["interval"])]
+        lines.append(f"| {names.get(kind, kind)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if protocol.get("comparison"):
+        lines += [
+            f"### Against the baseline: {protocol['baseline']}",
+            "",
+            "Paired by split: both feature sets are probed on the same splits. Verdict: `beats` when the "
+            "whole interval of the difference is above 0, `loses` when below, otherwise `within noise (±x)`, "
+            "x the interval's half-width.",
+            "",
+            "| probe | metric | these features | baseline | difference | 95% interval | verdict |",
+            "|---|---|---:|---:|---:|---|---|",
+        ]
+        for kind, metrics in protocol["comparison"].items():
+            for key, c in metrics.items():
+                d = c["difference"]
+                lines.append(
+                    f"| {names.get(kind, kind)} | {METRIC_NAMES.get(key, key)} | {c['a']['mean']:.3f} | "
+                    f"{c['b']['mean']:.3f} | {d['mean']:+.3f} | {_interval(d['interval'])} | {c['verdict']} |"
+                )
+        lines.append("")
+    return lines
 
 
 def write_table(results: dict, path: Path) -> None:
