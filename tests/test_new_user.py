@@ -88,6 +88,7 @@ ZERO_ALLOWED = {
     "max_gap_days",
     "mix_prob",
     "max_cloud",
+    "repeats",
     ("train", "workers"),
     ("evaluate", "workers"),
     ("probe", "workers"),

@@ -138,7 +138,6 @@ def demo(
     patches: int = typer.Option(
         400,
         "--patches",
-        min=1,
         help="About how many patches: 400 is the demo (4 products, 2 tiles); more gives the benchmark "
         "region (up to 8 tiles in 8 countries, all 19 classes in every split; 3200 = 8 tiles of 20 x 20).",
     ),

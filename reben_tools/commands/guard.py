@@ -94,6 +94,9 @@ NUMBER_RULES: dict[str, Rule] = {
     "max_gap_days": AT_LEAST_0,
     "patches_per_shard": AT_LEAST_1,
     "max_cloud": Rule(0, 100, noun="a percentage"),
+    "patches": AT_LEAST_1,
+    "repeats": AT_LEAST_0,  # 0: the comparison protocol off
+    "eval_share": OPEN_UNIT,
 }
 COMMAND_RULES: dict[tuple[str, str], Rule] = {
     # (command, parameter) -> rule, where a command reads the option differently
