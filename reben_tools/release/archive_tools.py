@@ -427,7 +427,7 @@ def _shown(key: str) -> str:
 
 
 def export_geotiffs(
-    path: str | os.PathLike, out_dir: str | os.PathLike, nested: bool = True, progress: bool = False
+    path: str | os.PathLike | ArchiveSource, out_dir: str | os.PathLike, nested: bool = True, progress: bool = False
 ) -> ExportSummary:
     """Write an archive (or a plain reBEN LMDB, see :func:`lmdb_patch_rows`) back as reBEN's GeoTIFF release under ``out_dir``.
 

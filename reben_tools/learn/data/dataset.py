@@ -47,7 +47,7 @@ from reben_tools.format.labels import NUM_CLASSES, class_names, code_to_class_in
 from reben_tools.format.layout import PATCHES_FILE, SPLITS, ArchiveError
 from reben_tools.format.metadata import read_metadata
 from reben_tools.format.reader import Archive, BatchReader
-from reben_tools.format.sources import open_archive_source
+from reben_tools.format.sources import ArchiveSource, open_archive_source
 from reben_tools.learn.data.batches import SampleBatch, collate, empty_batch
 from reben_tools.learn.data.transforms import (
     UPSAMPLING_MODES,
@@ -164,7 +164,7 @@ class ReBENDataset(Dataset):
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        root: str | os.PathLike | ArchiveSource,
         split: str | None = None,
         bands: str | Sequence[str] = "ALL",
         include_snow_cloud: bool = False,

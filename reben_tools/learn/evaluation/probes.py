@@ -32,6 +32,7 @@ import torch
 
 from reben_tools.format.atomic import write_json_atomic
 from reben_tools.format.bands import resolve_bands
+from reben_tools.format.sources import ArchiveSource
 from reben_tools.learn.data.loaders import DevicePreprocess, default_workers, make_loader, open_dataset, split_indices
 from reben_tools.learn.evaluation.metrics import multilabel_metrics
 from reben_tools.learn.evaluation.predict import predict
@@ -187,7 +188,7 @@ def probe_features(
 
 
 def probe(
-    archive: str | os.PathLike,
+    archive: str | os.PathLike | ArchiveSource,
     checkpoint: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     model: str | None = None,
