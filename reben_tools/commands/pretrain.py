@@ -184,7 +184,7 @@ def embed(
 ) -> None:
     """Write pooled S1, S2 and joint embeddings of a frozen encoder, one row per patch."""
     from reben_tools.learn.evaluation.embed import embed_archive
-    from reben_tools.learn.models.encoders import EncoderError, load_encoder
+    from reben_tools.learn.models.encoders import DofaEncoder, EncoderError, load_encoder
     from reben_tools.learn.runtime.config import TrainingError
 
     band_arg = [b.strip() for b in bands.split(",")] if bands and "," in bands else bands
@@ -192,7 +192,7 @@ def embed(
     try:
         module = load_encoder(encoder)
         if input_mode is not None:
-            if not hasattr(module, "use_bands"):
+            if not isinstance(module, DofaEncoder):
                 raise EncoderError(f"{encoder}: --input-mode applies to DOFA encoders only")
             if input_mode not in ("interpolate", "resize"):
                 raise EncoderError(f"unknown --input-mode {input_mode!r}; expected interpolate or resize")

@@ -461,6 +461,7 @@ def probe(
             from reben_tools.learn.models.encoders import load_encoder
 
             embeddings = Path(out) / "embeddings.parquet"
+            assert source is not None, "--encoder goes with --archive (checked above)"
             embed_archive(
                 source,
                 load_encoder(encoder),
@@ -486,6 +487,7 @@ def probe(
                 progress=not quiet,
             )
         else:
+            assert source is not None, "exactly one of --archive and --embeddings (checked above)"
             results = run_probe(
                 source,
                 checkpoint,
