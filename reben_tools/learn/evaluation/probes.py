@@ -80,7 +80,7 @@ def _probe_scores(estimator, x: np.ndarray, k: int) -> np.ndarray:
     proba = estimator.predict_proba(x)
     if isinstance(proba, list):  # random forest: one (N, classes seen) array per output
         out = np.zeros((x.shape[0], k))
-        for j, (p, classes) in enumerate(zip(proba, estimator.classes_)):
+        for j, (p, classes) in enumerate(zip(proba, estimator.classes_, strict=True)):
             classes = list(classes)
             out[:, j] = p[:, classes.index(1)] if 1 in classes else 0.0
         return out
