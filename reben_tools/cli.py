@@ -35,6 +35,7 @@ def _register_all() -> None:
             raise
         module.register(app)
     for info in app.registered_commands:  # numbers, output locations and Ctrl-C, the same for every command
+        assert info.callback is not None, "every command registers a function"
         name = info.name or info.callback.__name__.replace("_", "-")
         info.callback = guarded(name, info.callback)
 

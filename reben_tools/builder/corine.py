@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reben_tools.builder.locations import RemoteError, location, redact
+from reben_tools.builder.locations import RemoteError, RemotePath, location, redact
 from reben_tools.format.labels import NO_POLYGON_CODE, clc_legend
 
 DEFAULT_CODE_COLUMN = "Code_18"
@@ -49,7 +49,7 @@ RASTERISE_STRIP_ROWS = 120
 class CorineError(ValueError):
     """A CORINE source cannot be used; the message names the file."""
 
-    def __init__(self, path: Path | str, reason: str):
+    def __init__(self, path: Path | RemotePath | str, reason: str):
         path, reason = redact(str(path)), redact(str(reason))
         super().__init__(f"{path}: {reason}")
         self.path = path
@@ -84,7 +84,7 @@ class ClcSource:
         raster_values: for rasters, ``"codes"`` (raw 111..523) or ``"grid_codes"`` (1..44).
     """
 
-    path: Path
+    path: Path | RemotePath
     kind: str
     crs: str
     layer: str | None = None
@@ -123,38 +123,38 @@ def open_clc(
     Raises:
         CorineError: unreadable file, no CRS, no code column.
     """
-    path = location(path)
+    place = location(path)
     try:
-        exists = path.exists()
+        exists = place.exists()
     except RemoteError as exc:
-        raise CorineError(path, f"cannot reach the CORINE file ({exc})") from None
+        raise CorineError(place, f"cannot reach the CORINE file ({exc})") from None
     if not exists:
-        raise CorineError(path, "CORINE file does not exist")
-    if path.suffix.lower() in RASTER_EXTENSIONS:
-        return _open_raster(path, raster_values)
+        raise CorineError(place, "CORINE file does not exist")
+    if place.suffix.lower() in RASTER_EXTENSIONS:
+        return _open_raster(place, raster_values)
     import pyogrio
 
     try:
         if layer is None:
-            layers = pyogrio.list_layers(os.fspath(path))
+            layers = pyogrio.list_layers(os.fspath(place))
             spatial = [str(name) for name, geometry_type in layers if geometry_type]
             layer = spatial[0] if spatial else str(layers[0][0])
-        info = pyogrio.read_info(os.fspath(path), layer=layer)
+        info = pyogrio.read_info(os.fspath(place), layer=layer)
     except Exception as exc:
-        raise CorineError(path, f"cannot read as a vector dataset ({exc})") from None
+        raise CorineError(place, f"cannot read as a vector dataset ({exc})") from None
     if not info.get("crs"):
-        raise CorineError(path, "vector layer has no CRS")
+        raise CorineError(place, "vector layer has no CRS")
     fields = [str(f) for f in info["fields"]]
     matches = [f for f in fields if f.lower() == code_column.lower()]
     if not matches:
-        raise CorineError(path, f"no column {code_column!r} (case-insensitive) among {fields}")
+        raise CorineError(place, f"no column {code_column!r} (case-insensitive) among {fields}")
     layer_name = layer
     from pyproj import CRS
 
-    return ClcSource(path, "vector", CRS.from_user_input(info["crs"]).to_wkt(), layer_name, matches[0])
+    return ClcSource(place, "vector", CRS.from_user_input(info["crs"]).to_wkt(), layer_name, matches[0])
 
 
-def _open_raster(path: Path, raster_values: str) -> ClcSource:
+def _open_raster(path: Path | RemotePath, raster_values: str) -> ClcSource:
     import rasterio
 
     try:

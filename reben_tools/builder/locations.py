@@ -38,6 +38,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 REMOTE_SCHEMES = ("s3", "http", "https")
@@ -350,7 +351,7 @@ def configure_gdal(settings: RemoteSettings | None = None) -> None:
 
 # -- S3 and HTTP clients ---------------------------------------------------------------
 
-_FS: dict[str, object] = {}
+_FS: dict[str, Any] = {}  # s3fs.S3FileSystem (s3fs ships no types)
 _SESSION: dict[str, object] = {}
 _CLIENT_LOCK = threading.Lock()
 

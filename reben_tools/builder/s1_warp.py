@@ -8,12 +8,16 @@ May import: reben_tools.format, reben_tools.geo, reben_tools.builder.tiling, .sc
 from __future__ import annotations
 
 from contextlib import ExitStack
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
 from rasterio.windows import Window
 
 from reben_tools.builder.scenes import S1Scene, SceneError, error_text
+
+if TYPE_CHECKING:
+    from pyproj import Transformer
 
 
 class S1Warper:
@@ -42,7 +46,7 @@ class S1Warper:
         except rasterio.errors.RasterioError as exc:
             self._stack.close()
             raise SceneError(self.scene.path, f"cannot open S1 rasters ({error_text(exc)})") from None
-        self._transformers: dict[str, object] = {}
+        self._transformers: dict[str, Transformer] = {}
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -69,8 +73,8 @@ class S1Warper:
         sx, sy = self._transformers[crs].transform(xs, ys)
         inverse = ~self._vv.transform
         cols, rows = inverse @ (np.asarray(sx), np.asarray(sy))
-        out = []
-        for c, r in zip(np.asarray(cols), np.asarray(rows)):
+        out: list[Window | None] = []
+        for c, r in zip(np.asarray(cols), np.asarray(rows), strict=True):
             if not (np.isfinite(c).all() and np.isfinite(r).all()):
                 out.append(None)
                 continue

@@ -35,6 +35,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -44,6 +45,9 @@ from reben_tools.builder.locations import RemoteError, RemotePath, location, red
 from reben_tools.builder.tiling import Block, PatchGrid, tile_patch_grid
 from reben_tools.format import naming
 from reben_tools.format.bands import PATCH_SIZE_M, S2_BANDS, SCL_BAND
+
+if TYPE_CHECKING:
+    from reben_tools.builder.stac import ItemRef
 
 PRODUCT_BANDS: dict[str, int] = {**{b.name: b.resolution_m for b in S2_BANDS.values()}, "SCL": SCL_BAND.resolution_m}
 """Every raster read from a product (12 bands + SCL) and its native resolution in metres."""
@@ -56,7 +60,7 @@ _ALIGN_TOL_M = 1e-3
 class SceneError(ValueError):
     """A product or scene cannot be used; ``path`` is the file or folder at fault."""
 
-    def __init__(self, path: Path | RemotePath | str, reason: str):
+    def __init__(self, path: Path | RemotePath | ItemRef | str, reason: str):
         path, reason = redact(str(path)), redact(str(reason))
         super().__init__(f"{path}: {reason}")
         self.path = path
@@ -80,10 +84,10 @@ class S2Product:
             (unknown: the baseline number does not tell it) unless the config sets it.
     """
 
-    path: Path
+    path: Path | RemotePath | ItemRef
     name: naming.S2ProductName
     layout: str
-    band_paths: dict[str, Path]
+    band_paths: dict[str, Path | RemotePath]
     crs: str
     grid: PatchGrid
     boa_add_offset: int | None
@@ -140,7 +144,7 @@ def crs_string(crs: rasterio.crs.CRS) -> str:
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
 
 
-def looks_like_s2_product(path: Path) -> bool:
+def looks_like_s2_product(path: Path | RemotePath) -> bool:
     """Whether ``path`` is a product folder itself rather than a folder of products."""
     if path.suffix.upper() == ".SAFE":
         return True
@@ -149,17 +153,17 @@ def looks_like_s2_product(path: Path) -> bool:
     return any(_GEOTIFF_BAND_RE.search(p.name) for p in path.glob("*.tif*"))
 
 
-def _find_safe_bands(path: Path) -> dict[str, Path]:
+def _find_safe_bands(path: Path | RemotePath) -> dict[str, Path | RemotePath]:
     granules = sorted(p for p in (path / "GRANULE").glob("*") if p.is_dir())
     if not granules:
         raise SceneError(path / "GRANULE", "no granule folder in the SAFE product")
     if len(granules) > 1:
         raise SceneError(path / "GRANULE", f"{len(granules)} granule folders; expected one")
     img = granules[0] / "IMG_DATA"
-    out = {}
+    out: dict[str, Path | RemotePath] = {}
     for band, res in PRODUCT_BANDS.items():
         folder = img / f"R{res}m"
-        matches = sorted(folder.glob(f"*_{band}_{res}m.jp2"))
+        matches: list[Path | RemotePath] = sorted(folder.glob(f"*_{band}_{res}m.jp2"))
         if not matches:
             raise SceneError(folder, f"missing band {band}: no *_{band}_{res}m.jp2 file")
         if len(matches) > 1:
@@ -168,14 +172,15 @@ def _find_safe_bands(path: Path) -> dict[str, Path]:
     return out
 
 
-def _find_geotiff_bands(path: Path) -> dict[str, Path]:
-    candidates: dict[str, list[tuple[int | None, Path]]] = {}
-    for file in sorted(path.iterdir()):
+def _find_geotiff_bands(path: Path | RemotePath) -> dict[str, Path | RemotePath]:
+    candidates: dict[str, list[tuple[int | None, Path | RemotePath]]] = {}
+    files: list[Path | RemotePath] = sorted(path.iterdir())
+    for file in files:
         match = _GEOTIFF_BAND_RE.search(file.name)
         if match and file.is_file():
             res = int(match.group(2)) if match.group(2) else None
             candidates.setdefault(match.group(1).upper(), []).append((res, file))
-    out = {}
+    out: dict[str, Path | RemotePath] = {}
     for band, res in PRODUCT_BANDS.items():
         found = candidates.get(band, [])
         native = [f for r, f in found if r == res] or [f for r, f in found if r is None]
@@ -189,7 +194,7 @@ def _find_geotiff_bands(path: Path) -> dict[str, Path]:
     return out
 
 
-def read_boa_add_offset(mtd_path: Path) -> int:
+def read_boa_add_offset(mtd_path: Path | RemotePath) -> int:
     """The BOA_ADD_OFFSET of a product from ``MTD_MSIL2A.xml`` (0 when the file lists none).
 
     Raises:
@@ -250,6 +255,7 @@ def _open_s2_product(path: Path | RemotePath, boa_add_offset: int | None) -> S2P
         layout, band_paths = "GeoTIFF", _find_geotiff_bands(path)
     crs, grid = check_band_rasters(path, name, band_paths)
     mtd = path / "MTD_MSIL2A.xml"
+    offset: int | None
     if mtd.is_file():
         offset = read_boa_add_offset(mtd)
     else:
@@ -287,7 +293,7 @@ def check_band_rasters(path, name: naming.S2ProductName, band_paths: dict) -> tu
         ref_file, ref_crs, ref_extent = reference
         if crs != ref_crs:
             raise SceneError(file, f"CRS {crs_string(crs)} differs from {crs_string(ref_crs)} of {ref_file.name}")
-        if any(abs(a - b) > _ALIGN_TOL_M for a, b in zip(extent, ref_extent)):
+        if any(abs(a - b) > _ALIGN_TOL_M for a, b in zip(extent, ref_extent, strict=True)):
             raise SceneError(
                 file,
                 f"extent (ulx {extent[0]}, uly {extent[1]}, {extent[2]} x {extent[3]} m) differs from "
@@ -322,8 +328,8 @@ def _tile_grid_of(
 def block_window(block: Block, resolution_m: int, grid: PatchGrid | None = None) -> Window:
     """The pixel window of a block in a raster of ``resolution_m`` (the grid's corner ``pad`` metres in)."""
     per_patch = PATCH_SIZE_M // resolution_m
-    col0 = int(round(grid.pad_x_m / resolution_m)) if grid is not None else 0
-    row0 = int(round(grid.pad_y_m / resolution_m)) if grid is not None else 0
+    col0 = round(grid.pad_x_m / resolution_m) if grid is not None else 0
+    row0 = round(grid.pad_y_m / resolution_m) if grid is not None else 0
     return Window(col0, row0 + block.row_start * per_patch, block.ncols * per_patch, block.nrows * per_patch)
 
 
@@ -342,7 +348,7 @@ class _OpenRasters:
         self._lock = threading.Lock()
         self.opened = 0
 
-    def get(self, path: Path) -> rasterio.io.DatasetReader:
+    def get(self, path: Path | RemotePath) -> rasterio.io.DatasetReader:
         thread = threading.get_ident()
         with self._lock:
             mine = self._open.setdefault(thread, OrderedDict())
@@ -357,7 +363,7 @@ class _OpenRasters:
                 old.close()
             return ds
 
-    def discard(self, path: Path) -> None:
+    def discard(self, path: Path | RemotePath) -> None:
         thread = threading.get_ident()
         with self._lock:
             ds = self._open.get(thread, OrderedDict()).pop(str(path), None)
@@ -387,7 +393,7 @@ def _read_by_tile_rows(ds, window: Window) -> np.ndarray:
     keeping the last decoded tile row lets the next block of the product on the same
     worker start from it instead of decoding it again.
     """
-    block_h, block_w = ds.block_shapes[0]
+    block_h = ds.block_shapes[0][0]
     if ds.driver != "JP2OpenJPEG" or block_h >= ds.height:
         return ds.read(1, window=window, boundless=False)
     key = (threading.get_ident(), ds.name)
@@ -462,7 +468,7 @@ def read_block(
     return out
 
 
-def looks_like_s1_scene(path: Path) -> bool:
+def looks_like_s1_scene(path: Path | RemotePath) -> bool:
     """Whether ``path`` holds VV/VH rasters itself rather than being a folder of scenes."""
     return any(path.glob("*_VV.tif*")) or any(path.glob("*_VH.tif*"))
 

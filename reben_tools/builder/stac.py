@@ -306,6 +306,7 @@ def asset_key(item: StacItem, band: str, mapping: dict[str, str] | None = None) 
     Raises:
         SceneError: no asset holds the band (one line naming the item and the band).
     """
+    key: str | None
     if mapping and band in mapping:
         key = mapping[band]
         if key in item.assets:

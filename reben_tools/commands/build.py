@@ -71,7 +71,7 @@ def build(
 
     try:
         cfg = PipelineConfig.from_file(config) if config else PipelineConfig()
-        updates = {}
+        updates: dict[str, object] = {}
         if s2:
             updates["s2"] = [str(p) for p in s2]
         if s1:
@@ -82,14 +82,13 @@ def build(
             if value is not None:
                 updates[key] = str(value)
         updates.update(_search_options(collections, bbox, datetime_range, max_cloud, tiles))
-        for key, value in (
+        numbers = (
             ("scheduler", scheduler),
             ("workers", workers),
             ("rows_per_block", rows_per_block),
             ("s1_max_gap_days", max_gap_days),
-        ):
-            if value is not None:
-                updates[key] = value
+        )
+        updates.update({key: value for key, value in numbers if value is not None})
         cfg = PipelineConfig.model_validate({**cfg.model_dump(), **updates})
         if not (cfg.s2 or cfg.stac_items or cfg.stac):
             raise BuildError("no Sentinel-2 input given (--s2, --stac-items or --stac, or 's2' in the config)")

@@ -9,7 +9,9 @@ May import: reben_tools.learn, lazily inside the command functions.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -98,6 +100,8 @@ def pretrain(
     if metadata and archive is None:
         typer.echo("error: --metadata goes with --archive", err=True)
         raise typer.Exit(2)
+    source_arg: Path | str | None = archive
+    metadata_arg: Sequence[Path | str] | None = metadata
     if resume and archive is None:
         stored = Path(out) / "config.json"
         if not stored.is_file():
@@ -108,14 +112,15 @@ def pretrain(
             from reben_tools.learn.data.loaders import recorded_source
 
             try:
-                archive, metadata = recorded_source(run["source"])
+                source_arg, metadata_arg = recorded_source(run["source"])
             except TrainingError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(1) from None
         else:
-            archive, metadata = run["archive"], run.get("metadata") or []
-    source = resolve_archive(archive, metadata, statistics=True)
-    values = {k: (v if v is not None else DEFAULTS.get(k)) for k, v in given_values.items()}
+            source_arg, metadata_arg = run["archive"], run.get("metadata") or []
+    assert source_arg is not None, "--archive is given (checked above) or read from the run --resume continues"
+    source = resolve_archive(source_arg, metadata_arg, statistics=True)
+    values: dict[str, Any] = {k: (v if v is not None else DEFAULTS.get(k)) for k, v in given_values.items()}
     config = PretrainConfig(
         archive=str(source.path),
         metadata=[] if source.origin == "archive" else [str(p) for p in source.metadata],
@@ -179,7 +184,7 @@ def embed(
 ) -> None:
     """Write pooled S1, S2 and joint embeddings of a frozen encoder, one row per patch."""
     from reben_tools.learn.evaluation.embed import embed_archive
-    from reben_tools.learn.models.encoders import EncoderError, load_encoder
+    from reben_tools.learn.models.encoders import DofaEncoder, EncoderError, load_encoder
     from reben_tools.learn.runtime.config import TrainingError
 
     band_arg = [b.strip() for b in bands.split(",")] if bands and "," in bands else bands
@@ -187,7 +192,7 @@ def embed(
     try:
         module = load_encoder(encoder)
         if input_mode is not None:
-            if not hasattr(module, "use_bands"):
+            if not isinstance(module, DofaEncoder):
                 raise EncoderError(f"{encoder}: --input-mode applies to DOFA encoders only")
             if input_mode not in ("interpolate", "resize"):
                 raise EncoderError(f"unknown --input-mode {input_mode!r}; expected interpolate or resize")

@@ -53,6 +53,7 @@ def retrieve(
             from reben_tools.learn.evaluation.embed import embed_archive
             from reben_tools.learn.models.encoders import load_encoder
 
+            assert encoder is not None, "--archive goes with --encoder (checked above)"
             source = resolve_archive(archive, metadata, statistics=True)
             embeddings = out / "embeddings.parquet"
             embed_archive(
@@ -65,6 +66,7 @@ def retrieve(
                 workers=workers,
                 progress=not quiet,
             )
+        assert embeddings is not None, "given, or written from --archive above"
         result = run_retrieval(embeddings, out, split=split, device=device)
     except (EmbeddingsError, EncoderError, TrainingError) as exc:
         typer.echo(f"error: {exc}", err=True)

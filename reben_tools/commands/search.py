@@ -54,7 +54,7 @@ def search(
     write_item_collection(items, out)
     s2 = [i for i in items if item_kind(i) == "s2"]
     s1 = [i for i in items if item_kind(i) == "s1"]
-    tiles_found = sorted({item_tile(i) for i in s2})
+    tiles_found = sorted({tile for tile in map(item_tile, s2) if tile is not None})
     typer.echo(
         f"kept {len(s2)} Sentinel-2 L2A item(s) on {len(tiles_found)} tile(s) ({', '.join(tiles_found) or '-'}) "
         f"and {len(s1)} Sentinel-1 item(s) within {max_gap_days:g} days of them"

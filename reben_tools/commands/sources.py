@@ -14,6 +14,7 @@ May import: ``reben_tools.format``, typer.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,7 @@ def announce(line: str | None) -> None:
 
 def resolve_archive(
     path: Path | str | ArchiveSource,
-    metadata: list[Path] | None = None,
+    metadata: Sequence[Path | str] | None = None,
     *,
     statistics: bool = False,
 ) -> ArchiveSource:

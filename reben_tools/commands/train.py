@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -182,7 +183,7 @@ def train(
         )
     except TrainingError as exc:
         _fail(exc)
-    values = {k: (v if v is not None else DEFAULTS.get(k)) for k, v in given_values.items()}
+    values: dict[str, Any] = {k: (v if v is not None else DEFAULTS.get(k)) for k, v in given_values.items()}
     values["model_kwargs"] = values["model_kwargs"] or {}
     archive_path, metadata_files = _archive_and_metadata(archive, metadata)
     if input_mode is None and not resume:
@@ -325,8 +326,10 @@ def evaluate(
         if metadata:
             typer.echo("error: --metadata goes with --archive", err=True)
             raise typer.Exit(2)
-        archive, metadata = _archive_of_run(checkpoint)
-    source = resolve_archive(archive, metadata, statistics=True)
+        recorded, recorded_metadata = _archive_of_run(checkpoint)
+        source = resolve_archive(recorded, recorded_metadata, statistics=True)
+    else:
+        source = resolve_archive(archive, metadata, statistics=True)
     try:
         check_numbers({"batch_size": batch_size, "workers": workers})
         if not 0 < threshold < 1:
@@ -485,6 +488,7 @@ def probe(
             from reben_tools.learn.models.encoders import load_encoder
 
             embeddings = Path(out) / "embeddings.parquet"
+            assert source is not None, "--encoder goes with --archive (checked above)"
             embed_archive(
                 source,
                 load_encoder(encoder),
@@ -511,6 +515,7 @@ def probe(
                 **protocol,
             )
         else:
+            assert source is not None, "exactly one of --archive and --embeddings (checked above)"
             results = run_probe(
                 source,
                 checkpoint,

@@ -35,7 +35,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from reben_tools.format.layout import FLAGGED_METADATA_FILE, MANIFEST_FILE, METADATA_FILE, ArchiveError
 
@@ -90,7 +90,7 @@ class ArchiveSource:
             return list(self.metadata)
         return [p for p in self.metadata if include_flagged or p.name != FLAGGED_METADATA_FILE]
 
-    def record(self) -> dict:
+    def record(self) -> dict[str, object]:
         """What a run directory stores: kind, absolute path, metadata files with their sha256, identity."""
         return {
             "kind": self.kind,
@@ -115,7 +115,7 @@ class ArchiveSource:
                 raise SourceError(f"{self.path / MANIFEST_FILE}: cannot read ({exc})") from None
             if self.origin == "archive":
                 return manifest
-            base = {"manifest_sha256": manifest}
+            base: dict[str, object] = {"manifest_sha256": manifest}
         else:
             base = {"lmdb_entries": _lmdb_entries(self.path)}
         base["metadata_sha256"] = sorted(file_sha256(p) for p in self.metadata if p.is_file())
@@ -140,7 +140,7 @@ def _lmdb_entries(path: Path) -> int:
         return int(env.stat()["entries"])
 
 
-def _given(metadata) -> tuple[Path, ...]:
+def _given(metadata: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None) -> tuple[Path, ...]:
     if metadata is None:
         return ()
     if isinstance(metadata, (str, os.PathLike)):
@@ -162,7 +162,8 @@ def _beside(lmdb_dir: Path) -> tuple[Path, ...]:
 
 
 def open_archive_source(
-    path: str | os.PathLike | ArchiveSource, metadata: str | os.PathLike | Sequence | None = None
+    path: str | os.PathLike[str] | ArchiveSource,
+    metadata: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
 ) -> ArchiveSource:
     """Resolve an ARCHIVE argument (and its ``--metadata`` files) to an :class:`ArchiveSource`.
 
@@ -203,7 +204,7 @@ def open_archive_source(
     raise SourceError(f"{root}: neither a reben-tools archive (manifest.json) nor an LMDB directory (data.mdb)")
 
 
-def source_from_record(record: Mapping) -> ArchiveSource:
+def source_from_record(record: Mapping[str, Any]) -> ArchiveSource:
     """The source a run recorded (:meth:`ArchiveSource.record`), checked: same files, same digests.
 
     Raises:
@@ -223,10 +224,14 @@ def source_from_record(record: Mapping) -> ArchiveSource:
     return source
 
 
-def _flagged_mask(table: pa.Table) -> pa.ChunkedArray:
+def _flagged_mask(table: pa.Table) -> pa.ChunkedArray[pa.BooleanScalar]:
     import pyarrow.compute as pc
 
-    return pc.or_(*(pc.fill_null(table[c], False) for c in FLAG_COLUMNS))
+    snow, cloud = (
+        cast("pa.ChunkedArray[pa.BooleanScalar]", pc.fill_null(table[c], False))  # type: ignore[type-var]  # stubs want a pa.Scalar fill; a bool works
+        for c in FLAG_COLUMNS
+    )
+    return cast("pa.ChunkedArray[pa.BooleanScalar]", pc.or_(snow, cloud))  # or_ of two chunked arrays is chunked
 
 
 def source_rows(source: ArchiveSource, include_snow_cloud: bool = False) -> tuple[pa.Table, str]:
@@ -242,7 +247,7 @@ def source_rows(source: ArchiveSource, include_snow_cloud: bool = False) -> tupl
     files = source.metadata_files(include_flagged=True)
     table = read_metadata(files)
     flagged = _flagged_mask(table)
-    count = int(pc.sum(flagged).as_py() or 0)
+    count = int(pc.sum(flagged).as_py() or 0)  # type: ignore[type-var]  # sum counts booleans; stubs allow numbers only
     names = ", ".join(p.name for p in files)
     if include_snow_cloud or not count:
         why = f"including {count} snow/cloud/shadow-flagged" if count else "none flagged for snow/cloud/shadow"

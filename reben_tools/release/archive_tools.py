@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import lmdb
 import pyarrow as pa
@@ -427,7 +427,7 @@ def _shown(key: str) -> str:
 
 
 def export_geotiffs(
-    path: str | os.PathLike, out_dir: str | os.PathLike, nested: bool = True, progress: bool = False
+    path: str | os.PathLike | ArchiveSource, out_dir: str | os.PathLike, nested: bool = True, progress: bool = False
 ) -> ExportSummary:
     """Write an archive (or a plain reBEN LMDB, see :func:`lmdb_patch_rows`) back as reBEN's GeoTIFF release under ``out_dir``.
 
@@ -522,7 +522,8 @@ def lmdb_patch_rows(source: ArchiveSource) -> pa.Table:
     """
     table = read_metadata(source.metadata_files(include_flagged=True))
     rows = []
-    for pid, s1 in zip(table.column("patch_id").to_pylist(), table.column("s1_name").to_pylist(), strict=True):
+    ids = cast("list[str]", table.column("patch_id").to_pylist())  # read_metadata: patch_id is never null
+    for pid, s1 in zip(ids, table.column("s1_name").to_pylist(), strict=True):
         try:
             parsed = naming.parse_patch_id(pid)
             grid = tile_grid(parsed.tile)
@@ -531,16 +532,15 @@ def lmdb_patch_rows(source: ArchiveSource) -> pa.Table:
             continue
         ulx, uly = grid.patch_upper_left(parsed.x, parsed.y)
         rows.append({"patch_id": pid, "s1_name": s1, "has_s1": bool(s1), "crs": grid.crs, "ulx": ulx, "uly": uly})
-    schema = pa.schema(
-        [
-            ("patch_id", pa.string()),
-            ("s1_name", pa.string()),
-            ("has_s1", pa.bool_()),
-            ("crs", pa.string()),
-            ("ulx", pa.float64()),
-            ("uly", pa.float64()),
-        ]
-    )
+    fields: list[pa.Field[Any]] = [
+        pa.field("patch_id", pa.string()),
+        pa.field("s1_name", pa.string()),
+        pa.field("has_s1", pa.bool_()),
+        pa.field("crs", pa.string()),
+        pa.field("ulx", pa.float64()),
+        pa.field("uly", pa.float64()),
+    ]
+    schema = pa.schema(fields)
     return pa.Table.from_pylist(rows, schema=schema)
 
 

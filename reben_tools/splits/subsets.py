@@ -268,7 +268,7 @@ def write_subset(
     return write_subset_rows(table, source, out, fraction, seed)
 
 
-def write_subset_rows(table: pa.Table, source: str, out: str | Path, fraction: float, seed: int = 0) -> dict:
+def write_subset_rows(table: pa.Table, source: str, out: str | Path, fraction: float, seed: int = 0) -> dict[str, Any]:
     """:func:`write_subset` of metadata rows already read (``source`` names them in messages and the report)."""
     subset = metadata_table(subset_table(table, fraction, seed, source=source))
     out = Path(out)

@@ -114,7 +114,7 @@ def _run_block(task: BlockTask) -> dict:
             transforms = [grid.patch_transform(x, y, 10) for x, y in waiting]
             windows = warper.source_windows(product.crs, transforms, 120)
             warper.prepare(windows)
-            for (x, y), transform, window in zip(waiting, transforms, windows):
+            for (x, y), transform, window in zip(waiting, transforms, windows, strict=True):
                 if window is None:
                     continue
                 warped = warper.warp(product.crs, transform, 120, window=window)

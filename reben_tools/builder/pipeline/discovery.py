@@ -43,7 +43,7 @@ OPEN_THREADS = 16
 """Threads opening remote products and scenes at once (each open is a few small ranged reads)."""
 
 
-def _expand(paths: list[str], is_item: Callable[[Path], bool]) -> list[Path | RemotePath]:
+def _expand(paths: list[str], is_item: Callable[[Path | RemotePath], bool]) -> list[Path | RemotePath]:
     out = []
     for raw in paths:
         path = location(raw)
@@ -79,7 +79,7 @@ def _open_all(paths: list, opener: Callable) -> list:
 
 def _open_unique(
     paths: list[str],
-    is_item: Callable[[Path], bool],
+    is_item: Callable[[Path | RemotePath], bool],
     opener: Callable[[Path], S2Product | S1Scene],
     kind: str,
     skipped: list[dict],

@@ -140,7 +140,7 @@ def chains_for(tasks: list[BlockTask], threads: int) -> list[list[BlockTask]]:
     for task in tasks:
         by_product.setdefault(task.product.prefix, []).append(task)
     per_product = max(1, math.ceil(threads / max(len(by_product), 1)))
-    chains = []
+    chains: list[list[BlockTask]] = []
     for product_tasks in by_product.values():
         product_tasks.sort(key=lambda t: t.block.row_start)
         n = min(per_product, len(product_tasks))

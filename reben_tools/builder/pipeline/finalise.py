@@ -14,6 +14,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -101,12 +102,12 @@ def finalise(
     rows = rows.sort_by("patch_id")
     n = rows.num_rows
 
-    crs_list = rows.column("crs").to_pylist()
+    crs_list = cast("list[str]", rows.column("crs").to_pylist())  # ROWS_SCHEMA: never null
     ulx = rows.column("ulx").to_numpy()
     uly = rows.column("uly").to_numpy()
     metric = footprints_in(crs_list, ulx, uly, PATCH_SIZE_M, countries.metric_crs)
     names, distances = countries.nearest(metric)
-    ids = rows.column("patch_id").to_pylist()
+    ids = cast("list[str]", rows.column("patch_id").to_pylist())  # ROWS_SCHEMA: never null
     snow, cloud = rule.flags(
         ids, rows.column("snow_fraction").to_numpy(), rows.column("cloud_shadow_fraction").to_numpy()
     )
@@ -169,7 +170,7 @@ def finalise(
     if n:
         map_png = out / MAP_FILE
         plot_map(
-            rows.column("split").to_pylist(),
+            cast("list[str]", rows.column("split").to_pylist()),  # ROWS_SCHEMA: never null
             geometry,
             countries,
             map_png,
@@ -191,7 +192,7 @@ def _redacted(value):
 
 def s1_product_types(rows: pa.Table, inputs: Inputs) -> dict[str, int]:
     """Kept patches per S1 product type of their partner scene (``{"GRD sigma0": n, "RTC gamma0": m}``)."""
-    kind = {scene.prefix: scene.product_type for scene in inputs.scenes}
+    kind: dict[str | None, str] = {scene.prefix: scene.product_type for scene in inputs.scenes}  # None: no partner
     counts = Counter(kind.get(prefix, "unknown") for prefix in rows.column("s1_product").to_pylist())
     return dict(sorted(counts.items()))
 

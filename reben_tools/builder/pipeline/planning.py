@@ -87,7 +87,7 @@ def _stamp(path: Path | RemotePath) -> list:
     return [str(path), st.st_size, st.st_mtime_ns]
 
 
-def _block_files(product: S2Product, clc: ClcSource, candidates: list[S1Scene]) -> list[Path]:
+def _block_files(product: S2Product, clc: ClcSource, candidates: list[S1Scene]) -> list[Path | RemotePath]:
     """Every file a block of ``product`` reads: its 13 rasters, the candidates' VV/VH, the CORINE file."""
     files = [product.band_paths[b] for b in sorted(product.band_paths)]
     for scene in candidates:
@@ -156,7 +156,7 @@ def _finished_fingerprint(shard_dir: Path) -> str | None:
 
 def plan_tasks(config: PipelineConfig, inputs: Inputs, clc: ClcSource, shards_dir: Path) -> list[BlockTask]:
     """One task per (product, block), in product then row order."""
-    tasks = []
+    tasks: list[BlockTask] = []
     files = [p for product in inputs.products for p in product.band_paths.values()]
     files += [f for scene in inputs.scenes for f in (scene.vv, scene.vh)] + [clc.path]
     prefetch_stamps([p for p in files if isinstance(p, RemotePath)])  # HEAD requests in parallel
@@ -165,20 +165,20 @@ def plan_tasks(config: PipelineConfig, inputs: Inputs, clc: ClcSource, shards_di
         candidates = s1_candidates(product, inputs.scenes, config.s1_max_gap_days)
         side = product.grid.tile_side_m() if config.tile_side == "extent" else float(config.tile_side)
         stamp = input_stamp(product, clc, candidates)
-        for block in product.grid.blocks(config.rows_per_block):
-            tasks.append(
-                BlockTask(
-                    product,
-                    block,
-                    shard_name_for(product, block),
-                    shards_dir,
-                    clc,
-                    tuple(candidates),
-                    side,
-                    _fingerprint(product, block, clc, candidates, side),
-                    stamp,
-                    config.gdal_cache_mb,
-                    settings,
-                )
+        tasks.extend(
+            BlockTask(
+                product,
+                block,
+                shard_name_for(product, block),
+                shards_dir,
+                clc,
+                tuple(candidates),
+                side,
+                _fingerprint(product, block, clc, candidates, side),
+                stamp,
+                config.gdal_cache_mb,
+                settings,
             )
+            for block in product.grid.blocks(config.rows_per_block)
+        )
     return tasks

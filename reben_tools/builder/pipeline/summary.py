@@ -100,10 +100,10 @@ def group_sites(footprints: list, sites: list[str] | None = None) -> list[tuple[
 
     if sites is None:
         parts = shapely.get_parts(shapely.union_all(shapely.buffer(np.asarray(footprints, dtype=object), 0.005)))
-        parts = sorted(parts, key=lambda g: g.bounds[0])
+        west_to_east = sorted(parts, key=lambda g: g.bounds[0])
         centres = shapely.centroid(np.asarray(footprints, dtype=object))
         sites = [""] * len(footprints)
-        for number, part in enumerate(parts, start=1):
+        for number, part in enumerate(west_to_east, start=1):
             for i in np.flatnonzero(shapely.contains(part, centres)):
                 sites[i] = f"site {number}"
     names = np.asarray(sites, dtype=object)

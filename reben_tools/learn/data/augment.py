@@ -45,7 +45,8 @@ class TrainMixer:
     ) -> None:
         self.mode = mode
         self.prob = prob
-        self.area_range = tuple(area_range)
+        low, high = area_range
+        self.area_range = (low, high)
         self.needs_reference_maps = mode in MODES_NEEDING_REFERENCE_MAPS
         self.table = class_table(class_order, device) if self.needs_reference_maps else None
 

@@ -14,6 +14,7 @@ from typing import Any, overload
 
 import numpy as np
 import torch
+from numpy.typing import DTypeLike
 from torch.utils.data import default_collate
 
 from reben_tools.learn.data.buffers import BufferPool
@@ -77,7 +78,7 @@ _POOL = BufferPool()
 """This process's reused batch buffers (main process only; see ``learn.buffers``)."""
 
 
-def empty_batch(shape: tuple[int, ...], dtype: np.dtype | str) -> tuple[np.ndarray, torch.Tensor]:
+def empty_batch(shape: tuple[int, ...], dtype: DTypeLike) -> tuple[np.ndarray, torch.Tensor]:
     """An uninitialised batch array and the tensor sharing its memory.
 
     In a DataLoader worker the memory is shared memory from the start (as

@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -47,7 +48,7 @@ from reben_tools.format.labels import NUM_CLASSES, class_names, code_to_class_in
 from reben_tools.format.layout import PATCHES_FILE, SPLITS, ArchiveError
 from reben_tools.format.metadata import read_metadata
 from reben_tools.format.reader import Archive, BatchReader
-from reben_tools.format.sources import open_archive_source
+from reben_tools.format.sources import ArchiveSource, open_archive_source
 from reben_tools.learn.data.batches import SampleBatch, collate, empty_batch
 from reben_tools.learn.data.transforms import (
     UPSAMPLING_MODES,
@@ -65,12 +66,12 @@ from reben_tools.splits.subsets import SubsetError, subset_table
 # --------------------------------------------------------------------------------------
 
 
-def _key_array(values: list[str], column: str, ids: list[str]) -> np.ndarray:
+def _key_array(values: Sequence[str | None], column: str, ids: list[str]) -> np.ndarray:
     """Fixed-width bytes array of UTF-8 keys (no per-row Python objects: fork/COW friendly)."""
-    missing = [pid for pid, v in zip(ids, values) if not v]
+    missing = [pid for pid, v in zip(ids, values, strict=True) if not v]
     if missing:
         raise ValueError(f"metadata column {column!r} is empty for patch(es) {missing[:5]}")
-    return np.array([v.encode("utf-8") for v in values], dtype=np.bytes_)
+    return np.array([v.encode("utf-8") for v in values if v], dtype=np.bytes_)  # none is empty (checked above)
 
 
 def _multi_hot(table: pa.Table, order: str) -> np.ndarray:
@@ -85,9 +86,9 @@ def _multi_hot(table: pa.Table, order: str) -> np.ndarray:
     if len(flat) == 0:
         return out
     parents = pc.list_parent_indices(column).to_numpy()
-    encoded = pc.dictionary_encode(flat)
+    encoded = cast("pa.DictionaryArray", pc.dictionary_encode(flat))  # of an array (not a chunked one)
     dictionary = encoded.dictionary.to_pylist()
-    index = {name: i for i, name in enumerate(names)}
+    index: dict[str | None, int] = {name: i for i, name in enumerate(names)}  # a null label is unknown
     unknown = [d for d in dictionary if d not in index]
     if unknown:
         codes = encoded.indices.to_numpy()
@@ -164,7 +165,7 @@ class ReBENDataset(Dataset):
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        root: str | os.PathLike | ArchiveSource,
         split: str | None = None,
         bands: str | Sequence[str] = "ALL",
         include_snow_cloud: bool = False,
@@ -211,12 +212,14 @@ class ReBENDataset(Dataset):
         self.statistics = self._resolve_statistics(normalisation)
         self.normalisation = normalisation
         arrays = statistics_arrays(self.bands, self.statistics)
+        self._mean: np.ndarray | None
+        self._inv_std: np.ndarray | None
         self._mean, self._inv_std = arrays if arrays is not None else (None, None)
 
         table = self._read_rows()
         self.metadata: pa.Table = table
         """The metadata rows in use (reBEN schema), one per sample, sorted by patch id."""
-        ids = table.column("patch_id").to_pylist()
+        ids = cast("list[str]", table.column("patch_id").to_pylist())  # never null (format.metadata)
         self._keys = _key_array(ids, "patch_id", ids)
         self._s1_bands = tuple(b for b in self.bands if ALL_BANDS[b].modality == "S1")
         self._s2_bands = tuple(b for b in self.bands if ALL_BANDS[b].modality == "S2")
@@ -272,14 +275,14 @@ class ReBENDataset(Dataset):
             ("contains_cloud_or_shadow", self.include_cloudy),
         ):
             if not keep:
-                table = table.filter(pc.invert(pc.fill_null(table[column], False)))
+                table = table.filter(pc.invert(pc.fill_null(table[column], False)))  # type: ignore[type-var,call-overload]  # stubs want a pa.Scalar fill; a bool works
         if self.train_fraction is not None:
             try:
                 table = subset_table(table, self.train_fraction, self.subset_seed, source=str(self.root))
             except SubsetError as exc:
                 raise ValueError(str(exc)) from None
         if self.split is not None:
-            table = table.filter(pc.equal(table["split"], self.split))
+            table = table.filter(pc.equal(table["split"], self.split))  # type: ignore[call-overload]  # stubs want a pa.Scalar; a str works
         return table
 
     def _shard_indices(self, ids: list[str]) -> np.ndarray:
@@ -291,7 +294,7 @@ class ReBENDataset(Dataset):
         except (OSError, pa.ArrowException) as exc:
             raise ArchiveError(f"{path}: cannot read patch_id/shard columns ({exc})") from None
         index_of = {name: i for i, name in enumerate(self.archive.shard_names)}
-        shard_of = dict(zip(patches.column("patch_id").to_pylist(), patches.column("shard").to_pylist()))
+        shard_of = dict(zip(patches.column("patch_id").to_pylist(), patches.column("shard").to_pylist(), strict=True))
         out = np.empty(len(ids), dtype=np.int32)
         for i, pid in enumerate(ids):
             shard = shard_of.get(pid)
@@ -523,7 +526,7 @@ class ReBENDataset(Dataset):
         if self._s2_bands:
             key = self._keys[j]
             arrays.update(self._layouts.arrays(key, reader.get(key, shard), "S2", self._s2_bands))
-        if self._s1_bands:
+        if self._s1_keys is not None:  # set exactly when there are S1 bands
             key = self._s1_keys[j]
             arrays.update(self._layouts.arrays(key, reader.get(key, shard), "S1", self._s1_bands))
         return arrays
@@ -558,7 +561,7 @@ class ReBENDataset(Dataset):
         clone.return_reference_map = True
         return clone
 
-    def check_reference_maps(self, indices: Sequence[int] | None = None) -> None:
+    def check_reference_maps(self, indices: Sequence[int] | np.ndarray | None = None) -> None:
         """Check that samples ``indices`` (all if None) have a readable 120x120 uint16 reference map.
 
         Reads only the value headers (a known header is checked once), so the cost is one

@@ -17,6 +17,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -262,7 +263,7 @@ def make_loader(
     """
     generator = torch.Generator().manual_seed(seed)
     collate_fn = CollateToImages(dataset) if device.type == "cpu" and workers > 0 else collate
-    kwargs = dict(persistent_workers=True, prefetch_factor=4) if workers > 0 else {}
+    kwargs: dict[str, Any] = dict(persistent_workers=True, prefetch_factor=4) if workers > 0 else {}
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -212,14 +212,13 @@ def sample_boxes(
         raise ValueError(f"--mix-prob {prob}: must lie in [0, 1]")
     h_img, w_img = size
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    kw = {"generator": generator, "device": gen_device}
-    source = torch.randperm(batch_size, **kw)
-    mixed = torch.rand(batch_size, **kw) < prob
-    area = low + (high - low) * torch.rand(batch_size, dtype=torch.float64, **kw)
+    source = torch.randperm(batch_size, generator=generator, device=gen_device)
+    mixed = torch.rand(batch_size, generator=generator, device=gen_device) < prob
+    area = low + (high - low) * torch.rand(batch_size, dtype=torch.float64, generator=generator, device=gen_device)
     root = area.sqrt()
     height = torch.round(h_img * root).to(torch.int64).clamp_(1, h_img) * mixed
     width = torch.round(w_img * root).to(torch.int64).clamp_(1, w_img) * mixed
-    corners = torch.rand(4, batch_size, dtype=torch.float64, **kw)
+    corners = torch.rand(4, batch_size, dtype=torch.float64, generator=generator, device=gen_device)
     room_h, room_w = h_img - height + 1, w_img - width + 1
     src_top = torch.minimum((corners[0] * room_h).floor().to(torch.int64), room_h - 1)
     src_left = torch.minimum((corners[1] * room_w).floor().to(torch.int64), room_w - 1)
@@ -328,6 +327,7 @@ def cutmix(
     else:
         if table is None:
             table = class_table("alphabetical", images.device)
+        assert mixed_maps is not None, "cutmix-lp has reference maps (checked above)"
         from_map = labels_from_codes(mixed_maps, table).to(labels.dtype)
         mixed_labels = torch.where(boxes.mixed[:, None], from_map, labels)
     return MixedBatch(mixed_images, mixed_labels, mixed_maps, boxes)
@@ -341,6 +341,8 @@ class CutMix(torch.nn.Module):
     is a buffer, so it follows the module; the generator is created on the device of the
     first batch and seeded with ``seed``.
     """
+
+    table: torch.Tensor  # a buffer (registered in __init__)
 
     def __init__(
         self,

@@ -36,6 +36,7 @@ import torch
 
 from reben_tools.format.bands import BAND_GROUPS, resolve_bands
 from reben_tools.format.layout import SPLITS
+from reben_tools.format.sources import ArchiveSource
 from reben_tools.learn.data.loaders import DevicePreprocess, default_workers, make_loader, open_dataset, split_indices
 from reben_tools.learn.runtime.config import TrainingError
 from reben_tools.learn.runtime.devices import autocast, resolve_device, resolve_precision
@@ -82,7 +83,7 @@ def modalities_for(encoder, bands: str | list[str] | None) -> tuple[bool, bool]:
 
 
 def embed_archive(
-    archive: str | os.PathLike,
+    archive: str | os.PathLike | ArchiveSource,
     encoder,
     out: str | os.PathLike,
     split: str | None = None,

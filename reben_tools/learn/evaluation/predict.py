@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from reben_tools.format.atomic import write_json_atomic
 from reben_tools.format.labels import NUM_CLASSES
+from reben_tools.format.sources import ArchiveSource
 from reben_tools.learn.data.loaders import (
     DevicePreprocess,
     default_workers,
@@ -144,7 +145,7 @@ def prior_baseline(train_frequency: np.ndarray, targets: np.ndarray, class_order
 
 
 def evaluate(
-    archive: str | os.PathLike,
+    archive: str | os.PathLike | ArchiveSource,
     checkpoint: str | os.PathLike,
     split: str = "test",
     out: str | os.PathLike | None = None,

@@ -40,6 +40,7 @@ import torch
 
 from reben_tools.format.atomic import write_json_atomic
 from reben_tools.format.bands import resolve_bands
+from reben_tools.format.sources import ArchiveSource
 from reben_tools.learn.data.loaders import DevicePreprocess, default_workers, make_loader, open_dataset, split_indices
 from reben_tools.learn.evaluation.compare import metric_interval, paired_comparison, repeated_splits
 from reben_tools.learn.evaluation.metrics import multilabel_metrics
@@ -91,7 +92,7 @@ def probe_scores(estimator, x: np.ndarray, k: int) -> np.ndarray:
     proba = estimator.predict_proba(x)
     if isinstance(proba, list):  # random forest: one (N, classes seen) array per output
         out = np.zeros((x.shape[0], k))
-        for j, (p, classes) in enumerate(zip(proba, estimator.classes_)):
+        for j, (p, classes) in enumerate(zip(proba, estimator.classes_, strict=True)):
             classes = list(classes)
             out[:, j] = p[:, classes.index(1)] if 1 in classes else 0.0
         return out
@@ -312,7 +313,7 @@ def write_probe_outputs(results: dict, out: Path) -> None:
 
 
 def probe(
-    archive: str | os.PathLike,
+    archive: str | os.PathLike | ArchiveSource,
     checkpoint: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     model: str | None = None,

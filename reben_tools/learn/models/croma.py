@@ -28,8 +28,9 @@ B11, B12, with H = W a multiple of 8, each band scaled to [0, 1] by CROMA's rule
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -182,7 +183,9 @@ def select_bias(bias: Tensor, keep_queries: Tensor | None, keep_keys: Tensor | N
     if keep_queries is None and keep_keys is None:
         return bias.unsqueeze(0)
     n = bias.shape[-1]
-    batch = (keep_queries if keep_queries is not None else keep_keys).shape[0]
+    present = keep_queries if keep_queries is not None else keep_keys
+    assert present is not None, "both None returned above"
+    batch = present.shape[0]
     full = torch.arange(n, device=bias.device).expand(batch, n)
     q = full if keep_queries is None else keep_queries
     k = full if keep_keys is None else keep_keys
@@ -271,7 +274,7 @@ class Transformer(nn.Module):
         self.norm_out = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
-        for attn, ffn in self.layers:
+        for attn, ffn in cast("Iterable[nn.ModuleList]", self.layers):  # ModuleList is not generic: say its items
             x = attn(x, bias) + x
             x = ffn(x) + x
         return self.norm_out(x)
@@ -288,7 +291,7 @@ class CrossTransformer(nn.Module):
         self.norm_out = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, context: Tensor, self_bias: Tensor, cross_bias: Tensor) -> Tensor:
-        for attn, cross, ffn in self.layers:
+        for attn, cross, ffn in cast("Iterable[nn.ModuleList]", self.layers):  # ModuleList is not generic
             x = attn(x, self_bias) + x
             x = cross(x, context, cross_bias) + x
             x = ffn(x) + x
@@ -345,6 +348,8 @@ class Decoder(nn.Module):
     are added, a transformer without ALiBi runs, and ``linear_output`` predicts each
     patch's 14 x p x p pixels: the 12 optical channels, then the 2 radar channels.
     """
+
+    decoder_pos_embed: Tensor  # a buffer (registered in __init__)
 
     def __init__(self, config: CromaConfig) -> None:
         super().__init__()
@@ -451,6 +456,8 @@ class CROMA(nn.Module):
         config: the size (see :data:`CONFIGS`).
         pretraining: also build ``decoder`` and ``contrast`` (not part of the published checkpoint).
     """
+
+    attn_bias: Tensor  # a buffer (registered in __init__)
 
     def __init__(self, config: CromaConfig, pretraining: bool = False) -> None:
         super().__init__()

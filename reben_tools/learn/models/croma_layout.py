@@ -44,7 +44,7 @@ def infer_config(state: Mapping, source: str = "checkpoint", heads: int = 16) ->
     if key not in state["s2_encoder"]:
         raise CheckpointLayoutError(f"{source}: missing key s2_encoder.{key}")
     dim, pixels = state["s2_encoder"][key].shape
-    patch = int(round(math.sqrt(pixels / len(S2_BANDS))))
+    patch = round(math.sqrt(pixels / len(S2_BANDS)))
     depth = len({k.split(".")[2] for k in state["s2_encoder"] if k.startswith("transformer.layers.")})
     return CromaConfig("croma_custom", dim=int(dim), depth=int(depth), heads=heads, patch_size=patch)
 

@@ -29,7 +29,7 @@ class _AllGather(torch.autograd.Function):
     """All-gather along dim 0 whose backward returns each rank its slice of the summed gradient."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, group) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, group) -> Tensor:
         ctx.group = group
         ctx.rank = dist.get_rank(group)
         ctx.rows = x.shape[0]
@@ -38,7 +38,7 @@ class _AllGather(torch.autograd.Function):
         return torch.cat(parts, dim=0)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx, grad: Tensor):
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None

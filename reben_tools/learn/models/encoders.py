@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from reben_tools.format.bands import ALL_BANDS, BAND_GROUPS, PUBLISHED_STATISTICS, resolve_bands, wavelengths_for
+from reben_tools.learn.models.classifier import ReBENClassifier
 from reben_tools.learn.models.croma import CONFIGS, CROMA, config_from_dict, croma_scale
 from reben_tools.learn.models.croma_layout import CheckpointLayoutError, load_published
 from reben_tools.learn.models.dofa import SPEC_NAMES as DOFA_SPEC_NAMES
@@ -132,7 +133,7 @@ class CromaEncoder(nn.Module):
 class ClassifierEncoder(nn.Module):
     """The encoder of a ``reben train`` classifier (its pooled features before the head)."""
 
-    def __init__(self, model: nn.Module, bands: tuple[str, ...], spec: str, source: str, name: str) -> None:
+    def __init__(self, model: ReBENClassifier, bands: tuple[str, ...], spec: str, source: str, name: str) -> None:
         super().__init__()
         self.model = model.eval()
         self.bands = bands

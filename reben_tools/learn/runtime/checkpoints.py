@@ -34,6 +34,7 @@ CHECKPOINT_VERSION = 1
 def rng_state(aug: torch.Generator | None) -> dict:
     """This process's torch, numpy, Python (and CUDA) RNG states plus the augmentation generator's, as tensors."""
     np_state = np.random.get_state()  # noqa: NPY002 (the legacy global generator is the state a resume restores)
+    assert isinstance(np_state, tuple), "get_state() is legacy (a tuple) by default"
     state = {
         "torch": torch.get_rng_state(),
         "numpy": [

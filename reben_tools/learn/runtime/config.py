@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
 
 
 class TrainingError(RuntimeError):
@@ -140,8 +141,8 @@ TRAJECTORY_FIELDS = (
     "layer_decay",
     "accumulate",
 )
-DEFAULTS = {
-    f.name: f.default if f.default is not MISSING else f.default_factory()
+DEFAULTS: dict[str, Any] = {
+    f.name: f.default_factory() if callable(f.default_factory) else f.default
     for f in fields(TrainConfig)
     if f.default is not MISSING or f.default_factory is not MISSING
 }

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -25,6 +26,8 @@ from torch.utils.data import Sampler
 
 from reben_tools.learn.runtime.config import TrainingError
 from reben_tools.learn.runtime.devices import resolve_device
+
+T = TypeVar("T")
 
 # --------------------------------------------------------------------------- distributed
 
@@ -60,11 +63,11 @@ class Distributed:
         dist.all_gather_object(out, obj)
         return out
 
-    def broadcast(self, obj: object) -> object:
+    def broadcast(self, obj: T) -> T:
         """Rank 0's ``obj`` on every process."""
         if not self.enabled:
             return obj
-        box = [obj]
+        box: list[T] = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
 

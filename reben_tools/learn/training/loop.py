@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import ExitStack
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -109,11 +110,12 @@ class Supervised(skeleton.Objective):
 
     figures = ("loss",)
     can_accumulate = True
+    config: TrainConfig
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__(config)
         self.criterion = nn.BCEWithLogitsLoss()
-        self.early = {"best_score": -math.inf, "best_epoch": None, "epochs_without_improvement": 0}
+        self.early: dict[str, Any] = {"best_score": -math.inf, "best_epoch": None, "epochs_without_improvement": 0}
         self.improved = False
 
     # --- set-up
@@ -172,7 +174,7 @@ class Supervised(skeleton.Objective):
 
     def build(self, ctx: Distributed, state: dict | None):
         config, device = self.config, ctx.device
-        model = build_model(
+        model: nn.Module = build_model(
             config.model,
             self.bands,
             fusion=config.fusion,
@@ -183,7 +185,7 @@ class Supervised(skeleton.Objective):
         model = convert_batchnorm(model, ctx, config.sync_batchnorm).to(device)
         self.batchnorm = "sync" if any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()) else "per_process"
         if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes memory_format; torch's overloads omit it
         if state is None and config.init:
             try:
                 init_encoders(model, config.init)
@@ -320,7 +322,7 @@ def _evaluate_best(config, ctx, dataset, out, device, precision, batch, workers)
     state = load_checkpoint(out / "checkpoints" / BEST_CHECKPOINT)
     model = model_from_checkpoint(state, out / "checkpoints" / BEST_CHECKPOINT).to(device)
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes memory_format; torch's overloads omit it
     sampler = EpochSampler(split_indices(dataset, "test"), ctx.rank, ctx.world_size, shuffle=False, pad=False)
     loader = make_loader(dataset, sampler, batch, workers, device, config.seed)
     parts = ctx.gather(predict(model, loader, DevicePreprocess(dataset, device), precision))

@@ -42,12 +42,13 @@ from dataclasses import MISSING, dataclass, field, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from reben_tools.format.atomic import write_json_atomic
 from reben_tools.format.bands import BAND_GROUPS
 from reben_tools.learn.data.augment import random_flips
 from reben_tools.learn.data.loaders import DevicePreprocess, make_loader, open_dataset, run_source, split_indices
-from reben_tools.learn.models.croma import CONFIGS, CROMA, PUBLISHED_PARTS, croma_scale
+from reben_tools.learn.models.croma import CONFIGS, CROMA, PUBLISHED_PARTS, ContrastiveHead, Decoder, croma_scale
 from reben_tools.learn.models.croma_layout import CheckpointLayoutError, load_published, published_state
 from reben_tools.learn.models.croma_losses import croma_losses, gather_rows, patch_normalise
 from reben_tools.learn.runtime.checkpoints import (
@@ -176,6 +177,11 @@ class Croma(skeleton.Objective):
     figures = STEP_FIGURES
     reduce_figures = True
     varying_batch = False  # whole batches only (FullBatchSampler)
+    config: PretrainConfig
+    model: CROMA
+    statistics: dict[str, tuple[float, float]]
+    val_sampler: EpochSampler | None
+    val_loader: DataLoader | None
 
     def __init__(self, config: PretrainConfig) -> None:
         super().__init__(config)
@@ -236,6 +242,7 @@ class Croma(skeleton.Objective):
                 + "; CROMA pretraining needs both S1 (VV, VH) and all 12 S2 bands"
             ) from None
         cleanup.callback(dataset.archive.close)
+        assert dataset.statistics is not None, "open_dataset normalises with the published statistics"
         self.statistics = dataset.statistics
         sampler = skeleton.train_sampler(split_indices(dataset, "train"), ctx, config.seed, whole_batches_of=batch)
         self.val_loader = self.val_sampler = None
@@ -271,8 +278,9 @@ class Croma(skeleton.Objective):
     def restore(self, state: dict) -> None:
         try:
             load_published(self.model, state, str(self.last_checkpoint))
-            self.model.decoder.load_state_dict(state["decoder"])
-            self.model.contrast.load_state_dict(state["contrast"])
+            decoder, contrast = _pretraining_heads(self.model)
+            decoder.load_state_dict(state["decoder"])
+            contrast.load_state_dict(state["contrast"])
         except (CheckpointLayoutError, RuntimeError) as exc:
             raise CheckpointError(
                 f"{self.last_checkpoint}: weights do not fit {self.config.model} ({exc})", all_processes=True
@@ -315,6 +323,7 @@ class Croma(skeleton.Objective):
 
     def report(self, step: int, epoch: int, values: dict, lr: float, on_step: Callable | None) -> None:
         figures = {**values, "lr": lr}
+        assert self.log is not None, "begin() opened the step log (only the main process reports)"
         self.log.append({"step": step, "epoch": epoch, **figures})
         if on_step is not None:
             on_step(step, figures)
@@ -350,6 +359,7 @@ class Croma(skeleton.Objective):
         """Mean step figures over the validation split, each patch counted once, with masks from a fixed seed
         (comparable across epochs); padded duplicates take part in the batch collectives but not in the sums."""
         ctx, model, device = self.ctx, self.model, self.ctx.device
+        assert self.val_sampler is not None and self.val_loader is not None, "called only with a validation split"
         net.eval()
         masks = torch.Generator(device=device).manual_seed(VALIDATION_SEED + ctx.rank)
         real, seen = self.val_sampler.real_samples(), 0
@@ -376,13 +386,15 @@ class Croma(skeleton.Objective):
 
     # --- checkpoints and the end
     def checkpoint(self, model: nn.Module, common: dict) -> dict:
+        assert isinstance(model, CROMA), "the skeleton passes the model build() made"
+        decoder, contrast = _pretraining_heads(model)
         return {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "kind": CHECKPOINT_KIND,
             **published_state(model),
-            "decoder": model.decoder.state_dict(),
-            "contrast": model.contrast.state_dict(),
+            "decoder": decoder.state_dict(),
+            "contrast": contrast.state_dict(),
             "croma_config": model.config.to_dict(),
             "input": input_record(self.statistics),
             "pretrain_config": {n: getattr(self.config, n) for n in TRAJECTORY_FIELDS},
@@ -392,6 +404,7 @@ class Croma(skeleton.Objective):
     def save(self, snapshot: dict, record: dict | None, history: list[dict]) -> None:
         save_checkpoint(self.last_checkpoint, snapshot)
         save_checkpoint(self.out / PUBLISHED_FILE, {p: snapshot[p] for p in PUBLISHED_PARTS})
+        assert self.log is not None, "begin() opened the step log (only the main process saves and finishes)"
         self.log.flush()
         if record is not None:
             write_json_atomic(self.out / "metrics.json", {"status": "running", "epochs": history})
@@ -400,10 +413,18 @@ class Croma(skeleton.Objective):
     def finish(self, ctx: Distributed, result: dict, history: list[dict]) -> dict:
         if not ctx.is_main:
             return {}
+        assert self.log is not None, "begin() opened the step log (only the main process saves and finishes)"
         self.log.flush()
         write_json_atomic(self.out / "metrics.json", {**result, "epochs": history})
         plot_pretrain_curves(self.out / "steps.jsonl", history, self.out / "curves.png")
         return result
+
+
+def _pretraining_heads(model: CROMA) -> tuple[Decoder, ContrastiveHead]:
+    """``model``'s decoder and contrastive head (a pretraining CROMA has both)."""
+    if model.decoder is None or model.contrast is None:
+        raise RuntimeError("this CROMA was built without pretraining heads (pretraining=False)")
+    return model.decoder, model.contrast
 
 
 def row_figures(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

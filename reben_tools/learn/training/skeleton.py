@@ -22,7 +22,7 @@ module runs them and owns everything else:
 - checkpoints every ``checkpoint_every`` steps, at ``max_steps`` and after every epoch, with the
   position, every process's accumulators and RNG states, and the per-epoch history.
 
-Owns: run, Objective, SYNC_EVERY, sync_interval, loader_workers, train_sampler, FullBatchSampler, mark_batch_dynamic.
+Owns: run, Objective, ObjectiveConfig, SYNC_EVERY, sync_interval, loader_workers, train_sampler, FullBatchSampler, mark_batch_dynamic.
 Does not own: what is optimised and validated (loop.py, pretrain.py), checkpoint I/O (runtime/checkpoints.py),
 collectives (runtime/distributed.py), the schedule's shape (runtime/schedule.py).
 May import: numpy, torch, tqdm; reben_tools.learn.runtime, reben_tools.learn.data.
@@ -38,16 +38,20 @@ from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
 from reben_tools.format.atomic import write_json_atomic
 from reben_tools.learn.data.loaders import default_workers
 from reben_tools.learn.runtime.checkpoints import rng_state, set_rng_state
-from reben_tools.learn.runtime.config import RunSettings, StoppedByPeer, TrainingError
+from reben_tools.learn.runtime.config import StoppedByPeer, TrainingError
 from reben_tools.learn.runtime.devices import is_out_of_memory, oom_error, resolve_precision, set_deterministic
 from reben_tools.learn.runtime.distributed import Distributed, EpochSampler, init_distributed, is_peer_failure
 from reben_tools.learn.runtime.rundir import LAST_CHECKPOINT
@@ -63,7 +67,7 @@ def sync_interval(device: torch.device, per_step_callback: bool) -> int:
     return 1 if device.type == "cpu" or per_step_callback else SYNC_EVERY
 
 
-def loader_workers(config: RunSettings, ctx: Distributed) -> int:
+def loader_workers(config: ObjectiveConfig, ctx: Distributed) -> int:
     """DataLoader workers per process: ``--workers``, or this process's share of its node's cores
     (:func:`default_workers` of torchrun's ``LOCAL_WORLD_SIZE``, not of the global process count)."""
     return default_workers(ctx.local_world_size) if config.workers is None else config.workers
@@ -110,6 +114,29 @@ def mark_batch_dynamic(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+class ObjectiveConfig(Protocol):
+    """What the skeleton reads of a run's configuration: :class:`RunSettings` and the fields every objective's
+    configuration has (``TrainConfig``, ``PretrainConfig``)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # a dataclass (``asdict`` writes it to config.json)
+    device: str
+    precision: str
+    workers: int | None
+    compile: bool
+    max_steps: int | None
+    checkpoint_every: int | None
+    progress: bool
+    deterministic: bool
+    out: str
+    epochs: int
+    batch_size: int
+    seed: int
+    warmup_steps: int
+    min_lr_factor: float
+
+    def check(self) -> None: ...
+
+
 class Objective:
     """One kind of training, as :func:`run` runs it: subclasses fill in the hooks below.
 
@@ -128,8 +155,11 @@ class Objective:
     reduce_figures: bool = False
     varying_batch: bool = True
     can_accumulate: bool = False
+    ctx: Distributed
+    precision: str
+    micro_batch: int
 
-    def __init__(self, config: RunSettings) -> None:
+    def __init__(self, config: ObjectiveConfig) -> None:
         self.config = config
         self.accumulate = 1
         self.out = Path(config.out)
@@ -258,7 +288,7 @@ class _Run:
         self.history: list[dict] = []
         self.window: list[tuple[int, int, torch.Tensor, int, float]] = []  # (step, epoch, figures, samples, lr)
         self.saved_step: int | None = None
-        self.bar = None
+        self.bar: tqdm[Any] | None = None
 
     # ------------------------------------------------------------------ set-up
     def run(self, resume: bool, given: set[str]) -> dict:
@@ -336,7 +366,7 @@ class _Run:
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
         if config.compile:
-            net = torch.compile(net)
+            net = cast(nn.Module, torch.compile(net))  # compiling a Module gives an OptimizedModule (a Module)
         self.net = net
         return self.epochs()
 
@@ -445,7 +475,8 @@ class _Run:
     def steps(self, epoch: int, sync_every: int) -> str | None:
         """One epoch's optimiser steps from the sampler's position; why the run stops, or None."""
         objective, config, position, acc = self.objective, self.config, self.position, self.accumulators
-        optimizer, accumulate = self.optimizer, objective.accumulate
+        optimizer, accumulate, bar = self.optimizer, objective.accumulate, self.bar
+        assert bar is not None, "epochs() opened this epoch's progress bar"
         remaining = len(self.sampler)  # this process's samples left in the epoch
         micro_left = math.ceil(remaining / self.micro)
         micro_index = 0  # micro-batches done in this epoch (from the position)
@@ -471,8 +502,8 @@ class _Run:
             try:
                 if first:
                     optimizer.zero_grad(set_to_none=True)
-                quiet = self.ddp is not None and not last  # no gradient all-reduce before the last micro-batch
-                with self.ddp.no_sync() if quiet else nullcontext():
+                # no gradient all-reduce before the last micro-batch
+                with self.ddp.no_sync() if self.ddp is not None and not last else nullcontext():
                     loss, figures, n = objective.forward(self.net, inputs, self.augment)
                     if accumulate == 1:
                         loss.backward()
@@ -495,7 +526,7 @@ class _Run:
                 continue
             self.scheduler.step()
             step = position["step"] + 1
-            self.window.append((step, epoch + 1, step_figures, step_samples, self.scheduler.get_last_lr()[0]))
+            self.window.append((step, epoch + 1, step_figures, step_samples, float(self.scheduler.get_last_lr()[0])))
             step_figures = None
             remaining -= step_samples
             step_samples = min(self.per_process, remaining)
@@ -504,7 +535,7 @@ class _Run:
             acc["step_s"] += time.perf_counter() - t0
             position["batch_in_epoch"] += 1
             position["step"] = step
-            self.bar.update(1)
+            bar.update(1)
             if config.max_steps is not None and step >= config.max_steps:
                 return "max_steps"
             if config.checkpoint_every and step % config.checkpoint_every == 0:
