@@ -463,7 +463,12 @@ def probe(
     if bad or not heldout_splits:
         typer.echo(f"error: --heldout {heldout!r}: expected split names among train, validation, test", err=True)
         raise typer.Exit(2)
-    protocol = {"repeats": repeats, "eval_share": eval_share, "heldout": heldout_splits, "baseline": baseline}
+    protocol: dict[str, Any] = {
+        "repeats": repeats,
+        "eval_share": eval_share,
+        "heldout": heldout_splits,
+        "baseline": baseline,
+    }
     if baseline is not None and embeddings is None and encoder is None and checkpoint is None:
         typer.echo("error: --baseline with --archive needs --checkpoint", err=True)
         raise typer.Exit(2)
@@ -538,7 +543,7 @@ def probe(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     keys = ("average_precision_macro", "f2_macro", "f2_micro", "hamming_loss")
-    summary = {
+    summary: dict[str, Any] = {
         f"{run['train_fraction']:g} ({run['train_samples']} train)": {
             kind: {k: m[k] for k in keys} for kind, m in run["probes"].items()
         }
