@@ -14,10 +14,13 @@ from pathlib import Path
 import typer
 
 from reben_tools.commands.outputs import guarded_output
+from reben_tools.commands.urls import CACHE_DIR, CACHE_SIZE, use_cache
 
 
 def pretrain(
-    archive: Path | None = typer.Option(None, "--archive", help="Archive directory with S1 and S2 values."),
+    archive: str | None = typer.Option(
+        None, "--archive", help="Archive directory with S1 and S2 values, or its URL (s3://bucket/prefix)."
+    ),
     out: Path = typer.Option(
         ...,
         "--out",
@@ -61,12 +64,15 @@ def pretrain(
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    cache_dir: str | None = CACHE_DIR,
+    cache_size: str | None = CACHE_SIZE,
 ) -> None:
     """Pretrain CROMA (contrastive + masked reconstruction) on an archive's paired S1/S2 patches (works under torchrun)."""
     from reben_tools.learn.runtime.config import TrainingError
     from reben_tools.learn.training.pretrain import DEFAULTS, PretrainConfig
     from reben_tools.learn.training.pretrain import pretrain as run_pretraining
 
+    use_cache(cache_dir, cache_size)
     given_values = {
         "model": model,
         "mask_ratio": mask_ratio,
@@ -89,7 +95,7 @@ def pretrain(
         if not stored.is_file():
             typer.echo(f"error: {stored}: no run to resume", err=True)
             raise typer.Exit(1)
-        archive = Path(json.loads(stored.read_text())["archive"])
+        archive = str(json.loads(stored.read_text())["archive"])
     values = {k: (v if v is not None else DEFAULTS.get(k)) for k, v in given_values.items()}
     config = PretrainConfig(
         archive=str(archive),
@@ -114,7 +120,7 @@ def pretrain(
 
 
 def embed(
-    archive: Path = typer.Option(..., "--archive", help="Archive directory."),
+    archive: str = typer.Option(..., "--archive", help="Archive directory or its URL (s3://bucket/prefix)."),
     encoder: str = typer.Option(
         ...,
         "--encoder",
@@ -139,12 +145,15 @@ def embed(
     precision: str = typer.Option("auto", "--precision", help="bf16 or fp32 (auto: bf16 on GPU)."),
     workers: int | None = typer.Option(None, "--workers"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    cache_dir: str | None = CACHE_DIR,
+    cache_size: str | None = CACHE_SIZE,
 ) -> None:
     """Write pooled S1, S2 and joint embeddings of a frozen encoder, one row per patch."""
     from reben_tools.learn.evaluation.embed import embed_archive
     from reben_tools.learn.models.encoders import EncoderError, load_encoder
     from reben_tools.learn.runtime.config import TrainingError
 
+    use_cache(cache_dir, cache_size)
     band_arg = [b.strip() for b in bands.split(",")] if bands and "," in bands else bands
     try:
         module = load_encoder(encoder)

@@ -13,15 +13,20 @@ from pathlib import Path
 import typer
 
 from reben_tools.commands.outputs import guarded_output
+from reben_tools.commands.urls import CACHE_DIR, CACHE_SIZE, use_cache
 
 
 def show(
-    archive: Path = typer.Argument(..., help="The archive directory (or a plain reBEN LMDB with --metadata)."),
+    archive: str = typer.Argument(
+        ..., help="The archive directory or its URL (s3://bucket/prefix), or a plain reBEN LMDB with --metadata."
+    ),
     patch_id: str = typer.Argument(
         ..., help="The S2 patch id, e.g. S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57."
     ),
     out: Path = typer.Option(Path("patch.png"), "--out", "-o", callback=guarded_output, help="PNG to write."),
     metadata: list[Path] = typer.Option([], "--metadata", help="reBEN metadata parquet(s), for a plain reBEN LMDB."),
+    cache_dir: str | None = CACHE_DIR,
+    cache_size: str | None = CACHE_SIZE,
 ) -> None:
     """Draw PATCH_ID: Sentinel-2 RGB, Sentinel-1 VV and VH, the reference map in CORINE colours, the labels as title."""
     import matplotlib.pyplot as plt
@@ -30,6 +35,7 @@ def show(
     from reben_tools.format.layout import ArchiveError
     from reben_tools.learn.data.dataset import ReBENDataset
 
+    use_cache(cache_dir, cache_size)
     try:
         dataset = ReBENDataset(
             archive, bands="ALL", include_snow_cloud=True, metadata=[str(m) for m in metadata] or None

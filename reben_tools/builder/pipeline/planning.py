@@ -46,6 +46,11 @@ class BlockTask:
             (recorded beside the shard, see :func:`stamp_path`): a file changed in place since
             the shard was built makes the shard stale.
         gdal_cache_mb: GDAL block cache of the worker process.
+        upload_to: for a build into a store, the archive's URL: the worker builds the shard in its
+            local scratch and uploads it there (``format.remote_archive.publish_shard``);
+            ``shards_dir`` is then the client's local staging folder, never written by workers.
+        lock_token: the token of the build's lock object in the store (a shard is committed only
+            while the build still holds it).
     """
 
     product: S2Product
@@ -58,6 +63,8 @@ class BlockTask:
     fingerprint: str
     input_stamp: str = ""
     gdal_cache_mb: int = 128
+    upload_to: str | None = None
+    lock_token: str | None = None
 
 
 STAMPS_DIR = ".reben-build"

@@ -105,7 +105,8 @@ class ReBENDataset(Dataset):
     Args:
         root: a reben-tools archive directory (``manifest.json``, ``shards/``, metadata
             files, ``patches.parquet``) or a plain reBEN LMDB directory (``data.mdb``), as
-            reBEN users hold it; the latter needs ``metadata``.
+            reBEN users hold it; the latter needs ``metadata``. Or the URL of an archive in a
+            store (``s3://bucket/prefix``, any fsspec URL), read through a node-local cache.
         split: ``"train"``, ``"validation"``, ``"test"`` or None for all patches.
         bands: a band group (``"ALL"``, ``"S2"``, ``"S1"``, ``"10m"``, ``"20m"``, ``"60m"``,
             ``"RGB"``, ``"10m_20m"``, ``"S1_10m_20m"``) or a list of band names; channel
@@ -138,6 +139,12 @@ class ReBENDataset(Dataset):
             class keeps a positive; the same rows as ``reben subset --fraction F --seed
             subset_seed``); validation and test patches are kept. None keeps all.
         subset_seed: seed of the ``train_fraction`` draw.
+        cache_dir: for an archive given as a URL (``s3://bucket/prefix``): the node-local cache
+            folder its shards are fetched into, each checked against the manifest's sha256
+            before its first use (default: ``$REBEN_CACHE_DIR`` or the user cache folder; see
+            ``reben_tools.format.shard_cache``).
+        cache_size: for a URL: the cache bound in bytes or as ``"50G"`` (least recently used
+            shards are evicted); default unbounded.
 
     A sample (``dataset[i]``) is a dict:
 
@@ -178,6 +185,8 @@ class ReBENDataset(Dataset):
         subset_seed: int = 0,
         include_snowy: bool | None = None,
         include_cloudy: bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        cache_size: int | str | None = None,
     ) -> None:
         super().__init__()
         if split is not None and split not in SPLITS:
@@ -186,8 +195,8 @@ class ReBENDataset(Dataset):
             raise ValueError(f"unknown upsampling {upsampling!r}; expected one of {list(UPSAMPLING_MODES)}")
         if mask_dtype not in (torch.uint8, torch.int64):
             raise ValueError(f"mask_dtype must be torch.uint8 or torch.int64, got {mask_dtype}")
-        self.root = Path(root)
-        self.archive = Archive(self.root)
+        self.archive = Archive(root, cache_dir=cache_dir, cache_size=cache_size)
+        self.root = self.archive.path  # a URL's node-local image (format.shard_cache)
         self.archive.check_files()  # a truncated data.mdb is named now, not met by SIGBUS later
         self.split = split
         self.layout = NativeLayout.for_bands(bands)
@@ -349,6 +358,11 @@ class ReBENDataset(Dataset):
     def patch_ids(self) -> list[str]:
         """The samples' patch ids, in sample order."""
         return [k.decode("utf-8") for k in self._keys]
+
+    @property
+    def sample_shards(self) -> np.ndarray:
+        """(N,) int32: for each sample, the index of the shard holding it (``archive.shard_names`` order)."""
+        return self._shards
 
     def close(self) -> None:
         """Release this dataset's LMDB environments (other readers of this process keep theirs).

@@ -4,7 +4,7 @@ Data move at native resolution (uint16 S2 at 10/20/60 m, float32 S1) through a D
 with pinned memory; upsampling to 120x120 and normalisation run on the training device
 (on a CPU with workers, in the workers instead).
 
-Owns: default_workers, archive_identity, open_dataset, split_indices, train_label_frequency,
+Owns: default_workers, archive_identity, open_dataset, check_sample, split_indices, train_label_frequency,
 training_dataset (reference maps for mixing), CollateToImages, make_loader, DevicePreprocess.
 Does not own: the dataset itself (dataset.py), upsampling kernels (transforms.py), samplers (distributed.py),
 augmentation (augment.py).
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +22,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from reben_tools.format.codec import ValueDecodeError
 from reben_tools.format.layout import MANIFEST_FILE, SPLITS, ArchiveError
+from reben_tools.format.object_store import is_remote, local_path
+from reben_tools.format.shard_cache import localise_archive
 from reben_tools.learn.data.batches import collate
 from reben_tools.learn.data.dataset import ReBENDataset
 from reben_tools.learn.runtime.config import TrainingError
@@ -43,9 +44,15 @@ def archive_identity(archive: str | os.PathLike) -> str | None:
     """The identity of an archive: sha256 (hex) of its ``manifest.json`` bytes; ``None`` without one.
 
     The manifest lists every shard's content digest, so two archives with the same manifest
-    hold the same values wherever they are copied; a resumed run refuses another archive.
+    hold the same values wherever they are copied (a bucket and a local copy included); a
+    resumed run refuses another archive.
     """
-    path = Path(archive) / MANIFEST_FILE
+    if is_remote(archive):
+        try:
+            archive = localise_archive(str(archive))  # the archive-level files only
+        except ArchiveError as exc:
+            raise TrainingError(f"cannot read archive {archive}: {exc}") from None
+    path = local_path(archive) / MANIFEST_FILE
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except FileNotFoundError:
@@ -109,8 +116,17 @@ def _check_dataset(dataset: ReBENDataset, archive, bands: tuple[str, ...]) -> No
             )
     if len(dataset) == 0:
         raise TrainingError(f"{archive}: the archive's metadata lists no patches")
+    if dataset.archive.cache is not None:
+        # read from a store: checking a sample here would fetch a shard this node may never read
+        # (--sampler shard-local); the sampler checks one of the node's own samples once fetched
+        return
+    check_sample(dataset, archive, bands, 0)
+
+
+def check_sample(dataset: ReBENDataset, archive, bands: tuple[str, ...], index: int) -> None:
+    """Read sample ``index``; TrainingError naming the modality when the archive lacks the bands' values."""
     try:
-        dataset.__getitems__([0])
+        dataset.__getitems__([index])
     except (KeyError, ValueDecodeError) as exc:
         modality = "S1" if any(b in ("VV", "VH") for b in bands) else "S2"
         raise TrainingError(

@@ -75,6 +75,10 @@ class TrainConfig:
     mix_area: tuple[float, float] = (0.1, 0.5)
     init: str | None = None
     layer_decay: float | None = None
+    sampler: str = "global"
+    """How an epoch's samples are dealt to processes: ``global`` (one permutation of all samples,
+    strided over processes) or ``shard-local`` (each node reads only the shards assigned to it;
+    ``learn.data.shard_sampler``)."""
     # free to change between a run and its resumption
     device: str = "auto"
     precision: str = "auto"
@@ -117,6 +121,7 @@ TRAJECTORY_FIELDS = (
     "subset_seed",
     "init",
     "layer_decay",
+    "sampler",
 )
 DEFAULTS = {
     f.name: f.default if f.default is not MISSING else f.default_factory()

@@ -56,6 +56,7 @@ from reben_tools.learn.data.loaders import (
     training_dataset,
 )
 from reben_tools.learn.data.mixing import MIX_MODES, parse_area_range
+from reben_tools.learn.data.shard_sampler import eval_sampler, make_samplers
 from reben_tools.learn.evaluation.metrics import HEADLINE_METRICS, multilabel_metrics, plot_per_class
 from reben_tools.learn.evaluation.predict import merge_predictions, predict, prior_baseline
 from reben_tools.learn.models.classifier import build_model
@@ -85,7 +86,6 @@ from reben_tools.learn.runtime.devices import (
 )
 from reben_tools.learn.runtime.distributed import (
     Distributed,
-    EpochSampler,
     convert_batchnorm,
     init_distributed,
     is_peer_failure,
@@ -225,8 +225,10 @@ def _train(
     if config.mix != "none":
         mixer = TrainMixer(config.mix, config.mix_prob, config.mix_area, config.class_order, device)
     train_data = training_dataset(dataset, train_indices, mixer is not None and mixer.needs_reference_maps)
-    train_sampler = EpochSampler(train_indices, ctx.rank, ctx.world_size, shuffle=True, seed=config.seed)
-    val_sampler = EpochSampler(split_indices(dataset, "validation"), ctx.rank, ctx.world_size, shuffle=False, pad=False)
+    train_sampler, evaluation = make_samplers(  # --sampler global | shard-local; fetches a store's shards
+        config.sampler, dataset, train_indices, {"validation": split_indices(dataset, "validation")}, ctx, config.seed
+    )
+    val_sampler = evaluation["validation"]
     train_loader = make_loader(train_data, train_sampler, per_process_batch, workers, device, config.seed)
     val_loader = make_loader(dataset, val_sampler, per_process_batch, workers, device, config.seed)
     preprocess = DevicePreprocess(dataset, device)
@@ -518,7 +520,9 @@ def _evaluate_best(config, ctx, dataset, out, device, precision, batch, workers)
     model = model_from_checkpoint(state, out / "checkpoints" / BEST_CHECKPOINT).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    sampler = EpochSampler(split_indices(dataset, "test"), ctx.rank, ctx.world_size, shuffle=False, pad=False)
+    sampler = eval_sampler(
+        config.sampler, dataset, split_indices(dataset, "test"), ctx, split_indices(dataset, "train")
+    )
     loader = make_loader(dataset, sampler, batch, workers, device, config.seed)
     parts = ctx.gather(predict(model, loader, DevicePreprocess(dataset, device), precision))
     logits, targets = merge_predictions(parts)
