@@ -3,6 +3,9 @@
 Owns: the typer application and the list of command modules it registers.
 Does not own: the commands themselves (``reben_tools.commands``).
 May import: ``reben_tools.commands`` (``commands.guard`` wraps every command) and the package's ``__version__``.
+
+Every command's raw arguments pass :func:`reben_tools.commands.urls.check_url_paths` first: a URL
+given to a parameter that takes local paths is refused in one line, never taken for a folder.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ import importlib
 import typer
 
 from reben_tools.commands.guard import guarded
+from reben_tools.commands.urls import UrlCheckedGroup
 
 COMMAND_MODULES = ("archive", "encode", "split", "subset", "build", "train", "pretrain", "retrieve", "show")
 
 app = typer.Typer(
     name="reben",
+    cls=UrlCheckedGroup,  # a URL given to a local-path parameter: one line, exit 2
     help="Build, convert, verify, audit and stream reBEN-style LMDB/safetensors archives.",
     no_args_is_help=True,
     add_completion=False,

@@ -50,7 +50,11 @@ def build(
     countries: Path | None = typer.Option(
         None, "--countries", help="country polygons (default: shipped Natural Earth)"
     ),
-    out: Path | None = typer.Option(None, "--out", help="archive folder to write (or resume)"),
+    out: str | None = typer.Option(
+        None,
+        "--out",
+        help="archive folder to write (or resume), or a store URL: s3://bucket/prefix (any fsspec URL; workers upload)",
+    ),
     scheduler: str | None = typer.Option(
         None, "--scheduler", help="existing Dask scheduler, e.g. tcp://127.0.0.1:8786"
     ),
@@ -63,7 +67,9 @@ def build(
     """Build a reBEN-style archive from Sentinel-2 L2A products, Sentinel-1 scenes and CORINE, on Dask.
 
     Rerunning on the same --out resumes: finished blocks are kept. Exits 1 only if
-    nothing could be built (skipped inputs are listed in ARCHIVE/report.json).
+    nothing could be built (skipped inputs are listed in ARCHIVE/report.json). With
+    --out s3://bucket/prefix the workers need no shared folder: each uploads its shards, the
+    client writes manifest.json last, and a second build into the prefix is refused.
     """
     from reben_tools.builder.pipeline.config import BuildError, BuildInterrupted, PipelineConfig
     from reben_tools.builder.pipeline.run import build_archive
@@ -106,6 +112,12 @@ def build(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(format_summary(result.summary))
+    if result.archive_url:  # a build into a store: its staging folder is gone
+        typer.echo(f"archive: {result.archive_url}")
+        typer.echo(f"report:  {result.archive_url}/report.json")
+        if result.map_png:
+            typer.echo(f"map:     {result.archive_url}/{result.map_png.name}")
+        return
     typer.echo(f"archive: {result.archive_dir}")
     typer.echo(f"report:  {result.archive_dir / 'report.json'}")
     if result.map_png:

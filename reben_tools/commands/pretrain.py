@@ -17,10 +17,11 @@ import typer
 
 from reben_tools.commands.outputs import guarded_output
 from reben_tools.commands.sources import ARCHIVE_HELP, METADATA_OPTION, resolve_archive
+from reben_tools.commands.urls import CACHE_DIR, CACHE_SIZE, use_cache
 
 
 def pretrain(
-    archive: Path | None = typer.Option(
+    archive: str | None = typer.Option(
         None, "--archive", help=ARCHIVE_HELP + " With S1 and S2 values; with --resume, default: the run's."
     ),
     metadata: list[Path] | None = METADATA_OPTION,
@@ -67,12 +68,15 @@ def pretrain(
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    cache_dir: str | None = CACHE_DIR,
+    cache_size: str | None = CACHE_SIZE,
 ) -> None:
     """Pretrain CROMA (contrastive + masked reconstruction) on an archive's paired S1/S2 patches (works under torchrun)."""
     from reben_tools.learn.runtime.config import TrainingError, check_numbers
     from reben_tools.learn.training.pretrain import DEFAULTS, PretrainConfig
     from reben_tools.learn.training.pretrain import pretrain as run_pretraining
 
+    use_cache(cache_dir, cache_size)
     given_values = {
         "model": model,
         "mask_ratio": mask_ratio,
@@ -155,7 +159,7 @@ def _run_files(out: Path) -> dict:
 
 
 def embed(
-    archive: Path = typer.Option(..., "--archive", help=ARCHIVE_HELP),
+    archive: str = typer.Option(..., "--archive", help=ARCHIVE_HELP),
     metadata: list[Path] | None = METADATA_OPTION,
     encoder: str = typer.Option(
         ...,
@@ -181,12 +185,15 @@ def embed(
     precision: str = typer.Option("auto", "--precision", help="bf16 or fp32 (auto: bf16 on GPU)."),
     workers: int | None = typer.Option(None, "--workers"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    cache_dir: str | None = CACHE_DIR,
+    cache_size: str | None = CACHE_SIZE,
 ) -> None:
     """Write pooled S1, S2 and joint embeddings of a frozen encoder, one row per patch."""
     from reben_tools.learn.evaluation.embed import embed_archive
     from reben_tools.learn.models.encoders import DofaEncoder, EncoderError, load_encoder
     from reben_tools.learn.runtime.config import TrainingError
 
+    use_cache(cache_dir, cache_size)
     band_arg = [b.strip() for b in bands.split(",")] if bands and "," in bands else bands
     source = resolve_archive(archive, metadata, statistics=True)
     try:

@@ -14,15 +14,18 @@ import typer
 
 from reben_tools.commands.outputs import guarded_output
 from reben_tools.commands.sources import ARCHIVE_HELP, METADATA_OPTION, resolve_archive
+from reben_tools.commands.urls import CACHE_DIR, CACHE_SIZE, use_cache
 
 
 def show(
-    archive: Path = typer.Argument(..., help=ARCHIVE_HELP),
+    archive: str = typer.Argument(..., help=ARCHIVE_HELP),
     patch_id: str = typer.Argument(
         ..., help="The S2 patch id, e.g. S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57."
     ),
     out: Path = typer.Option(Path("patch.png"), "--out", "-o", callback=guarded_output, help="PNG to write."),
     metadata: list[Path] | None = METADATA_OPTION,
+    cache_dir: str | None = CACHE_DIR,
+    cache_size: str | None = CACHE_SIZE,
 ) -> None:
     """Draw PATCH_ID: Sentinel-2 RGB, Sentinel-1 VV and VH, the reference map in CORINE colours (when the archive holds
     it; a plain LMDB of S1/S2 values only is drawn without), the labels as title."""
@@ -32,6 +35,7 @@ def show(
     from reben_tools.format.layout import ArchiveError
     from reben_tools.learn.data.dataset import ReBENDataset
 
+    use_cache(cache_dir, cache_size)
     source = resolve_archive(archive, metadata, statistics=True)
     try:
         dataset = ReBENDataset(source, bands="ALL", include_snow_cloud=True)

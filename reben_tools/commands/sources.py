@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from reben_tools.format.sources import ArchiveSource
 
 ARCHIVE_HELP = (
-    "An archive directory (manifest.json), or a plain reBEN LMDB directory (data.mdb, e.g. BigEarthNet-V2-LMDB) "
+    "An archive directory (manifest.json) or its URL (s3://bucket/prefix), or a plain reBEN LMDB directory (data.mdb, e.g. BigEarthNet-V2-LMDB) "
     "with --metadata, or with reBEN's metadata files inside or beside it."
 )
 METADATA_OPTION = typer.Option(

@@ -8,6 +8,7 @@ import typer
 
 from reben_tools.commands.outputs import guarded_output
 from reben_tools.commands.sources import METADATA_OPTION, announce, names_an_archive, resolve_archive
+from reben_tools.commands.urls import CACHE_DIR, CACHE_SIZE, use_cache
 
 _INPUT_HELP = (
     "An archive directory (its patches.parquet: every patch, snow/cloud-flagged ones included, as one line says), "
@@ -83,7 +84,7 @@ def split(
 
 
 def audit(
-    input_path: Path = typer.Argument(..., help=_INPUT_HELP),
+    input_path: str = typer.Argument(..., help=_INPUT_HELP + " Or an archive's URL (s3://bucket/prefix)."),
     metadata: list[Path] | None = METADATA_OPTION,
     out: Path = typer.Option(
         ..., "--out", "-o", callback=guarded_output, help="Report directory (report.json, report.md, PNG figures)."
@@ -100,14 +101,25 @@ def audit(
     permutations: int = typer.Option(20, "--permutations", help="Random permutations for the join-count baseline."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Only report.json and report.md."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    cache_dir: str | None = CACHE_DIR,
+    cache_size: str | None = CACHE_SIZE,
 ) -> None:
     """Audit how far validation and test patches lie from train, for one or more splits.
 
     With neither --split-column nor --strategy: INPUT's 'split' column (if any) and every strategy.
     """
+    from reben_tools.format.layout import ArchiveError
+    from reben_tools.format.object_store import is_remote, local_path
+    from reben_tools.format.shard_cache import localise_archive
     from reben_tools.splits.audit import run_audit
     from reben_tools.splits.patches import SplitInputError
 
+    use_cache(cache_dir, cache_size)
+    try:  # an archive in a store: its patches.parquet, through the cache (no shard is read)
+        input_path = localise_archive(input_path) if is_remote(input_path) else local_path(input_path)
+    except ArchiveError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     try:
         source = _input(input_path, metadata, "auditing")
         report = run_audit(

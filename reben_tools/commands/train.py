@@ -11,12 +11,13 @@ import typer
 
 from reben_tools.commands.outputs import guarded_output
 from reben_tools.commands.sources import ARCHIVE_HELP, METADATA_OPTION, announce, resolve_archive
+from reben_tools.commands.urls import CACHE_DIR, CACHE_SIZE, use_cache
 
 _RECIPE = "default: reBEN's published recipe"
 
 
 def train(
-    archive: Path | None = typer.Option(
+    archive: str | None = typer.Option(
         None,
         "--archive",
         help=ARCHIVE_HELP + " With --resume, default: the run's.",
@@ -127,14 +128,22 @@ def train(
     no_test: bool = typer.Option(
         False, "--no-test", help="Skip evaluating the best checkpoint on the test split at the end."
     ),
+    sampler: str | None = typer.Option(
+        None,
+        "--sampler",
+        help="global (default: each epoch a permutation of all training samples, strided over processes) or shard-local (each node reads only the shards assigned to it; see docs/training.md).",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    cache_dir: str | None = CACHE_DIR,
+    cache_size: str | None = CACHE_SIZE,
 ) -> None:
     """Train a multi-label classifier with the published reBEN recipe (works under torchrun)."""
     from reben_tools.learn.data.mixing import parse_area_range
     from reben_tools.learn.runtime.config import DEFAULTS, TrainConfig, TrainingError, check_numbers
     from reben_tools.learn.training.loop import train as run_training
 
+    use_cache(cache_dir, cache_size)
     try:
         area = parse_area_range(mix_area) if mix_area is not None else None
     except ValueError as exc:
@@ -169,7 +178,11 @@ def train(
         "init": init,
         "layer_decay": layer_decay,
         "accumulate": accumulate,
+        "sampler": sampler,
     }
+    if sampler is not None and sampler not in ("global", "shard-local"):
+        typer.echo(f"error: --sampler {sampler!r}: expected global or shard-local", err=True)
+        raise typer.Exit(2)
     if train_fraction is not None and not 0.0 < train_fraction <= 1.0:
         typer.echo(f"error: --train-fraction must be in (0, 1], got {train_fraction}", err=True)
         raise typer.Exit(2)
@@ -295,7 +308,7 @@ def _fail(exc: Exception) -> None:
 
 
 def evaluate(
-    archive: Path | None = typer.Option(
+    archive: str | None = typer.Option(
         None, "--archive", help=ARCHIVE_HELP + " Default: the archive the checkpoint's run recorded."
     ),
     metadata: list[Path] | None = METADATA_OPTION,
@@ -316,12 +329,15 @@ def evaluate(
     precision: str = typer.Option("auto", "--precision", help="bf16 or fp32."),
     workers: int | None = typer.Option(None, "--workers"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    cache_dir: str | None = CACHE_DIR,
+    cache_size: str | None = CACHE_SIZE,
 ) -> None:
     """Average precision, F1, F2, precision, recall (macro and micro), Hamming loss and per-class figures."""
     from reben_tools.learn.evaluation.metrics import HEADLINE_METRICS
     from reben_tools.learn.evaluation.predict import evaluate as run_evaluation
     from reben_tools.learn.runtime.config import TrainingError, check_numbers
 
+    use_cache(cache_dir, cache_size)
     if archive is None:
         if metadata:
             typer.echo("error: --metadata goes with --archive", err=True)
@@ -364,7 +380,7 @@ def evaluate(
 
 
 def probe(
-    archive: Path | None = typer.Option(
+    archive: str | None = typer.Option(
         None, "--archive", help=ARCHIVE_HELP + " With --checkpoint, --model/--bands or --encoder."
     ),
     metadata: list[Path] | None = METADATA_OPTION,
@@ -436,6 +452,8 @@ def probe(
     workers: int | None = typer.Option(None, "--workers"),
     seed: int = typer.Option(0, "--seed", help="Random state of the MLP and the random forest."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    cache_dir: str | None = CACHE_DIR,
+    cache_size: str | None = CACHE_SIZE,
 ) -> None:
     """Fit a linear probe, an MLP and a random forest on frozen features; report test metrics (the field's protocol)."""
     from reben_tools.learn.evaluation.embeddings import EmbeddingsError
@@ -444,6 +462,7 @@ def probe(
     from reben_tools.learn.models.encoders import EncoderError
     from reben_tools.learn.runtime.config import TrainingError
 
+    use_cache(cache_dir, cache_size)
     kinds = tuple(p.strip() for p in probes.split(",") if p.strip())
     unknown = [k for k in kinds if k not in PROBES]
     if unknown or not kinds:

@@ -1,11 +1,15 @@
 """Read access to archives and plain reBEN LMDB directories (:class:`Archive`, :class:`BatchReader`).
 
-Owns: opening LMDB environments read-only (shared per process, fork-safe) after checking
-their data file's size (``format.envcheck``: a truncated ``data.mdb`` is refused with an
-error naming it instead of faulting with SIGBUS), iterating an environment, key-to-shard resolution from ``patches.parquet`` and zero-copy batch reads.
+Owns: opening LMDB environments read-only (shared per process, fork-safe, each shard on its
+first use) after checking their data file's size (``format.envcheck``: a truncated
+``data.mdb`` is refused with an error naming it instead of faulting with SIGBUS), iterating an
+environment, key-to-shard resolution from ``patches.parquet`` and zero-copy batch reads.
+An archive given as a store URL (``s3://...``) is read through its node-local image
+(``format.shard_cache``): each shard is fetched and checked before its first use.
 Does not own: writing anything (``format.shards``, ``format.metadata``, ``format.manifest``),
 decoding values (``format.codec``).
-May import: ``format.layout``, ``format.manifest``, ``format.envcheck``, lmdb, pyarrow.
+May import: ``format.layout``, ``format.manifest``, ``format.envcheck``, ``format.object_store``,
+``format.shard_cache``, lmdb, pyarrow.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from reben_tools.format.layout import (
     ArchiveError,
 )
 from reben_tools.format.manifest import read_manifest
+from reben_tools.format.object_store import is_remote, is_url, local_path
 
 
 def open_lmdb_readonly(path: Path, recorded_bytes: int | None = None) -> lmdb.Environment:
@@ -124,10 +129,26 @@ class Archive:
     an ``Archive`` built before a DataLoader forks opens fresh handles in each worker.
 
     Args:
-        path: an archive directory (with ``manifest.json``) or an LMDB directory (with ``data.mdb``).
+        path: an archive directory (with ``manifest.json``), an LMDB directory (with ``data.mdb``),
+            or the URL of an archive in a store (``s3://bucket/prefix``; read through the
+            node-local cache, see ``format.shard_cache``).
+        cache_dir: the cache folder for a URL (default: ``--cache-dir`` / ``$REBEN_CACHE_DIR`` /
+            the user cache folder).
+        cache_size: the cache bound in bytes or ``"50G"`` for a URL (default: unbounded).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, cache_size: int | str | None = None
+    ) -> None:
+        self.source = str(path)
+        """What the archive was opened from: its folder or its URL."""
+        if isinstance(path, str) and is_url(path):
+            if is_remote(path):
+                from reben_tools.format.shard_cache import localise_archive
+
+                path = localise_archive(path, cache_dir, max_bytes=cache_size)
+            else:
+                path = local_path(path)
         self.path = Path(path)
         if (self.path / MANIFEST_FILE).is_file():
             self.manifest: dict[str, Any] | None = read_manifest(self.path)
@@ -143,8 +164,12 @@ class Archive:
             raise ArchiveError(
                 f"{self.path}: neither a reben-tools archive (manifest.json) nor an LMDB directory (data.mdb)"
             )
+        from reben_tools.format.shard_cache import cache_for
+
+        self.cache = cache_for(self.path, cache_size) if self.manifest is not None else None
+        """The :class:`~reben_tools.format.shard_cache.ShardCache` of an archive read from a store, else None."""
         self._pid: int | None = None
-        self._envs: list[lmdb.Environment] = []
+        self._envs: list[lmdb.Environment | None] = []
         self._key_shard: dict[str, int] | None = None
 
     @property
@@ -157,32 +182,62 @@ class Archive:
         return [self.path / n for n in names]
 
     def _ensure_open(self) -> None:
+        """This process's environments: a local archive opens (and checks) all of them on first use;
+        one read from a store opens each shard on its own first use (so only shards read are fetched)."""
         if self._pid != os.getpid():
-            envs: list[lmdb.Environment] = []
-            try:
-                for p, recorded in zip(self.shard_paths, self.shard_bytes, strict=True):
-                    envs.append(_acquire_environment(p, recorded))
-            except BaseException:
-                for p in self.shard_paths[: len(envs)]:
-                    _release_environment(p)
-                raise
+            envs: list[lmdb.Environment | None] = [None] * len(self.shard_paths)
+            if self.cache is None:
+                opened = 0
+                try:
+                    for i, (p, recorded) in enumerate(zip(self.shard_paths, self.shard_bytes, strict=True)):
+                        envs[i] = _acquire_environment(p, recorded)
+                        opened += 1
+                except BaseException:
+                    for p in self.shard_paths[:opened]:
+                        _release_environment(p)
+                    raise
             self._envs = envs
             self._pid = os.getpid()
 
+    def _env(self, i: int) -> lmdb.Environment:
+        """The environment of shard ``i``, opened (and, from a store, fetched and checked) on first use."""
+        self._ensure_open()
+        env = self._envs[i]
+        if env is None:
+            if self.cache is not None:
+                self.cache.ensure(self.shard_names[i])
+            env = self._envs[i] = _acquire_environment(self.shard_paths[i], self.shard_bytes[i])
+        return env
+
+    def prefetch(self, shards: list[int] | None = None, progress: bool = False) -> dict | None:
+        """Fetch shards (indices into :attr:`shard_names`; None = all) of an archive read from a store
+        into the cache before they are read (no-op for a local archive); returns the cache's counts.
+
+        Raises:
+            CacheFullError: they do not fit in the bounded cache.
+        """
+        if self.cache is None:
+            return None
+        indices = range(len(self.shard_names)) if shards is None else shards
+        return self.cache.prefetch([self.shard_names[i] for i in indices], progress=progress)
+
     def check_files(self) -> None:
         """Check every shard's ``data.mdb`` size without opening it (see ``format.envcheck``).
+
+        Shards of an archive read from a store are checked when they are fetched instead.
 
         Raises:
             TruncatedEnvironmentError: a shard's data file is truncated (names the file).
             ArchiveError: a shard has no readable ``data.mdb``.
         """
+        if self.cache is not None:
+            return
         for p, recorded in zip(self.shard_paths, self.shard_bytes, strict=True):
             check_data_file(p, recorded)
 
     def environments(self) -> list[lmdb.Environment]:
-        """The open environments of this process, one per shard."""
-        self._ensure_open()
-        return self._envs
+        """The open environments of this process, one per shard (all opened now)."""
+        return [self._env(i) for i in range(len(self.shard_paths))]
 
     def _shard_of(self, key: str) -> int | None:
         if len(self.shard_paths) == 1:
@@ -213,13 +268,12 @@ class Archive:
         Raises:
             KeyError: no shard holds ``key`` (the message names it).
         """
-        self._ensure_open()
         raw = key.encode("utf-8", "surrogatepass")
         if 0 < len(raw) <= 511:  # longer keys cannot be in LMDB
             shard = self._shard_of(key)
             # a key no patch row names (an S1 patch without S2 partner) may be in any shard
-            for i in [shard] if shard is not None else range(len(self._envs)):
-                with self._envs[i].begin(buffers=False) as txn:
+            for i in [shard] if shard is not None else range(len(self.shard_paths)):
+                with self._env(i).begin(buffers=False) as txn:
                     value = txn.get(raw)
                 if value is not None:
                     return value
@@ -241,9 +295,8 @@ class Archive:
 
     def keys(self) -> Iterator[str]:
         """Every key of every shard (shard by shard, sorted within each)."""
-        self._ensure_open()
-        for env in self._envs:
-            with env.begin() as txn:
+        for i in range(len(self.shard_paths)):
+            with self._env(i).begin() as txn:
                 for key in txn.cursor().iternext(keys=True, values=False):
                     yield bytes(key).decode("utf-8")
 
@@ -251,8 +304,9 @@ class Archive:
         """Release this Archive's environments (closed once no other reader of this process uses
         them). Reading again reopens them; closing twice is harmless."""
         if self._pid == os.getpid():
-            for p in self.shard_paths:
-                _release_environment(p)
+            for p, env in zip(self.shard_paths, self._envs, strict=False):  # _envs is empty before the first read
+                if env is not None:
+                    _release_environment(p)
         self._envs = []
         self._pid = None
 
@@ -274,8 +328,7 @@ class BatchReader:
 
     def __init__(self, archive: Archive) -> None:
         self._archive = archive
-        self._envs = archive.environments()
-        self._txns: list[lmdb.Transaction | None] = [None] * len(self._envs)
+        self._txns: list[lmdb.Transaction | None] = [None] * len(archive.shard_paths)
 
     def get(self, key: str | bytes, shard: int | None = None) -> memoryview:
         """The value under ``key`` as a memoryview valid until the reader closes.
@@ -294,7 +347,7 @@ class BatchReader:
         elif shard is None:
             shard = self._archive._shard_of(raw.decode("utf-8", "surrogatepass"))
             if shard is None:  # no patch row names it: it may be in any shard
-                for i in range(len(self._envs)):
+                for i in range(len(self._txns)):
                     value = self._get(i, raw)
                     if value is not None:
                         return value
@@ -307,11 +360,11 @@ class BatchReader:
     def _get(self, shard: int, raw: bytes) -> memoryview | None:
         txn = self._txns[shard]
         if txn is None:
-            txn = self._txns[shard] = self._envs[shard].begin(buffers=True)
+            txn = self._txns[shard] = self._archive._env(shard).begin(buffers=True)
         return cast("memoryview | None", txn.get(raw))  # a buffers=True transaction gives memoryviews
 
     def close(self) -> None:
         for txn in self._txns:
             if txn is not None:
                 txn.abort()
-        self._txns = [None] * len(self._envs)
+        self._txns = [None] * len(self._txns)

@@ -5,9 +5,9 @@ shard directory under ``shards/`` is always complete. Keys are inserted in
 sorted order and the map size is derived from the content, so the same items
 give a byte-identical ``data.mdb``.
 
-Owns: :class:`ShardInfo`, :class:`ContentDigest`, LMDB map sizing, writing an LMDB
-environment and a shard (with ``shard.json``, ``keys.parquet``, ``rows.parquet``), reading
-``shard.json``, removing an interrupted writer's temporaries.
+Owns: :class:`ShardInfo`, :class:`ContentDigest`, file digests of a shard's files, LMDB map
+sizing, writing an LMDB environment and a shard (with ``shard.json``, ``keys.parquet``,
+``rows.parquet``), reading ``shard.json``, removing an interrupted writer's temporaries.
 Does not own: reading values (``format.reader``), the manifest (``format.manifest``),
 metadata files (``format.metadata``), value encoding (``format.codec``).
 May import: ``format.layout``, ``format.atomic``, lmdb, pyarrow.
@@ -53,6 +53,11 @@ class ShardInfo:
         value_bytes: sum of the value sizes in bytes.
         sha256: hex digest over the sorted (key, value) stream, see :func:`content_digest`.
         file_bytes: size of ``data.mdb`` in bytes.
+        files: ``{file name: {"bytes": size, "sha256": hex digest of the file}}`` of every file of
+            the shard directory but ``shard.json`` (``data.mdb``, ``keys.parquet``, ``rows.parquet``
+            when written); what an upload and a node-local copy are checked against before use
+            (see ``format.object_store``, ``format.shard_cache``). None in shards written before
+            it was recorded.
     """
 
     name: str
@@ -60,6 +65,9 @@ class ShardInfo:
     value_bytes: int
     sha256: str
     file_bytes: int
+    files: dict[str, dict[str, int | str]] | None = None
+
+    __hash__ = None  # holds a dict
 
 
 class ContentDigest:
@@ -76,6 +84,26 @@ class ContentDigest:
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> dict[str, int | str]:
+    """``{"bytes": size, "sha256": hex}`` of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+            size += len(block)
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def shard_file_digests(shard_dir: Path) -> dict[str, dict[str, int | str]]:
+    """:func:`file_digest` of every file of a shard directory but ``shard.json``, by name (sorted)."""
+    return {
+        p.name: file_digest(p)
+        for p in sorted(shard_dir.iterdir())
+        if p.is_file() and p.name != SHARD_INFO_FILE and not p.name.startswith(".")
+    }
 
 
 def map_size_for(items: Iterable[tuple[bytes, bytes | memoryview]]) -> int:
@@ -150,7 +178,8 @@ def write_shard(
 ) -> ShardInfo:
     """Write one shard atomically: into ``shards_dir/.tmp-*`` first, then rename to ``shards_dir/name``.
 
-    Also writes ``shard.json`` (the returned :class:`ShardInfo`), ``keys.parquet`` (per-key
+    Also writes ``shard.json`` (the returned :class:`ShardInfo`, with the size and sha256 of
+    every other file of the shard), ``keys.parquet`` (per-key
     size and CRC-32, see :func:`write_lmdb`) and, when given,
     ``rows.parquet`` (the patch rows this shard's writer produced) inside the shard
     directory, so a shard and its rows appear together or not at all. An existing
@@ -162,9 +191,9 @@ def write_shard(
     tmp = shards_dir / f".tmp-{name}-{uuid.uuid4().hex}"
     try:
         info = write_lmdb(tmp, items, keys_file=SHARD_KEYS_FILE)
-        info = ShardInfo(**{**asdict(info), "name": name})
         if rows is not None:
             pq.write_table(rows, tmp / SHARD_ROWS_FILE)
+        info = ShardInfo(**{**asdict(info), "name": name, "files": shard_file_digests(tmp)})
         write_json_atomic(tmp / SHARD_INFO_FILE, asdict(info))
         final = shards_dir / name
         if final.exists():

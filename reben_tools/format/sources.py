@@ -2,7 +2,8 @@
 
 Three ways, tried in this order by :func:`open_archive_source`:
 
-1. an **archive directory** (``manifest.json``, ``shards/``, reBEN's two metadata files);
+1. an **archive directory** (``manifest.json``, ``shards/``, reBEN's two metadata files), or an
+   archive's URL in a store (``s3://bucket/prefix``: its node-local image, ``format.shard_cache``);
    ``metadata`` files, when given, replace its own (e.g. a ``reben subset`` file);
 2. a **plain reBEN LMDB directory** (``data.mdb``: the official release as rico-hdl converts
    it, what ConfigILM reads, or the output of ``reben merge``) plus ``metadata`` files;
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from reben_tools.format.layout import FLAGGED_METADATA_FILE, MANIFEST_FILE, METADATA_FILE, ArchiveError
+from reben_tools.format.object_store import is_remote
 
 REBEN_METADATA_FILES = (METADATA_FILE, FLAGGED_METADATA_FILE)
 """reBEN's metadata file names, in the order they are read."""
@@ -181,7 +183,10 @@ def open_archive_source(
         if not metadata:
             return path
         path = path.path
-    # (an archive URL would be fetched to a local directory here, before the checks below)
+    if is_remote(path):  # an archive in a store: its node-local image (archive files now, shards on first use)
+        from reben_tools.format.shard_cache import localise_archive
+
+        path = localise_archive(str(path))
     root = Path(path)
     given = _given(metadata or None)
     if (root / MANIFEST_FILE).is_file():

@@ -10,6 +10,10 @@
 - :func:`export_geotiffs` writes the reBEN GeoTIFF release layout back, georeferenced from
   ``patches.parquet`` (S1 values on their S2 patch's 10 m grid).
 
+Each takes an archive folder or the URL of one in a store (``s3://bucket/prefix``): the
+archive is then read through the node-local cache (``format.shard_cache``); ``verify`` also
+reports shards of the store the manifest does not list and shards that differ from it.
+
 Owns: :func:`verify_archive`, :func:`merge_archive`, :func:`export_geotiffs`.
 Does not own: the archive format and its writers/readers (``format``), encoding a release
 (``release.encode*``), the GeoTIFF layout (``release.geotiff_release``, ``release.geotiff_write``).
@@ -45,12 +49,22 @@ from reben_tools.format.layout import (
 )
 from reben_tools.format.manifest import read_manifest
 from reben_tools.format.metadata import read_metadata
+from reben_tools.format.object_store import is_remote, local_path
 from reben_tools.format.reader import Archive, shared_environment
 from reben_tools.format.shards import ContentDigest, map_size_for
 from reben_tools.format.sources import ArchiveSource, open_archive_source
 from reben_tools.geo.mgrs_grid import tile_grid
 from reben_tools.release.geotiff_release import REFERENCE_MAP_BAND
 from reben_tools.release.geotiff_write import write_patch
+
+
+def _local_archive(path: str | os.PathLike, shards: str | None = None) -> Path:
+    """The local folder of an archive: ``path`` itself, or the cache image of a store URL (with ``shards`` fetched)."""
+    if is_remote(path):
+        from reben_tools.format.shard_cache import localise_archive
+
+        return localise_archive(str(path), shards=shards)
+    return local_path(path)
 
 
 @dataclass(frozen=True)
@@ -191,13 +205,24 @@ def verify_archive(path: str | os.PathLike, progress: bool = False) -> VerifyRep
     """
     from tqdm import tqdm
 
-    root = Path(path)
     report = VerifyReport()
+    store_faults: list[tuple[str, str]] = []
+    if is_remote(path):
+        from reben_tools.format.shard_cache import localise_for_verify
+
+        try:
+            root, store_faults = localise_for_verify(str(path))
+        except ArchiveError as exc:
+            report.faults.append(Fault("-", None, str(exc)))
+            return report
+    else:
+        root = local_path(path)
     try:
         manifest = read_manifest(root)
     except ArchiveError as exc:
         report.faults.append(Fault("-", None, str(exc)))
         return report
+    report.faults.extend(Fault(shard, None, reason) for shard, reason in store_faults)
     shards_dir = root / SHARDS_DIR
     keys_seen: dict[str, set[str]] = {}
     listed = {s["name"] for s in manifest["shards"]}
@@ -212,6 +237,10 @@ def verify_archive(path: str | os.PathLike, progress: bool = False) -> VerifyRep
     counts = recorded_counts if isinstance(recorded_counts, dict) else {}
     patch_ids = _verify_patch_rows(root, keys_seen, report, patch_rows_expected=counts.get("patches") != 0)
     _verify_metadata(root, patch_ids, report)
+    if is_remote(path):  # name the store's objects, not the cache's copies
+        report.faults = [
+            Fault(f.shard, f.key, f.reason.replace(str(root), str(path).rstrip("/"))) for f in report.faults
+        ]
     return report
 
 
@@ -325,6 +354,8 @@ def merge_archive(
     """
     from tqdm import tqdm
 
+    if is_remote(path):  # every shard is read: fetch them all into the cache first
+        path = _local_archive(path, shards="all")
     source = open_archive_source(path)
     root = source.path
     out = Path(out_dir)

@@ -2,7 +2,8 @@
 
 Owns: reading a block's bands, the no-data and 25 %-UNLABELED drops, S1 partner
 warping, SCL fractions, encoding, the block's train-split moments and writing its
-shard with its rows (:func:`run_block`).
+shard with its rows (:func:`run_block`): into the shared output folder, or, for a build
+into a store, in the worker's local scratch and then uploaded (``format.remote_archive``).
 Does not own: scheduling (execution), deciding which blocks to build (planning, run),
 merging shards (finalise).
 May import: reben_tools.format, reben_tools.geo, reben_tools.builder.corine / quality / locations / scenes,
@@ -39,6 +40,16 @@ from reben_tools.format.stats import BandMoments
 from reben_tools.geo.split_rule import reben_split
 
 log = logging.getLogger(__name__)
+
+
+def _scratch() -> str | None:
+    """The Dask worker's own local folder (where a shard is built before its upload), else the temporary folder."""
+    try:
+        from dask.distributed import get_worker
+
+        return get_worker().local_directory
+    except (ImportError, ValueError):
+        return None
 
 
 def _slice(array: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
@@ -188,5 +199,12 @@ def _run_block(task: BlockTask) -> dict:
         "clc_issues": [[i.fid, i.code, i.reason] for i in issues],
     }
     table = table.replace_schema_metadata({ROWS_METADATA_KEY: json.dumps(block_meta, sort_keys=True).encode()})
-    write_shard(task.shards_dir, task.shard_name, items, rows=table)
+    if task.upload_to:  # a build into a store: local scratch, checked upload, shard.json last
+        from reben_tools.format.remote_archive import publish_shard
+
+        publish_shard(
+            task.upload_to, task.shard_name, items, rows=table, lock_token=task.lock_token, scratch=_scratch()
+        )
+    else:
+        write_shard(task.shards_dir, task.shard_name, items, rows=table)
     return {"shard": task.shard_name, "status": "ok", "kept": len(rows), "dropped": block_meta["dropped"]}

@@ -2,12 +2,13 @@
 
 Owns: connecting to a scheduler or starting a LocalCluster (its workers ignore Ctrl-C:
 the client stops them), checking that every worker can write the output where the
-client reads it and open every input (:func:`check_workers`), cutting each product's
-blocks into chains run one after the other (GDAL cache reuse), submitting them,
+client reads it and open every input (:func:`check_workers`; for a build into a store:
+that every worker writes objects the client sees, :func:`check_workers_store`), cutting
+each product's blocks into chains run one after the other (GDAL cache reuse), submitting them,
 resubmitting a block whose worker died (or whose chain predecessor did) once on its
 own, and turning unexpected worker errors into failed-block summaries.
 Does not own: what a block does (block), which blocks to run (planning, run).
-May import: .block, .config, .planning, dask.distributed, tqdm.
+May import: .block, .config, .planning, reben_tools.format (the store probe), dask.distributed, tqdm.
 """
 
 from __future__ import annotations
@@ -113,6 +114,62 @@ def check_workers(client, out: Path, inputs: list[str]) -> None:
             path.unlink(missing_ok=True)
 
 
+def probe_worker_store(url: str, token: str, inputs: list[str]) -> dict:
+    """Runs on each worker of a build into a store: write a probe object under ``url``, open every input.
+
+    Returns:
+        as :func:`probe_worker`, ``probe`` being the object's name.
+    """
+    from reben_tools.format.object_store import Store
+
+    name = f".reben-probe-{token}-{socket.gethostname()}-{os.getpid()}"
+    try:
+        Store(url).write_bytes(name, b"probe\n")
+    except Exception as exc:
+        return {"probe": None, "error": f"cannot write the output ({exc})", "host": socket.gethostname()}
+    scratch = _scratch_dir()
+    answer = probe_worker(scratch, token, inputs)  # local scratch writable, inputs readable
+    if answer["probe"]:
+        Path(scratch, answer["probe"]).unlink(missing_ok=True)
+    if answer["error"] and answer["probe"] is None:
+        answer["error"] = answer["error"].replace("cannot write the output", "cannot write its local scratch folder")
+    return {**answer, "probe": name}
+
+
+def _scratch_dir() -> str:
+    """Where this worker builds shards before uploading them (its Dask local folder, else the temporary folder)."""
+    import tempfile
+
+    try:
+        from dask.distributed import get_worker
+
+        return get_worker().local_directory
+    except (ImportError, ValueError):
+        return tempfile.gettempdir()
+
+
+def check_workers_store(client, url: str, inputs: list[str]) -> None:
+    """Every worker writes objects under ``url`` that this client sees, has local scratch and opens
+    every input; else BuildError naming the first worker that cannot."""
+    from reben_tools.format.object_store import Store
+
+    token = uuid.uuid4().hex[:12]
+    store = Store(url)
+    answers = client.run(probe_worker_store, url, token, inputs)
+    try:
+        listed = set(store.listing())
+        for address, answer in sorted(answers.items()):
+            if answer["error"]:
+                raise BuildError(f"worker {address} on {answer['host']}: {answer['error']}")
+            if answer["probe"] not in listed:
+                raise BuildError(
+                    f"worker {address} on {answer['host']} writes {url}/{answer['probe']}, which this client "
+                    "does not see: the client and every worker must reach the same store (endpoint, credentials)"
+                )
+    finally:
+        store.delete(sorted(name for name in store.listing() if name.startswith(f".reben-probe-{token}-")))
+
+
 def run_block_after(task: BlockTask, previous: dict | None) -> dict:
     """:func:`run_block`, scheduled after the previous block of the same chain (``previous`` is its summary).
 
@@ -170,12 +227,15 @@ def execute(
     echo: Callable[[str], None] = print,
     out: Path | None = None,
     inputs: list[str] | None = None,
+    store_url: str | None = None,
 ) -> list[dict]:
     """Run ``tasks`` on a Dask cluster; returns their summaries in completion order.
 
     With ``out``, every worker is first checked to write where the client reads and to open
-    ``inputs`` (:func:`check_workers`). A block whose future fails (its worker died, or the
-    previous block of its chain did) is resubmitted once on its own; a second failure is
+    ``inputs`` (:func:`check_workers`); with ``store_url`` (a build into a store), to write
+    objects there that the client sees and to open ``inputs`` (:func:`check_workers_store`).
+    A block whose future fails (its worker died, or the previous block of its chain did) is
+    resubmitted once on its own; a second failure is
     returned as a failed block. On KeyboardInterrupt the cluster is stopped without logging
     and the interrupt is re-raised.
     """
@@ -187,7 +247,9 @@ def execute(
     client, cluster = _make_client(config, scheduler, workers)
     interrupted = False
     try:
-        if out is not None:
+        if store_url is not None:
+            check_workers_store(client, store_url, inputs or [])
+        elif out is not None:
             check_workers(client, out, inputs or [])
         try:
             import bokeh  # noqa: F401

@@ -61,6 +61,8 @@ class BuildResult:
     task_seconds: float = 0.0
     task_cpu_seconds: float = 0.0
     s1_product_types: dict | None = None
+    archive_url: str | None = None
+    """For a build into a store: the archive's URL (``archive_dir`` was the client's staging folder)."""
 
 
 def _read_shard_rows(shard_dir: Path) -> tuple[pa.Table, dict]:

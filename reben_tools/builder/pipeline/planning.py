@@ -53,6 +53,11 @@ class BlockTask:
             was built makes the shard stale.
         gdal_cache_mb: GDAL block cache of the worker process.
         remote: retries, time-out and cache of remote reads (set once per worker process).
+        upload_to: for a build into a store, the archive's URL: the worker builds the shard in its
+            local scratch and uploads it there (``format.remote_archive.publish_shard``);
+            ``shards_dir`` is then the client's local staging folder, never written by workers.
+        lock_token: the token of the build's lock object in the store (a shard is committed only
+            while the build still holds it).
     """
 
     product: S2Product
@@ -66,6 +71,8 @@ class BlockTask:
     input_stamp: str = ""
     gdal_cache_mb: int = 128
     remote: RemoteSettings = field(default_factory=RemoteSettings)
+    upload_to: str | None = None
+    lock_token: str | None = None
 
 
 STAMPS_DIR = ".reben-build"

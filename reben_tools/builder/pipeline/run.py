@@ -1,6 +1,7 @@
 """The build as a whole: :func:`build_archive` (lock, discover, plan, resume, execute, finalise).
 
-Owns: the order of the steps, absolute paths, the output lock, removing stale
+Owns: the order of the steps, absolute paths, the output lock, an output URL handed to
+``remote`` (a build into a store runs the same steps on a local staging folder), removing stale
 temporaries and the shards of failed blocks, skipping shards whose fingerprint and
 input stamp match, the "holds no Sentinel-2 product" error, leaving no output behind a
 run that built nothing, the error for shards reported written but not visible, turning
@@ -18,6 +19,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reben_tools.builder.corine import CorineError, open_clc
 from reben_tools.builder.countries import CountryError, CountryIndex
@@ -29,7 +31,11 @@ from reben_tools.builder.pipeline.finalise import BuildResult, finalise
 from reben_tools.builder.pipeline.planning import BlockTask, is_current, plan_tasks, record_stamp
 from reben_tools.builder.quality import QualityRule, read_id_list
 from reben_tools.format.layout import REPORT_FILE, SHARDS_DIR
+from reben_tools.format.object_store import is_remote, local_path
 from reben_tools.format.shards import remove_stale_temporaries
+
+if TYPE_CHECKING:
+    from reben_tools.builder.pipeline.remote import StoreOutput
 
 NOT_S2_NAME = "not a Sentinel-2 L2A product name"
 """How discovery's reason for an item not named like a product starts (format.naming)."""
@@ -49,6 +55,11 @@ def build_archive(
     against the client's working folder first: the workers of a cluster run elsewhere.
     A run that builds nothing leaves no output folder behind when it created it.
 
+    ``out`` may be the URL of a prefix in a store (``s3://bucket/prefix``, any fsspec URL):
+    workers then build each shard in local scratch and upload it, and the client uploads the
+    archive-level files and ``manifest.json`` last (``builder.pipeline.remote``); ``file://``
+    URLs are local folders.
+
     Raises:
         BuildError: no usable input (no product, no CORINE, unreadable countries),
             a worker that cannot reach the output or the inputs, or nothing could be built.
@@ -57,7 +68,18 @@ def build_archive(
     out = out or config.out
     if not out or not str(out):
         raise BuildError("no output folder given (--out or 'out' in the config)")
-    out = Path(os.path.abspath(out))
+    if is_remote(out):  # an archive in a store: workers upload, the client stages locally
+        from reben_tools.builder.pipeline.remote import build_into_store
+
+        config = absolute_paths(config.model_copy(update={"out": None}))
+        return build_into_store(
+            str(out),
+            lambda staging, output: _build_locked(
+                config, staging, scheduler or config.scheduler, workers or config.workers, progress, echo, output
+            ),
+            echo,
+        )
+    out = Path(os.path.abspath(local_path(out)))
     config = absolute_paths(config)
     from reben_tools.format.locking import OutputLock, OutputLockedError
 
@@ -89,12 +111,21 @@ def _holds_no_shard(out: Path) -> bool:
 
 
 def _build_locked(
-    config: PipelineConfig, out: Path, scheduler: str | None, workers: int, progress: bool, echo: Callable[[str], None]
+    config: PipelineConfig,
+    out: Path,
+    scheduler: str | None,
+    workers: int,
+    progress: bool,
+    echo: Callable[[str], None],
+    output: StoreOutput | None = None,
 ) -> BuildResult:
+    """The build; with ``output`` (a build into a store), ``out`` is the client's staging folder."""
     shards_dir = out / SHARDS_DIR
     stale = remove_stale_temporaries(shards_dir)
     if stale:
         echo(f"removed {len(stale)} unfinished shard(s) of an interrupted run")
+    if output is not None:
+        output.start(echo)
 
     if not config.clc:
         raise BuildError("no CORINE source given (--clc or 'clc' in the config)")
@@ -150,6 +181,8 @@ def _build_locked(
         echo(f"flagged: {entry['reason']}")
 
     tasks = plan_tasks(config, inputs, clc, shards_dir)
+    if output is not None:
+        tasks = output.prepare(tasks)
     pending = [t for t in tasks if not is_current(t)]
     reused = len(tasks) - len(pending)
     echo(
@@ -158,14 +191,30 @@ def _build_locked(
     )
     for task in pending:
         record_stamp(task)
+    if output is not None:
+        output.before_building(pending)
     started = time.perf_counter()
     try:
-        results = execute(pending, config, scheduler, workers, progress, echo, out=out, inputs=_input_paths(tasks))
+        results = execute(
+            pending,
+            config,
+            scheduler,
+            workers,
+            progress,
+            echo,
+            out=out,
+            inputs=_input_paths(tasks),
+            store_url=output.url if output is not None else None,
+        )
     except KeyboardInterrupt:
+        if output is not None:
+            output.collect(pending)
         complete = sum(is_current(t) for t in tasks)
         raise BuildInterrupted(
             f"interrupted: {complete} of {len(tasks)} shards complete; rerun the same command to resume"
         ) from None
+    if output is not None:
+        output.collect(pending, results)
     _check_visible(results, pending)
     execute_seconds = time.perf_counter() - started
     failed = {r["shard"]: r for r in results if r.get("status") != "ok"}
@@ -173,6 +222,8 @@ def _build_locked(
         stale_shard = shards_dir / name
         if stale_shard.is_dir():
             shutil.rmtree(stale_shard)
+        if output is not None:
+            output.remove_shard(name)
     for r in sorted(failed.values(), key=lambda r: r["shard"]):
         entry = {"item": r["shard"], "kind": "block", "key": r["shard"], "reason": str(r.get("error"))}
         if r.get("path"):
@@ -181,6 +232,9 @@ def _build_locked(
 
     done = [t for t in tasks if t.shard_name not in failed and is_current(t)]
     result = finalise(out, config, inputs, done, countries, rule, clc)
+    if output is not None:
+        output.publish(out)  # the archive-level files, manifest.json last
+        result.archive_url = output.url
     result.shards_built = len(pending) - len(failed)
     result.shards_reused = reused
     result.execute_seconds = execute_seconds
@@ -194,7 +248,8 @@ def _build_locked(
             + "); backscatter of different types is not directly comparable (manifest provenance.s1_product_types)"
         )
     if result.kept == 0 and result.flagged == 0:
-        raise BuildError(f"nothing could be built; see {out / REPORT_FILE}")
+        where = f"{output.url}/{REPORT_FILE}" if output is not None else out / REPORT_FILE
+        raise BuildError(f"nothing could be built; see {where}")
     return result
 
 

@@ -47,6 +47,7 @@ from reben_tools.format.bands import ALL_BANDS, OUTPUT_SIZE, PUBLISHED_STATISTIC
 from reben_tools.format.labels import NUM_CLASSES, class_names, code_to_class_index_table
 from reben_tools.format.layout import PATCHES_FILE, SPLITS, ArchiveError
 from reben_tools.format.metadata import read_metadata
+from reben_tools.format.object_store import is_remote
 from reben_tools.format.reader import Archive, BatchReader
 from reben_tools.format.sources import ArchiveSource, open_archive_source
 from reben_tools.learn.data.batches import SampleBatch, collate, empty_batch
@@ -108,7 +109,8 @@ class ReBENDataset(Dataset):
             files, ``patches.parquet``), a plain reBEN LMDB directory (``data.mdb``), as
             reBEN users hold it, or an :class:`reben_tools.format.sources.ArchiveSource`
             (see :func:`reben_tools.format.sources.open_archive_source`). A plain LMDB takes
-            ``metadata``, else reBEN's metadata files found inside or beside it.
+            ``metadata``, else reBEN's metadata files found inside or beside it. Or the URL of an archive in a
+            store (``s3://bucket/prefix``, any fsspec URL), read through a node-local cache.
         split: ``"train"``, ``"validation"``, ``"test"`` or None for all patches.
         bands: a band group (``"ALL"``, ``"S2"``, ``"S1"``, ``"10m"``, ``"20m"``, ``"60m"``,
             ``"RGB"``, ``"10m_20m"``, ``"S1_10m_20m"``) or a list of band names; channel
@@ -141,6 +143,12 @@ class ReBENDataset(Dataset):
             class keeps a positive; the same rows as ``reben subset --fraction F --seed
             subset_seed``); validation and test patches are kept. None keeps all.
         subset_seed: seed of the ``train_fraction`` draw.
+        cache_dir: for an archive given as a URL (``s3://bucket/prefix``): the node-local cache
+            folder its shards are fetched into, each checked against the manifest's sha256
+            before its first use (default: ``$REBEN_CACHE_DIR`` or the user cache folder; see
+            ``reben_tools.format.shard_cache``).
+        cache_size: for a URL: the cache bound in bytes or as ``"50G"`` (least recently used
+            shards are evicted); default unbounded.
 
     A sample (``dataset[i]``) is a dict:
 
@@ -181,6 +189,8 @@ class ReBENDataset(Dataset):
         subset_seed: int = 0,
         include_snowy: bool | None = None,
         include_cloudy: bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        cache_size: int | str | None = None,
     ) -> None:
         super().__init__()
         if split is not None and split not in SPLITS:
@@ -189,10 +199,14 @@ class ReBENDataset(Dataset):
             raise ValueError(f"unknown upsampling {upsampling!r}; expected one of {list(UPSAMPLING_MODES)}")
         if mask_dtype not in (torch.uint8, torch.int64):
             raise ValueError(f"mask_dtype must be torch.uint8 or torch.int64, got {mask_dtype}")
+        if cache_dir is not None and is_remote(root):  # the image in the cache folder asked for
+            from reben_tools.format.shard_cache import localise_archive
+
+            root = localise_archive(str(root), cache_dir, max_bytes=cache_size)
         self.source = open_archive_source(root, metadata)
         """Where the patches come from (archive or plain LMDB, and which metadata files)."""
-        self.root = self.source.path
-        self.archive = Archive(self.root)
+        self.root = self.source.path  # for a URL: its node-local image (format.shard_cache)
+        self.archive = Archive(self.root, cache_size=cache_size)
         self.archive.check_files()  # a truncated data.mdb is named now, not met by SIGBUS later
         self.split = split
         self.layout = NativeLayout.for_bands(bands)
@@ -353,6 +367,11 @@ class ReBENDataset(Dataset):
     def patch_ids(self) -> list[str]:
         """The samples' patch ids, in sample order."""
         return [k.decode("utf-8") for k in self._keys]
+
+    @property
+    def sample_shards(self) -> np.ndarray:
+        """(N,) int32: for each sample, the index of the shard holding it (``archive.shard_names`` order)."""
+        return self._shards
 
     def close(self) -> None:
         """Release this dataset's LMDB environments (other readers of this process keep theirs).

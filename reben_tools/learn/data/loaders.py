@@ -4,7 +4,7 @@ Data move at native resolution (uint16 S2 at 10/20/60 m, float32 S1) through a D
 with pinned memory; upsampling to 120x120 and normalisation run on the training device
 (on a CPU with workers, in the workers instead).
 
-Owns: default_workers, archive_identity, run_source, recorded_source, open_dataset, split_indices, train_label_frequency,
+Owns: default_workers, archive_identity, run_source, recorded_source, open_dataset, check_sample, split_indices, train_label_frequency,
 training_dataset (reference maps for mixing), CollateToImages, make_loader, DevicePreprocess.
 Does not own: the dataset itself (dataset.py), upsampling kernels (transforms.py), samplers (distributed.py),
 augmentation (augment.py).
@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from reben_tools.format.codec import ValueDecodeError
 from reben_tools.format.layout import MANIFEST_FILE, SPLITS, ArchiveError
+from reben_tools.format.object_store import is_remote, local_path
+from reben_tools.format.shard_cache import localise_archive
 from reben_tools.format.sources import (
     ArchiveSource,
     SourceError,
@@ -61,7 +62,12 @@ def archive_identity(archive: str | os.PathLike | ArchiveSource) -> str | None:
             return archive.identity
         except ArchiveError as exc:
             raise TrainingError(str(exc)) from None
-    path = Path(archive) / MANIFEST_FILE
+    if is_remote(archive):
+        try:
+            archive = localise_archive(str(archive))  # the archive-level files only
+        except ArchiveError as exc:
+            raise TrainingError(f"cannot read archive {archive}: {exc}") from None
+    path = local_path(archive) / MANIFEST_FILE
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except FileNotFoundError:
@@ -163,8 +169,17 @@ def _check_dataset(dataset: ReBENDataset, archive, bands: tuple[str, ...]) -> No
             )
     if len(dataset) == 0:
         raise TrainingError(f"{archive}: the archive's metadata lists no patches")
+    if dataset.archive.cache is not None:
+        # read from a store: checking a sample here would fetch a shard this node may never read
+        # (--sampler shard-local); the sampler checks one of the node's own samples once fetched
+        return
+    check_sample(dataset, archive, bands, 0)
+
+
+def check_sample(dataset: ReBENDataset, archive, bands: tuple[str, ...], index: int) -> None:
+    """Read sample ``index``; TrainingError naming the modality when the archive lacks the bands' values."""
     try:
-        dataset.__getitems__([0])
+        dataset.__getitems__([index])
     except (KeyError, ValueDecodeError) as exc:
         modality = "S1" if any(b in ("VV", "VH") for b in bands) else "S2"
         raise TrainingError(

@@ -106,6 +106,10 @@ class TrainConfig(RunSettings):
     layer_decay: float | None = None
     accumulate: int = 1
     """Micro-batches per optimiser step (gradient accumulation): the global batch and the schedule stay the same."""
+    sampler: str = "global"
+    """How an epoch's samples are dealt to processes: ``global`` (one permutation of all samples,
+    strided over processes) or ``shard-local`` (each node reads only the shards assigned to it;
+    ``learn.data.shard_sampler``)."""
     # free to change between a run and its resumption (with those of RunSettings)
     evaluate_test: bool = True
     sync_batchnorm: bool = True
@@ -140,6 +144,7 @@ TRAJECTORY_FIELDS = (
     "init",
     "layer_decay",
     "accumulate",
+    "sampler",
 )
 DEFAULTS: dict[str, Any] = {
     f.name: f.default_factory() if callable(f.default_factory) else f.default

@@ -173,8 +173,9 @@ def init_distributed(device: str) -> Distributed:
         dev = torch.device("cuda", index)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    if dev.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if dev.type == "cpu":  # the cores this process may run on (a launcher or cgroup may pin it), shared on the node
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // local_world))
     return Distributed(rank=rank, world_size=world, local_rank=local, device=dev, local_world_size=local_world)
 
 

@@ -45,6 +45,7 @@ from reben_tools.learn.data.loaders import (
     training_dataset,
 )
 from reben_tools.learn.data.mixing import MIX_MODES, parse_area_range
+from reben_tools.learn.data.shard_sampler import eval_sampler, make_samplers
 from reben_tools.learn.evaluation.metrics import HEADLINE_METRICS, multilabel_metrics, plot_per_class
 from reben_tools.learn.evaluation.predict import merge_predictions, predict, prior_baseline
 from reben_tools.learn.models.classifier import build_model
@@ -163,10 +164,15 @@ class Supervised(skeleton.Objective):
         train_data = training_dataset(
             dataset, train_indices, self.mixer is not None and self.mixer.needs_reference_maps
         )
-        sampler = skeleton.train_sampler(train_indices, ctx, config.seed)
-        val_sampler = EpochSampler(
-            split_indices(dataset, "validation"), ctx.rank, ctx.world_size, shuffle=False, pad=False
-        )
+        if config.sampler == "shard-local":  # each node reads only its shards (learn.data.shard_sampler)
+            validation = {"validation": split_indices(dataset, "validation")}
+            sampler, evaluation = make_samplers(config.sampler, dataset, train_indices, validation, ctx, config.seed)
+            val_sampler = evaluation["validation"]
+        else:
+            sampler = skeleton.train_sampler(train_indices, ctx, config.seed)
+            val_sampler = EpochSampler(
+                split_indices(dataset, "validation"), ctx.rank, ctx.world_size, shuffle=False, pad=False
+            )
         loader = make_loader(train_data, sampler, batch, workers, device, config.seed)
         self.val_loader = make_loader(dataset, val_sampler, batch, workers, device, config.seed)
         self.preprocess = DevicePreprocess(dataset, device)
@@ -323,7 +329,9 @@ def _evaluate_best(config, ctx, dataset, out, device, precision, batch, workers)
     model = model_from_checkpoint(state, out / "checkpoints" / BEST_CHECKPOINT).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes memory_format; torch's overloads omit it
-    sampler = EpochSampler(split_indices(dataset, "test"), ctx.rank, ctx.world_size, shuffle=False, pad=False)
+    sampler = eval_sampler(
+        config.sampler, dataset, split_indices(dataset, "test"), ctx, split_indices(dataset, "train")
+    )
     loader = make_loader(dataset, sampler, batch, workers, device, config.seed)
     parts = ctx.gather(predict(model, loader, DevicePreprocess(dataset, device), precision))
     logits, targets = merge_predictions(parts)
