@@ -227,17 +227,17 @@ def test_probe_carries_the_protocol_and_the_verdict(embedding_files, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "extra, message",
+    "extra, code, message",
     [
-        (["--eval-share", "1"], "--eval-share 1.0: expected a number in (0, 1)"),
-        (["--heldout", "holdout"], "--heldout 'holdout': expected split names"),
+        (["--eval-share", "1"], 1, "error: --eval-share must be"),  # the shared number rules (commands/guard.py)
+        (["--heldout", "holdout"], 2, "--heldout 'holdout': expected split names"),
     ],
 )
-def test_protocol_option_errors(embedding_files, tmp_path, extra, message):
+def test_protocol_option_errors(embedding_files, tmp_path, extra, code, message):
     result = CliRunner().invoke(
         app, ["probe", "--embeddings", str(embedding_files["good"]), "--out", str(tmp_path), *extra]
     )
-    assert result.exit_code == 2 and message in result.output
+    assert result.exit_code == code and message in result.output
 
 
 def test_probes_figure_uses_the_report_names(embedding_files, tmp_path):

@@ -230,7 +230,7 @@ def test_train_records_the_source_and_resume_and_evaluate_find_it(kind, trained,
         "--out", tmp_path / "p", *CPU,
     )  # fmt: skip
     ok(probed)
-    assert (tmp_path / "p" / "metrics.json").is_file()
+    assert (tmp_path / "p" / "probe.json").is_file()
 
 
 def test_cutmix_lp_refuses_in_one_line_without_maps_and_runs_with_them(without_maps, with_maps, tmp_path):

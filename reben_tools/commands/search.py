@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from reben_tools.commands.outputs import guarded_output
+
 
 def search(
     stac: str = typer.Option(..., "--stac", help="STAC API, e.g. https://earth-search.aws.element84.com/v1"),
@@ -14,7 +16,9 @@ def search(
     ),
     bbox: str = typer.Option(..., "--bbox", help="search box W,S,E,N (degrees)"),
     datetime_range: str = typer.Option(..., "--datetime", help="S2 acquisition interval A/B (RFC 3339 or dates)"),
-    out: Path = typer.Option(..., "--out", help="ItemCollection JSON to write (what --stac-items reads)"),
+    out: Path = typer.Option(
+        ..., "--out", callback=guarded_output, help="ItemCollection JSON to write (what --stac-items reads)"
+    ),
     max_cloud: float | None = typer.Option(None, "--max-cloud", help="largest eo:cloud_cover, %"),
     tiles: str | None = typer.Option(None, "--tiles", help="MGRS tiles kept, 32ULV[,31UGR]"),
     max_gap_days: float = typer.Option(6.0, "--max-gap-days", help="S1 pairing window around each S2 item, days"),

@@ -245,7 +245,7 @@ def train(
         typer.echo(json.dumps(summary, indent=2))
 
 
-def _archive_and_metadata(archive: Path | None, metadata: list[Path] | None) -> tuple[str, list[str]]:
+def _archive_and_metadata(archive: str | Path | None, metadata: list[Path] | None) -> tuple[str, list[str]]:
     """``(archive path, metadata files)`` for a run's config from ``--archive``/``--metadata``
     (announcing metadata found beside a plain LMDB and its statistics); ``("", [])`` without --archive."""
     if archive is None:
@@ -337,7 +337,14 @@ def evaluate(
     from reben_tools.learn.evaluation.predict import evaluate as run_evaluation
     from reben_tools.learn.runtime.config import TrainingError, check_numbers
 
+    from reben_tools.learn.runtime.checkpoints import load_checkpoint
+
     use_cache(cache_dir, cache_size)
+    try:  # a file that is no checkpoint is named before any archive is opened
+        load_checkpoint(checkpoint)
+    except TrainingError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     if archive is None:
         if metadata:
             typer.echo("error: --metadata goes with --archive", err=True)
