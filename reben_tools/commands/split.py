@@ -17,12 +17,12 @@ _INPUT_HELP = (
 )
 
 
-def _input(input_path: Path, metadata: list[Path] | None, what: str):
+def _input(input_path: str | Path, metadata: list[Path] | None, what: str):
     """INPUT as split/audit read it: an ArchiveSource for archive and LMDB directories (saying in
     one line which patches are used and why), else the path itself."""
     from reben_tools.format.sources import describe_rows
 
-    if not (names_an_archive(input_path) or metadata):
+    if not (names_an_archive(Path(input_path)) or metadata):
         return input_path
     source = resolve_archive(input_path, metadata)
     announce(describe_rows(source, what))
@@ -116,12 +116,12 @@ def audit(
 
     use_cache(cache_dir, cache_size)
     try:  # an archive in a store: its patches.parquet, through the cache (no shard is read)
-        input_path = localise_archive(input_path) if is_remote(input_path) else local_path(input_path)
+        local_input = localise_archive(input_path) if is_remote(input_path) else local_path(input_path)
     except ArchiveError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     try:
-        source = _input(input_path, metadata, "auditing")
+        source = _input(local_input, metadata, "auditing")
         report = run_audit(
             source,
             out,

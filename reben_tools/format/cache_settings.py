@@ -51,9 +51,13 @@ def default_cache_dir() -> Path:
     return Path(base) / "reben-tools"
 
 
-def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     chosen = cache_dir or _settings["cache_dir"]
-    return Path(chosen).expanduser() if chosen else default_cache_dir()
+    if not chosen:
+        return default_cache_dir()
+    if not isinstance(chosen, (str, os.PathLike)):  # Path() would raise the same
+        raise TypeError(f"cache folder must be a path, not {type(chosen).__name__}")
+    return Path(chosen).expanduser()
 
 
 def resolve_max_bytes(max_bytes: int | str | None = None) -> int | None:
@@ -65,7 +69,9 @@ def resolve_max_bytes(max_bytes: int | str | None = None) -> int | None:
 
 
 @contextlib.contextmanager
-def cache_settings(cache_dir: str | os.PathLike | None = None, max_bytes: int | str | None = None) -> Iterator[None]:
+def cache_settings(
+    cache_dir: str | os.PathLike[str] | None = None, max_bytes: int | str | None = None
+) -> Iterator[None]:
     """Within the block, archives opened from URLs without their own settings use this cache folder
     and bound (what a command's ``--cache-dir`` / ``--cache-size`` set)."""
     saved = dict(_settings)

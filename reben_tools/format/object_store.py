@@ -30,6 +30,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from reben_tools.format.layout import ArchiveError
 
@@ -63,7 +64,7 @@ def is_remote(value: object) -> bool:
     return scheme is not None and scheme not in LOCAL_SCHEMES
 
 
-def local_path(value: str | os.PathLike) -> Path:
+def local_path(value: str | os.PathLike[str]) -> Path:
     """The local path a plain path or a ``file://`` URL names.
 
     Raises:
@@ -95,7 +96,7 @@ def _md5_etags(path: Path, part_size: int) -> set[str]:
     return etags
 
 
-def _etag(info: dict) -> str | None:
+def _etag(info: dict[str, Any]) -> str | None:
     value = info.get("ETag") or info.get("etag") or info.get("md5Hash")
     return str(value).strip('"').lower() if value else None
 
@@ -119,7 +120,7 @@ class Store:
         self._pid: int | None = None
         self._root: str | None = None
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         return {"url": self.url, "scheme": self.scheme, "_fs": None, "_pid": None, "_root": None}
 
     def __repr__(self) -> str:
@@ -128,10 +129,10 @@ class Store:
     # -- the file system ---------------------------------------------------------------
 
     @property
-    def fs(self):
+    def fs(self) -> Any:
         if self._fs is None or self._pid != os.getpid():
             try:
-                from fsspec.core import url_to_fs
+                from fsspec.core import url_to_fs  # type: ignore[import-untyped]  # fsspec ships no stubs or py.typed
 
                 fs, root = url_to_fs(self.url)
             except ImportError as exc:
@@ -180,7 +181,7 @@ class Store:
         except Exception as exc:
             raise self._fail("reach the store", "", exc) from None
 
-    def listing(self, rel: str = "") -> dict[str, dict]:
+    def listing(self, rel: str = "") -> dict[str, dict[str, Any]]:
         """``{path relative to the prefix: {"size": bytes, "etag": str | None}}`` of every object under ``rel``."""
         fs = self.fs
         base = self.path(rel)
@@ -200,7 +201,7 @@ class Store:
             out[name[len(prefix) :]] = {"size": int(info.get("size") or 0), "etag": _etag(info)}
         return out
 
-    def info(self, rel: str) -> dict | None:
+    def info(self, rel: str) -> dict[str, Any] | None:
         """Size and ETag of one object, None when it does not exist."""
         fs = self.fs
         try:
@@ -217,11 +218,12 @@ class Store:
     def read_bytes(self, rel: str) -> bytes | None:
         """The object's bytes, None when it does not exist."""
         try:
-            return self.fs.cat_file(self.path(rel))
+            data: bytes = self.fs.cat_file(self.path(rel))
         except FileNotFoundError:
             return None
         except Exception as exc:
             raise self._fail("read", rel, exc) from None
+        return data
 
     def download(self, rel: str, local: Path, expected_bytes: int | None = None) -> str:
         """Download one object into ``local`` (a new file); returns the file's sha256.
@@ -251,7 +253,7 @@ class Store:
 
     # -- writing -----------------------------------------------------------------------
 
-    def upload(self, local: Path, rel: str) -> dict:
+    def upload(self, local: Path, rel: str) -> dict[str, Any]:
         """Upload one file and check the stored object against it.
 
         Returns:

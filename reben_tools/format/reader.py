@@ -138,7 +138,10 @@ class Archive:
     """
 
     def __init__(
-        self, path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, cache_size: int | str | None = None
+        self,
+        path: str | os.PathLike[str],
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_size: int | str | None = None,
     ) -> None:
         self.source = str(path)
         """What the archive was opened from: its folder or its URL."""
@@ -209,7 +212,7 @@ class Archive:
             env = self._envs[i] = _acquire_environment(self.shard_paths[i], self.shard_bytes[i])
         return env
 
-    def prefetch(self, shards: list[int] | None = None, progress: bool = False) -> dict | None:
+    def prefetch(self, shards: list[int] | None = None, progress: bool = False) -> dict[str, Any] | None:
         """Fetch shards (indices into :attr:`shard_names`; None = all) of an archive read from a store
         into the cache before they are read (no-op for a local archive); returns the cache's counts.
 

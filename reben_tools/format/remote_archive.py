@@ -37,6 +37,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -66,7 +67,7 @@ def publish_shard(
     items: Mapping[str, bytes] | Iterable[tuple[str, bytes]],
     rows: pa.Table | None = None,
     lock_token: str | None = None,
-    scratch: str | os.PathLike | None = None,
+    scratch: str | os.PathLike[str] | None = None,
 ) -> ShardInfo:
     """Write one shard in local scratch, upload it to ``archive_url`` checked, commit it with ``shard.json``.
 
@@ -96,7 +97,7 @@ def publish_shard(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def complete_shards(listing: Mapping[str, dict], infos: Mapping[str, ShardInfo]) -> set[str]:
+def complete_shards(listing: Mapping[str, dict[str, Any]], infos: Mapping[str, ShardInfo]) -> set[str]:
     """Names of the shards whose every recorded file is listed with its recorded size."""
     done = set()
     for name, info in infos.items():
@@ -106,7 +107,7 @@ def complete_shards(listing: Mapping[str, dict], infos: Mapping[str, ShardInfo])
     return done
 
 
-def committed_shard_infos(store: Store, listing: Mapping[str, dict]) -> dict[str, ShardInfo]:
+def committed_shard_infos(store: Store, listing: Mapping[str, dict[str, Any]]) -> dict[str, ShardInfo]:
     """The ``shard.json`` of every shard committed in ``listing`` (unreadable ones are left out)."""
     names = sorted(
         key.split("/")[1]

@@ -54,6 +54,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from reben_tools.format.cache_settings import (
     CACHE_ENV,
@@ -130,7 +131,7 @@ def _content_digest(env_dir: Path, file_bytes: int | None) -> str:
     return digest.hexdigest()
 
 
-def image_dir_for(url: str, cache_dir: str | os.PathLike | None = None) -> Path:
+def image_dir_for(url: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The cache folder of the archive at ``url``: a readable tail of the URL and a hash of all of it."""
     tail = re.sub(r"[^A-Za-z0-9._-]+", "_", url.rstrip("/").split("://", 1)[-1])[-48:].strip("._") or "archive"
     return resolve_cache_dir(cache_dir) / "archives" / f"{tail}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
@@ -153,7 +154,7 @@ def _refresh_archive_files(store: Store, image: Path) -> None:
                 f"{store.url}: no archive here (no {MANIFEST_FILE}); its build has not finished, or the URL "
                 "names another prefix"
             )
-        files: dict[str, dict] = {}
+        files: dict[str, dict[str, Any]] = {}
         for name in ARCHIVE_FILES:
             info = manifest_info if name == MANIFEST_FILE else store.info(name)
             local = image / name
@@ -185,13 +186,13 @@ def _refresh_archive_files(store: Store, image: Path) -> None:
     os.replace(tmp, source_path)
 
 
-def _same(a: dict | None, b: dict | None) -> bool:
+def _same(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     return a is not None and b is not None and a["size"] == b["size"] and a["etag"] == b["etag"]
 
 
 def localise_archive(
     url: str,
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
     shards: Iterable[str] | str | None = None,
     max_bytes: int | str | None = None,
 ) -> Path:
@@ -238,7 +239,7 @@ def _prune_unlisted(image: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def cache_for(path: str | os.PathLike, max_bytes: int | str | None = None) -> ShardCache | None:
+def cache_for(path: str | os.PathLike[str], max_bytes: int | str | None = None) -> ShardCache | None:
     """The :class:`ShardCache` of an archive image folder, None for any other folder."""
     path = Path(path)
     if not (path / SOURCE_FILE).is_file():
@@ -256,7 +257,9 @@ class ShardCache:
     process fetched: ``{"shards": n, "bytes": n, "reused": n}``.
     """
 
-    def __init__(self, image: str | os.PathLike, max_bytes: int | str | None = None, every_file: bool = False) -> None:
+    def __init__(
+        self, image: str | os.PathLike[str], max_bytes: int | str | None = None, every_file: bool = False
+    ) -> None:
         from reben_tools.format.manifest import read_manifest
 
         self.image = Path(image)
@@ -272,19 +275,19 @@ class ShardCache:
         self.stats = {"shards": 0, "bytes": 0, "reused": 0}
         self._lock = threading.Lock()
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_lock"] = None
         state["stats"] = {"shards": 0, "bytes": 0, "reused": 0}
         return state
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
     # -- what a shard must be ----------------------------------------------------------
 
-    def expected(self, name: str) -> dict[str, dict]:
+    def expected(self, name: str) -> dict[str, dict[str, Any]]:
         """``{file: {"bytes", "sha256"}}`` the manifest promises for the shard's reader files;
         old manifests without file digests: ``data.mdb`` with its ``content_sha256`` only."""
         entry = self.entries[name]
@@ -441,7 +444,7 @@ class ShardCache:
         with self._lock:
             self.stats[what] += n
 
-    def prefetch(self, names: Iterable[str], threads: int = FETCH_THREADS, progress: bool = False) -> dict:
+    def prefetch(self, names: Iterable[str], threads: int = FETCH_THREADS, progress: bool = False) -> dict[str, Any]:
         """Fetch the shards one epoch reads (the working set) in parallel; they are not evicted for each other.
 
         Raises:
@@ -511,7 +514,9 @@ class ShardCache:
                 )
 
 
-def localise_for_verify(url: str, cache_dir: str | os.PathLike | None = None) -> tuple[Path, list[tuple[str, str]]]:
+def localise_for_verify(
+    url: str, cache_dir: str | os.PathLike[str] | None = None
+) -> tuple[Path, list[tuple[str, str]]]:
     """``reben verify URL``: the archive image with every shard fetched, copies that do not match
     kept for the local checks, and the faults only the store shows.
 

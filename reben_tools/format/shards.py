@@ -67,7 +67,7 @@ class ShardInfo:
     file_bytes: int
     files: dict[str, dict[str, int | str]] | None = None
 
-    __hash__ = None  # holds a dict
+    __hash__ = None  # type: ignore[assignment]  # holds a dict: unhashable on purpose, as for any dataclass(eq=True)
 
 
 class ContentDigest:

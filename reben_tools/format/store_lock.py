@@ -28,6 +28,7 @@ import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from reben_tools.format.object_store import Store, StoreError
 
@@ -40,7 +41,7 @@ DEFAULT_LEASE_S = 120.0
 class StoreLockedError(RuntimeError):
     """Another build holds the prefix's lock object; the message names the holder."""
 
-    def __init__(self, url: str, holder: dict, age_s: float | None = None) -> None:
+    def __init__(self, url: str, holder: dict[str, Any], age_s: float | None = None) -> None:
         self.url, self.holder, self.age_s = url, holder, age_s
         pid = holder.get("pid")
         who = f"pid {pid}" if pid is not None else "another process"
@@ -54,7 +55,7 @@ class StoreLockedError(RuntimeError):
             "Wait for it to finish or choose another output."
         )
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[StoreLockedError], tuple[str, dict[str, Any], float | None]]:
         return type(self), (self.url, self.holder, self.age_s)
 
 
@@ -79,7 +80,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _age_seconds(info: dict | None) -> float | None:
+def _age_seconds(info: dict[str, Any] | None) -> float | None:
     modified = (info or {}).get("raw", {}).get("LastModified")
     if isinstance(modified, datetime):
         if modified.tzinfo is None:
@@ -103,7 +104,7 @@ class StoreLock:
         self.lease_s = lease_seconds() if lease_s is None else lease_s
         self.token = uuid.uuid4().hex
         self.protected = store.conditional_writes
-        self.took_over: dict | None = None
+        self.took_over: dict[str, Any] | None = None
         self._etag: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -119,7 +120,7 @@ class StoreLock:
         }
         return (json.dumps(holder) + "\n").encode("utf-8")
 
-    def _read_holder(self) -> tuple[dict, dict | None]:
+    def _read_holder(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
         info = self.store.info(LOCK_OBJECT)
         raw = self.store.read_bytes(LOCK_OBJECT) if info is not None else None
         try:
@@ -128,9 +129,10 @@ class StoreLock:
             holder = {}
         return (holder if isinstance(holder, dict) else {}), info
 
-    def _stale(self, holder: dict, info: dict | None) -> bool:
+    def _stale(self, holder: dict[str, Any], info: dict[str, Any] | None) -> bool:
         age = _age_seconds(info)
-        lease = holder.get("lease_s") if isinstance(holder.get("lease_s"), (int, float)) else self.lease_s
+        recorded = holder.get("lease_s")
+        lease = recorded if isinstance(recorded, (int, float)) else self.lease_s
         if age is not None and age > lease:
             return True
         pid = holder.get("pid")

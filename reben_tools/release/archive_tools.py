@@ -354,7 +354,7 @@ def merge_archive(
     """
     from tqdm import tqdm
 
-    if is_remote(path):  # every shard is read: fetch them all into the cache first
+    if isinstance(path, str) and is_remote(path):  # only URL strings are remote; every shard is read: fetch all first
         path = _local_archive(path, shards="all")
     source = open_archive_source(path)
     root = source.path

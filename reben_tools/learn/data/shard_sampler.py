@@ -101,7 +101,7 @@ class ShardLocalSampler(Sampler[int]):
 
     def __init__(
         self,
-        indices: Sequence[int],
+        indices: Sequence[int] | np.ndarray,
         sample_shards: np.ndarray,
         assignment: list[list[int]],
         node: int,
@@ -111,12 +111,12 @@ class ShardLocalSampler(Sampler[int]):
         seed: int = 0,
         pad: bool = True,
     ) -> None:
-        indices = np.asarray(indices, dtype=np.int64)
-        shards_of = np.asarray(sample_shards)[indices]
+        chosen = np.asarray(indices, dtype=np.int64)
+        shards_of = np.asarray(sample_shards)[chosen]
         self.assignment = assignment
         self.node, self.local_rank, self.local_world_size = node, local_rank, local_world_size
         self.shuffle, self.seed, self.pad = shuffle, seed, pad
-        self.indices = [int(i) for i in indices[np.isin(shards_of, assignment[node])]]
+        self.indices = [int(i) for i in chosen[np.isin(shards_of, assignment[node])]]
         sizes = [int(np.isin(shards_of, shards).sum()) for shards in assignment]
         self.longest = max(math.ceil(n / local_world_size) for n in sizes) if sizes else 0
         self.epoch = 0
@@ -155,6 +155,10 @@ class ShardLocalSampler(Sampler[int]):
         return max(0, len(range(self.local_rank, len(self.indices), self.local_world_size)) - self.start)
 
 
+DistSampler = EpochSampler | ShardLocalSampler
+"""What :func:`make_samplers` and :func:`eval_sampler` return: both have set_epoch, set_position and share."""
+
+
 def _counts(sample_shards: np.ndarray, indices: np.ndarray) -> dict[int, int]:
     shards, counts = np.unique(np.asarray(sample_shards)[np.asarray(indices, dtype=np.int64)], return_counts=True)
     return {int(s): int(c) for s, c in zip(shards, counts, strict=True)}
@@ -176,7 +180,7 @@ def make_samplers(
     ctx: Distributed,
     seed: int,
     progress: bool = False,
-) -> tuple[Sampler, dict[str, Sampler]]:
+) -> tuple[DistSampler, dict[str, DistSampler]]:
     """The training sampler and one evaluation sampler per split of ``eval_indices``, of ``kind``;
     fetches the shards this node reads when the archive is read from a store.
 
@@ -186,6 +190,8 @@ def make_samplers(
     """
     if kind not in SAMPLERS:
         raise TrainingError(f"unknown --sampler {kind!r}; expected one of {list(SAMPLERS)}", all_processes=True)
+    train: DistSampler
+    evaluation: dict[str, DistSampler]
     if kind == "global":
         train = EpochSampler(train_indices, ctx.rank, ctx.world_size, shuffle=True, seed=seed)
         evaluation = {
@@ -196,10 +202,13 @@ def make_samplers(
     else:
         node, nodes, local_rank, local_world = node_layout(ctx)
         assignment = shard_plan(dataset, train_indices, nodes)
-        place = dict(node=node, local_rank=local_rank, local_world_size=local_world)
-        train = ShardLocalSampler(train_indices, dataset.sample_shards, assignment, shuffle=True, seed=seed, **place)
+        train = ShardLocalSampler(
+            train_indices, dataset.sample_shards, assignment, node, local_rank, local_world, shuffle=True, seed=seed
+        )
         evaluation = {
-            split: ShardLocalSampler(idx, dataset.sample_shards, assignment, shuffle=False, pad=False, **place)
+            split: ShardLocalSampler(
+                idx, dataset.sample_shards, assignment, node, local_rank, local_world, shuffle=False, pad=False
+            )
             for split, idx in eval_indices.items()
         }
         if len(train) == 0:
@@ -219,7 +228,7 @@ def make_samplers(
     return train, evaluation
 
 
-def eval_sampler(kind: str, dataset, indices: np.ndarray, ctx: Distributed, train_indices: np.ndarray) -> Sampler:
+def eval_sampler(kind: str, dataset, indices: np.ndarray, ctx: Distributed, train_indices: np.ndarray) -> DistSampler:
     """One evaluation sampler (e.g. the test split after training) under the run's ``kind``: every
     sample exactly once across processes; shard-local: from this node's shards (same assignment)."""
     if kind != "shard-local":
