@@ -278,7 +278,7 @@ def test_evaluate_probe_embed_and_pretrain_read_the_bucket_as_the_local_copy(arc
         )
     evaluated = [json.loads((tmp_path / f"eval-{n}" / "metrics.json").read_text()) for n in ("url", "local")]
     assert evaluated[0]["average_precision_macro"] == evaluated[1]["average_precision_macro"]
-    probed = [json.loads((tmp_path / f"probe-{n}" / "metrics.json").read_text())["runs"] for n in ("url", "local")]
+    probed = [json.loads((tmp_path / f"probe-{n}" / "probe.json").read_text())["runs"] for n in ("url", "local")]
     for run in probed[0] + probed[1]:
         for result in run["probes"].values():
             result.pop("fit_seconds", None)  # a timing

@@ -13,6 +13,7 @@ May import: ``reben_tools.format``, typer.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,3 +91,56 @@ def _first_patch(source: ArchiveSource) -> tuple[str | None, str | None]:
             row = table.slice(0, 1).to_pylist()[0]
             return row["patch_id"], row["s1_name"]
     return None, None
+
+
+def check_checkpoint_file(checkpoint: Path) -> None:
+    """Exit 1 with one line when ``checkpoint`` is no reben-tools checkpoint (before any archive is opened)."""
+    from reben_tools.learn.runtime.checkpoints import load_checkpoint
+    from reben_tools.learn.runtime.config import TrainingError
+
+    try:
+        load_checkpoint(checkpoint)
+    except TrainingError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def archive_of_run(checkpoint: Path) -> tuple[str, list[str]]:
+    """The archive and metadata files a checkpoint's run recorded (its run directory's config.json), checked."""
+    from reben_tools.learn.data.loaders import recorded_source
+    from reben_tools.learn.runtime.config import TrainingError
+
+    config = checkpoint.resolve().parent.parent / "config.json"
+    try:
+        stored = json.loads(config.read_text())
+    except (OSError, ValueError):
+        stored = {}
+    try:
+        if stored.get("source"):
+            archive, metadata = recorded_source(stored["source"])
+        elif stored.get("archive"):
+            archive, metadata = stored["archive"], list(stored.get("metadata") or [])
+        else:
+            typer.echo(
+                f"error: {checkpoint}: its run directory records no archive ({config}); pass --archive", err=True
+            )
+            raise typer.Exit(2)
+    except TrainingError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    announce(
+        f"{checkpoint}: reading the run's archive {archive}" + (f" with {', '.join(metadata)}" if metadata else "")
+    )
+    return archive, metadata
+
+
+def archive_and_metadata(archive: str | Path | None, metadata: list[Path] | None) -> tuple[str, list[str]]:
+    """``(archive path, metadata files)`` for a run's config from ``--archive``/``--metadata``
+    (announcing metadata found beside a plain LMDB and its statistics); ``("", [])`` without --archive."""
+    if archive is None:
+        if metadata:
+            typer.echo("error: --metadata goes with --archive", err=True)
+            raise typer.Exit(2)
+        return "", []
+    source = resolve_archive(archive, metadata, statistics=True)
+    return str(source.path), [] if source.origin == "archive" else [str(p) for p in source.metadata]

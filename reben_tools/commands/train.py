@@ -10,7 +10,14 @@ from typing import Any
 import typer
 
 from reben_tools.commands.outputs import guarded_output
-from reben_tools.commands.sources import ARCHIVE_HELP, METADATA_OPTION, announce, resolve_archive
+from reben_tools.commands.sources import (
+    ARCHIVE_HELP,
+    METADATA_OPTION,
+    archive_and_metadata,
+    archive_of_run,
+    check_checkpoint_file,
+    resolve_archive,
+)
 from reben_tools.commands.urls import CACHE_DIR, CACHE_SIZE, use_cache
 
 _RECIPE = "default: reBEN's published recipe"
@@ -198,7 +205,7 @@ def train(
         _fail(exc)
     values: dict[str, Any] = {k: (v if v is not None else DEFAULTS.get(k)) for k, v in given_values.items()}
     values["model_kwargs"] = values["model_kwargs"] or {}
-    archive_path, metadata_files = _archive_and_metadata(archive, metadata)
+    archive_path, metadata_files = archive_and_metadata(archive, metadata)
     if input_mode is None and not resume:
         from reben_tools.learn.models.dofa import input_mode_for_init
 
@@ -243,46 +250,6 @@ def train(
             summary["test_average_precision_micro"] = metrics["test"]["average_precision_micro"]
         summary["files"] = _run_files(out)
         typer.echo(json.dumps(summary, indent=2))
-
-
-def _archive_and_metadata(archive: str | Path | None, metadata: list[Path] | None) -> tuple[str, list[str]]:
-    """``(archive path, metadata files)`` for a run's config from ``--archive``/``--metadata``
-    (announcing metadata found beside a plain LMDB and its statistics); ``("", [])`` without --archive."""
-    if archive is None:
-        if metadata:
-            typer.echo("error: --metadata goes with --archive", err=True)
-            raise typer.Exit(2)
-        return "", []
-    source = resolve_archive(archive, metadata, statistics=True)
-    return str(source.path), [] if source.origin == "archive" else [str(p) for p in source.metadata]
-
-
-def _archive_of_run(checkpoint: Path) -> tuple[str, list[str]]:
-    """The archive and metadata files a checkpoint's run recorded (its run directory's config.json), checked."""
-    from reben_tools.learn.data.loaders import recorded_source
-    from reben_tools.learn.runtime.config import TrainingError
-
-    config = checkpoint.resolve().parent.parent / "config.json"
-    try:
-        stored = json.loads(config.read_text())
-    except (OSError, ValueError):
-        stored = {}
-    try:
-        if stored.get("source"):
-            archive, metadata = recorded_source(stored["source"])
-        elif stored.get("archive"):
-            archive, metadata = stored["archive"], list(stored.get("metadata") or [])
-        else:
-            typer.echo(
-                f"error: {checkpoint}: its run directory records no archive ({config}); pass --archive", err=True
-            )
-            raise typer.Exit(2)
-    except TrainingError as exc:
-        _fail(exc)
-    announce(
-        f"{checkpoint}: reading the run's archive {archive}" + (f" with {', '.join(metadata)}" if metadata else "")
-    )
-    return archive, metadata
 
 
 def _run_files(out: Path) -> dict:
@@ -337,19 +304,13 @@ def evaluate(
     from reben_tools.learn.evaluation.predict import evaluate as run_evaluation
     from reben_tools.learn.runtime.config import TrainingError, check_numbers
 
-    from reben_tools.learn.runtime.checkpoints import load_checkpoint
-
     use_cache(cache_dir, cache_size)
-    try:  # a file that is no checkpoint is named before any archive is opened
-        load_checkpoint(checkpoint)
-    except TrainingError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    check_checkpoint_file(checkpoint)  # a file that is no checkpoint is named before any archive is opened
     if archive is None:
         if metadata:
             typer.echo("error: --metadata goes with --archive", err=True)
             raise typer.Exit(2)
-        recorded, recorded_metadata = _archive_of_run(checkpoint)
+        recorded, recorded_metadata = archive_of_run(checkpoint)
         source = resolve_archive(recorded, recorded_metadata, statistics=True)
     else:
         source = resolve_archive(archive, metadata, statistics=True)

@@ -51,6 +51,7 @@ from reben_tools.format.manifest import read_manifest
 from reben_tools.format.metadata import read_metadata
 from reben_tools.format.object_store import is_remote, local_path
 from reben_tools.format.reader import Archive, shared_environment
+from reben_tools.format.shard_cache import cache_for
 from reben_tools.format.shards import ContentDigest, map_size_for
 from reben_tools.format.sources import ArchiveSource, open_archive_source
 from reben_tools.geo.mgrs_grid import tile_grid
@@ -358,6 +359,9 @@ def merge_archive(
         path = _local_archive(path, shards="all")
     source = open_archive_source(path)
     root = source.path
+    cache = cache_for(root)  # an archive read from a store: every shard is read, so fetch them all first
+    if cache is not None:
+        cache.prefetch(cache.names)
     out = Path(out_dir)
     if source.kind == "archive":
         shards = read_manifest(root)["shards"]
