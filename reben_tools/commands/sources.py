@@ -95,11 +95,11 @@ def _first_patch(source: ArchiveSource) -> tuple[str | None, str | None]:
 
 def check_checkpoint_file(checkpoint: Path) -> None:
     """Exit 1 with one line when ``checkpoint`` is no reben-tools checkpoint (before any archive is opened)."""
-    from reben_tools.learn.runtime.checkpoints import load_checkpoint
     from reben_tools.learn.runtime.config import TrainingError
+    from reben_tools.learn.runtime.weights import check_weights_file
 
-    try:
-        load_checkpoint(checkpoint)
+    try:  # the file checks alone: the checkpoint itself is loaded once, by the evaluation
+        check_weights_file(checkpoint, "reben-tools checkpoint")
     except TrainingError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

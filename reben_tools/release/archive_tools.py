@@ -59,15 +59,6 @@ from reben_tools.release.geotiff_release import REFERENCE_MAP_BAND
 from reben_tools.release.geotiff_write import write_patch
 
 
-def _local_archive(path: str | os.PathLike, shards: str | None = None) -> Path:
-    """The local folder of an archive: ``path`` itself, or the cache image of a store URL (with ``shards`` fetched)."""
-    if is_remote(path):
-        from reben_tools.format.shard_cache import localise_archive
-
-        return localise_archive(str(path), shards=shards)
-    return local_path(path)
-
-
 @dataclass(frozen=True)
 class Fault:
     """One problem :func:`verify_archive` found.
@@ -355,9 +346,7 @@ def merge_archive(
     """
     from tqdm import tqdm
 
-    if isinstance(path, str) and is_remote(path):  # only URL strings are remote; every shard is read: fetch all first
-        path = _local_archive(path, shards="all")
-    source = open_archive_source(path)
+    source = open_archive_source(path)  # a URL: its cache image, shards fetched below
     root = source.path
     cache = cache_for(root)  # an archive read from a store: every shard is read, so fetch them all first
     if cache is not None:

@@ -18,7 +18,7 @@ the file and says what it is instead:
   place of torch's advice to load with ``weights_only=False``;
 - not a dict: ``PATH: not a KIND: it holds a list, not a dict``.
 
-Owns: CheckpointError, read_state_dict, describe_file.
+Owns: CheckpointError, read_state_dict, check_weights_file, describe_file.
 Does not own: what a checkpoint must hold (checkpoints.load_checkpoint, croma_layout, dofa).
 May import: torch; reben_tools.learn.runtime.config.
 """
@@ -113,6 +113,24 @@ def _damage(exc: BaseException) -> str:
     return first or type(exc).__name__
 
 
+def check_weights_file(path: str | os.PathLike, kind: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` (one line) when ``path`` is missing, a folder, unreadable or
+    plainly another kind of file; the checks :func:`read_state_dict` makes before loading, without loading."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a {kind}")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+        foreign = describe_file(path, head)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if foreign is not None:
+        raise CheckpointError(f"{path}: not a {kind}: it is {foreign}")
+
+
 def read_state_dict(path: str | os.PathLike, kind: str = "checkpoint") -> dict:
     """The dict a weights file holds, read safely (``weights_only=True``) onto the CPU.
 
@@ -128,18 +146,7 @@ def read_state_dict(path: str | os.PathLike, kind: str = "checkpoint") -> dict:
     import torch
 
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, not a {kind}")
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(64)
-        foreign = describe_file(path, head)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if foreign is not None:
-        raise CheckpointError(f"{path}: not a {kind}: it is {foreign}")
+    check_weights_file(path, kind)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, OSError, EOFError, UnpicklingError ... for a damaged file
