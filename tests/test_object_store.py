@@ -575,3 +575,26 @@ def test_a_file_url_is_the_local_path(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["split", f"file://{tmp_path}/missing.parquet", "--out", "o.parquet"])
     assert result.exit_code == 1 and f"{tmp_path}/missing.parquet" in result.output
     assert not Path("file:").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--archive", "s3://nowhere/archive", "--bands", "S1", "--model", "resnet_micro", "--out", "run"],
+        ["show", "s3://nowhere/archive", "PATCH", "--out", "patch.png"],
+        ["embed", "--archive", "s3://nowhere/archive", "--encoder", "x", "--out", "e.parquet"],
+    ],
+    ids=["train", "show", "embed"],
+)
+def test_an_unreachable_store_is_one_line_and_writes_nothing(args, tmp_path, monkeypatch):
+    """Port 9 on loopback (discard) has no server: the resolver's fetch fails, named in one line, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    for name, value in {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
+                        "AWS_SECRET_ACCESS_KEY": "y", "REBEN_CACHE_DIR": str(tmp_path / "cache")}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: s3://nowhere/archive/manifest.json: cannot look up")
+    assert not any(p.name in ("run", "patch.png", "e.parquet", "s3:") for p in tmp_path.iterdir())

@@ -186,7 +186,10 @@ def open_archive_source(
     if is_remote(path):  # an archive in a store: its node-local image (archive files now, shards on first use)
         from reben_tools.format.shard_cache import localise_archive
 
-        path = localise_archive(str(path))
+        try:
+            path = localise_archive(str(path))
+        except ArchiveError as exc:  # no manifest, an unreachable store: one line, like a bad local path
+            raise SourceError(str(exc)) from None
     root = Path(path)
     given = _given(metadata or None)
     if (root / MANIFEST_FILE).is_file():
