@@ -230,7 +230,23 @@ def test_train_records_the_source_and_resume_and_evaluate_find_it(kind, trained,
         "--out", tmp_path / "p", *CPU,
     )  # fmt: skip
     ok(probed)
-    assert (tmp_path / "p" / "probe.json").is_file()
+    alone = ok(
+        invoke(
+            "probe",
+            "--checkpoint",
+            run / "checkpoints" / "last.pt",
+            "--probes",
+            "linear",
+            "--out",
+            tmp_path / "q",
+            *CPU,
+        )
+    )  # no --archive: the run's record names it, as for evaluate
+    assert f"reading the run's archive {lmdb.resolve()}" in alone
+    given, found = (json.loads((tmp_path / d / "probe.json").read_text())["runs"][0] for d in ("p", "q"))
+    scores = [{k: v for k, v in r["probes"]["linear"].items() if k != "fit_seconds"} for r in (found, given)]
+    assert scores[0] == scores[1]
+    assert scores[0]["samples"] == COUNTS["test"] and scores[0]["average_precision_macro"] > 0
 
 
 def test_cutmix_lp_refuses_in_one_line_without_maps_and_runs_with_them(without_maps, with_maps, tmp_path):

@@ -16,6 +16,20 @@ from typing import Any
 import typer
 
 from reben_tools.commands.outputs import guarded_output
+from reben_tools.commands.run_options import (
+    CHECKPOINT_EVERY,
+    COMPILE,
+    DEVICE,
+    INCLUDE_SNOW_CLOUD,
+    MAX_STEPS,
+    PRECISION,
+    QUIET,
+    RESUME,
+    SEED,
+    WORKERS,
+    fail_run,
+    run_files,
+)
 from reben_tools.commands.sources import ARCHIVE_HELP, METADATA_OPTION, resolve_archive
 from reben_tools.commands.urls import CACHE_DIR, CACHE_SIZE, use_cache
 
@@ -46,28 +60,22 @@ def pretrain(
     warmup_steps: int | None = typer.Option(
         None, "--warmup-steps", help="Linear warm-up steps (default 1000, at most a tenth of the run)."
     ),
-    seed: int | None = typer.Option(None, "--seed", help="Random seed (default 0)."),
+    seed: int | None = SEED,
     no_flips: bool = typer.Option(
         False, "--no-flips", help="Turn off the random flips (one flip shared by S1 and S2)."
     ),
     init: Path | None = typer.Option(
         None, "--init", help="Start the encoders from a CROMA checkpoint in the published layout (e.g. CROMA_base.pt)."
     ),
-    include_snow_cloud: bool = typer.Option(
-        False, "--include-snow-cloud", help="Also use patches flagged for snow/cloud/shadow."
-    ),
-    device: str = typer.Option("auto", "--device", help="cuda, cpu or auto."),
-    precision: str = typer.Option("auto", "--precision", help="bf16 or fp32 (auto: bf16 on GPU)."),
-    workers: int | None = typer.Option(None, "--workers", help="DataLoader workers per process."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    max_steps: int | None = typer.Option(
-        None, "--max-steps", help="Stop after this many steps in total (checkpointed; --resume goes on)."
-    ),
-    checkpoint_every: int | None = typer.Option(
-        None, "--checkpoint-every", help="Also checkpoint every N steps (epochs always are)."
-    ),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    include_snow_cloud: bool = INCLUDE_SNOW_CLOUD,
+    device: str = DEVICE,
+    precision: str = PRECISION,
+    workers: int | None = WORKERS,
+    compile: bool = COMPILE,
+    max_steps: int | None = MAX_STEPS,
+    checkpoint_every: int | None = CHECKPOINT_EVERY,
+    resume: bool = RESUME,
+    quiet: bool = QUIET,
     cache_dir: str | None = CACHE_DIR,
     cache_size: str | None = CACHE_SIZE,
 ) -> None:
@@ -96,8 +104,7 @@ def pretrain(
             {**given_values, "workers": workers, "max_steps": max_steps, "checkpoint_every": checkpoint_every}
         )
     except TrainingError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail_run(exc)
     if not resume and (archive is None or model is None):
         typer.echo("error: --archive and --model are required (unless --resume continues a run)", err=True)
         raise typer.Exit(2)
@@ -118,8 +125,7 @@ def pretrain(
             try:
                 source_arg, metadata_arg = recorded_source(run["source"])
             except TrainingError as exc:
-                typer.echo(f"error: {exc}", err=True)
-                raise typer.Exit(1) from None
+                fail_run(exc)
         else:
             source_arg, metadata_arg = run["archive"], run.get("metadata") or []
     assert source_arg is not None, "--archive is given (checked above) or read from the run --resume continues"
@@ -142,20 +148,16 @@ def pretrain(
     try:
         summary = run_pretraining(config, resume=resume, given=given)
     except TrainingError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail_run(exc)
     if summary:
-        typer.echo(json.dumps({**summary, "files": _run_files(out)}, indent=2))
+        typer.echo(json.dumps({**summary, "files": run_files(out, RUN_FILES)}, indent=2))
 
 
-def _run_files(out: Path) -> dict:
-    """Where a pretraining run's checkpoints, metrics and plots are (those that exist)."""
-    names = {
-        "checkpoints": ("checkpoints/last.pt", "croma_published.pt"),
-        "metrics": ("metrics.json", "steps.jsonl", "config.json"),
-        "plots": ("curves.png",),
-    }
-    return {kind: [str(out / n) for n in paths if (out / n).is_file()] for kind, paths in names.items()}
+RUN_FILES = {
+    "checkpoints": ("checkpoints/last.pt", "croma_published.pt"),
+    "metrics": ("metrics.json", "steps.jsonl", "config.json"),
+    "plots": ("curves.png",),
+}
 
 
 def embed(
@@ -181,10 +183,10 @@ def embed(
         help="DOFA encoders: resize (inputs resized to 224; the default for dofa_base:/dofa_large: published weights) or interpolate (position embeddings resized to the 120x120 patch grid; the default for dofa_micro and reben train runs that recorded none).",
     ),
     batch_size: int = typer.Option(64, "--batch-size"),
-    device: str = typer.Option("auto", "--device", help="cuda, cpu or auto (GPU when there is one)."),
-    precision: str = typer.Option("auto", "--precision", help="bf16 or fp32 (auto: bf16 on GPU)."),
-    workers: int | None = typer.Option(None, "--workers"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    device: str = DEVICE,
+    precision: str = PRECISION,
+    workers: int | None = WORKERS,
+    quiet: bool = QUIET,
     cache_dir: str | None = CACHE_DIR,
     cache_size: str | None = CACHE_SIZE,
 ) -> None:

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from reben_tools.commands.outputs import guarded_output
+from reben_tools.commands.run_options import (
+    CHECKPOINT_EVERY,
+    COMPILE,
+    DEVICE,
+    INCLUDE_SNOW_CLOUD,
+    MAX_STEPS,
+    PRECISION,
+    QUIET,
+    RESUME,
+    SEED,
+    WORKERS,
+    fail_run,
+    run_files,
+)
 from reben_tools.commands.sources import (
     ARCHIVE_HELP,
     METADATA_OPTION,
@@ -19,6 +32,9 @@ from reben_tools.commands.sources import (
     resolve_archive,
 )
 from reben_tools.commands.urls import CACHE_DIR, CACHE_SIZE, use_cache
+
+if TYPE_CHECKING:
+    from reben_tools.format.sources import ArchiveSource
 
 _RECIPE = "default: reBEN's published recipe"
 
@@ -81,7 +97,7 @@ def train(
     patch_size: int | None = typer.Option(
         None, "--patch-size", help="Patch size of ViT / MLP-Mixer models (overrides the name's)."
     ),
-    seed: int | None = typer.Option(None, "--seed", help="Random seed (default 0)."),
+    seed: int | None = SEED,
     no_flips: bool = typer.Option(False, "--no-flips", help="Turn off the random flips."),
     mix: str | None = typer.Option(
         None,
@@ -95,9 +111,7 @@ def train(
         None, "--mix-area", help="Box area range as shares of the patch, low,high (default 0.1,0.5)."
     ),
     class_order: str | None = typer.Option(None, "--class-order", help="alphabetical (default) or original."),
-    include_snow_cloud: bool = typer.Option(
-        False, "--include-snow-cloud", help="Also use patches flagged for snow/cloud/shadow."
-    ),
+    include_snow_cloud: bool = INCLUDE_SNOW_CLOUD,
     include_snowy: bool = typer.Option(
         False, "--include-snowy", help="Also use patches flagged for seasonal snow (alone: not cloudy ones)."
     ),
@@ -112,12 +126,10 @@ def train(
     subset_seed: int | None = typer.Option(
         None, "--subset-seed", help="Seed of the --train-fraction draw (default 0)."
     ),
-    device: str = typer.Option("auto", "--device", help="cuda, cpu or auto."),
-    precision: str = typer.Option("auto", "--precision", help="bf16 or fp32 (auto: bf16 on GPU, fp32 on CPU)."),
-    workers: int | None = typer.Option(
-        None, "--workers", help="DataLoader workers per process (default: cores per process - 1)."
-    ),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    device: str = DEVICE,
+    precision: str = PRECISION,
+    workers: int | None = WORKERS,
+    compile: bool = COMPILE,
     sync_batchnorm: bool = typer.Option(
         True,
         "--sync-batchnorm/--no-sync-batchnorm",
@@ -126,12 +138,8 @@ def train(
     deterministic: bool = typer.Option(
         False, "--deterministic", help="Deterministic GPU algorithms: bit-exact --resume on GPUs, somewhat slower."
     ),
-    max_steps: int | None = typer.Option(
-        None, "--max-steps", help="Stop after this many optimiser steps in total (checkpointed; --resume goes on)."
-    ),
-    checkpoint_every: int | None = typer.Option(
-        None, "--checkpoint-every", help="Also checkpoint every N steps (epochs always are)."
-    ),
+    max_steps: int | None = MAX_STEPS,
+    checkpoint_every: int | None = CHECKPOINT_EVERY,
     no_test: bool = typer.Option(
         False, "--no-test", help="Skip evaluating the best checkpoint on the test split at the end."
     ),
@@ -140,8 +148,8 @@ def train(
         "--sampler",
         help="global (default: each epoch a permutation of all training samples, strided over processes) or shard-local (each node reads only the shards assigned to it; see docs/training.md).",
     ),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    resume: bool = RESUME,
+    quiet: bool = QUIET,
     cache_dir: str | None = CACHE_DIR,
     cache_size: str | None = CACHE_SIZE,
 ) -> None:
@@ -202,7 +210,7 @@ def train(
             {**given_values, "workers": workers, "max_steps": max_steps, "checkpoint_every": checkpoint_every}
         )
     except TrainingError as exc:
-        _fail(exc)
+        fail_run(exc)
     values: dict[str, Any] = {k: (v if v is not None else DEFAULTS.get(k)) for k, v in given_values.items()}
     values["model_kwargs"] = values["model_kwargs"] or {}
     archive_path, metadata_files = archive_and_metadata(archive, metadata)
@@ -232,7 +240,7 @@ def train(
     try:
         metrics = run_training(config, resume=resume, given=given)
     except TrainingError as exc:
-        _fail(exc)
+        fail_run(exc)
     if metrics:
         summary = {
             k: metrics.get(k)
@@ -248,30 +256,15 @@ def train(
         if metrics.get("test"):
             summary["test_average_precision_macro"] = metrics["test"]["average_precision_macro"]
             summary["test_average_precision_micro"] = metrics["test"]["average_precision_micro"]
-        summary["files"] = _run_files(out)
+        summary["files"] = run_files(out, RUN_FILES)
         typer.echo(json.dumps(summary, indent=2))
 
 
-def _run_files(out: Path) -> dict:
-    """Where a finished run's checkpoints, metrics and plots are (those that exist)."""
-    names = {
-        "checkpoints": ("checkpoints/best.pt", "checkpoints/last.pt"),
-        "metrics": ("metrics.json", "test/metrics.json", "config.json"),
-        "plots": ("curves.png", "test/per_class.png"),
-    }
-    return {kind: [str(out / n) for n in paths if (out / n).is_file()] for kind, paths in names.items()}
-
-
-def _fail(exc: Exception) -> None:
-    """Print ``error: ...`` once (only the main process when every process raised it; nothing when another
-    process failed alone, since that one printed why) and exit with status 1."""
-    from reben_tools.learn.runtime.config import StoppedByPeer
-
-    if isinstance(exc, StoppedByPeer):
-        pass
-    elif not getattr(exc, "all_processes", False) or os.environ.get("RANK", "0") == "0":
-        typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(1)
+RUN_FILES = {
+    "checkpoints": ("checkpoints/best.pt", "checkpoints/last.pt"),
+    "metrics": ("metrics.json", "test/metrics.json", "config.json"),
+    "plots": ("curves.png", "test/per_class.png"),
+}
 
 
 def evaluate(
@@ -292,10 +285,10 @@ def evaluate(
         0.5, "--threshold", help="Probability threshold for F1/F2/precision/recall/Hamming."
     ),
     batch_size: int = typer.Option(512, "--batch-size"),
-    device: str = typer.Option("auto", "--device", help="cuda, cpu or auto."),
-    precision: str = typer.Option("auto", "--precision", help="bf16 or fp32."),
-    workers: int | None = typer.Option(None, "--workers"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    device: str = DEVICE,
+    precision: str = PRECISION,
+    workers: int | None = WORKERS,
+    quiet: bool = QUIET,
     cache_dir: str | None = CACHE_DIR,
     cache_size: str | None = CACHE_SIZE,
 ) -> None:
@@ -333,7 +326,7 @@ def evaluate(
             progress=not quiet,
         )
     except TrainingError as exc:
-        _fail(exc)
+        fail_run(exc)
     shown = ("samples", "average_precision_macro", "average_precision_micro")
     summary = {k: metrics[k] for k in shown}
     if metrics["average_precision_macro_all_classes"] != metrics["average_precision_macro"]:
@@ -349,7 +342,9 @@ def evaluate(
 
 def probe(
     archive: str | None = typer.Option(
-        None, "--archive", help=ARCHIVE_HELP + " With --checkpoint, --model/--bands or --encoder."
+        None,
+        "--archive",
+        help=ARCHIVE_HELP + " With --checkpoint, --model/--bands or --encoder. With --checkpoint, default: the run's.",
     ),
     metadata: list[Path] | None = METADATA_OPTION,
     embeddings: Path | None = typer.Option(
@@ -415,11 +410,11 @@ def probe(
         3000, "--map-points", help="Test embeddings drawn in the embedding map (stratified draw)."
     ),
     batch_size: int = typer.Option(256, "--batch-size"),
-    device: str = typer.Option("auto", "--device"),
-    precision: str = typer.Option("auto", "--precision"),
-    workers: int | None = typer.Option(None, "--workers"),
+    device: str = DEVICE,
+    precision: str = PRECISION,
+    workers: int | None = WORKERS,
     seed: int = typer.Option(0, "--seed", help="Random state of the MLP and the random forest."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = QUIET,
     cache_dir: str | None = CACHE_DIR,
     cache_size: str | None = CACHE_SIZE,
 ) -> None:
@@ -459,9 +454,11 @@ def probe(
     if baseline is not None and embeddings is None and encoder is None and checkpoint is None:
         typer.echo("error: --baseline with --archive needs --checkpoint", err=True)
         raise typer.Exit(2)
-    if (archive is None) == (embeddings is None):
+    from_run = archive is None and embeddings is None and checkpoint is not None  # the archive the run recorded
+    if (archive is None) == (embeddings is None) and not from_run:
         typer.echo(
-            "error: give exactly one of --archive (with --checkpoint, --model/--bands or --encoder) and --embeddings",
+            "error: give exactly one of --archive (with --checkpoint, --model/--bands or --encoder) and --embeddings"
+            " (--checkpoint alone reads the archive its run recorded)",
             err=True,
         )
         raise typer.Exit(2)
@@ -473,7 +470,14 @@ def probe(
     if metadata and archive is None:
         typer.echo("error: --metadata goes with --archive", err=True)
         raise typer.Exit(2)
-    source = resolve_archive(archive, metadata, statistics=True) if archive is not None else None
+    source: ArchiveSource | None = None
+    if from_run:
+        assert checkpoint is not None, "from_run implies --checkpoint"
+        check_checkpoint_file(checkpoint)
+        recorded, recorded_metadata = archive_of_run(checkpoint)
+        source = resolve_archive(recorded, recorded_metadata, statistics=True)
+    elif archive is not None:
+        source = resolve_archive(archive, metadata, statistics=True)
     try:
         if encoder is not None:
             from reben_tools.learn.evaluation.embed import embed_archive
