@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -139,8 +140,9 @@ def archives(s3_endpoint, tmp_path_factory):
     return {"local": local, "url": f"s3://{BUCKET}/archive", "env": env}
 
 
-def _two_nodes(archive: str, out: Path, caches: list[Path] | None, env: dict, *extra: str) -> None:
-    """``reben train`` on two torchrun nodes (one gloo process each) on 127.0.0.1."""
+def _two_nodes(archive: str | None, out: Path, caches: list[Path] | None, env: dict, *extra: str) -> None:
+    """``reben train`` on two torchrun nodes (one gloo process each) on 127.0.0.1 (``archive`` None: the
+    run's recorded one, with ``--resume``)."""
     port = free_port()
     env = {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     procs = []
@@ -162,8 +164,7 @@ def _two_nodes(archive: str, out: Path, caches: list[Path] | None, env: dict, *e
             "-m",
             "reben_tools.cli",
             "train",
-            "--archive",
-            archive,
+            *(["--archive", archive] if archive is not None else []),
             "--bands",
             "S1",
             "--model",
@@ -210,15 +211,26 @@ def _cached_shards(cache: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def runs(archives, tmp_path_factory) -> dict:
-    """From the bucket, interrupted mid-epoch and resumed; from the local copy, straight through."""
+    """From the bucket, interrupted mid-epoch and resumed on "other machines" (new, empty caches; the first
+    run's caches gone) without --archive; from the local copy, straight through."""
     work = tmp_path_factory.mktemp("runs")
-    caches = [work / "cache-node0", work / "cache-node1"]
+    first = [work / "cache-node0", work / "cache-node1"]
+    caches = [work / "resume-cache-node0", work / "resume-cache-node1"]
     bucket_run, local_run = work / "from-bucket", work / "from-local"
-    _two_nodes(archives["url"], bucket_run, caches, archives["env"], "--max-steps", "2")
+    _two_nodes(archives["url"], bucket_run, first, archives["env"], "--max-steps", "2")
     interrupted = load_checkpoint(bucket_run / "checkpoints" / "last.pt")["position"]
-    _two_nodes(archives["url"], bucket_run, caches, archives["env"], "--resume")
+    held_first = [_cached_shards(c) for c in first]
+    for cache in first:  # a recorded cache path would now name nothing: the run must have recorded the URL
+        shutil.rmtree(cache)
+    _two_nodes(None, bucket_run, caches, archives["env"], "--resume")
     _two_nodes(str(archives["local"]), local_run, None, archives["env"])
-    return {"bucket": bucket_run, "local": local_run, "caches": caches, "interrupted": interrupted}
+    return {
+        "bucket": bucket_run,
+        "local": local_run,
+        "caches": caches,
+        "held_first": held_first,
+        "interrupted": interrupted,
+    }
 
 
 def test_two_nodes_train_from_the_bucket_each_fetching_its_shards_and_equal_a_local_run(runs):
@@ -229,6 +241,9 @@ def test_two_nodes_train_from_the_bucket_each_fetching_its_shards_and_equal_a_lo
     held = [_cached_shards(c) for c in runs["caches"]]
     assert held[0] and held[1] and not set(held[0]) & set(held[1])  # each node fetched only its shards
     assert sorted(held[0] + held[1]) == [f"shard-00{i}" for i in range(4)]
+    assert runs["held_first"] == held  # the same shards per node before and after the resume
+    source = json.loads((bucket_run / "config.json").read_text())["source"]
+    assert source["url"] == "s3://reben-training-tests/archive" and source["kind"] == "archive"
 
     a = load_checkpoint(bucket_run / "checkpoints" / "last.pt")
     b = load_checkpoint(local_run / "checkpoints" / "last.pt")

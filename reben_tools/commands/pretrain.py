@@ -132,7 +132,7 @@ def pretrain(
     source = resolve_archive(source_arg, metadata_arg, statistics=True)
     values: dict[str, Any] = {k: (v if v is not None else DEFAULTS.get(k)) for k, v in given_values.items()}
     config = PretrainConfig(
-        archive=str(source.path),
+        archive=source.argument,
         metadata=[] if source.origin == "archive" else [str(p) for p in source.metadata],
         out=str(out),
         device=device,

@@ -143,4 +143,4 @@ def archive_and_metadata(archive: str | Path | None, metadata: list[Path] | None
             raise typer.Exit(2)
         return "", []
     source = resolve_archive(archive, metadata, statistics=True)
-    return str(source.path), [] if source.origin == "archive" else [str(p) for p in source.metadata]
+    return source.argument, [] if source.origin == "archive" else [str(p) for p in source.metadata]

@@ -34,7 +34,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -64,12 +64,14 @@ class ArchiveSource:
         metadata: the metadata files whose rows are the patches (existing files only).
         origin: where they came from: ``"archive"`` (the archive's own), ``"given"``
             (``--metadata``) or ``"beside"`` (found under reBEN's names next to the LMDB).
+        url: the archive's URL in a store when ``path`` is its node-local image (None for a local archive).
     """
 
     path: Path
     kind: str
     metadata: tuple[Path, ...]
     origin: str
+    url: str | None = None
 
     def __str__(self) -> str:
         return str(self.path)
@@ -92,11 +94,18 @@ class ArchiveSource:
             return list(self.metadata)
         return [p for p in self.metadata if include_flagged or p.name != FLAGGED_METADATA_FILE]
 
+    @property
+    def argument(self) -> str:
+        """How to name this source again: its URL for an archive in a store (not this node's cache image), else its path."""
+        return self.url if self.url is not None else str(self.path)
+
     def record(self) -> dict[str, object]:
-        """What a run directory stores: kind, absolute path, metadata files with their sha256, identity."""
+        """What a run directory stores: kind, absolute path (and the URL of an archive in a store), metadata
+        files with their sha256, identity."""
         return {
             "kind": self.kind,
             "path": str(self.path.resolve()),
+            **({"url": self.url} if self.url is not None else {}),
             "metadata_origin": self.origin,
             "metadata": [{"path": str(p.resolve()), "sha256": file_sha256(p)} for p in self.metadata if p.is_file()],
             "identity": self.identity,
@@ -187,9 +196,10 @@ def open_archive_source(
         from reben_tools.format.shard_cache import localise_archive
 
         try:
-            path = localise_archive(str(path))
+            image = localise_archive(str(path))
         except ArchiveError as exc:  # no manifest, an unreachable store: one line, like a bad local path
             raise SourceError(str(exc)) from None
+        return replace(open_archive_source(image, metadata), url=str(path).rstrip("/"))
     root = Path(path)
     given = _given(metadata or None)
     if (root / MANIFEST_FILE).is_file():
@@ -220,7 +230,10 @@ def source_from_record(record: Mapping[str, Any]) -> ArchiveSource:
     """
     metadata = [Path(m["path"]) for m in record.get("metadata", [])]
     given = metadata if record.get("metadata_origin") != "archive" else None
-    source = open_archive_source(record["path"], given)
+    source = open_archive_source(record.get("url") or record["path"], given)  # a store's archive: its URL again
+    if given is None:  # the archive's own files, wherever this node keeps its image of a store's archive
+        own = {p.name: p for p in source.metadata}
+        metadata = [own.get(path.name, source.path / path.name) for path in metadata]
     for entry, path in zip(record.get("metadata", []), metadata, strict=True):
         if not path.is_file():
             raise SourceError(f"{path}: the run's metadata file is gone; pass --archive and --metadata")

@@ -102,7 +102,7 @@ def recorded_source(record: dict) -> tuple[str, list[str]]:
     except SourceError as exc:
         raise TrainingError(str(exc), all_processes=True) from None
     given = [] if source.origin == "archive" else [str(p) for p in source.metadata]
-    return str(source.path), given
+    return source.argument, given
 
 
 def open_dataset(
