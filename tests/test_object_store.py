@@ -32,6 +32,7 @@ import click
 import lmdb
 import numpy as np
 import pipeline_fixtures as fx
+import pyarrow.parquet as pq
 import pytest
 from training_archive import build_learnable_archive
 from typer.testing import CliRunner
@@ -406,6 +407,12 @@ def test_show_audit_merge_and_export_take_the_url(built, tmp_path):
     assert result.exit_code == 0, result.output
     assert cli("export-tiff", local, tmp_path / "tiff-local", "-q").exit_code == 0
     assert files(tmp_path / "tiff").keys() == files(tmp_path / "tiff-local").keys()
+    subset_cache = tmp_path / "subset-cache"
+    result = cli("subset", url, "-f", "0.5", "--out", tmp_path / "sub.parquet", "--cache-dir", subset_cache)
+    assert result.exit_code == 0 and result.output.startswith(f"{url}: "), result.output  # the URL, not the cache
+    assert cli("subset", local, "-f", "0.5", "--out", tmp_path / "sub-local.parquet").exit_code == 0
+    assert pq.read_table(tmp_path / "sub.parquet").equals(pq.read_table(tmp_path / "sub-local.parquet"))
+    assert not list(subset_cache.rglob("data.mdb"))  # rows from the metadata alone: no shard fetched
     assert not Path("s3:").exists()
 
 
@@ -561,6 +568,7 @@ def test_the_commands_that_read_archives_take_urls_and_build_writes_them():
         "pretrain": "archive",
         "embed": "archive",
         "probe": "archive",
+        "subset": "input_path",
         "build": "out",
     }
     for command, name in readers.items():

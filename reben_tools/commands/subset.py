@@ -8,13 +8,15 @@ import typer
 
 from reben_tools.commands.outputs import guarded_output
 from reben_tools.commands.sources import METADATA_OPTION, announce, names_an_archive, resolve_archive
+from reben_tools.commands.urls import CACHE_DIR, CACHE_SIZE, use_cache
+from reben_tools.format.object_store import is_remote
 
 
 def subset(
-    input_path: Path = typer.Argument(
+    input_path: str = typer.Argument(
         ...,
-        help="A reBEN metadata parquet, an archive directory (its metadata.parquet), or a plain reBEN LMDB directory "
-        "(with --metadata, or reBEN's metadata files inside or beside it).",
+        help="A reBEN metadata parquet, an archive directory or URL (s3://...; its metadata.parquet), or a plain "
+        "reBEN LMDB directory (with --metadata, or reBEN's metadata files inside or beside it).",
     ),
     metadata: list[Path] | None = METADATA_OPTION,
     fraction: float = typer.Option(..., "--fraction", "-f", help="Share of the train split to keep, in (0, 1]."),
@@ -32,6 +34,8 @@ def subset(
         help="Archive or LMDB input: also draw from the patches flagged for snow/cloud/shadow.",
     ),
     report: Path | None = typer.Option(None, "--report", help="Also write the label distribution as JSON here."),
+    cache_dir: str | None = CACHE_DIR,
+    cache_size: str | None = CACHE_SIZE,
 ) -> None:
     """Draw a deterministic, stratified FRACTION of the train split (every class keeps a positive) and write it to OUT.
 
@@ -42,17 +46,19 @@ def subset(
     from reben_tools.format.sources import source_rows
     from reben_tools.splits.subsets import SubsetError, distribution_markdown, write_subset, write_subset_rows
 
+    use_cache(cache_dir, cache_size)  # an archive URL: its metadata files only are fetched, no shard
     try:
-        if names_an_archive(input_path) or metadata:
+        if is_remote(input_path) or names_an_archive(Path(input_path)) or metadata:
             source = resolve_archive(input_path, metadata)
             try:
                 table, line = source_rows(source, include_snow_cloud)
             except ArchiveError as exc:
                 raise SubsetError(str(exc)) from None
             announce(line)
-            result = write_subset_rows(table, ", ".join(str(p) for p in source.metadata), out, fraction, seed)
+            files = ", ".join(str(p) if source.url is None else f"{source.url}/{p.name}" for p in source.metadata)
+            result = write_subset_rows(table, files, out, fraction, seed)
         else:
-            result = write_subset(input_path, out, fraction, seed, include_snow_cloud)
+            result = write_subset(Path(input_path), out, fraction, seed, include_snow_cloud)
     except SubsetError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

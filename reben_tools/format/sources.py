@@ -73,8 +73,8 @@ class ArchiveSource:
     origin: str
     url: str | None = None
 
-    def __str__(self) -> str:
-        return str(self.path)
+    def __str__(self) -> str:  # what messages name: the URL of a store's archive, not this node's cache image
+        return self.argument
 
     @property
     def is_plain_lmdb(self) -> bool:
@@ -175,6 +175,9 @@ def _beside(lmdb_dir: Path) -> tuple[Path, ...]:
 def open_archive_source(
     path: str | os.PathLike[str] | ArchiveSource,
     metadata: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_size: int | str | None = None,
 ) -> ArchiveSource:
     """Resolve an ARCHIVE argument (and its ``--metadata`` files) to an :class:`ArchiveSource`.
 
@@ -183,6 +186,8 @@ def open_archive_source(
             (returned as it is when no ``metadata`` is given).
         metadata: reBEN metadata parquet file(s); empty or None: the archive's own, or for a
             plain LMDB reBEN's files found inside or beside it.
+        cache_dir, cache_size: for an archive URL, its node-local image's folder and bound
+            (default: the command's ``--cache-dir`` / ``--cache-size``, ``format.cache_settings``).
 
     Raises:
         SourceError: one line naming the path: not a directory, neither an archive nor an
@@ -191,12 +196,12 @@ def open_archive_source(
     if isinstance(path, ArchiveSource):
         if not metadata:
             return path
-        path = path.path
+        path = path.argument
     if is_remote(path):  # an archive in a store: its node-local image (archive files now, shards on first use)
         from reben_tools.format.shard_cache import localise_archive
 
         try:
-            image = localise_archive(str(path))
+            image = localise_archive(str(path), cache_dir, max_bytes=cache_size)
         except ArchiveError as exc:  # no manifest, an unreachable store: one line, like a bad local path
             raise SourceError(str(exc)) from None
         return replace(open_archive_source(image, metadata), url=str(path).rstrip("/"))
@@ -272,10 +277,10 @@ def source_rows(source: ArchiveSource, include_snow_cloud: bool = False) -> tupl
     names = ", ".join(p.name for p in files)
     if include_snow_cloud or not count:
         why = f"including {count} snow/cloud/shadow-flagged" if count else "none flagged for snow/cloud/shadow"
-        return table, f"{source.path}: {table.num_rows:,} patches of {names} ({why})"
+        return table, f"{source}: {table.num_rows:,} patches of {names} ({why})"
     kept = table.filter(pc.invert(flagged))
     return kept, (
-        f"{source.path}: {kept.num_rows:,} patches of {names}; {count:,} flagged for snow/cloud/shadow left out "
+        f"{source}: {kept.num_rows:,} patches of {names}; {count:,} flagged for snow/cloud/shadow left out "
         "as reBEN's training does (--include-snow-cloud keeps them)"
     )
 
@@ -309,7 +314,7 @@ def describe_rows(source: ArchiveSource, what: str) -> str:
         if count
         else "none flagged for snow/cloud/shadow"
     )
-    return f"{source.path}: {what} all {len(ids):,} patches of {names} ({note})"
+    return f"{source}: {what} all {len(ids):,} patches of {names} ({note})"
 
 
 def plain_statistics_line(source: ArchiveSource, patch_id: str | None, s1_name: str | None) -> str:

@@ -47,9 +47,7 @@ from reben_tools.format.bands import ALL_BANDS, OUTPUT_SIZE, PUBLISHED_STATISTIC
 from reben_tools.format.labels import NUM_CLASSES, class_names, code_to_class_index_table
 from reben_tools.format.layout import PATCHES_FILE, SPLITS, ArchiveError
 from reben_tools.format.metadata import read_metadata
-from reben_tools.format.object_store import is_remote
 from reben_tools.format.reader import Archive, BatchReader
-from reben_tools.format.shard_cache import localise_archive
 from reben_tools.format.sources import ArchiveSource, open_archive_source
 from reben_tools.learn.data.batches import SampleBatch, collate, empty_batch
 from reben_tools.learn.data.transforms import (
@@ -200,9 +198,7 @@ class ReBENDataset(Dataset):
             raise ValueError(f"unknown upsampling {upsampling!r}; expected one of {list(UPSAMPLING_MODES)}")
         if mask_dtype not in (torch.uint8, torch.int64):
             raise ValueError(f"mask_dtype must be torch.uint8 or torch.int64, got {mask_dtype}")
-        if cache_dir is not None and is_remote(root):  # the image in the cache folder asked for
-            root = localise_archive(str(root), cache_dir, max_bytes=cache_size)
-        self.source = open_archive_source(root, metadata)
+        self.source = open_archive_source(root, metadata, cache_dir=cache_dir, cache_size=cache_size)
         """Where the patches come from (archive or plain LMDB, and which metadata files)."""
         self.root = self.source.path  # for a URL: its node-local image (format.shard_cache)
         self.archive = Archive(self.root, cache_size=cache_size)
