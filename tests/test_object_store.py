@@ -364,6 +364,11 @@ def test_verify_of_the_bucket_passes_and_flags_a_tampered_shard_naming_the_key(b
     url, _ = built
     result = cli("verify", url, "-q", "--cache-dir", tmp_path / "cache")
     assert result.exit_code == 0 and f"{url}: OK (6 shard(s)" in result.output, result.output
+    copies = [d for d in (tmp_path / "cache").rglob("shards/*") if (d / "data.mdb").is_file()]
+    bound = 2 * max(sum(f.stat().st_size for f in d.iterdir()) for d in copies)  # two shards of six
+    result = cli("verify", url, "-q", "--cache-dir", tmp_path / "bounded", "--cache-size", str(bound))
+    assert result.exit_code == 0 and f"{url}: OK (6 shard(s)" in result.output, result.output  # shard by shard
+    assert len(list((tmp_path / "bounded").rglob("data.mdb"))) <= 2
     store, copy = Store(url), Store(f"{URL}/tampered")
     for rel in store.listing():
         copy.write_bytes(rel, store.read_bytes(rel))
@@ -385,6 +390,8 @@ def test_verify_of_the_bucket_passes_and_flags_a_tampered_shard_naming_the_key(b
     )
     assert f"FAULT shard {shard}: content sha256" in result.output
     assert result.output.count("FAULT") == 3
+    bounded = cli("verify", f"{URL}/tampered", "-q", "--cache-dir", tmp_path / "bounded", "--cache-size", str(bound))
+    assert sorted(bounded.output.splitlines()) == sorted(result.output.splitlines())  # the same faults
     # a reader never uses it: the fetch is checked against the manifest
     with pytest.raises(ShardIntegrityError, match=f"{URL}/tampered/shards/{shard}: the store's shard does not match"):
         localise_archive(f"{URL}/tampered", tmp_path / "other-cache", shards=[shard])

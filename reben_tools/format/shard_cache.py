@@ -516,21 +516,25 @@ class ShardCache:
 
 def localise_for_verify(
     url: str, cache_dir: str | os.PathLike[str] | None = None
-) -> tuple[Path, list[tuple[str, str]]]:
-    """``reben verify URL``: the archive image with every shard fetched, copies that do not match
-    kept for the local checks, and the faults only the store shows.
+) -> tuple[Path, list[tuple[str, str]], Iterator[tuple[str, str | None]]]:
+    """``reben verify URL``: the archive image, the faults only the store's listing shows, and the
+    shards fetched one by one for verify's own checks.
 
     Returns:
-        ``(image, [(shard, reason), ...])``: shards in the store the manifest does not list,
-        shards whose objects are missing or unreadable, files whose sha256 differs from the
-        manifest's. A shard that differs is kept (unmarked, so no reader uses it) for verify's
-        own checks, which name the key where they can.
+        ``(image, unlisted, fetched)``: ``unlisted`` holds ``(shard, reason)`` for shards in the
+        store the manifest does not list; ``fetched`` yields ``(shard, problem)`` for every shard
+        of the manifest, in its order, once that shard's copy is in the image: ``problem`` is None,
+        or the shard's objects are missing or unreadable, or a file's sha256 differs from the
+        manifest's (such a copy is kept, unmarked so no reader uses it, for verify's checks, which
+        name the key where they can). An unbounded cache fetches ahead in parallel; a bounded one
+        (``--cache-size``) fetches each shard when the previous one has been checked, so the
+        least recently used copies can make room and an archive larger than the bound is verified.
     """
     image = localise_archive(url, cache_dir)
     cache = ShardCache(image, max_bytes=None, every_file=True)
     listing = cache.store.listing(SHARDS_DIR)
     stored = {key.split("/")[1] for key in listing if key.count("/") >= 2 and not key.split("/")[1].startswith(".")}
-    faults = [
+    unlisted = [
         (name, f"{cache.store.url_of(f'{SHARDS_DIR}/{name}')}: shard in the store is not listed in the manifest")
         for name in sorted(stored - set(cache.names))
     ]
@@ -539,18 +543,21 @@ def localise_for_verify(
         etags = {f: listing.get(f"{SHARDS_DIR}/{name}/{f}", {}).get("etag") for f in cache.expected(name)}
         try:
             problem = cache.ensure(name, keep_mismatch=True, etags=etags)
-        except StoreError as exc:
+        except (StoreError, CacheFullError) as exc:
             shutil.rmtree(cache.path(name), ignore_errors=True)
             return name, str(exc)
-        if problem:  # the copy is kept: verify's own checks then name the key where they can
+        if problem:
             return name, f"{cache.store.url_of(f'{SHARDS_DIR}/{name}')}: differs from the manifest ({problem})"
         return name, None
 
-    with ThreadPoolExecutor(FETCH_THREADS) as pool:
-        for name, problem in pool.map(fetch, cache.names):
-            if problem:
-                faults.append((name, problem))
-    return image, faults
+    def fetched() -> Iterator[tuple[str, str | None]]:
+        if cache.max_bytes is not None:
+            yield from map(fetch, cache.names)  # lazily: the next shard once the consumer checked this one
+            return
+        with ThreadPoolExecutor(FETCH_THREADS) as pool:
+            yield from pool.map(fetch, cache.names)
+
+    return image, unlisted, fetched()
 
 
 __all__ = [

@@ -199,11 +199,12 @@ def verify_archive(path: str | os.PathLike, progress: bool = False) -> VerifyRep
 
     report = VerifyReport()
     store_faults: list[tuple[str, str]] = []
+    fetched: Iterator[tuple[str, str | None]] | None = None  # a store's shards, each fetched before its check
     if is_remote(path):
         from reben_tools.format.shard_cache import localise_for_verify
 
         try:
-            root, store_faults = localise_for_verify(str(path))
+            root, store_faults, fetched = localise_for_verify(str(path))
         except ArchiveError as exc:
             report.faults.append(Fault("-", None, str(exc)))
             return report
@@ -224,6 +225,11 @@ def verify_archive(path: str | os.PathLike, progress: bool = False) -> VerifyRep
                 report.faults.append(Fault(entry.name, None, "shard directory is not listed in the manifest"))
     for expected in tqdm(manifest["shards"], desc="verify", unit="shard", disable=not progress):
         report.shards += 1
+        if fetched is not None:
+            name, problem = next(fetched)
+            assert name == expected["name"], "the store's shards come in the manifest's order"
+            if problem:
+                report.faults.append(Fault(name, None, problem))
         _verify_shard(shards_dir / expected["name"], expected, report, keys_seen)
     recorded_counts = manifest.get("counts")
     counts = recorded_counts if isinstance(recorded_counts, dict) else {}
