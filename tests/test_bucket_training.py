@@ -317,3 +317,12 @@ def test_evaluate_probe_embed_and_pretrain_read_the_bucket_as_the_local_copy(arc
         *cache,
     )
     assert json.loads(pretrained.stdout)["steps"] == 1
+
+
+def test_cutmix_lp_from_the_bucket_checks_only_the_reference_maps_of_each_nodes_shards(archives, runs, tmp_path):
+    caches = [tmp_path / "cache-node0", tmp_path / "cache-node1"]
+    out = tmp_path / "cutmix-lp"
+    _two_nodes(archives["url"], out, caches, archives["env"], "--mix", "cutmix-lp", "--max-steps", "1")
+    held = [_cached_shards(c) for c in caches]
+    assert held == [_cached_shards(c) for c in runs["caches"]]  # the plain run's split of shards, no more
+    assert json.loads((out / "config.json").read_text())["mix"] == "cutmix-lp"

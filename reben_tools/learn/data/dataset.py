@@ -556,15 +556,16 @@ class ReBENDataset(Dataset):
             )
         return codes
 
-    def has_reference_maps(self) -> bool:
-        """Whether the archive holds reference maps: the first sample's map is there (one lookup).
+    def has_reference_maps(self, index: int = 0) -> bool:
+        """Whether the archive holds reference maps: sample ``index``'s map is there (one lookup, in
+        that sample's shard: a training node of an archive in a store asks in one of its own shards).
 
         A plain reBEN LMDB of S1 and S2 values only (what most ConfigILM users hold) has none."""
         if not len(self):
             return False
         try:
             with self.archive.batch_reader() as reader:
-                reader.get(self._keys[0] + b"_reference_map", int(self._shards[0]))
+                reader.get(self._keys[index] + b"_reference_map", int(self._shards[index]))
         except KeyError:
             return False
         return True

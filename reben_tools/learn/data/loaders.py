@@ -220,11 +220,12 @@ def training_dataset(dataset: ReBENDataset, indices: np.ndarray, needs_reference
     """
     if not needs_reference_maps:
         return dataset
-    if not dataset.has_reference_maps():
+    first = int(indices[0]) if len(indices) else 0
+    if not dataset.has_reference_maps(first):
         raise TrainingError(
             f"{dataset.root}: --mix cutmix-lp needs reference maps, and this "
             f"{'LMDB' if dataset.archive.manifest is None else 'archive'} holds none "
-            f"({dataset.patch_ids[0]}_reference_map is absent: S1/S2 values only); "
+            f"({dataset.patch_ids[first]}_reference_map is absent: S1/S2 values only); "
             "use --mix cutmix, or an LMDB with the maps"
         )
     try:

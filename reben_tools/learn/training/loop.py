@@ -26,6 +26,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -161,18 +162,18 @@ class Supervised(skeleton.Objective):
         self.mixer = None
         if config.mix != "none":
             self.mixer = TrainMixer(config.mix, config.mix_prob, config.mix_area, config.class_order, device)
-        train_data = training_dataset(
-            dataset, train_indices, self.mixer is not None and self.mixer.needs_reference_maps
-        )
         if config.sampler == "shard-local":  # each node reads only its shards (learn.data.shard_sampler)
             validation = {"validation": split_indices(dataset, "validation")}
             sampler, evaluation = make_samplers(config.sampler, dataset, train_indices, validation, ctx, config.seed)
             val_sampler = evaluation["validation"]
+            node_indices = np.asarray(sampler.indices, dtype=np.int64)  # its reference maps only: no other shard
         else:
             sampler = skeleton.train_sampler(train_indices, ctx, config.seed)
             val_sampler = EpochSampler(
                 split_indices(dataset, "validation"), ctx.rank, ctx.world_size, shuffle=False, pad=False
             )
+            node_indices = train_indices
+        train_data = training_dataset(dataset, node_indices, self.mixer is not None and self.mixer.needs_reference_maps)
         loader = make_loader(train_data, sampler, batch, workers, device, config.seed)
         self.val_loader = make_loader(dataset, val_sampler, batch, workers, device, config.seed)
         self.preprocess = DevicePreprocess(dataset, device)
