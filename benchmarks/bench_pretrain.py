@@ -241,6 +241,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="croma_micro", help="CROMA size (croma_base on a GPU)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: pretraining (bf16 on cuda) and embedding (fp32)")
     parser.add_argument("--out", default="benchmarks/pretrain.json")
+    parser.add_argument(
+        "--projected-only",
+        action="store_true",
+        help="add the retrieval through the contrastive projections to an existing --out (cached embeddings)",
+    )
     args = parser.parse_args(argv)
     global DEVICE, MODEL
     DEVICE, MODEL = torch.device(args.device), args.model
@@ -262,6 +267,17 @@ def main(argv: list[str] | None = None) -> None:
         "timing_s": {},
     }
     views: dict[tuple[int, int], dict] = {}
+    if args.projected_only:
+        final = args.snapshots[-1]
+        for seed in args.seeds:
+            for step in (0, final):
+                name = f"views_s{seed}_random.npz" if step == 0 else f"views_s{seed}_step{step}.npz"
+                views[(seed, step)] = cached_views(work / name, dict)
+        done = json.loads(Path(args.out).read_text())
+        done["retrieval_projected"] = projected_retrieval(views, args.seeds, final, work)
+        Path(args.out).write_text(json.dumps(done, indent=1))
+        print(json.dumps({k: v["verdict"] for k, v in done["retrieval_projected"]["comparisons"].items()}))
+        return
     for seed in args.seeds:
         print(f"seed {seed}", flush=True)
         views[(seed, 0)] = cached_views(
@@ -406,6 +422,49 @@ def evaluate(record: dict, views: dict, args) -> None:
             for s in seeds
             for k in [0, *snapshots_of(s, args)]
         },
+    }
+    record["retrieval_projected"] = projected_retrieval(views, seeds, args.snapshots[-1], Path(args.work))
+
+
+def projected_retrieval(views: dict, seeds: list[int], final: int, work: Path) -> dict:
+    """S1->S2 retrieval in the contrastive space: the pooled ``GAP_FFN`` outputs through the run's
+    ``radar_proj`` / ``optical_proj`` (cosine, so the L2 normalisation is implied), the space InfoNCE
+    trains. Final snapshot (the run's last checkpoint) against the same seed's initial projections
+    (random init: the pretraining model built with that seed), paired by seed."""
+    hits: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+    per_encoder = {}
+    for s in seeds:
+        state = torch.load(work / f"run_s{s}" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+        assert state["position"]["step"] == final, "the run's last checkpoint is the final snapshot"
+        heads = {final: state["contrast"], 0: random_init(s, pretraining=True).contrast.state_dict()}
+        for step, head in heads.items():
+            v = views[(s, step)]
+            test = v["split"] == "test"
+
+            def project(x: np.ndarray, name: str, head=head) -> np.ndarray:
+                w, bias = head[f"{name}.weight"].double().numpy(), head[f"{name}.bias"].double().numpy()
+                return x.astype(np.float64) @ w.T + bias
+
+            q, g = project(v["s1"][test], "radar_proj"), project(v["s2"][test], "optical_proj")
+            ranks = retrieval_ranks(q, g)
+            hits[(s, step)] = {"hit1": (ranks <= 1).astype(np.float64), "hit10": (ranks <= 10).astype(np.float64)}
+            per_encoder[f"s{s}_step{step}"] = {
+                "recall@1": float((ranks <= 1).mean()),
+                "recall@10": float((ranks <= 10).mean()),
+                "median_rank": float(np.median(ranks)),
+                "chance_recall@1_permutation": permutation_recall_at_1(retrieval_ranks, q, g, 200, 0),
+            }
+    comparisons = {}
+    for metric in ("hit1", "hit10"):
+        c = paired_comparison(
+            [hits[(s, final)][metric] for s in seeds], [hits[(s, 0)][metric] for s in seeds],
+            None, None, "mean", "seeds", n_boot=2000,
+        )  # fmt: skip
+        comparisons[f"step{final}_{metric}"] = {**summary(c), "seeds": seeds}
+    return {
+        "what": "S1 query -> S2 gallery over the test split through the contrastive projections; final - step 0",
+        "comparisons": comparisons,
+        "per_encoder": per_encoder,
     }
 
 
