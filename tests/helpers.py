@@ -49,3 +49,14 @@ def pretrain_config(archive_dir, out, **overrides) -> PretrainConfig:
         progress=False,
     )
     return PretrainConfig(**{**base, **overrides})
+
+
+def as_terminal_job() -> None:
+    """``preexec_fn`` of a child the test interrupts like a terminal does: SIGINT (and SIGQUIT) back to
+    their defaults. A shell starts background jobs with both ignored and children inherit that, and
+    Python then installs no KeyboardInterrupt handler, so a CI runner that starts the suite in the
+    background would otherwise see Ctrl-C do nothing."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import typer.main
+from helpers import as_terminal_job
 from training_archive import build_learnable_archive
 from typer.testing import CliRunner
 
@@ -243,6 +244,7 @@ def interrupt(args: list, wait_for: Path, cwd: Path, timeout: float = 240) -> tu
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=as_terminal_job,
     )
     started = time.monotonic()
     try:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pipeline_fixtures as fx
 import pytest
+from helpers import as_terminal_job
 
 from reben_tools.builder.pipeline.config import BuildError, PipelineConfig
 from reben_tools.builder.pipeline.run import build_archive
@@ -115,6 +116,7 @@ def test_ctrl_c_stops_quietly_with_one_line_and_the_rerun_resumes(config_path, r
         cwd=REPO,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         start_new_session=True,
+        preexec_fn=as_terminal_job,
     )
     shards = out / "shards"
     deadline = time.time() + 120
