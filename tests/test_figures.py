@@ -154,6 +154,33 @@ def test_summary_map_of_two_small_sites_has_a_panel_per_site_at_patch_scale_and_
     assert xmin < 2.6 and xmax > 6.3 and ymin < 49.5 and ymax > 51.4  # Belgium and Luxembourg whole
     shown = {t.get_text() for t in axes["overview"].texts}
     assert {"Belgium", "Luxembourg", "1", "2"} <= shown
+    renderer = figure.canvas.get_renderer()
+    boxes = [patch.get_window_extent(renderer) for patch in axes["overview"].patches if not patch.get_fill()]
+    texts = axes["overview"].texts
+    assert len(boxes) == 2
+    for text in texts:  # no country name or number on a site's box, none on another text
+        extent = text.get_window_extent(renderer)
+        if text.get_text() in ("Belgium", "Luxembourg"):
+            assert not any(extent.overlaps(b) for b in boxes), text.get_text()
+        assert not any(extent.overlaps(o.get_window_extent(renderer)) for o in texts if o is not text)
+
+
+def test_summary_map_panels_name_the_country_the_archive_assigned(tmp_path):
+    """Natural Earth's outline of Luxembourg misses the demo's site 2 (a build assigns it by a finer rule):
+    the panel names the country of its patches' rows, not only the outlines it touches."""
+    from reben_tools.builder.countries import CountryIndex
+    from reben_tools.builder.pipeline.summary import map_figure
+
+    countries = CountryIndex.load(_countries_file(tmp_path), countries=["BEL", "LUX"])
+    footprints = _site(5.82, 50.41) + _site(6.30, 49.52)
+    tiles = ["tile 31UGR"] * 100 + ["tile 32ULV"] * 100
+    assigned = ["Belgium"] * 100 + ["Luxembourg"] * 100
+    titles = {
+        axis.get_label(): axis.get_title()
+        for axis in map_figure(_pattern(200), footprints, countries, tiles, assigned).axes
+    }
+    assert titles["site:tile 32ULV"] == "2: tile 32ULV, 100 patches\nLuxembourg"
+    assert titles["site:tile 31UGR"] == "1: tile 31UGR, 100 patches\nBelgium"
 
 
 def test_summary_map_groups_touching_footprints_into_sites_without_tile_names(tmp_path):

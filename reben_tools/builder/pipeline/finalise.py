@@ -177,6 +177,7 @@ def finalise(
             countries,
             map_png,
             [f"tile {t}" for t in rows.column("tile").to_pylist()],
+            rows.column("country").to_pylist(),
         )
     return BuildResult(out, clean, flagged, summary, report, map_png, 0, 0, s1_product_types=s1_types)
 

@@ -83,12 +83,17 @@ SPLIT_COLOURS = {"train": "#1b9e77", "validation": "#d95f02", "test": "#7570b3"}
 
 
 def plot_map(
-    splits: list[str], footprints: list, countries: CountryIndex, path: Path, sites: list[str] | None = None
+    splits: list[str],
+    footprints: list,
+    countries: CountryIndex,
+    path: Path,
+    sites: list[str] | None = None,
+    patch_countries: list[str | None] | None = None,
 ) -> None:
     """PNG of the archive's patch footprints (EPSG:4326) coloured by split (see :func:`map_figure`)."""
     import matplotlib.pyplot as plt
 
-    fig = map_figure(splits, footprints, countries, sites)
+    fig = map_figure(splits, footprints, countries, sites, patch_countries)
     save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
 
@@ -126,21 +131,30 @@ def map_layout(footprints: list, groups: list[tuple[str, np.ndarray]], overview_
     return "panels"
 
 
-def map_figure(splits: list[str], footprints: list, countries: CountryIndex, sites: list[str] | None = None):
+def map_figure(
+    splits: list[str],
+    footprints: list,
+    countries: CountryIndex,
+    sites: list[str] | None = None,
+    patch_countries: list[str | None] | None = None,
+):
     """The ``summary_map.png`` Figure, its layout chosen by extent (:func:`map_layout`).
 
     ``panels``: one panel per site (``sites``: a name per patch, e.g. its tile; default: groups of
     touching footprints) zoomed to its patches, so the split pattern is readable patch by patch, and
     an overview of the countries with every site outlined and named. ``single``: one map that holds
     every patch and the whole outline of every country holding one (a build over many tiles).
-    The legend (with the counts per split) sits below; no text overlaps another.
+    The legend (with the counts per split) sits below; no text overlaps another. A panel names the
+    countries its patches were assigned (``patch_countries``, the archive's ``country``), else the
+    outlines its patches touch.
     """
     import geopandas as gpd
     import matplotlib
 
     matplotlib.use("Agg")
 
-    frame = gpd.GeoDataFrame({"split": splits}, geometry=footprints, crs="EPSG:4326")
+    columns = {"split": splits} | ({"country": patch_countries} if patch_countries is not None else {})
+    frame = gpd.GeoDataFrame(columns, geometry=footprints, crs="EPSG:4326")
     world = gpd.GeoDataFrame({"name": countries.names}, geometry=countries.geometries, crs=countries.metric_crs).to_crs(
         "EPSG:4326"
     )
@@ -242,7 +256,12 @@ def _site_panels(frame, world, holding, bounds, groups):
         ax.tick_params(labelsize=7)
         ax.set_xlabel("longitude", fontsize=8)
         ax.set_ylabel("latitude", fontsize=8)
-        where = [n for n, g in zip(holding["name"], holding.geometry, strict=True) if g.intersects(part.union_all())]
+        if "country" in part:  # the archive's assignment (the overview's outlines are coarser than the build's)
+            where = sorted({c for c in part["country"] if c})
+        else:
+            where = [
+                n for n, g in zip(holding["name"], holding.geometry, strict=True) if g.intersects(part.union_all())
+            ]
         title = f"{k + 1}: {name}, {len(part)} patches" + (f"\n{', '.join(where)}" if where else "")
         ax.set_title(title, fontsize=9)
     overview = fig.add_subplot(grid[:, columns])
@@ -254,39 +273,79 @@ def _site_panels(frame, world, holding, bounds, groups):
 
 
 def _overview(ax, frame, world, holding, bounds: tuple, groups: list) -> None:
-    """The countries holding patches, each site outlined and numbered as its panel."""
+    """The countries holding patches, each site outlined and numbered as its panel; a country's name
+    goes where its rendered text overlaps no site box and no number (:func:`_place_label`)."""
     import shapely
     from matplotlib.patches import Rectangle
 
     minx, miny, maxx, maxy = bounds
     pad = max(maxx - minx, maxy - miny) * 0.05
     world.plot(ax=ax, facecolor="#f2f2f2", edgecolor="#888888", linewidth=0.6)
+    ax.set_xlim(minx - pad, maxx + pad)
+    ax.set_ylim(miny - pad, maxy + pad)
+    ax.set_aspect(_aspect(miny, maxy))
     boxes = [shapely.box(*frame.iloc[members].total_bounds) for _, members in groups]
-    taken = shapely.union_all(boxes).buffer(pad * 2)
-    for name, geometry in zip(holding["name"], holding.geometry, strict=True):
-        free = geometry.difference(taken)
-        point = (free if not free.is_empty else geometry).representative_point()
-        ax.annotate(name, (point.x, point.y), ha="center", va="center", color="#555555", fontsize=8)
+    marks = []
     for number, site in enumerate(boxes, start=1):
         sminx, sminy, smaxx, smaxy = site.bounds
         ax.add_patch(Rectangle((sminx, sminy), smaxx - sminx, smaxy - sminy, fill=False, edgecolor="#c00000", lw=1.5))
         east = (sminx + smaxx) / 2 > (minx + maxx) / 2  # the number on the side facing the middle
-        ax.annotate(
-            str(number),
-            (sminx if east else smaxx, (sminy + smaxy) / 2),
-            xytext=(-3 if east else 3, 0),
-            textcoords="offset points",
-            ha="right" if east else "left",
-            va="center",
-            fontsize=8,
-            fontweight="bold",
-            color="#c00000",
+        marks.append(
+            ax.annotate(
+                str(number),
+                (sminx if east else smaxx, (sminy + smaxy) / 2),
+                xytext=(-3 if east else 3, 0),
+                textcoords="offset points",
+                ha="right" if east else "left",
+                va="center",
+                fontsize=8,
+                fontweight="bold",
+                color="#c00000",
+            )
         )
-    ax.set_xlim(minx - pad, maxx + pad)
-    ax.set_ylim(miny - pad, maxy + pad)
-    ax.set_aspect(_aspect(miny, maxy))
+    renderer = ax.figure.canvas.get_renderer()
+    taken = shapely.union_all([_data_box(ax, mark.get_window_extent(renderer)) for mark in marks] + boxes)
+    taken = taken.buffer(pad * 0.3)
+    for name, geometry in zip(holding["name"], holding.geometry, strict=True):
+        label = _place_label(ax, renderer, name, geometry, taken)
+        taken = taken.union(_data_box(ax, label.get_window_extent(renderer)))
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_xlabel("")
     ax.set_ylabel("")
     ax.set_title("overview", fontsize=9)
+
+
+def _data_box(ax, extent):
+    """A rendered text's window extent as a shapely box in the axes' data coordinates."""
+    import shapely
+
+    (x0, y0), (x1, y1) = ax.transData.inverted().transform([[extent.x0, extent.y0], [extent.x1, extent.y1]])
+    return shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def _place_label(ax, renderer, name: str, geometry, taken):
+    """``name`` inside ``geometry`` at the candidate point nearest its middle whose text box stays in the
+    axes and clear of ``taken`` (site boxes, numbers, other names); its representative point when none is."""
+    import shapely
+
+    view = _view_box(ax)
+    inside = geometry.intersection(view)
+    middle = (inside if not inside.is_empty else geometry).representative_point()
+    gx0, gy0, gx1, gy1 = (inside if not inside.is_empty else geometry).bounds
+    grid = [shapely.Point(x, y) for x in np.linspace(gx0, gx1, 9) for y in np.linspace(gy0, gy1, 9)]
+    candidates = [middle] + sorted((p for p in grid if inside.contains(p)), key=middle.distance)
+    for point in candidates:
+        label = ax.annotate(name, (point.x, point.y), ha="center", va="center", color="#555555", fontsize=8)
+        box = _data_box(ax, label.get_window_extent(renderer))
+        if view.contains(box) and not box.intersects(taken):
+            return label
+        label.remove()
+    return ax.annotate(name, (middle.x, middle.y), ha="center", va="center", color="#555555", fontsize=8)
+
+
+def _view_box(ax):
+    import shapely
+
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    return shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
