@@ -268,7 +268,7 @@ def test_ctrl_c_in_training_exits_130_saying_how_to_resume(command, archive, tmp
     code, out, err = interrupt(
         args + ["--device", "cpu", "--workers", "1", "-q"], tmp_path / "run/checkpoints/last.pt", tmp_path
     )
-    assert code == 130
+    assert code == 130, err  # what it printed, should the interrupt ever be met elsewhere
     assert err == f"interrupted; resume with: reben {command} --out run --resume\n"
     assert out == ""
 
