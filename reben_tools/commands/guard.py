@@ -184,7 +184,8 @@ def resume_hint(command: str, values: dict) -> str:
     return "interrupted; nothing to resume: rerun the same command to start again"
 
 
-def _main_process() -> bool:
+def main_process() -> bool:
+    """Whether this is the process that speaks for the command (rank 0 under torchrun, or the only one)."""
     return os.environ.get("RANK", "0") == "0"
 
 
@@ -204,7 +205,7 @@ def guarded(command: str, func: Callable) -> Callable:
         try:
             return func(**values)
         except KeyboardInterrupt:
-            if _main_process():
+            if main_process():
                 typer.echo(resume_hint(command, values), err=True)
             raise typer.Exit(130) from None
         except OSError as exc:

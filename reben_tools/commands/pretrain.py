@@ -131,9 +131,10 @@ def pretrain(
     assert source_arg is not None, "--archive is given (checked above) or read from the run --resume continues"
     source = resolve_archive(source_arg, metadata_arg, statistics=True)
     values: dict[str, Any] = {k: (v if v is not None else DEFAULTS.get(k)) for k, v in given_values.items()}
+    archive_arg, metadata_files = source.run_arguments()
     config = PretrainConfig(
-        archive=source.argument,
-        metadata=[] if source.origin == "archive" else [str(p) for p in source.metadata],
+        archive=archive_arg,
+        metadata=metadata_files,
         out=str(out),
         device=device,
         precision=precision,

@@ -3,17 +3,18 @@
 Owns: one declaration of each shared option (its flag, default and help), the ``files`` entry of a run's
 summary, and the one-line exit of a failed run.
 Does not own: the options only one command has (they stay with it), the run itself (reben_tools.learn).
-May import: typer; reben_tools.learn.runtime lazily inside ``fail_run``.
+May import: typer, reben_tools.commands.guard; reben_tools.learn.runtime lazily inside ``fail_run``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import typer
+
+from reben_tools.commands.guard import main_process
 
 # how a model runs: every command that runs one (train, evaluate, probe, pretrain, embed)
 DEVICE = typer.Option("auto", "--device", help="cuda, cpu or auto (the GPU when there is one).")
@@ -47,6 +48,6 @@ def fail_run(exc: Exception) -> NoReturn:
 
     if isinstance(exc, StoppedByPeer):
         pass
-    elif not getattr(exc, "all_processes", False) or os.environ.get("RANK", "0") == "0":
+    elif not getattr(exc, "all_processes", False) or main_process():
         typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(1)

@@ -14,12 +14,13 @@ May import: ``reben_tools.format``, typer.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+
+from reben_tools.commands.guard import main_process
 
 if TYPE_CHECKING:
     from reben_tools.format.sources import ArchiveSource
@@ -39,7 +40,7 @@ METADATA_OPTION = typer.Option(
 
 def announce(line: str | None) -> None:
     """Print one informational line on stderr (only the main process under torchrun)."""
-    if line and os.environ.get("RANK", "0") == "0":
+    if line and main_process():
         typer.echo(line, err=True)
 
 
@@ -134,6 +135,13 @@ def archive_of_run(checkpoint: Path) -> tuple[str, list[str]]:
     return archive, metadata
 
 
+def source_of_run(checkpoint: Path) -> ArchiveSource:
+    """The archive a checkpoint's run recorded (:func:`archive_of_run`), resolved with its statistics:
+    what ``evaluate`` and ``probe --checkpoint`` read without ``--archive``."""
+    recorded, recorded_metadata = archive_of_run(checkpoint)
+    return resolve_archive(recorded, recorded_metadata, statistics=True)
+
+
 def archive_and_metadata(archive: str | Path | None, metadata: list[Path] | None) -> tuple[str, list[str]]:
     """``(archive path, metadata files)`` for a run's config from ``--archive``/``--metadata``
     (announcing metadata found beside a plain LMDB and its statistics); ``("", [])`` without --archive."""
@@ -143,4 +151,4 @@ def archive_and_metadata(archive: str | Path | None, metadata: list[Path] | None
             raise typer.Exit(2)
         return "", []
     source = resolve_archive(archive, metadata, statistics=True)
-    return source.argument, [] if source.origin == "archive" else [str(p) for p in source.metadata]
+    return source.run_arguments()

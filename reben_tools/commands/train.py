@@ -27,9 +27,9 @@ from reben_tools.commands.sources import (
     ARCHIVE_HELP,
     METADATA_OPTION,
     archive_and_metadata,
-    archive_of_run,
     check_checkpoint_file,
     resolve_archive,
+    source_of_run,
 )
 from reben_tools.commands.urls import CACHE_DIR, CACHE_SIZE, use_cache
 
@@ -303,8 +303,7 @@ def evaluate(
         if metadata:
             typer.echo("error: --metadata goes with --archive", err=True)
             raise typer.Exit(2)
-        recorded, recorded_metadata = archive_of_run(checkpoint)
-        source = resolve_archive(recorded, recorded_metadata, statistics=True)
+        source = source_of_run(checkpoint)
     else:
         source = resolve_archive(archive, metadata, statistics=True)
     try:
@@ -474,8 +473,7 @@ def probe(
     if from_run:
         assert checkpoint is not None, "from_run implies --checkpoint"
         check_checkpoint_file(checkpoint)
-        recorded, recorded_metadata = archive_of_run(checkpoint)
-        source = resolve_archive(recorded, recorded_metadata, statistics=True)
+        source = source_of_run(checkpoint)
     elif archive is not None:
         source = resolve_archive(archive, metadata, statistics=True)
     try:

@@ -99,6 +99,11 @@ class ArchiveSource:
         """How to name this source again: its URL for an archive in a store (not this node's cache image), else its path."""
         return self.url if self.url is not None else str(self.path)
 
+    def run_arguments(self) -> tuple[str, list[str]]:
+        """``(archive, metadata files)`` as a run's config names them: the archive (its URL for a store's),
+        and the metadata files unless they are the archive's own."""
+        return self.argument, [] if self.origin == "archive" else [str(p) for p in self.metadata]
+
     def record(self) -> dict[str, object]:
         """What a run directory stores: kind, absolute path (and the URL of an archive in a store), metadata
         files with their sha256, identity."""

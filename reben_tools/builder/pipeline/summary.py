@@ -331,8 +331,9 @@ def _place_label(ax, renderer, name: str, geometry, taken):
 
     view = _view_box(ax)
     inside = geometry.intersection(view)
-    middle = (inside if not inside.is_empty else geometry).representative_point()
-    gx0, gy0, gx1, gy1 = (inside if not inside.is_empty else geometry).bounds
+    area = inside if not inside.is_empty else geometry
+    middle = area.representative_point()
+    gx0, gy0, gx1, gy1 = area.bounds
     grid = [shapely.Point(x, y) for x in np.linspace(gx0, gx1, 9) for y in np.linspace(gy0, gy1, 9)]
     candidates = [middle] + sorted((p for p in grid if inside.contains(p)), key=middle.distance)
     for point in candidates:

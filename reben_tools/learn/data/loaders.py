@@ -101,8 +101,7 @@ def recorded_source(record: dict) -> tuple[str, list[str]]:
         source = source_from_record(record)
     except SourceError as exc:
         raise TrainingError(str(exc), all_processes=True) from None
-    given = [] if source.origin == "archive" else [str(p) for p in source.metadata]
-    return source.argument, given
+    return source.run_arguments()
 
 
 def open_dataset(
