@@ -328,13 +328,13 @@ def test_a_second_build_into_a_prefix_is_refused_while_the_first_holds_it(bucket
 
 def test_the_lock_object_is_conditional_leased_and_checked_by_workers(bucket, monkeypatch):
     store = Store(f"{URL}/lease")
-    first = StoreLock(store, command="first", lease_s=1.0)
+    first = StoreLock(store, command="first", lease_s=3.0)  # long enough for the next lines on a loaded machine
     first.acquire()
     first._stop.set()  # stop renewing, as a build that hangs or dies on another host
     with pytest.raises(StoreLockedError, match="pid"):
         StoreLock(store, command="second").acquire()
     check_lock_token(store, first.token)
-    time.sleep(2.2)  # the lease ran out (LastModified has one-second resolution)
+    time.sleep(4.2)  # the lease ran out (LastModified has one-second resolution)
     second = StoreLock(store, command="second")
     second.acquire()
     try:
